@@ -1,0 +1,131 @@
+import logging
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from duo_unlearn.trainer.config import TrainConfig
+from duo_unlearn.trainer.errors import Cancelled
+from duo_unlearn.trainer.export import describe_adapter
+from duo_unlearn.trainer.loss import duo_loss
+from duo_unlearn.trainer.models import load_model
+from duo_unlearn.trainer.pair_dataset import load_image_tensor, read_pairs
+from duo_unlearn.trainer.train import train
+
+
+def _unet_out(unet, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    h = torch.randn(2, 16, 32, generator=g)
+    with torch.no_grad():
+        return unet(x, torch.tensor([10, 600]), h).sample
+
+
+def test_reference_pass_is_the_base_model_bit_for_bit(tiny_model, pair_dir, tmp_path):
+    base = _unet_out(load_model(tiny_model).pipe.unet)
+    model = load_model(tiny_model)
+    cfg = TrainConfig(pairs=str(pair_dir), model=str(tiny_model), out=str(tmp_path / "a.safetensors"),
+                      steps=4, beta=5000, lr=1e-2, lam=0)
+    train(cfg, model=model)
+    unet = model.pipe.unet.eval()
+    unet.disable_adapters()
+    assert torch.equal(_unet_out(unet), base)
+    unet.enable_adapters()
+    assert not torch.allclose(_unet_out(unet), base, atol=1e-6)
+
+
+def _fixed_batch_dpo(pipe, pair_dir, beta=5000.0, draws=8):
+    """DPO loss over every pair with fixed noise and timesteps: adapter on (policy) vs off (reference)."""
+    records = read_pairs(pair_dir)
+    scale = pipe.vae.config.scaling_factor
+    with torch.no_grad():
+        lat = {k: torch.stack([load_image_tensor(pair_dir / getattr(r, k), 16) for r in records]) for k in ("unsafe", "safe")}
+        lat = {k: pipe.vae.encode(v).latent_dist.mean * scale for k, v in lat.items()}
+        empty = pipe.encode_prompt([""], "cpu", 1, False)[0].expand(len(records), -1, -1)
+        g = torch.Generator().manual_seed(123)
+        losses = []
+        for _ in range(draws):
+            noise = torch.randn(lat["safe"].shape, generator=g)
+            t = torch.randint(0, 750, (len(records),), generator=g)
+            preds = {}
+            for on in (True, False):
+                (pipe.unet.enable_adapters if on else pipe.unet.disable_adapters)()
+                for k in ("safe", "unsafe"):
+                    noisy = pipe.scheduler.add_noise(lat[k], noise, t)
+                    preds[(on, k)] = pipe.unet(noisy, t, empty).sample
+            pipe.unet.enable_adapters()
+            loss, _ = duo_loss(preds[(True, "safe")], preds[(False, "safe")], noise,
+                               preds[(True, "unsafe")], preds[(False, "unsafe")], noise, beta)
+            losses.append(loss.item())
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.slow
+def test_cpu_training_run_exports_a_kohya_lora_that_diffusers_loads(tiny_model, pair_dir, tmp_path, caplog):
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    out = tmp_path / "red.safetensors"
+    cfg = TrainConfig(pairs=str(pair_dir), model=str(tiny_model), out=str(out), steps=80, beta=5000, lr=5e-4,
+                      lam=1000, concept="red", seed=0)
+    result = train(cfg)
+    dpo = [h["dpo"] for h in result.history]
+    assert sum(dpo[-20:]) / 20 < sum(dpo[:20]) / 20  # the DPO term falls over the run
+
+    tensors = load_file(str(out))
+    assert tensors and all(k.startswith("lora_unet_") for k in tensors)
+    assert all(k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in tensors)
+    assert not any("lora_A" in k or "lora_B" in k for k in tensors)
+    modules = {k.split(".")[0] for k in tensors}
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_model))
+    before = _unet_out(pipe.unet)
+    with caplog.at_level(logging.WARNING):
+        pipe.load_lora_weights(str(out), adapter_name="duo")
+    assert not [r for r in caplog.records if "unexpected" in r.getMessage().lower()]
+    loaded = get_peft_model_state_dict(pipe.unet, adapter_name="duo")
+    assert len(loaded) == 2 * len(modules)  # every module in the file became a LoRA layer: no key unused
+    down = next(k for k in tensors if k.endswith("attn1_to_q.lora_down.weight"))
+    peft_key = down.replace("lora_unet_", "").replace(".lora_down.weight", "")
+    match = [k for k in loaded if k.replace(".", "_").startswith(peft_key) and "lora_A" in k]
+    assert len(match) == 1 and torch.equal(loaded[match[0]], tensors[down])
+    assert not torch.allclose(_unet_out(pipe.unet), before, atol=1e-6)
+    # the trained adapter prefers the safe twin over the unsafe image on fixed draws: DPO below log 2
+    assert _fixed_batch_dpo(pipe, pair_dir) < math.log(2)
+
+    info = describe_adapter(out)
+    assert info["kohya_names_only"] and info["is_duo"]
+    assert info["duo"]["concept"] == "red" and info["duo"]["beta"] == 5000 and info["duo"]["pairs"] == 6
+    assert info["metadata"]["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert info["metadata"]["ss_network_dim"] == "32" and info["metadata"]["ss_output_name"] == "red"
+
+
+def test_v_prediction_model_trains(tiny_v_model, pair_dir, tmp_path):
+    out = tmp_path / "v.safetensors"
+    result = train(TrainConfig(pairs=str(pair_dir), model=str(tiny_v_model), out=str(out), steps=3))
+    assert out.exists() and all(math.isfinite(h["loss"]) for h in result.history)
+
+
+@pytest.mark.slow
+def test_resume_ends_with_the_same_adapter(tiny_model, pair_dir, tmp_path):
+    common = dict(pairs=str(pair_dir), model=str(tiny_model), steps=12, checkpoint_every=5, beta=5000, lr=1e-3,
+                  lam=1000, seed=3)
+    whole = tmp_path / "whole.safetensors"
+    train(TrainConfig(out=str(whole), **common))
+
+    parted = tmp_path / "parted.safetensors"
+
+    def stop_at_8(event):
+        if event.stage == "train" and event.step == 8:
+            return False
+    with pytest.raises(Cancelled):
+        train(TrainConfig(out=str(parted), **common), progress=stop_at_8)
+    assert not parted.exists()  # no adapter from a cancelled run
+    assert (tmp_path / "parted.safetensors.checkpoints" / "step-000005").is_dir()
+    train(TrainConfig(out=str(parted), resume=True, **common))
+
+    a, b = load_file(str(whole)), load_file(str(parted))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "parted.safetensors.checkpoints").exists()  # spent once the adapter exists

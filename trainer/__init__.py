@@ -1,0 +1,1 @@
+"""duo-unlearn's host-agnostic core."""

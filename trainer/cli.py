@@ -1,0 +1,111 @@
+"""`duo-unlearn`: train, inspect and (later) evaluate DUO adapters from the command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import Cancelled, UserError
+
+
+def _tqdm_progress():
+    from tqdm import tqdm
+
+    bars: dict[str, object] = {}
+
+    def callback(event):
+        if event.stage in ("train", "pairs") and event.total:
+            bar = bars.get(event.stage)
+            if bar is None:
+                bar = bars[event.stage] = tqdm(total=event.total, desc=event.stage, unit="step", initial=event.step)
+            bar.n = event.step
+            if event.logs:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in event.logs.items() if isinstance(v, (int, float))},
+                                refresh=False)
+            bar.refresh()
+            if event.step >= event.total:
+                bar.close()
+        elif event.message:
+            print(f"[{event.stage}] {event.message}", file=sys.stderr)
+    return callback
+
+
+def cmd_train(args) -> int:
+    from .cli_options import build_config, load_toml
+    from .config import TrainConfig
+    from .train import train
+
+    cfg = build_config(TrainConfig, args, load_toml(args.config) if args.config else None)
+    if not cfg.pairs:
+        raise UserError("--pairs is required (a folder with unsafe/, safe/ and pairs.jsonl)")
+    result = train(cfg, progress=_tqdm_progress())
+    print(f"adapter written: {result.adapter} ({result.steps} steps, {result.seconds:.0f}s)")
+    for p in result.previews:
+        print(f"preview: {p}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .export import describe_adapter
+
+    info = describe_adapter(args.adapter)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['file']}: {info['modules']} LoRA modules, {info['tensors']} tensors, "
+          f"kohya names only: {info['kohya_names_only']}")
+    for key, value in sorted(info["metadata"].items()):
+        print(f"  {key}: {value}")
+    for key, value in sorted(info["duo"].items()):
+        print(f"  duo.{key}: {json.dumps(value) if not isinstance(value, str) else value}")
+    if not info["is_duo"]:
+        print("  (no duo.* metadata: not made by duo-unlearn)")
+    return 0
+
+
+def cmd_testbed_train(args, rest) -> int:
+    from .testbed.train import main as testbed_main
+
+    return testbed_main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cli_options import add_dataclass_flags
+    from .config import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="duo-unlearn", description="DUO concept unlearning for Stable Diffusion.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("train", help="train a DUO adapter on a pair dataset",
+                       description="Train a DUO LoRA on a pair dataset. Every flag can also come from --config.")
+    p.add_argument("--config", help="TOML file with any of the settings below (flags given here win)")
+    add_dataclass_flags(p, TrainConfig)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("info", help="show an adapter's metadata")
+    p.add_argument("adapter", help="a .safetensors LoRA file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+    sub.add_parser("testbed-train", help="retrain the bundled test-bed model (see its --help)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv and argv[0] == "testbed-train":
+            return cmd_testbed_train(None, argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return 2
+        return args.func(args)
+    except UserError as e:
+        print(f"duo-unlearn: error: {e}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print("duo-unlearn: stopped; checkpoints (if any) are kept for --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""Dataclass fields <-> argparse flags <-> TOML keys: one table of help texts, one merge rule (CLI > TOML > default)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+HELP = {
+    "pairs": "pair dataset folder (unsafe/, safe/, pairs.jsonl)",
+    "model": "base model: diffusers folder, .safetensors/.ckpt checkpoint, or 'testbed' (the bundled model)",
+    "out": "adapter file to write (.safetensors, kohya LoRA format)",
+    "config_dir": "diffusers config folder for a single-file checkpoint when its configs cannot be downloaded",
+    "concept": "name of the concept being unlearned (recorded in the adapter metadata)",
+    "method": "training objective: duo (default) or esd (baseline)",
+    "beta": "DPO temperature beta (official: 500 nudity, 1000 violence)",
+    "lr": "learning rate (default 3e-4 * 100 / beta)",
+    "lam": "output-preservation weight lambda (default 1e6 * beta / 100; 0 disables it)",
+    "steps": "optimisation steps",
+    "batch_pairs": "pairs per step",
+    "rank": "LoRA rank",
+    "alpha": "LoRA alpha (scale = alpha / rank)",
+    "target_modules": "comma-separated UNet module suffixes to adapt (default: self-attention q,k,v,out)",
+    "t_min": "lowest timestep drawn for the pairs",
+    "t_max": "timesteps are drawn in [t_min, t_max)",
+    "weight_decay": "AdamW weight decay",
+    "grad_clip": "gradient norm clip (0: off)",
+    "condition": "'empty' (official) or 'prompt': condition each image on its own prompt",
+    "mixed_precision": "no, fp16 or bf16",
+    "gradient_checkpointing": "trade compute for memory (consumer GPUs)",
+    "use_8bit_adam": "8-bit AdamW from bitsandbytes (must be installed)",
+    "checkpoint_every": "save a resumable checkpoint every N steps (0: never)",
+    "checkpoint_dir": "where checkpoints go (default: <out>.checkpoints)",
+    "resume": "continue from the newest checkpoint in the checkpoint folder",
+    "preview_every": "save a base-vs-unlearned preview every N steps (needs preview prompts)",
+    "preview_prompts": "prompts for previews ('|'-separated on the command line)",
+    "preview_seed": "seed of the preview images",
+    "seed": "random seed (same seed and config on CPU: same adapter)",
+    "device": "auto (accelerate decides), cpu, or cuda",
+}
+_LIST_SEPARATOR = {"target_modules": ",", "preview_prompts": "|"}
+
+
+def _flat_fields(cls) -> list[tuple[str, Any, str | None]]:
+    """(name, default, parent) for each field, nested dataclasses flattened (lora.rank -> rank)."""
+    out = []
+    inst = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(inst, f.name)
+        if dataclasses.is_dataclass(value):
+            out += [(n, d, f.name) for n, d, _ in _flat_fields(type(value))]
+        else:
+            out.append((f.name, value, None))
+    return out
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    for name, default, _ in _flat_fields(cls):
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        text = HELP.get(name, name.replace("_", " "))
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, default=None, help=f"{text} (default: {_LIST_SEPARATOR.get(name, ',').join(default) or 'none'})")
+        else:
+            kind = float if isinstance(default, float) else int if isinstance(default, int) else str
+            parser.add_argument(flag, type=kind, default=None, metavar=kind.__name__.upper(),
+                                help=f"{text} (default: {default})" if default not in (None, "") else text)
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid TOML: {e}") from None
+
+
+def build_config(cls, args: argparse.Namespace, toml: dict | None = None):
+    """Defaults, then the TOML file, then flags given on the command line."""
+    from .config import from_mapping
+
+    data = dict(toml or {})
+    for name, default, parent in _flat_fields(cls):
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if isinstance(default, tuple) and isinstance(value, str):
+            value = [v.strip() for v in value.split(_LIST_SEPARATOR.get(name, ",")) if v.strip()]
+        if parent:
+            data.setdefault(parent, {})[name] = value
+        else:
+            data[name] = value
+    try:
+        return from_mapping(cls, data)
+    except TypeError as e:
+        raise UserError(f"bad setting: {e}") from None

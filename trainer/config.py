@@ -1,0 +1,127 @@
+"""Dataclass configs for every stage, validated once at the edge with a clear message."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+SELF_ATTENTION = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
+PRECISIONS = ("no", "fp16", "bf16")
+CONDITIONS = ("empty", "prompt")
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 32
+    alpha: float = 32.0
+    target_modules: tuple[str, ...] = SELF_ATTENTION
+
+    def validate(self) -> None:
+        if self.rank <= 0:
+            raise UserError(f"rank must be a positive integer, got {self.rank}")
+        if not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise UserError(f"alpha must be a positive number, got {self.alpha}")
+        if not self.target_modules:
+            raise UserError("target_modules is empty: name at least one module, e.g. attn1.to_q")
+
+
+@dataclass
+class TrainConfig:
+    """One DUO training run. Defaults are the official recipe (nudity: beta 500)."""
+
+    pairs: str = ""
+    model: str = "testbed"
+    out: str = "duo_adapter.safetensors"
+    config_dir: str | None = None  # diffusers config folder for single-file checkpoints, when offline
+    concept: str = ""
+    method: str = "duo"
+    beta: float = 500.0
+    lr: float | None = None  # None: 3e-4 * 100 / beta
+    lam: float | None = None  # None: 1e6 * beta / 100
+    steps: int = 1000
+    batch_pairs: int = 4
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    t_min: int = 0
+    t_max: int = 750
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0
+    condition: str = "empty"  # "prompt": condition each image on its own prompt instead of ""
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    use_8bit_adam: bool = False
+    checkpoint_every: int = 0  # 0: no intermediate checkpoints
+    checkpoint_dir: str | None = None  # default: <out>.checkpoints
+    resume: bool = False
+    preview_every: int = 0  # 0: previews only at the end of training (if preview_prompts)
+    preview_prompts: tuple[str, ...] = ()
+    preview_seed: int = 0
+    seed: int = 0
+    device: str = "auto"
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else 3e-4 * 100 / self.beta
+
+    @property
+    def preservation_weight(self) -> float:
+        return self.lam if self.lam is not None else 1e6 * self.beta / 100
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else Path(str(self.out) + ".checkpoints")
+
+    def validate(self) -> None:
+        def positive(name: str, value: float) -> None:
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise UserError(f"{name} must be a positive number, got {value!r}")
+
+        if self.method not in ("duo", "esd"):
+            raise UserError(f"method must be 'duo' or 'esd', got {self.method!r}")
+        positive("beta", self.beta)
+        positive("steps", self.steps)
+        positive("batch_pairs", self.batch_pairs)
+        if self.lr is not None:
+            positive("lr", self.lr)
+        if self.lam is not None and not (math.isfinite(self.lam) and self.lam >= 0):
+            raise UserError(f"lam must be zero or positive, got {self.lam!r}")
+        if not (0 <= self.t_min < self.t_max <= 1000):
+            raise UserError(f"need 0 <= t_min < t_max <= 1000, got t_min={self.t_min}, t_max={self.t_max}")
+        if self.condition not in CONDITIONS:
+            raise UserError(f"condition must be one of {', '.join(CONDITIONS)}, got {self.condition!r}")
+        if self.mixed_precision not in PRECISIONS:
+            raise UserError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}")
+        for name in ("checkpoint_every", "preview_every", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not str(self.out).endswith(".safetensors"):
+            raise UserError(f"the adapter is written as safetensors: --out must end in .safetensors, got {self.out}")
+        self.lora.validate()
+
+
+def beta_defaults(beta: float) -> dict[str, float]:
+    """The official coupling of learning rate and preservation weight to beta."""
+    return {"lr": 3e-4 * 100 / beta, "lam": 1e6 * beta / 100}
+
+
+def from_mapping(cls: type, data: dict[str, Any], where: str = "config"):
+    """Build a (nested) dataclass from a dict such as a TOML table, refusing unknown keys by name."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in data.items():
+        default = getattr(cls(), name) if name != "pairs" else ""
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise UserError(f"{where}: [{name}] must be a table")
+            kwargs[name] = from_mapping(type(default), value, f"{where} [{name}]")
+        elif isinstance(default, tuple):
+            kwargs[name] = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)

@@ -1,0 +1,38 @@
+"""DUO's objective: Diffusion-DPO with the safe twin as winner, plus output preservation on pure noise."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error averaged over every dimension but the batch one."""
+    return (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.ndim)))
+
+
+def duo_loss(pred_win: torch.Tensor, ref_win: torch.Tensor, target_win: torch.Tensor,
+             pred_lose: torch.Tensor, ref_lose: torch.Tensor, target_lose: torch.Tensor,
+             beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The preference term of DUO (Park et al., 2024, eq. 8), batch-averaged:
+
+        L_DPO = -log σ( -β [ (‖ε - ε_θ(x⁺_t)‖² - ‖ε - ε_ref(x⁺_t)‖²)
+                           - (‖ε - ε_θ(x⁻_t)‖² - ‖ε - ε_ref(x⁻_t)‖²) ] )
+
+    x⁺ (win) is the safe twin, x⁻ (lose) the unsafe image, ε the target (noise, or velocity for v-prediction),
+    ‖·‖² the per-sample mean squared error over latent dimensions. Returns (loss, inside) where inside is the
+    per-pair argument of σ, so callers can log the implicit preference accuracy (inside > 0).
+    """
+    win = per_sample_mse(pred_win, target_win) - per_sample_mse(ref_win, target_win)
+    lose = per_sample_mse(pred_lose, target_lose) - per_sample_mse(ref_lose, target_lose)
+    inside = -beta * (win - lose)
+    return -F.logsigmoid(inside).mean(), inside.detach()
+
+
+def output_preservation(pred_noise: torch.Tensor, ref_noise: torch.Tensor) -> torch.Tensor:
+    """DUO's output-preserving regulariser on pure noise x_T at the last timestep:
+
+        L_prior = ‖ε_θ(x_T, T) - ε_ref(x_T, T)‖²   (mean over batch and latent dimensions)
+
+    It keeps the adapter's predictions on x_T, and so the model's behaviour away from the concept, unchanged.
+    """
+    return F.mse_loss(pred_noise.float(), ref_noise.float())

@@ -1,0 +1,169 @@
+"""Load a base model the way A1111 / ComfyUI users keep it: a diffusers folder or one checkpoint file."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .testbed import TESTBED_DIR, TESTBED_NAME
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+TRAINABLE_FAMILIES = ("sd1", "sd2")
+# modelspec architecture and kohya's ss_base_model_version per family
+ARCHITECTURES = {
+    "sd1": ("stable-diffusion-v1/lora", "sd_v1"),
+    "sd2": ("stable-diffusion-v2-768-v/lora", "sd_v2"),
+    "sdxl": ("stable-diffusion-xl-v1-base/lora", "sdxl_base_v1-0"),
+    "sd3": ("stable-diffusion-3-medium/lora", "sd3"),
+}
+_KEY_FAMILIES = (  # the first key found decides; order matters (SDXL also has cond_stage-like keys)
+    ("model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias", "sd3"),
+    ("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", "sdxl"),
+    ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "sd2"),
+    ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", "sd1"),
+    ("cond_stage_model.transformer.embeddings.token_embedding.weight", "sd1"),
+)
+
+
+@dataclass
+class LoadedModel:
+    pipe: object  # a diffusers StableDiffusionPipeline
+    family: str
+    name: str
+    source: Path
+
+    def weights_file(self) -> Path:
+        """The file whose hash identifies the base model (the checkpoint, or the folder's UNet weights)."""
+        if self.source.is_file():
+            return self.source
+        for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+            if (self.source / "unet" / name).exists():
+                return self.source / "unet" / name
+        raise UserError(f"no UNet weights found in {self.source}")
+
+    def sha256(self) -> str:
+        return file_sha256(self.weights_file())
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_model_path(spec: str | Path) -> Path:
+    if str(spec) == TESTBED_NAME:
+        return TESTBED_DIR
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UserError(f"model not found: {spec} (give a diffusers folder, a .safetensors/.ckpt file, or 'testbed')")
+    return path
+
+
+def family_from_keys(keys) -> str:
+    keys = set(keys)
+    for key, family in _KEY_FAMILIES:
+        if key in keys:
+            return family
+    raise UserError("unknown model family: the checkpoint has none of the keys of SD 1.x, SD 2.x, SDXL or SD3 "
+                    "(is it a LoRA, a VAE or an embedding rather than a full model?)")
+
+
+def family_from_folder(folder: Path) -> str:
+    index_file = folder / "model_index.json"
+    if not index_file.exists():
+        raise UserError(f"{folder} is not a diffusers model folder (no model_index.json)")
+    try:
+        index = json.loads(index_file.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{index_file} is not valid JSON: {e}") from None
+    cls = index.get("_class_name", "")
+    if "StableDiffusion3" in cls:
+        return "sd3"
+    if "XL" in cls:
+        return "sdxl"
+    if cls.startswith("StableDiffusion"):
+        unet_config = folder / "unet" / "config.json"
+        cross = json.loads(unet_config.read_text()).get("cross_attention_dim") if unet_config.exists() else None
+        return "sd2" if cross == 1024 else "sd1"
+    raise UserError(f"unknown model family: {folder} holds a {cls or 'unnamed'} pipeline, not Stable Diffusion")
+
+
+def checkpoint_keys(path: Path) -> list[str]:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors import SafetensorError
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return list(f.keys())
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{path} is not a readable safetensors file: {e}") from None
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        raise UserError(f"{path} could not be read as a weights-only checkpoint ({type(e).__name__}); "
+                        "convert it to .safetensors, or check that it is a Stable Diffusion checkpoint") from None
+    while isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"{path} holds no state dict")
+    return list(state)
+
+
+def detect_family(path: Path) -> str:
+    if path.is_dir():
+        return family_from_folder(path)
+    if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        raise UserError(f"{path}: unsupported model file type {path.suffix!r}; use .safetensors or .ckpt")
+    return family_from_keys(checkpoint_keys(path))
+
+
+def load_model(spec: str | Path, config_dir: str | Path | None = None, dtype=None) -> LoadedModel:
+    """Load a Stable Diffusion pipeline offline-friendly; the family is detected and recorded."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    path = resolve_model_path(spec)
+    family = detect_family(path)
+    if family not in TRAINABLE_FAMILIES:
+        raise UserError(f"{path.name} is an {family.upper()} model; this version trains SD 1.x and 2.x models")
+    dtype = dtype or torch.float32
+    if path.is_dir():
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(path), dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+    else:
+        pipe = _load_single_file(path, config_dir, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    name = TESTBED_NAME if path == TESTBED_DIR else path.stem if path.is_file() else path.name
+    return LoadedModel(pipe=pipe, family=family, name=name, source=path)
+
+
+def _load_single_file(path: Path, config_dir, dtype):
+    from diffusers import StableDiffusionPipeline
+
+    kwargs = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    if config_dir is not None:
+        config_dir = Path(config_dir)
+        if not (config_dir / "model_index.json").exists():
+            raise UserError(f"--config-dir {config_dir} is not a diffusers model folder (no model_index.json)")
+        kwargs["config"] = str(config_dir)
+    try:
+        return StableDiffusionPipeline.from_single_file(str(path), local_files_only=True, **kwargs)
+    except (OSError, ValueError) as e:
+        if config_dir is not None:
+            raise UserError(f"could not load {path.name} with the configs in {config_dir}: {e}") from None
+        raise UserError(
+            f"{path.name} is a single-file checkpoint and its diffusers configs (model_index.json, unet/, vae/, "
+            "text_encoder/, tokenizer/, scheduler/ configs) are not in the local Hugging Face cache. Offline, pass "
+            "--config-dir DIR: a diffusers folder of the same family (e.g. a local copy of "
+            "stable-diffusion-v1-5 without its weights)."
+        ) from None

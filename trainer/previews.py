@@ -1,0 +1,57 @@
+"""Same seed, adapter off vs on: the comparison artists make, saved as one PNG grid."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+
+def generate_images(pipe, prompts, seed: int, steps: int = 25, guidance: float = 7.5, negative_prompt=None):
+    import torch
+
+    gens = [torch.Generator("cpu").manual_seed(seed + i) for i in range(len(prompts))]
+    return pipe(list(prompts), num_inference_steps=steps, guidance_scale=guidance, generator=gens,
+                negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None).images
+
+
+def base_vs_adapter(pipe, unet, prompts, seed: int, steps: int = 25, guidance: float = 7.5):
+    """(base images, adapted images) for the same prompts and seeds, toggling the peft adapter on the UNet."""
+    unet.disable_adapters()
+    try:
+        base = generate_images(pipe, prompts, seed, steps, guidance)
+    finally:
+        unet.enable_adapters()
+    return base, generate_images(pipe, prompts, seed, steps, guidance)
+
+
+def grid(rows: list[list[Image.Image]], row_labels: list[str], col_labels: list[str] | None = None,
+         cell: int = 128) -> Image.Image:
+    label_w, label_h = 160, 18 if col_labels else 0
+    ncols = max(len(r) for r in rows)
+    sheet = Image.new("RGB", (label_w + ncols * cell, label_h + len(rows) * cell), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, text in enumerate(col_labels or []):
+        draw.text((label_w + j * cell + 4, 3), text[:22], fill="black")
+    for i, (row, text) in enumerate(zip(rows, row_labels)):
+        y = label_h + i * cell
+        draw.text((4, y + cell // 2 - 6), text[:26], fill="black")
+        for j, im in enumerate(row):
+            sheet.paste(im.convert("RGB").resize((cell, cell), Image.NEAREST), (label_w + j * cell, y))
+    return sheet
+
+
+def save_png(image: Image.Image, path: Path) -> Path:
+    """Atomic PNG write (temp name + rename)."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def comparison_sheet(base: list, adapted: list, prompts: list[str]) -> Image.Image:
+    """Two columns per prompt row: base | unlearned."""
+    return grid([[b, a] for b, a in zip(base, adapted)], list(prompts), ["base", "unlearned"])
