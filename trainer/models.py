@@ -167,3 +167,6 @@ def _load_single_file(path: Path, config_dir, dtype):
             "--config-dir DIR: a diffusers folder of the same family (e.g. a local copy of "
             "stable-diffusion-v1-5 without its weights)."
         ) from None
+    except (KeyError, IndexError, RuntimeError) as e:  # keys that do not fit the family's layout
+        raise UserError(f"could not convert {path.name} to a diffusers model ({type(e).__name__}: {e}); "
+                        "is it a complete Stable Diffusion checkpoint?") from None

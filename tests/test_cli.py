@@ -1,0 +1,110 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from duo_unlearn.trainer.cli import main
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture()
+def empty_pairs(tmp_path):
+    d = tmp_path / "empty"
+    (d / "unsafe").mkdir(parents=True)
+    (d / "safe").mkdir()
+    (d / "pairs.jsonl").write_text("")
+    return d
+
+
+@pytest.fixture()
+def not_a_model(tmp_path):
+    path = tmp_path / "weird.safetensors"
+    save_file({"some.random.key": torch.zeros(2)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing_model", "missing_pairs", "empty_pairs", "beta", "steps", "unwritable",
+                                  "family", "bad_toml", "unknown_toml_key", "not_safetensors_out"])
+def test_bad_input_gives_one_line_exit_2_and_no_file(case, capsys, tmp_path, tiny_model, pair_dir, empty_pairs,
+                                                      not_a_model):
+    out = tmp_path / "out.safetensors"
+    args = ["train", "--pairs", str(pair_dir), "--model", str(tiny_model), "--out", str(out), "--steps", "2"]
+    expect = {
+        "missing_model": "model not found", "missing_pairs": "pairs folder not found", "empty_pairs": "holds no pairs",
+        "beta": "beta must be a positive number", "steps": "steps must be a positive number",
+        "unwritable": "cannot write", "family": "unknown model family", "bad_toml": "not valid TOML",
+        "unknown_toml_key": "unknown setting(s) betta", "not_safetensors_out": "must end in .safetensors",
+    }[case]
+    if case == "missing_model":
+        args[4] = str(tmp_path / "nope")
+    elif case == "missing_pairs":
+        args[2] = str(tmp_path / "nope")
+    elif case == "empty_pairs":
+        args[2] = str(empty_pairs)
+    elif case == "beta":
+        args += ["--beta", "-1"]
+    elif case == "steps":
+        args[-1] = "0"
+    elif case == "unwritable":
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "out.safetensors"
+        args[6] = str(out)
+    elif case == "family":
+        args[4] = str(not_a_model)
+    elif case in ("bad_toml", "unknown_toml_key"):
+        cfg = tmp_path / "c.toml"
+        cfg.write_text("beta = [" if case == "bad_toml" else "betta = 3\n")
+        args += ["--config", str(cfg)]
+    elif case == "not_safetensors_out":
+        out = tmp_path / "out.ckpt"
+        args[6] = str(out)
+    code, stdout, err = _run(capsys, *args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("duo-unlearn: error:") and expect in lines[0], err
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_toml_config_and_flags(capsys, tmp_path, tiny_model, pair_dir):
+    out = tmp_path / "cfg.safetensors"
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'pairs = "{pair_dir}"\nmodel = "{tiny_model}"\nout = "{out}"\nsteps = 50\nbeta = 800\n'
+                   f'concept = "red"\n[lora]\nrank = 4\nalpha = 2\n')
+    code, stdout, err = _run(capsys, "train", "--config", str(cfg), "--steps", "3")  # the flag wins over the file
+    assert code == 0, err
+    code, stdout, err = _run(capsys, "info", str(out), "--json")
+    info = json.loads(stdout)
+    assert info["duo"]["steps"] == 3 and info["duo"]["beta"] == 800 and info["duo"]["concept"] == "red"
+    assert info["metadata"]["ss_network_dim"] == "4" and info["metadata"]["ss_network_alpha"] == "2.0"
+    assert info["duo"]["lr"] == pytest.approx(3e-4 * 100 / 800) and info["duo"]["lambda"] == pytest.approx(1e6 * 8)
+    code, stdout, err = _run(capsys, "info", str(out))
+    assert code == 0 and "duo.concept: red" in stdout and "ss_network_module: networks.lora" in stdout
+
+
+def test_info_on_missing_or_wrong_file(capsys, tmp_path):
+    code, _, err = _run(capsys, "info", str(tmp_path / "none.safetensors"))
+    assert code == 2 and "adapter not found" in err
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file at all")
+    code, _, err = _run(capsys, "info", str(bad))
+    assert code == 2 and "not a safetensors file" in err and "Traceback" not in err
+
+
+def test_console_script_help_and_error_exit_code(tmp_path):
+    help_text = subprocess.run([sys.executable, "-m", "duo_unlearn.trainer.cli", "train", "--help"],
+                               capture_output=True, text=True, check=True).stdout
+    for flag in ("--pairs", "--beta", "--lam", "--rank", "--t-max", "--resume", "--mixed-precision", "--config"):
+        assert flag in help_text
+    run = subprocess.run([sys.executable, "-m", "duo_unlearn.trainer.cli", "train", "--pairs", str(tmp_path / "x")],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "pairs folder not found" in run.stderr

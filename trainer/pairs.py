@@ -1,0 +1,263 @@
+"""Pair generation: unsafe images from the base model, safe twins by SDEdit, both gated by a detector.
+
+The dataset folder is resumable. Pairs are made in fixed blocks of `batch_size` indices and a block's lines are
+appended to pairs.jsonl only once all its images are on disk, so a rerun redoes at most the interrupted block,
+with the same seeds and the same batch, and ends byte-identical to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .detectors import make_detector
+from .errors import UserError
+from .pair_dataset import INDEX, PairRecord
+from .progress import ProgressCallback, ProgressEvent, report
+
+SKIPPED = "skipped.jsonl"
+SETTINGS = "dataset.json"
+CONTACT_SHEET = "contact_sheet.png"
+_MAX_RETRIES = 31  # seeds are laid out with room for 32 attempts per image
+
+
+@dataclass
+class PairConfig:
+    out: str = ""
+    model: str = "testbed"
+    config_dir: str | None = None
+    unsafe_prompts: tuple[str, ...] = ()
+    safe_prompts: tuple[str, ...] = ()
+    num_pairs: int = 32
+    strength: float = 0.75
+    guidance: float = 7.5
+    sample_steps: int = 30
+    detector: str = "none"
+    max_retries: int = 4
+    seed: int = 0
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        if not self.out:
+            raise UserError("no output folder for the pairs (--out DIR)")
+        if not [p for p in self.unsafe_prompts if p.strip()]:
+            raise UserError("no unsafe prompts: give at least one (--unsafe-prompt) or a preset")
+        if not [p for p in self.safe_prompts if p.strip()]:
+            raise UserError("no safe prompts: give at least one (--safe-prompt) or a preset")
+        if len(self.safe_prompts) not in (1, len(self.unsafe_prompts)):
+            raise UserError(f"give one safe prompt, or one per unsafe prompt ({len(self.unsafe_prompts)}); "
+                            f"got {len(self.safe_prompts)}")
+        if not (isinstance(self.num_pairs, int) and self.num_pairs > 0):
+            raise UserError(f"number of pairs must be a positive integer, got {self.num_pairs!r}")
+        if not (isinstance(self.strength, (int, float)) and 0 < self.strength <= 1):
+            raise UserError(f"SDEdit strength must be in (0, 1], got {self.strength!r}")
+        if not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise UserError(f"guidance must be zero or positive, got {self.guidance!r}")
+        if self.sample_steps <= 0 or self.batch_size <= 0:
+            raise UserError("sample_steps and batch_size must be positive")
+        if not 0 <= self.max_retries <= _MAX_RETRIES:
+            raise UserError(f"max_retries must be in [0, {_MAX_RETRIES}], got {self.max_retries}")
+
+    def prompts_for(self, i: int) -> tuple[str, str]:
+        """Pair i's prompts: the prompt list is laid over the pairs in contiguous blocks (as the paper's sets)."""
+        k = i * len(self.unsafe_prompts) // self.num_pairs
+        return self.unsafe_prompts[k], self.safe_prompts[k if len(self.safe_prompts) > 1 else 0]
+
+    def settings(self) -> dict:
+        """What decides the images: a folder made with other settings is not resumed into."""
+        keys = ("unsafe_prompts", "safe_prompts", "num_pairs", "strength", "guidance", "sample_steps", "detector",
+                "max_retries", "seed", "batch_size")
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k in keys}
+
+
+@dataclass
+class PairStats:
+    folder: Path
+    made: int = 0
+    kept_existing: int = 0
+    skipped: int = 0
+    unsafe_rejected: int = 0
+    safe_rejected: int = 0
+    seconds: float = 0.0
+    contact_sheet: Path | None = None
+    skipped_reasons: dict = field(default_factory=dict)
+
+
+def image_seed(base: int, i: int, attempt: int, safe: bool) -> int:
+    return ((base * 1_000_000 + i) * 32 + attempt) * 2 + int(safe)
+
+
+def _generators(seeds):
+    import torch
+
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+
+def _save_png(image, path: Path) -> None:
+    tmp = path.with_name("." + path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _append_lines(path: Path, lines: list[str]) -> None:
+    if not lines:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_ids(path: Path) -> list[dict]:
+    """Complete lines of a jsonl file; a torn last line (a crash mid-write) is cut off the file."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        path.write_text(text, encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _prepare_folder(cfg: PairConfig) -> tuple[Path, set[str]]:
+    folder = Path(cfg.out)
+    try:
+        (folder / "unsafe").mkdir(parents=True, exist_ok=True)
+        (folder / "safe").mkdir(exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the pair folder {folder}: {e.strerror or e}") from None
+    settings_file = folder / SETTINGS
+    if settings_file.exists():
+        old = json.loads(settings_file.read_text())
+        if old.get("settings") != cfg.settings():
+            raise UserError(f"{folder} holds pairs made with other settings; use a new folder "
+                            "(or the same settings to resume)")
+    else:
+        tmp = settings_file.with_name("." + SETTINGS + ".tmp")
+        tmp.write_text(json.dumps({"settings": cfg.settings(), "model": str(cfg.model)}, indent=2))
+        os.replace(tmp, settings_file)
+    done = {r["id"] for r in _read_ids(folder / INDEX)} | {r["id"] for r in _read_ids(folder / SKIPPED)}
+    return folder, done
+
+
+def generate_pairs(cfg: PairConfig, progress: ProgressCallback | None = None, model=None,
+                   detector=None) -> PairStats:
+    """Make (or complete) a pair dataset folder; returns what was made, kept and skipped."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from .models import load_model
+
+    cfg.validate()
+    detector = detector if detector is not None else make_detector(cfg.detector)
+    folder, done = _prepare_folder(cfg)
+    started = time.time()
+    stats = PairStats(folder=folder)
+    stats.kept_existing = len([i for i in range(cfg.num_pairs) if f"{i:05d}" in done])
+    todo_blocks = [list(range(b, min(b + cfg.batch_size, cfg.num_pairs)))
+                   for b in range(0, cfg.num_pairs, cfg.batch_size)]
+    todo_blocks = [blk for blk in todo_blocks if any(f"{i:05d}" not in done for i in blk)]
+    if todo_blocks:
+        model = model or load_model(cfg.model, cfg.config_dir)
+        pipe = model.pipe
+        edit = StableDiffusionImg2ImgPipeline(**pipe.components)  # same modules: no second copy of the model
+        edit.set_progress_bar_config(disable=True)
+    finished = stats.kept_existing
+    report(progress, ProgressEvent("pairs", finished, cfg.num_pairs, f"pairs in {folder}"))
+    for block in todo_blocks:
+        records, skipped = _make_block(cfg, block, pipe, edit, detector, stats)
+        for r in records:  # images first (each atomically), the index lines last
+            _save_png(r.pop("unsafe_image"), folder / r["record"].unsafe)
+            _save_png(r.pop("safe_image"), folder / r["record"].safe)
+        _append_lines(folder / SKIPPED, [json.dumps(s, sort_keys=True) for s in skipped])
+        _append_lines(folder / INDEX, [r["record"].to_json() for r in records])
+        stats.made += len(records)
+        stats.skipped += len(skipped)
+        for s in skipped:
+            stats.skipped_reasons[s["reason"]] = stats.skipped_reasons.get(s["reason"], 0) + 1
+        finished += len(block)
+        report(progress, ProgressEvent("pairs", finished, cfg.num_pairs,
+                                       logs={"made": stats.made, "skipped": stats.skipped}))
+    stats.contact_sheet = write_contact_sheet(folder)
+    stats.seconds = time.time() - started
+    return stats
+
+
+def _make_block(cfg: PairConfig, block: list[int], pipe, edit, detector, stats: PairStats):
+    gen_kwargs = dict(num_inference_steps=cfg.sample_steps, guidance_scale=cfg.guidance)
+    unsafe: dict[int, tuple] = {}
+    pending = list(block)
+    for attempt in range(cfg.max_retries + 1):
+        if not pending:
+            break
+        images = pipe([cfg.prompts_for(i)[0] for i in pending],
+                      generator=_generators([image_seed(cfg.seed, i, attempt, False) for i in pending]),
+                      **gen_kwargs).images
+        scores = detector.scores(images) if detector else [None] * len(images)
+        still = []
+        for i, im, s in zip(pending, images, scores):
+            if detector is None or s >= detector.threshold:
+                unsafe[i] = (im, s, attempt)
+            else:
+                stats.unsafe_rejected += 1
+                still.append(i)
+        pending = still
+    safe: dict[int, tuple] = {}
+    pending = sorted(unsafe)
+    for attempt in range(cfg.max_retries + 1):
+        if not pending:
+            break
+        images = edit(prompt=[cfg.prompts_for(i)[1] for i in pending],
+                      negative_prompt=[cfg.prompts_for(i)[0] for i in pending],
+                      image=[unsafe[i][0] for i in pending], strength=cfg.strength,
+                      generator=_generators([image_seed(cfg.seed, i, attempt, True) for i in pending]),
+                      **gen_kwargs).images
+        scores = detector.scores(images) if detector else [None] * len(images)
+        still = []
+        for i, im, s in zip(pending, images, scores):
+            if detector is None or s < detector.threshold:
+                safe[i] = (im, s, attempt)
+            else:
+                stats.safe_rejected += 1
+                still.append(i)
+        pending = still
+    records, skipped = [], []
+    for i in block:
+        pid = f"{i:05d}"
+        unsafe_prompt, safe_prompt = cfg.prompts_for(i)
+        if i not in unsafe or i not in safe:
+            reason = "unsafe image never showed the concept" if i not in unsafe else "twin kept the concept"
+            skipped.append({"id": pid, "reason": reason, "unsafe_prompt": unsafe_prompt})
+            continue
+        (u_im, u_s, u_a), (s_im, s_s, s_a) = unsafe[i], safe[i]
+        record = PairRecord(
+            id=pid, unsafe=f"unsafe/{pid}.png", safe=f"safe/{pid}.png", unsafe_prompt=unsafe_prompt,
+            safe_prompt=safe_prompt, seed=image_seed(cfg.seed, i, u_a, False), strength=cfg.strength,
+            scores={"unsafe": u_s, "safe": s_s, "detector": cfg.detector,
+                    "safe_seed": image_seed(cfg.seed, i, s_a, True), "attempts": [u_a + 1, s_a + 1]})
+        records.append({"record": record, "unsafe_image": u_im, "safe_image": s_im})
+    return records, skipped
+
+
+def write_contact_sheet(folder: Path, limit: int = 48, per_row: int = 4) -> Path | None:
+    """The pairs side by side (unsafe | safe), for a person to review."""
+    from PIL import Image
+
+    from .pair_dataset import read_pairs
+    from .previews import grid, save_png
+
+    if not (folder / INDEX).exists() or not _read_ids(folder / INDEX):
+        return None
+    records = read_pairs(folder)[:limit]
+    rows, labels = [], []
+    for k in range(0, len(records), per_row):
+        chunk = records[k:k + per_row]
+        row = []
+        for r in chunk:
+            with Image.open(folder / r.unsafe) as u, Image.open(folder / r.safe) as s:
+                row += [u.convert("RGB"), s.convert("RGB")]
+        rows.append(row)
+        labels.append(f"pairs {chunk[0].id}-{chunk[-1].id}")
+    return save_png(grid(rows, labels, ["unsafe", "safe"] * per_row, cell=96), folder / CONTACT_SHEET)
