@@ -45,6 +45,48 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_pairs(args) -> int:
+    from .cli_options import build_config
+    from .pairs import PairConfig, generate_pairs
+    from .presets import get_preset
+
+    cfg = build_config(PairConfig, args)
+    if args.preset and not (cfg.unsafe_prompts or cfg.safe_prompts):
+        preset = get_preset(args.preset)
+        concepts = [c for c in preset.concepts if not args.concept or c.name == args.concept]
+        if len(concepts) != 1:
+            raise UserError(f"preset {preset.name} has concepts {', '.join(c.name for c in preset.concepts)}: "
+                            "choose one with --concept")
+        given = {k for k, v in vars(args).items() if v is not None}
+        cfg.unsafe_prompts, cfg.safe_prompts = concepts[0].unsafe_prompts, concepts[0].safe_prompts
+        for key in ("num_pairs", "strength", "detector", "guidance", "sample_steps"):
+            if key not in given:
+                setattr(cfg, key, getattr(preset, key))
+        if "model" not in given and preset.model:
+            cfg.model = preset.model
+    stats = generate_pairs(cfg, progress=_tqdm_progress())
+    print(f"pairs in {stats.folder}: {stats.made} made, {stats.kept_existing} kept from before, "
+          f"{stats.skipped} skipped {stats.skipped_reasons or ''} ({stats.seconds:.0f}s)")
+    if stats.contact_sheet:
+        print(f"contact sheet: {stats.contact_sheet}")
+    return 0
+
+
+def cmd_unlearn(args) -> int:
+    from .cli_options import build_config
+    from .unlearn import UnlearnConfig, stacking_hint, unlearn
+
+    cfg = build_config(UnlearnConfig, args)
+    results = unlearn(cfg, progress=_tqdm_progress())
+    for r in results:
+        print(f"{r.concept}: adapter {r.adapter} ({r.pairs.made + r.pairs.kept_existing} pairs, {r.seconds:.0f}s)")
+        if r.preview:
+            print(f"  preview (base | unlearned): {r.preview}")
+    if len(results) > 1:
+        print("stack them: " + stacking_hint(results))
+    return 0
+
+
 def cmd_info(args) -> int:
     from .export import describe_adapter
 
@@ -72,6 +114,8 @@ def cmd_testbed_train(args, rest) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .cli_options import add_dataclass_flags
     from .config import TrainConfig
+    from .pairs import PairConfig
+    from .unlearn import UnlearnConfig
 
     parser = argparse.ArgumentParser(prog="duo-unlearn", description="DUO concept unlearning for Stable Diffusion.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -80,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file with any of the settings below (flags given here win)")
     add_dataclass_flags(p, TrainConfig)
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("pairs", help="make a pair dataset (unsafe images + SDEdit safe twins)",
+                       description="Generate unsafe images and their SDEdit safe twins into a resumable folder.")
+    p.add_argument("--preset", help="take prompts and settings from a preset (flags given here win)")
+    p.add_argument("--concept", help="which concept of a multi-concept preset")
+    add_dataclass_flags(p, PairConfig)
+    p.set_defaults(func=cmd_pairs)
+    p = sub.add_parser("unlearn", help="preset -> pairs -> training -> adapter -> preview, in one go",
+                       description="Unlearn a concept end to end. With no --model it uses the bundled test bed.")
+    add_dataclass_flags(p, UnlearnConfig)
+    p.set_defaults(func=cmd_unlearn)
     p = sub.add_parser("info", help="show an adapter's metadata")
     p.add_argument("adapter", help="a .safetensors LoRA file")
     p.add_argument("--json", action="store_true", help="print JSON")

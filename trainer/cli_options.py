@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -43,37 +44,65 @@ HELP = {
     "preview_every": "save a base-vs-unlearned preview every N steps (needs preview prompts)",
     "preview_prompts": "prompts for previews ('|'-separated on the command line)",
     "preview_seed": "seed of the preview images",
+    "preview_steps": "sampling steps of the preview images",
+    "preview_guidance": "guidance scale of the preview images",
     "seed": "random seed (same seed and config on CPU: same adapter)",
     "device": "auto (accelerate decides), cpu, or cuda",
 }
 _LIST_SEPARATOR = {"target_modules": ",", "preview_prompts": "|"}
+_REPEATED = {"unsafe_prompts": "--unsafe-prompt", "safe_prompts": "--safe-prompt"}
+HELP.update({
+    "unsafe_prompts": "a prompt that shows the concept (repeat the flag for several)",
+    "safe_prompts": "the safe counterpart: one for all, or one per unsafe prompt (repeat the flag)",
+    "num_pairs": "number of (unsafe, safe) pairs",
+    "strength": "SDEdit strength of the safe twins, in (0, 1]",
+    "guidance": "classifier-free guidance scale for pair images",
+    "sample_steps": "sampling steps for pair images",
+    "detector": "gate pairs with: none, nudenet, or colour:<name> (test bed)",
+    "max_retries": "extra attempts per image before a pair is skipped",
+    "batch_size": "images generated per batch",
+    "preset": "preset name (nudity, violence, testbed-red, custom)",
+    "pairs_dir": "where the pair dataset goes (default: <out stem>_pairs next to the adapter)",
+    "preview": "save the base-vs-unlearned preview grid",
+})
 
 
-def _flat_fields(cls) -> list[tuple[str, Any, str | None]]:
-    """(name, default, parent) for each field, nested dataclasses flattened (lora.rank -> rank)."""
+def _scalar_type(hint) -> type:
+    """int for `int | None`, float for `float`, str otherwise."""
+    for kind in (bool, int, float):
+        if hint is kind or kind in getattr(hint, "__args__", ()):
+            return kind
+    return str
+
+
+def _flat_fields(cls) -> list[tuple[str, Any, str | None, type]]:
+    """(name, default, parent, type) per field, nested dataclasses flattened (lora.rank -> rank)."""
     out = []
     inst = cls()
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         value = getattr(inst, f.name)
         if dataclasses.is_dataclass(value):
-            out += [(n, d, f.name) for n, d, _ in _flat_fields(type(value))]
+            out += [(n, d, f.name, t) for n, d, _, t in _flat_fields(type(value))]
         else:
-            out.append((f.name, value, None))
+            out.append((f.name, value, None, _scalar_type(hints[f.name])))
     return out
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    for name, default, _ in _flat_fields(cls):
+    for name, default, _, kind in _flat_fields(cls):
         if name in skip:
             continue
         flag = "--" + name.replace("_", "-")
         text = HELP.get(name, name.replace("_", " "))
-        if isinstance(default, bool):
+        if name in _REPEATED:
+            parser.add_argument(_REPEATED[name], dest=name, action="append", default=None, metavar="PROMPT",
+                                help=text)
+        elif isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif isinstance(default, tuple):
             parser.add_argument(flag, default=None, help=f"{text} (default: {_LIST_SEPARATOR.get(name, ',').join(default) or 'none'})")
         else:
-            kind = float if isinstance(default, float) else int if isinstance(default, int) else str
             parser.add_argument(flag, type=kind, default=None, metavar=kind.__name__.upper(),
                                 help=f"{text} (default: {default})" if default not in (None, "") else text)
 
@@ -93,7 +122,7 @@ def build_config(cls, args: argparse.Namespace, toml: dict | None = None):
     from .config import from_mapping
 
     data = dict(toml or {})
-    for name, default, parent in _flat_fields(cls):
+    for name, default, parent, _ in _flat_fields(cls):
         value = getattr(args, name, None)
         if value is None:
             continue

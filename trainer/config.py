@@ -59,6 +59,8 @@ class TrainConfig:
     preview_every: int = 0  # 0: previews only at the end of training (if preview_prompts)
     preview_prompts: tuple[str, ...] = ()
     preview_seed: int = 0
+    preview_steps: int = 25
+    preview_guidance: float = 7.5
     seed: int = 0
     device: str = "auto"
 

@@ -57,6 +57,9 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 def resolve_model_path(spec: str | Path) -> Path:
     if str(spec) == TESTBED_NAME:
+        if not (TESTBED_DIR / "model_index.json").exists():
+            raise UserError(f"the bundled test-bed model is missing from {TESTBED_DIR}; "
+                            "rebuild it with `duo-unlearn testbed-train`")
         return TESTBED_DIR
     path = Path(spec).expanduser()
     if not path.exists():

@@ -303,7 +303,8 @@ def _preview(pipe, unet, cfg: TrainConfig, path: Path, progress) -> Path:
     unet.eval()
     pipe.vae.to(unet.device)
     pipe.text_encoder.to(unet.device)
-    base, adapted = base_vs_adapter(pipe, unet, list(cfg.preview_prompts), cfg.preview_seed)
+    base, adapted = base_vs_adapter(pipe, unet, list(cfg.preview_prompts), cfg.preview_seed, cfg.preview_steps,
+                                    cfg.preview_guidance)
     pipe.vae.to("cpu")
     pipe.text_encoder.to("cpu")
     unet.train(was_training)

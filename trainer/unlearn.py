@@ -1,0 +1,134 @@
+"""`duo-unlearn unlearn`: preset -> pairs -> DUO training -> adapter(s) -> base-vs-unlearned preview."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .config import LoraConfig, TrainConfig
+from .errors import UserError
+from .export import check_writable
+from .pairs import PairConfig, PairStats, generate_pairs
+from .presets import Concept, Preset, get_preset
+from .progress import ProgressCallback, ProgressEvent, report
+from .testbed import TESTBED_NAME
+
+
+@dataclass
+class UnlearnConfig:
+    """What a user chooses; None means "the preset's value"."""
+
+    preset: str = "testbed-red"
+    out: str = "duo_adapter.safetensors"
+    model: str | None = None
+    config_dir: str | None = None
+    pairs_dir: str | None = None  # default: <out stem>_pairs next to the adapter
+    concept: str | None = None  # custom preset: its name; multi-concept presets: train only this one
+    unsafe_prompts: tuple[str, ...] = ()
+    safe_prompts: tuple[str, ...] = ()
+    num_pairs: int | None = None
+    strength: float | None = None
+    detector: str | None = None
+    beta: float | None = None
+    steps: int = 1000
+    lr: float | None = None
+    lam: float | None = None
+    rank: int = 32
+    batch_pairs: int = 4
+    seed: int = 0
+    preview: bool = True
+    device: str = "auto"
+
+
+@dataclass
+class ConceptPlan:
+    concept: Concept
+    pairs: PairConfig
+    train: TrainConfig
+
+
+@dataclass
+class UnlearnResult:
+    concept: str
+    adapter: Path
+    pairs: PairStats
+    preview: Path | None
+    seconds: float
+
+
+def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
+    preset = get_preset(cfg.preset)
+    concepts = list(preset.concepts)
+    if cfg.unsafe_prompts or cfg.safe_prompts or not concepts:
+        if not cfg.unsafe_prompts:
+            raise UserError("no unsafe prompts: give --unsafe-prompt (one or more) for the custom preset")
+        if not cfg.safe_prompts:
+            raise UserError("no safe prompts: give --safe-prompt (one or more) for the custom preset")
+        concepts = [Concept(cfg.concept or "custom", tuple(cfg.unsafe_prompts), tuple(cfg.safe_prompts))]
+    elif cfg.concept:
+        concepts = [c for c in concepts if c.name == cfg.concept]
+        if not concepts:
+            raise UserError(f"preset {preset.name} has no concept {cfg.concept!r}; "
+                            f"it has {', '.join(c.name for c in preset.concepts)}")
+    out = Path(cfg.out)
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out must be a .safetensors file name, got {cfg.out}")
+    model = cfg.model or preset.model or TESTBED_NAME
+    plans = []
+    for concept in concepts:
+        adapter = out if len(concepts) == 1 else out.with_name(f"{out.stem}_{concept.name}.safetensors")
+        pairs_root = Path(cfg.pairs_dir) if cfg.pairs_dir else out.with_name(f"{out.stem}_pairs")
+        pairs_dir = pairs_root if len(concepts) == 1 else pairs_root / concept.name
+        pair_cfg = PairConfig(
+            out=str(pairs_dir), model=model, config_dir=cfg.config_dir, unsafe_prompts=concept.unsafe_prompts,
+            safe_prompts=concept.safe_prompts, num_pairs=cfg.num_pairs if cfg.num_pairs is not None else preset.num_pairs,
+            strength=cfg.strength if cfg.strength is not None else preset.strength,
+            guidance=preset.guidance, sample_steps=preset.sample_steps,
+            detector=cfg.detector or preset.detector, seed=cfg.seed)
+        previews = tuple(dict.fromkeys(concept.unsafe_prompts))[:3] + preset.unrelated_prompts[:3]
+        train_cfg = TrainConfig(
+            pairs=str(pairs_dir), model=model, out=str(adapter), config_dir=cfg.config_dir, concept=concept.name,
+            beta=cfg.beta if cfg.beta is not None else preset.beta, lr=cfg.lr, lam=cfg.lam, steps=cfg.steps,
+            batch_pairs=cfg.batch_pairs, lora=LoraConfig(rank=cfg.rank, alpha=float(cfg.rank)), seed=cfg.seed,
+            preview_prompts=previews if cfg.preview else (), preview_steps=preset.sample_steps,
+            preview_guidance=preset.guidance, device=cfg.device)
+        pair_cfg.validate()
+        train_cfg.validate()
+        plans.append(ConceptPlan(concept, pair_cfg, train_cfg))
+    return preset, plans
+
+
+def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=None) -> list[UnlearnResult]:
+    """Run every concept of the plan on one loaded model; each adapter is trained from the base model."""
+    from .models import load_model
+    from .train import ADAPTER_NAME, train
+
+    preset, plans = plan(cfg)
+    for p in plans:
+        check_writable(p.train.out)
+    model = model or load_model(plans[0].pairs.model, cfg.config_dir)
+    results = []
+    for k, p in enumerate(plans):
+        started = time.time()
+        stage = f"{p.concept.name} ({k + 1}/{len(plans)})"
+        report(progress, ProgressEvent("pairs", 0, p.pairs.num_pairs, f"{stage}: making pairs in {p.pairs.out}"))
+        stats = generate_pairs(p.pairs, progress, model=model)
+        if stats.made + stats.kept_existing == 0:
+            raise UserError(f"no pair survived the {p.pairs.detector} detector for {p.concept.name} "
+                            f"({stats.skipped} skipped: {stats.skipped_reasons}); try more retries or other prompts")
+        facts = {"preset": preset.name, "strength": p.pairs.strength, "detector": p.pairs.detector}
+        try:
+            result = train(p.train, progress, model=model, facts=facts)
+        finally:
+            if getattr(model.pipe.unet, "peft_config", None) and ADAPTER_NAME in model.pipe.unet.peft_config:
+                model.pipe.unet.delete_adapters(ADAPTER_NAME)  # the next concept starts from the base model
+        results.append(UnlearnResult(p.concept.name, result.adapter, stats,
+                                     result.previews[0] if result.previews else None, time.time() - started))
+    return results
+
+
+def stacking_hint(results: list[UnlearnResult]) -> str:
+    names = [r.adapter.stem for r in results]
+    return ("A1111/Forge prompt: " + " ".join(f"<lora:{n}:1>" for n in names) +
+            " | ComfyUI: chain one LoraLoader (or DUO Load Adapter) per file | diffusers: "
+            "pipe.load_lora_weights(file, adapter_name=name) for each, then pipe.set_adapters(names, weights)")
