@@ -39,6 +39,7 @@ class TrainConfig:
     config_dir: str | None = None  # diffusers config folder for single-file checkpoints, when offline
     concept: str = ""
     method: str = "duo"
+    esd_eta: float = 1.0  # method "esd": negative guidance scale eta of the ESD target
     beta: float = 500.0
     lr: float | None = None  # None: 3e-4 * 100 / beta
     lam: float | None = None  # None: 1e6 * beta / 100
@@ -66,7 +67,9 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else 3e-4 * 100 / self.beta
+        if self.lr is not None:
+            return self.lr
+        return 1e-4 if self.method == "esd" else 3e-4 * 100 / self.beta  # ESD has no beta to couple to
 
     @property
     def preservation_weight(self) -> float:
@@ -84,6 +87,8 @@ class TrainConfig:
         if self.method not in ("duo", "esd"):
             raise UserError(f"method must be 'duo' or 'esd', got {self.method!r}")
         positive("beta", self.beta)
+        if self.method == "esd":
+            positive("esd_eta", self.esd_eta)
         positive("steps", self.steps)
         positive("batch_pairs", self.batch_pairs)
         if self.lr is not None:

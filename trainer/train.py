@@ -11,6 +11,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .errors import UserError
 from .export import adapter_metadata, atomic_save, check_writable, peft_to_kohya
+from .esd_loss import esd_step
 from .loss import duo_loss, output_preservation
 from .models import LoadedModel, load_model
 from .pair_dataset import PairRecord, load_image_tensor, read_pairs
@@ -195,7 +196,8 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)  # one CPU stream: the same draws on any device
 
-    cache = build_cache(pipe, records, Path(cfg.pairs), cfg.condition, device, progress)
+    condition = "prompt" if cfg.method == "esd" else cfg.condition  # ESD conditions on the concept's prompts
+    cache = build_cache(pipe, records, Path(cfg.pairs), condition, device, progress)
     unet = pipe.unet.to(device)
     params = add_lora(unet, cfg)
     for p in params:  # trainable weights stay fp32 under mixed precision
@@ -230,38 +232,42 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
 
     for step in range(start, cfg.steps):
         idx = torch.randint(0, n, (B,), generator=gen)
-        z_lose = (_sample(cache.unsafe_mean, cache.unsafe_std, idx, gen) - cache.shift) * cache.scaling
-        z_win = (_sample(cache.safe_mean, cache.safe_std, idx, gen) - cache.shift) * cache.scaling
-        noise = torch.randn(z_lose.shape, generator=gen).to(device)
-        t = torch.randint(cfg.t_min, t_max, (2 * B,), generator=gen).to(device)
-        latents, pair_noise = torch.cat([z_lose, z_win]), torch.cat([noise, noise])  # one noise draw per pair
-        noisy = noise_scheduler.add_noise(latents, pair_noise, t)
-        x = torch.cat([noisy, noise])  # the last B rows: pure noise x_T for output preservation
-        timesteps = torch.cat([t, torch.full((B,), last_t, device=device)])
-        if cache.unsafe_cond is not None:
-            cond = torch.cat([cache.unsafe_cond[idx.to(cache.unsafe_cond.device)],
-                              cache.safe_cond[idx.to(cache.safe_cond.device)], cache.empty.expand(B, -1, -1)])
+        if cfg.method == "esd":
+            loss, logs = esd_step(unet, raw_unet, accelerator, noise_scheduler, cache, idx, gen, (cfg.t_min, t_max),
+                                  cfg.esd_eta)
         else:
-            cond = cache.empty.expand(3 * B, -1, -1)
-        with accelerator.autocast():
-            pred = unet(x, timesteps, cond).sample
-            with torch.no_grad():
-                raw_unet.disable_adapters()
-                ref = unet(x, timesteps, cond).sample
-                raw_unet.enable_adapters()
-        target = training_target(noise_scheduler, latents, pair_noise, t)
-        p_lose, p_win, p_prior = pred.split(B)
-        r_lose, r_win, r_prior = ref.split(B)
-        dpo, inside = duo_loss(p_win, r_win, target[B:], p_lose, r_lose, target[:B], cfg.beta)
-        prior = output_preservation(p_prior, r_prior)
-        loss = dpo + lam * prior
+            z_lose = (_sample(cache.unsafe_mean, cache.unsafe_std, idx, gen) - cache.shift) * cache.scaling
+            z_win = (_sample(cache.safe_mean, cache.safe_std, idx, gen) - cache.shift) * cache.scaling
+            noise = torch.randn(z_lose.shape, generator=gen).to(device)
+            t = torch.randint(cfg.t_min, t_max, (2 * B,), generator=gen).to(device)
+            latents, pair_noise = torch.cat([z_lose, z_win]), torch.cat([noise, noise])  # one noise draw per pair
+            noisy = noise_scheduler.add_noise(latents, pair_noise, t)
+            x = torch.cat([noisy, noise])  # the last B rows: pure noise x_T for output preservation
+            timesteps = torch.cat([t, torch.full((B,), last_t, device=device)])
+            if cache.unsafe_cond is not None:
+                cond = torch.cat([cache.unsafe_cond[idx.to(cache.unsafe_cond.device)],
+                                  cache.safe_cond[idx.to(cache.safe_cond.device)], cache.empty.expand(B, -1, -1)])
+            else:
+                cond = cache.empty.expand(3 * B, -1, -1)
+            with accelerator.autocast():
+                pred = unet(x, timesteps, cond).sample
+                with torch.no_grad():
+                    raw_unet.disable_adapters()
+                    ref = unet(x, timesteps, cond).sample
+                    raw_unet.enable_adapters()
+            target = training_target(noise_scheduler, latents, pair_noise, t)
+            p_lose, p_win, p_prior = pred.split(B)
+            r_lose, r_win, r_prior = ref.split(B)
+            dpo, inside = duo_loss(p_win, r_win, target[B:], p_lose, r_lose, target[:B], cfg.beta)
+            prior = output_preservation(p_prior, r_prior)
+            loss = dpo + lam * prior
+            logs = {"loss": loss.item(), "dpo": dpo.item(), "prior": prior.item(),
+                    "pref_acc": float((inside > 0).float().mean())}
         accelerator.backward(loss)
         if cfg.grad_clip > 0:
             accelerator.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        logs = {"loss": loss.item(), "dpo": dpo.item(), "prior": prior.item(),
-                "pref_acc": float((inside > 0).float().mean())}
         history.append({"step": step + 1, **logs})
         report(progress, ProgressEvent("train", step + 1, cfg.steps, logs=logs))
         done = step + 1
@@ -282,6 +288,8 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
         "safe_prompts": sorted({r.safe_prompt for r in records}),
         "base_model": model.name, "base_model_hash": model.sha256(), "family": model.family,
     })
+    if cfg.method == "esd":
+        facts.update({"esd_eta": cfg.esd_eta, "lambda": 0, "beta": None})
     meta = adapter_metadata(output_name=out.stem, family=model.family, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
                             target_modules=cfg.lora.target_modules, duo=facts)
     atomic_save(peft_to_kohya(lora_state(raw_unet), cfg.lora.alpha), out, meta)

@@ -29,6 +29,7 @@ class UnlearnConfig:
     num_pairs: int | None = None
     strength: float | None = None
     detector: str | None = None
+    method: str = "duo"  # "esd": the ESD baseline, on the same pairs
     beta: float | None = None
     steps: int = 1000
     lr: float | None = None
@@ -88,8 +89,8 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
         previews = tuple(dict.fromkeys(concept.unsafe_prompts))[:3] + preset.unrelated_prompts[:3]
         train_cfg = TrainConfig(
             pairs=str(pairs_dir), model=model, out=str(adapter), config_dir=cfg.config_dir, concept=concept.name,
-            beta=cfg.beta if cfg.beta is not None else preset.beta, lr=cfg.lr, lam=cfg.lam, steps=cfg.steps,
-            batch_pairs=cfg.batch_pairs, lora=LoraConfig(rank=cfg.rank, alpha=float(cfg.rank)), seed=cfg.seed,
+            method=cfg.method, beta=cfg.beta if cfg.beta is not None else preset.beta, lr=cfg.lr, lam=cfg.lam,
+            steps=cfg.steps, batch_pairs=cfg.batch_pairs, lora=LoraConfig(rank=cfg.rank, alpha=float(cfg.rank)), seed=cfg.seed,
             preview_prompts=previews if cfg.preview else (), preview_steps=preset.sample_steps,
             preview_guidance=preset.guidance, device=cfg.device)
         pair_cfg.validate()
