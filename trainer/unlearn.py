@@ -90,8 +90,8 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
         train_cfg = TrainConfig(
             pairs=str(pairs_dir), model=model, out=str(adapter), config_dir=cfg.config_dir, concept=concept.name,
             method=cfg.method, beta=cfg.beta if cfg.beta is not None else preset.beta, lr=cfg.lr, lam=cfg.lam,
-            steps=cfg.steps, batch_pairs=cfg.batch_pairs, lora=LoraConfig(rank=cfg.rank, alpha=float(cfg.rank)), seed=cfg.seed,
-            preview_prompts=previews if cfg.preview else (), preview_steps=preset.sample_steps,
+            steps=cfg.steps, batch_pairs=cfg.batch_pairs, lora=LoraConfig(rank=cfg.rank, alpha=float(cfg.rank)),
+            seed=cfg.seed, preview_prompts=previews if cfg.preview else (), preview_steps=preset.sample_steps,
             preview_guidance=preset.guidance, device=cfg.device)
         pair_cfg.validate()
         train_cfg.validate()
