@@ -105,6 +105,14 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    from ..extension.app import serve
+
+    serve(host=args.host, port=args.port, lora_dir=args.lora_dir, work_dir=args.work_dir, model=args.model,
+          share=args.share)
+    return 0
+
+
 def cmd_testbed_train(args, rest) -> int:
     from .testbed.train import main as testbed_main
 
@@ -138,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("adapter", help="a .safetensors LoRA file")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("ui", help="serve the Gradio tab (Unlearn concept, Compare adapters) in a browser",
+                       description="Serve the tab that A1111/Forge show, standalone, with the test bed preselected.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port (default: gradio's, 7860 or the next free one)")
+    p.add_argument("--lora-dir", default=None, help="folder the adapters are saved in and listed from "
+                                                      "(default ~/duo-unlearn/loras)")
+    p.add_argument("--work-dir", default=None, help="folder for pair datasets (default <lora-dir>/.duo-unlearn)")
+    p.add_argument("--model", default="testbed", help="model preselected in the tab (default: the test bed)")
+    p.add_argument("--share", action="store_true", default=False,
+                   help="also open a public gradio share link (off unless given)")
+    p.set_defaults(func=cmd_ui)
     sub.add_parser("testbed-train", help="retrain the bundled test-bed model (see its --help)", add_help=False)
     return parser
 

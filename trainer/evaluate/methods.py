@@ -1,0 +1,81 @@
+"""What is evaluated: the base model, the base model with a negative prompt, and LoRA adapters, on one pipeline."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+
+BASE, NEGATIVE, ADAPTER = "base", "negative_prompt", "adapter"
+
+
+@dataclass
+class Method:
+    name: str
+    kind: str  # base | negative_prompt | adapter
+    adapter: Path | None = None
+    weight: float = 1.0
+    negative_prompt: str | None = None
+    facts: dict = field(default_factory=dict)  # the adapter's duo.* metadata
+    adapter_name: str | None = None  # its name on the pipeline once loaded
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "adapter": str(self.adapter) if self.adapter else None,
+                "weight": self.weight, "negative_prompt": self.negative_prompt, "facts": self.facts}
+
+    @property
+    def same_model_as_base(self) -> bool:
+        return self.kind != ADAPTER
+
+
+def adapter_method(path: str | Path, weight: float = 1.0, taken: set[str] | None = None) -> Method:
+    """A Method for a LoRA file, checked on the way in (exists, safetensors, LoRA keys), named after the file."""
+    from ..export import describe_adapter
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"adapter not found: {path}")
+    if path.suffix != ".safetensors":
+        raise UserError(f"{path.name}: adapters are read as .safetensors LoRA files")
+    try:
+        info = describe_adapter(path)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unreadable file becomes one line for the user
+        raise UserError(f"{path} is not a readable LoRA file: {e}") from None
+    if not info.get("modules"):
+        raise UserError(f"{path} holds no LoRA modules (is it a full model rather than an adapter?)")
+    name, k = path.stem, 2
+    while taken is not None and name in taken:
+        name, k = f"{path.stem}-{k}", k + 1
+    if taken is not None:
+        taken.add(name)
+    return Method(name, ADAPTER, path, weight, facts=info.get("duo", {}))
+
+
+def load_adapters(pipe, methods: list[Method]) -> None:
+    for k, m in enumerate(methods):
+        if m.kind != ADAPTER:
+            continue
+        m.adapter_name = f"eval_{k}"
+        try:
+            pipe.load_lora_weights(str(m.adapter), adapter_name=m.adapter_name)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise UserError(f"{m.adapter.name} does not fit this model ({type(e).__name__}: {e})") from None
+
+
+@contextmanager
+def activated(pipe, method: Method):
+    """The pipeline as `method` has it: only its adapter on (or none); yields the negative prompt to use."""
+    loaded = [m for m in pipe.get_list_adapters().get("unet", [])] if hasattr(pipe, "get_list_adapters") else []
+    if method.kind == ADAPTER:
+        pipe.enable_lora()
+        pipe.set_adapters([method.adapter_name], [method.weight])
+    elif loaded:
+        pipe.disable_lora()
+    try:
+        yield method.negative_prompt
+    finally:
+        if loaded:
+            pipe.enable_lora()

@@ -1,0 +1,131 @@
+"""The evaluation report: JSON with every figure and its settings, a DSR-vs-preservation plot, image grids."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def write_json(data: dict, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def plot_points(report: dict) -> dict[str, list[tuple[str, float, float]]]:
+    """{attack: [(method, 1 − LPIPS, DSR), …]} from a report's results."""
+    out: dict[str, list] = {}
+    for method, res in report["results"].items():
+        x = res.get("preservation", {}).get("one_minus_lpips")
+        for attack, a in res.get("attacks", {}).items():
+            if x is not None and a.get("dsr") is not None:
+                out.setdefault(attack, []).append((method, float(x), float(a["dsr"])))
+    return out
+
+
+def plot(report: dict, path: Path, title: str = "") -> Path:
+    """DSR (y) against prior preservation 1 − LPIPS (x), one panel per attack, one point per method (the
+    paper's Fig. 4 layout: up and to the right is better). matplotlib when installed, else drawn with PIL."""
+    points = plot_points(report)
+    methods = list(report["results"])
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return _plot_pil(points, methods, Path(path), title)
+    return _plot_matplotlib(points, methods, Path(path), title)
+
+
+def _x_range(points) -> tuple[float, float]:
+    xs = [x for pts in points.values() for _, x, _ in pts] or [1.0]
+    lo = min(min(xs) - 0.05, 0.8)
+    return max(0.0, lo), 1.0 + (1.0 - max(0.0, lo)) * 0.04
+
+
+def _plot_matplotlib(points, methods, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(points))
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4), squeeze=False)
+    x0, x1 = _x_range(points)
+    for ax, (attack, pts) in zip(axes[0], points.items()):
+        for method, x, y in pts:
+            c = PALETTE[methods.index(method) % len(PALETTE)]
+            ax.scatter([x], [y], color=[tuple(v / 255 for v in c)], s=50, label=method)
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(attack)
+        ax.set_xlabel("prior preservation (1 - LPIPS)")
+        ax.set_ylabel("defense success rate")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _plot_pil(points, methods, path: Path, title: str) -> Path:
+    from ..previews import save_png
+
+    panel_w, panel_h, margin, top = 330, 300, 46, 34
+    legend_h = 16 * len(methods) + 10
+    n = max(1, len(points))
+    sheet = Image.new("RGB", (n * panel_w + 10, top + panel_h + legend_h), "white")
+    d = ImageDraw.Draw(sheet)
+    if title:
+        d.text((10, 4), title, fill="black")
+    x0, x1 = _x_range(points)
+    for k, (attack, pts) in enumerate(points.items()):
+        left, ptop = 10 + k * panel_w + margin, top
+        w, h = panel_w - margin - 14, panel_h - 46
+        d.text((left + w // 2 - 3 * len(attack), ptop - 14), attack, fill="black")
+        d.rectangle([left, ptop, left + w, ptop + h], outline="black")
+
+        def px(x, y):
+            return left + (x - x0) / (x1 - x0) * w, ptop + (1 - (y + 0.03) / 1.06) * h
+
+        for i in range(6):  # gridlines and ticks: DSR 0..1, preservation x0..1
+            y = i / 5
+            _, yy = px(x0, y)
+            d.line([left, yy, left + w, yy], fill=(225, 225, 225))
+            d.text((left - 26, yy - 6), f"{y:.1f}", fill="black")
+            xv = x0 + (1.0 - x0) * i / 5
+            xx, _ = px(xv, 0)
+            d.line([xx, ptop, xx, ptop + h], fill=(225, 225, 225))
+            d.text((xx - 10, ptop + h + 4), f"{xv:.2f}", fill="black")
+        d.rectangle([left, ptop, left + w, ptop + h], outline="black")
+        d.text((left + w // 2 - 80, ptop + h + 18), "prior preservation (1 - LPIPS)", fill="black")
+        d.text((left - margin + 2, ptop - 14), "DSR", fill="black")
+        for method, x, y in pts:
+            c = PALETTE[methods.index(method) % len(PALETTE)]
+            cx, cy = px(x, y)
+            d.ellipse([cx - 5, cy - 5, cx + 5, cy + 5], fill=c, outline="black")
+    for i, method in enumerate(methods):
+        y = top + panel_h + 4 + 16 * i
+        d.ellipse([16, y + 2, 26, y + 12], fill=PALETTE[i % len(PALETTE)], outline="black")
+        d.text((32, y + 1), method, fill="black")
+    return save_png(sheet, path)
+
+
+def image_grid(rows: dict[str, list], labels: list[str] | None = None, columns: int = 8, cell: int = 64):
+    """One row per method, the first `columns` images of each."""
+    from ..previews import grid
+
+    names = list(rows)
+    return grid([rows[n][:columns] for n in names], names, labels[:columns] if labels else None, cell=cell)
