@@ -1,0 +1,47 @@
+"""The standalone app: the same tab as in A1111/Forge, served by the current gradio on 127.0.0.1."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..trainer.errors import UserError
+
+DEFAULT_LORA_DIR = Path.home() / "duo-unlearn" / "loras"
+
+
+def queue(blocks):
+    """Enable the queue (generators need it on gradio 3) with room for a second click to be answered."""
+    import gradio as gr
+
+    if int(gr.__version__.split(".")[0]) >= 4:
+        return blocks.queue(default_concurrency_limit=4)
+    return blocks.queue(concurrency_count=4)
+
+
+def make_app(lora_dir: str | Path | None = None, work_dir: str | Path | None = None, model: str = "testbed",
+             device: str = "auto"):
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UserError("the UI needs gradio: pip install 'duo-unlearn[ui]' (or pip install gradio)") from None
+    from .backends import StandaloneBackend
+    from .tab import create_blocks
+
+    lora_dir = Path(lora_dir or DEFAULT_LORA_DIR).expanduser()
+    try:
+        lora_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the LoRA folder {lora_dir}: {e.strerror or e}") from None
+    backend = StandaloneBackend(lora_dir, work_dir, model=model, device=device)
+    return queue(create_blocks(backend)), backend
+
+
+def serve(host: str = "127.0.0.1", port: int | None = None, lora_dir: str | Path | None = None,
+          work_dir: str | Path | None = None, model: str = "testbed", share: bool = False, block: bool = True):
+    """Build and launch; with block=False returns (blocks, backend, url) and keeps serving in the background."""
+    blocks, backend = make_app(lora_dir, work_dir, model)
+    print(f"duo-unlearn ui: adapters are saved in {backend.lora_dir}, pairs in {backend.work_dir}", flush=True)
+    _, url, _ = blocks.launch(server_name=host, server_port=port, share=share, inbrowser=False,
+                              prevent_thread_lock=not block, show_error=True, quiet=False)
+    return blocks, backend, url

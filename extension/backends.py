@@ -1,0 +1,343 @@
+"""What differs between hosts: where LoRAs live, which model to train, how to free the GPU, how to generate.
+
+StandaloneBackend uses diffusers for everything (adapters stacked with load_lora_weights + set_adapters).
+A1111Backend imports `modules.*` only inside its methods: it trains with the trainer on the selected checkpoint
+file after taking the host's model off the GPU, and compares with the host's own txt2img (`<lora:name:w>`), so
+the picture is exactly what users get there.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..trainer.errors import UserError
+from ..trainer.progress import ProgressEvent, report
+from .jobs import JobRunner
+
+ADAPTER_EXT = ".safetensors"
+
+
+@dataclass
+class AdapterInfo:
+    name: str  # the file stem: what `<lora:name:w>` and the dropdowns use
+    path: Path
+    duo: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+    def row(self) -> dict:
+        d = self.duo
+        return {"name": self.name, "concept": d.get("concept", "?"), "beta": d.get("beta", "?"),
+                "steps": d.get("steps", "?"), "pairs": d.get("pairs", "?"), "base model": d.get("base_model", "?"),
+                "rank": self.metadata.get("ss_network_dim", "?")}
+
+
+def read_header(path: Path) -> dict:
+    """The safetensors metadata only (8-byte length + JSON header): no tensor is read."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if not 0 < size < 100 * 2**20:
+            raise ValueError("not a safetensors file")
+        header = json.loads(f.read(size))
+    return header.get("__metadata__") or {}
+
+
+def _decode_duo(metadata: dict) -> dict:
+    duo = {}
+    for key, value in metadata.items():
+        if key.startswith("duo."):
+            try:
+                duo[key[4:]] = json.loads(value)
+            except (json.JSONDecodeError, TypeError):
+                duo[key[4:]] = value
+    return duo
+
+
+class Backend:
+    """The host-independent part: adapter discovery and the job runner."""
+
+    host = "base"
+    model_editable = True
+
+    def __init__(self, lora_dir: str | Path, work_dir: str | Path | None = None):
+        self.lora_dir = Path(lora_dir).expanduser()
+        self.work_dir = Path(work_dir).expanduser() if work_dir else self.lora_dir / ".duo-unlearn"
+        self.runner = JobRunner()
+        self._headers: dict[Path, tuple[float, dict]] = {}
+
+    # -- model --
+    def default_model(self) -> str:
+        raise NotImplementedError
+
+    def model_for_training(self, spec: str) -> str:
+        return spec
+
+    def current_model_name(self, spec: str) -> str | None:
+        """The name the trainer records as duo.base_model for this model (to warn about mismatches)."""
+        return None
+
+    # -- adapters --
+    def list_adapters(self) -> list[AdapterInfo]:
+        """DUO adapters (files with duo.* metadata) under the LoRA folder, newest first."""
+        found = []
+        if not self.lora_dir.is_dir():
+            return found
+        work = self.work_dir.resolve() if self.work_dir.exists() else None
+        for path in self.lora_dir.rglob(f"*{ADAPTER_EXT}"):
+            if work is not None and work in path.resolve().parents:
+                continue
+            if path.name.startswith("."):  # temp files of an atomic write
+                continue
+            try:
+                mtime = path.stat().st_mtime
+                cached = self._headers.get(path)
+                meta = cached[1] if cached and cached[0] == mtime else read_header(path)
+                self._headers[path] = (mtime, meta)
+            except (OSError, ValueError):
+                continue
+            duo = _decode_duo(meta)
+            if duo:
+                found.append(AdapterInfo(path.stem, path, duo, {k: v for k, v in meta.items()
+                                                                if not k.startswith("duo.")}))
+        found.sort(key=lambda a: (-self._headers[a.path][0], a.name))
+        return found
+
+    def find_adapter(self, name: str) -> AdapterInfo:
+        for a in self.list_adapters():
+            if a.name == name:
+                return a
+        raise UserError(f"adapter {name!r} is not in {self.lora_dir} (press Refresh)")
+
+    # -- work --
+    def run_unlearn(self, cfg, progress=None):
+        raise NotImplementedError
+
+    def compare(self, model_spec: str, adapters: list[tuple[AdapterInfo, float]], prompt: str, negative: str,
+                seed: int, steps: int, guidance: float, progress=None):
+        """(base image, adapted image, note) for the same prompt and seed."""
+        raise NotImplementedError
+
+
+class StandaloneBackend(Backend):
+    """diffusers in this process; the one loaded pipeline is shared by training and comparison."""
+
+    host = "standalone"
+
+    def __init__(self, lora_dir: str | Path, work_dir: str | Path | None = None, model: str = "testbed",
+                 device: str = "auto"):
+        super().__init__(lora_dir, work_dir)
+        self._default_model = model
+        self.device = device
+        self._model = None  # (spec, LoadedModel)
+        self._model_lock = threading.Lock()
+
+    def default_model(self) -> str:
+        return self._default_model
+
+    def current_model_name(self, spec: str) -> str | None:
+        from ..trainer.testbed import TESTBED_NAME
+
+        spec = (spec or "").strip() or self._default_model
+        if spec == TESTBED_NAME:
+            return TESTBED_NAME
+        path = Path(spec).expanduser()
+        return path.stem if path.is_file() else path.name
+
+    def load(self, spec: str, progress=None):
+        from ..trainer.models import load_model
+
+        spec = (spec or "").strip() or self._default_model
+        with self._model_lock:
+            if self._model is not None and self._model[0] == spec and self._clean(self._model[1]):
+                return self._model[1]
+            self._model = None  # free the old pipeline before loading another
+            report(progress, ProgressEvent("load", message=f"loading {spec}"))
+            model = load_model(spec)
+            self._model = (spec, model)
+            return model
+
+    @staticmethod
+    def _clean(model) -> bool:
+        """No LoRA layer left on the UNet (a crashed comparison or training would leave one)."""
+        unet = model.pipe.unet
+        return not getattr(unet, "peft_config", None)
+
+    def _device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def run_unlearn(self, cfg, progress=None):
+        from ..trainer.unlearn import unlearn
+
+        model = self.load(cfg.model, progress)
+        return unlearn(cfg, progress=progress, model=model)
+
+    def compare(self, model_spec, adapters, prompt, negative, seed, steps, guidance, progress=None):
+        from ..trainer.previews import generate_images
+
+        model = self.load(model_spec, progress)
+        pipe = model.pipe
+        pipe.to(self._device())
+        report(progress, ProgressEvent("compare", 0, 2, "base image"))
+        base = generate_images(pipe, [prompt], seed, steps, guidance, negative or None)[0]
+        report(progress, ProgressEvent("compare", 1, 2, "with the adapters"))
+        names = []
+        try:
+            for k, (info, weight) in enumerate(adapters):
+                name = f"duo_cmp_{k}"
+                try:
+                    pipe.load_lora_weights(str(info.path), adapter_name=name)
+                except (ValueError, KeyError, RuntimeError) as e:
+                    raise UserError(f"{info.name} could not be loaded onto {model.name}: {e}") from None
+                names.append(name)
+            pipe.set_adapters(names, [float(w) for _, w in adapters])
+            adapted = generate_images(pipe, [prompt], seed, steps, guidance, negative or None)[0]
+        finally:
+            if names:
+                pipe.unload_lora_weights()
+                for module in (pipe.unet, pipe.text_encoder):  # leave no empty peft bookkeeping behind
+                    if getattr(module, "peft_config", None) == {}:
+                        del module.peft_config
+        report(progress, ProgressEvent("compare", 2, 2, "done"))
+        stacked = " + ".join(f"{a.name}×{w:g}" for a, w in adapters)
+        return base, adapted, f"diffusers on {model.name}, seed {seed}, {steps} steps, guidance {guidance:g}: {stacked}"
+
+
+class A1111Backend(Backend):
+    """AUTOMATIC1111 / Forge. `modules` is imported inside methods only, so this file loads anywhere."""
+
+    host = "a1111"
+    model_editable = False
+
+    def __init__(self, lora_dir: str | Path | None = None, work_dir: str | Path | None = None):
+        from modules import paths, shared  # noqa: the host's own package
+
+        lora_dir = lora_dir or getattr(shared.cmd_opts, "lora_dir", None) or os.path.join(paths.models_path, "Lora")
+        data_path = getattr(paths, "data_path", None) or os.path.dirname(paths.models_path)
+        super().__init__(lora_dir, work_dir or os.path.join(data_path, "outputs", "duo-unlearn"))
+
+    @staticmethod
+    def _checkpoint():
+        from modules import sd_models
+
+        info = sd_models.select_checkpoint()
+        if info is None:
+            raise UserError("no checkpoint is selected in the web UI")
+        return info
+
+    def default_model(self) -> str:
+        try:
+            return self._checkpoint().title
+        except Exception:  # the UI is built before a model is chosen in some setups
+            return "(the checkpoint selected at the top of the web UI)"
+
+    def model_for_training(self, spec: str) -> str:
+        """Always the checkpoint selected in the host, whatever the text box says."""
+        return str(self._checkpoint().filename)
+
+    def current_model_name(self, spec: str) -> str | None:
+        try:
+            return Path(self._checkpoint().filename).stem
+        except Exception:
+            return None
+
+    @staticmethod
+    def _queue_lock():
+        try:
+            from modules import call_queue
+
+            return call_queue.queue_lock
+        except (ImportError, AttributeError):
+            return nullcontext()
+
+    @staticmethod
+    def _on_main_thread(fn, *args):
+        """Forge runs model work on its main thread; A1111 runs it in the caller's thread."""
+        try:
+            from modules_forge import main_thread
+        except ImportError:
+            return fn(*args)
+        box = {}
+
+        def work():
+            try:
+                box["result"] = fn(*args)
+            except BaseException as e:  # Forge's worker swallows exceptions: carry them back
+                box["error"] = e
+            return box.get("result")
+
+        main_thread.run_and_wait_result(work)
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
+
+    @contextmanager
+    def _host_model_off_gpu(self, progress):
+        """Take the host's model off the GPU for the training, and put it back afterwards, even on failure."""
+        from modules import sd_models, shared
+
+        report(progress, ProgressEvent("load", message="freeing the web UI's model from the GPU"))
+        self._on_main_thread(sd_models.unload_model_weights)
+        try:
+            yield
+        finally:
+            try:
+                self._on_main_thread(sd_models.reload_model_weights)
+                send = getattr(sd_models, "send_model_to_device", None)
+                if send is not None and getattr(shared, "sd_model", None) is not None:
+                    self._on_main_thread(send, shared.sd_model)
+            except Exception as e:  # the adapter is already safe on disk: say so instead of hiding it
+                print(f"[duo-unlearn] could not reload the web UI's model ({type(e).__name__}: {e}); "
+                      "select the checkpoint again at the top of the page")
+
+    def run_unlearn(self, cfg, progress=None):
+        from ..trainer.unlearn import unlearn
+
+        report(progress, ProgressEvent("load", message="waiting for the web UI to finish its current generation"))
+        with self._queue_lock():
+            with self._host_model_off_gpu(progress):
+                return unlearn(cfg, progress=progress)
+
+    def _txt2img(self, prompt, negative, seed, steps, guidance):
+        from modules import processing, shared
+
+        model = getattr(shared, "sd_model", None)
+        size = 1024 if getattr(model, "is_sdxl", False) else 768 if getattr(model, "is_sd2", False) else 512
+        p = processing.StableDiffusionProcessingTxt2Img(
+            sd_model=model, outpath_samples=str(self.work_dir / "compare"), outpath_grids=str(self.work_dir / "compare"),
+            prompt=prompt, negative_prompt=negative or "", seed=int(seed), steps=int(steps), cfg_scale=float(guidance),
+            width=size, height=size, n_iter=1, batch_size=1, do_not_save_samples=True, do_not_save_grid=True)
+        try:
+            processed = self._on_main_thread(processing.process_images, p)
+        finally:
+            close = getattr(p, "close", None)
+            if close:
+                close()
+        if processed is None or not getattr(processed, "images", None):
+            raise UserError("the web UI produced no image (see its console for the reason)")
+        return processed.images[0]
+
+    def compare(self, model_spec, adapters, prompt, negative, seed, steps, guidance, progress=None):
+        from modules import shared
+
+        tags = " ".join(f"<lora:{a.name}:{w:g}>" for a, w in adapters)
+        state = getattr(shared, "state", None)
+        with self._queue_lock():
+            if state is not None and hasattr(state, "begin"):
+                state.begin(job="duo-unlearn compare")
+            try:
+                report(progress, ProgressEvent("compare", 0, 2, "base image"))
+                base = self._txt2img(prompt, negative, seed, steps, guidance)
+                report(progress, ProgressEvent("compare", 1, 2, "with the adapters"))
+                adapted = self._txt2img(f"{prompt} {tags}", negative, seed, steps, guidance)
+            finally:
+                if state is not None and hasattr(state, "end"):
+                    state.end()
+        report(progress, ProgressEvent("compare", 2, 2, "done"))
+        return base, adapted, f"web UI txt2img, seed {seed}, {steps} steps, CFG {guidance:g}; prompt: {prompt} {tags}"

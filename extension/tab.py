@@ -1,0 +1,471 @@
+"""The DUO tab: "Unlearn concept" and "Compare adapters", built by one function for every host.
+
+`TabController` holds the behaviour (validation, the background job, polling, comparison) and knows no gradio
+component, so tests drive it directly; `build_tab(backend)` lays out the components and wires them to it. The
+layout uses only what gradio 3.41.2 (A1111), 4.40.0 (Forge) and the current release all accept.
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..trainer.errors import UserError
+from .jobs import Busy, format_seconds
+from .names import adapter_path, sanitise_name
+
+MAX_STACK = 4  # adapter slots in Compare (the violence preset makes four)
+NONE = "(none)"
+ALL = "(all concepts)"
+POLL_SECONDS = 0.5
+DEFAULT_STEPS = 200
+DEFAULT_RANK = 8
+
+
+def _esc(text: str) -> str:
+    """Text shown in a Markdown component: no HTML from file names or prompts."""
+    return html.escape(text, quote=False)
+
+
+def _lines(text: str | None) -> tuple[str, ...]:
+    return tuple(line.strip() for line in (text or "").splitlines() if line.strip())
+
+
+def _int(value, name: str, minimum: int = 1) -> int:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a whole number, got {value!r}") from None
+    if not f.is_integer() or f < minimum:
+        raise UserError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
+    return int(f)
+
+
+def _float(value, name: str, positive: bool = True) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number, got {value!r}") from None
+    if f != f or (positive and f <= 0):
+        raise UserError(f"{name} must be a positive number, got {value!r}")
+    return f
+
+
+def _open_image(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def _stack_vertically(images):
+    from PIL import Image
+
+    if len(images) == 1:
+        return images[0]
+    width = max(im.width for im in images)
+    sheet = Image.new("RGB", (width, sum(im.height for im in images)), "white")
+    y = 0
+    for im in images:
+        sheet.paste(im, (0, y))
+        y += im.height
+    return sheet
+
+
+def progress_bar(fraction: float, state: str = "running") -> str:
+    colour = {"running": "#3b82f6", "done": "#16a34a", "failed": "#dc2626", "cancelled": "#9ca3af"}.get(state,
+                                                                                                         "#3b82f6")
+    pct = max(0.0, min(1.0, fraction)) * 100
+    return (f'<div id="duo-progress" data-state="{state}" style="width:100%;height:10px;background:#e5e7eb;'
+            f'border-radius:5px;overflow:hidden"><div style="width:{pct:.1f}%;height:100%;background:{colour}">'
+            f'</div></div>')
+
+
+@dataclass
+class Request:
+    """A validated "Unlearn concept" click."""
+    cfg: object  # UnlearnConfig
+    plans: list
+    outputs: list[Path]
+    label: str
+
+
+class TabController:
+    def __init__(self, backend):
+        from ..trainer.presets import load_presets
+
+        self.backend = backend
+        self.presets = load_presets()
+
+    # -- presets --
+    def preset_names(self) -> list[str]:
+        return list(self.presets)
+
+    def default_preset(self) -> str:
+        return "testbed-red" if "testbed-red" in self.presets else next(iter(self.presets))
+
+    def concept_choices(self, preset: str) -> list[str]:
+        p = self.presets.get(preset)
+        if p is None or not p.concepts:
+            return ["custom"]
+        names = [c.name for c in p.concepts]
+        return names if len(names) == 1 else [ALL, *names]
+
+    def preset_fields(self, preset: str, concept: str | None = None):
+        """(concept choices, concept, unsafe text, safe text, pairs, beta, description) for a preset."""
+        p = self.presets.get(preset)
+        if p is None:
+            raise UserError(f"no preset named {preset!r}")
+        choices = self.concept_choices(preset)
+        concept = concept if concept in choices else choices[0]
+        unsafe, safe = self._preset_prompts(preset, concept)
+        return choices, concept, "\n".join(unsafe), "\n".join(safe), p.num_pairs, p.beta, p.description
+
+    def _preset_prompts(self, preset: str, concept: str | None) -> tuple[tuple, tuple]:
+        p = self.presets[preset]
+        for c in p.concepts:
+            if c.name == concept:
+                return c.unsafe_prompts, c.safe_prompts
+        return (), ()  # custom, or all concepts of a multi-concept preset (shown empty: the preset decides)
+
+    # -- Unlearn concept --
+    def build_request(self, model, preset, concept, unsafe_text, safe_text, num_pairs, beta, steps, rank, out_name,
+                      strength=None, lr=None, seed=0, batch_pairs=4, detector="", preview=True, overwrite=False,
+                      config_dir="") -> Request:
+        """Every check that can fail before anything is written; UserError says what to fix."""
+        from ..trainer.unlearn import UnlearnConfig, plan
+
+        if preset not in self.presets:
+            raise UserError(f"Choose a preset (got {preset!r})")
+        unsafe, safe = _lines(unsafe_text), _lines(safe_text)
+        p = self.presets[preset]
+        concept = None if concept in (None, "", ALL) else concept
+        preset_unsafe, preset_safe = self._preset_prompts(preset, concept)
+        custom = bool(unsafe or safe) and (unsafe, safe) != (preset_unsafe, preset_safe)
+        if not p.concepts or custom:
+            if not unsafe:
+                raise UserError("Unsafe prompts are empty: write at least one prompt that shows the concept to "
+                                "unlearn, one per line")
+            if not safe:
+                raise UserError("Safe prompts are empty: write at least one prompt for the safe twin (the same "
+                                "scene without the concept), one per line")
+        name = sanitise_name(out_name)
+        out = adapter_path(self.backend.lora_dir, name)
+        model_spec = self.backend.model_for_training((model or "").strip() or self.backend.default_model())
+        cfg = UnlearnConfig(
+            preset=preset, out=str(out), model=model_spec, config_dir=(config_dir or "").strip() or None,
+            concept=concept if not custom else (concept or "custom"),
+            unsafe_prompts=unsafe if custom or not p.concepts else (),
+            safe_prompts=safe if custom or not p.concepts else (),
+            num_pairs=_int(num_pairs, "Number of pairs"), beta=_float(beta, "β (beta)"), steps=_int(steps, "Steps"),
+            rank=_int(rank, "Rank"), strength=None if strength in (None, "") else _float(strength, "SDEdit strength"),
+            lr=None if lr in (None, "", 0) else _float(lr, "Learning rate"), seed=_int(seed, "Seed", 0),
+            batch_pairs=_int(batch_pairs, "Pairs per step"), detector=(detector or "").strip() or None,
+            preview=bool(preview))
+        _, plans = plan(cfg)  # the trainer's own checks (prompts, ranges, file name)
+        # Pairs go to the work folder, under a name that changes with every setting that shapes them, so a
+        # cancelled run resumes and a changed one starts fresh instead of failing on "other settings".
+        key = hashlib.sha256(json.dumps([model_spec, [(pl.pairs.settings()) for pl in plans]], sort_keys=True,
+                                        default=str).encode()).hexdigest()[:10]
+        cfg.pairs_dir = str(self.backend.work_dir / f"{name}-{key}")
+        _, plans = plan(cfg)
+        outputs = [Path(pl.train.out) for pl in plans]
+        for path in outputs:
+            if path.resolve().parent != out.parent:
+                raise UserError(f"{path} would be written outside the LoRA folder")
+            if path.exists() and not overwrite:
+                raise UserError(f"An adapter named {path.name} already exists in the LoRA folder; choose another "
+                                "name or tick 'Overwrite'")
+        label = f"{name} ({', '.join(pl.concept.name for pl in plans)})"
+        return Request(cfg, plans, outputs, label)
+
+    def start(self, *inputs):
+        """Validate and start the job; returns the Job (UserError / Busy for a message instead)."""
+        if self.backend.runner.busy():  # before validation: a second click gets the clearest message
+            raise Busy(f"A job is already running ({self.backend.runner.job.summary()}). Wait for it to finish, "
+                       "or press Cancel.")
+        req = self.build_request(*inputs)
+        job = self.backend.runner.start("unlearn", req.label, self.backend.run_unlearn, req.cfg)
+        job.request = req
+        return job
+
+    def cancel(self) -> str:
+        if self.backend.runner.cancel():
+            return "Cancelling: the job stops at its next step; no adapter will be written."
+        return "No job is running."
+
+    def contact_sheet(self, job):
+        req = getattr(job, "request", None)
+        sheets = [Path(pl.pairs.out) / "contact_sheet.png" for pl in req.plans] if req else []
+        sheets = [s for s in sheets if s.exists()]
+        return max(sheets, key=lambda s: s.stat().st_mtime) if sheets else None
+
+    def status_text(self, job) -> str:
+        if job.state == "running":
+            cancel = " (cancelling…)" if job.cancel_requested else ""
+            return f"**Running**{cancel}: {_esc(job.summary())}"
+        took = format_seconds((job.finished or time.time()) - job.started)
+        if job.state == "done":
+            lines = [f"**Done** in {took}."]
+            for r in job.result or []:
+                used = r.pairs.made + r.pairs.kept_existing
+                lines.append(f"- `{r.adapter.name}` ({r.concept}, {used} pairs) saved in `{r.adapter.parent}`")
+            names = " ".join(f"<lora:{r.adapter.stem}:1>" for r in job.result or [])
+            lines.append(f"\nIn A1111/Forge add `{names}` to a prompt; or pick it under *Compare adapters*.")
+            return "\n".join(lines)
+        if job.state == "cancelled":
+            return f"**Cancelled** after {took}: no adapter was written."
+        return f"**Failed** after {took}: {_esc(job.error or 'unknown error')}"
+
+    def watch(self, job, poll: float = POLL_SECONDS):
+        """Yield (status, bar, contact sheet path|None, preview image|None, finished) while the job runs."""
+        last, sheet_seen, tick = None, None, 0.0
+        while True:
+            finished = not job.running
+            sheet = self.contact_sheet(job)
+            status = self.status_text(job)
+            new_sheet = sheet if sheet is not None and (sheet, sheet.stat().st_mtime) != sheet_seen else None
+            if new_sheet is not None:
+                sheet_seen = (sheet, sheet.stat().st_mtime)
+            if finished or status != last or new_sheet is not None or time.time() - tick > 2:
+                preview = None
+                if finished and job.state == "done":
+                    previews = [_open_image(r.preview) for r in job.result or [] if r.preview]
+                    preview = _stack_vertically(previews) if previews else None
+                yield status, progress_bar(job.fraction(), job.state), new_sheet, preview, finished
+                last, tick = status, time.time()
+            if finished:
+                return
+            job.wait(poll)
+
+    # -- Compare adapters --
+    def adapter_table(self) -> str:
+        adapters = self.backend.list_adapters()
+        if not adapters:
+            return f"No DUO adapter in `{self.backend.lora_dir}` yet: make one with *Unlearn concept*."
+        head = "| adapter | concept | β | steps | pairs | base model | rank |\n|---|---|---|---|---|---|---|\n"
+        rows = "".join("| " + " | ".join(_esc(str(v)) for v in a.row().values()) + " |\n" for a in adapters)
+        return f"DUO adapters in `{self.backend.lora_dir}`:\n\n" + head + rows
+
+    def adapter_names(self) -> list[str]:
+        return [NONE] + [a.name for a in self.backend.list_adapters()]
+
+    def compare(self, model, prompt, negative, seed, steps, guidance, *slots):
+        """slots: name1, weight1, name2, weight2, … → (base, adapted, note)."""
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise UserError("The prompt is empty: write what to generate, e.g. a red circle on a white background")
+        chosen = []
+        for name, weight in zip(slots[0::2], slots[1::2]):
+            if name and name != NONE:
+                chosen.append((self.backend.find_adapter(name), _float(weight, f"weight of {name}", positive=False)))
+        if not chosen:
+            raise UserError("Pick at least one adapter to compare with the base model")
+        names = [a.name for a, _ in chosen]
+        if len(set(names)) != len(names):
+            raise UserError("The same adapter is picked twice; pick each once and set its weight")
+        seed, steps, guidance = _int(seed, "Seed", 0), _int(steps, "Steps"), _float(guidance, "Guidance", False)
+        model = (model or "").strip() or self.backend.default_model()
+        job = self.backend.runner.run_here("compare", "comparing", self.backend.compare, model, chosen, prompt,
+                                           negative, seed, steps, guidance)
+        if job.state != "done":
+            raise UserError(job.error or "the comparison stopped")
+        base, adapted, note = job.result
+        trained_on = {str(a.duo.get("base_model")) for a, _ in chosen if a.duo.get("base_model")}
+        current = getattr(self.backend, "current_model_name", lambda m: None)(model)
+        if current and trained_on and trained_on != {current}:
+            note += f" · note: trained on {', '.join(sorted(trained_on))}, compared on {current}"
+        return base, adapted, note
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# gradio layout
+
+
+def _gradio_major() -> int:
+    import gradio as gr
+
+    return int(gr.__version__.split(".")[0])
+
+
+def _update(**kwargs):
+    import gradio as gr
+
+    return gr.update(**kwargs)
+
+
+def _listen(event, fn, inputs, outputs, api_name: str, concurrent: bool = False):
+    """event(fn, …) with the keyword arguments this gradio knows: gradio 4+ queues a second click behind the
+    first by default (concurrency_limit=1, trigger_mode="once"); the job runner already allows one job, so the
+    click handlers run concurrently and a second click gets its message at once."""
+    kwargs = {"inputs": inputs, "outputs": outputs, "api_name": api_name}
+    if concurrent and _gradio_major() >= 4:
+        kwargs.update(concurrency_limit=None, trigger_mode="multiple")
+    return event(fn, **kwargs)
+
+
+def build_tab(backend) -> dict:
+    """Create the tab's components inside the current gr.Blocks; returns them by name (tests use it)."""
+    import gradio as gr
+
+    ctl = TabController(backend)
+    c: dict = {"controller": ctl}
+    preset0 = ctl.default_preset()
+    choices0, concept0, unsafe0, safe0, pairs0, beta0, desc0 = ctl.preset_fields(preset0)
+    model_info = ("a diffusers folder, a .safetensors/.ckpt checkpoint, or 'testbed' (the bundled test bed)"
+                  if backend.model_editable else "the checkpoint selected at the top of the web UI")
+
+    gr.Markdown("## DUO concept unlearning\nTrain a LoRA that removes a concept from the model (Direct Unlearning "
+                "Optimization), then compare it with the base model.")
+    c["model"] = gr.Textbox(label="Model", value=backend.default_model(), info=model_info,
+                            interactive=backend.model_editable, elem_id="duo_model")
+    with gr.Tab("Unlearn concept", elem_id="duo_tab_unlearn"):
+        with gr.Row():
+            c["preset"] = gr.Dropdown(label="Preset", choices=ctl.preset_names(), value=preset0,
+                                      elem_id="duo_preset")
+            c["concept"] = gr.Dropdown(label="Concept", choices=choices0, value=concept0, elem_id="duo_concept")
+        c["preset_info"] = gr.Markdown(desc0, elem_id="duo_preset_info")
+        with gr.Row():
+            c["unsafe"] = gr.Textbox(label="Unsafe prompts (show the concept), one per line", value=unsafe0, lines=4,
+                                     elem_id="duo_unsafe")
+            c["safe"] = gr.Textbox(label="Safe prompts (the same without it), one per line", value=safe0, lines=4,
+                                   elem_id="duo_safe")
+        with gr.Row():
+            c["num_pairs"] = gr.Number(label="Pairs", value=pairs0, precision=0, elem_id="duo_pairs")
+            c["beta"] = gr.Number(label="β (higher: stays closer to the base model)", value=beta0,
+                                  elem_id="duo_beta")
+            c["steps"] = gr.Number(label="Steps", value=DEFAULT_STEPS, precision=0, elem_id="duo_steps")
+            c["rank"] = gr.Number(label="Rank", value=DEFAULT_RANK, precision=0, elem_id="duo_rank")
+        c["out_name"] = gr.Textbox(label="Output name (saved as <name>.safetensors in the LoRA folder)",
+                                   value=f"duo_{concept0}", elem_id="duo_out_name")
+        with gr.Accordion("Advanced", open=False):
+            with gr.Row():
+                c["strength"] = gr.Number(label="SDEdit strength (blank: preset)", value=None, elem_id="duo_strength")
+                c["lr"] = gr.Number(label="Learning rate (blank: default)", value=None, elem_id="duo_lr")
+                c["seed"] = gr.Number(label="Seed", value=0, precision=0, elem_id="duo_seed")
+                c["batch_pairs"] = gr.Number(label="Pairs per step", value=4, precision=0, elem_id="duo_batch")
+            with gr.Row():
+                c["detector"] = gr.Textbox(label="Detector (blank: preset; none, nudenet, colour:red …)", value="",
+                                           elem_id="duo_detector")
+                c["config_dir"] = gr.Textbox(label="Diffusers config folder for single-file checkpoints (offline)",
+                                             value="", elem_id="duo_config_dir")
+            with gr.Row():
+                c["preview"] = gr.Checkbox(label="Render a base vs unlearned preview", value=True,
+                                           elem_id="duo_preview")
+                c["overwrite"] = gr.Checkbox(label="Overwrite an adapter of the same name", value=False,
+                                             elem_id="duo_overwrite")
+        with gr.Row():
+            c["run"] = gr.Button("Unlearn concept", variant="primary", elem_id="duo_run")
+            c["cancel"] = gr.Button("Cancel", elem_id="duo_cancel")
+        c["notice"] = gr.Markdown("", elem_id="duo_notice")
+        c["bar"] = gr.HTML(progress_bar(0.0, "idle"), elem_id="duo_bar")
+        c["status"] = gr.Markdown("Idle.", elem_id="duo_status")
+        with gr.Row():
+            c["sheet"] = gr.Image(label="Pairs (unsafe | safe)", type="pil", interactive=False, elem_id="duo_sheet")
+            c["preview_img"] = gr.Image(label="Preview (base | unlearned)", type="pil", interactive=False,
+                                        elem_id="duo_preview_img")
+    with gr.Tab("Compare adapters", elem_id="duo_tab_compare"):
+        c["table"] = gr.Markdown(ctl.adapter_table(), elem_id="duo_adapters")
+        names0 = ctl.adapter_names()
+        c["slots"] = []
+        for k in range(MAX_STACK):
+            with gr.Row():
+                dd = gr.Dropdown(label=f"Adapter {k + 1}", choices=names0, value=NONE, elem_id=f"duo_adapter_{k}")
+                w = gr.Slider(label="Weight", minimum=-2, maximum=2, step=0.05, value=1.0, elem_id=f"duo_weight_{k}")
+            c["slots"] += [dd, w]
+        c["refresh"] = gr.Button("Refresh list", elem_id="duo_refresh")
+        c["prompt"] = gr.Textbox(label="Prompt", value=unsafe0.splitlines()[0] if unsafe0 else "",
+                                 elem_id="duo_cmp_prompt")
+        c["negative"] = gr.Textbox(label="Negative prompt", value="", elem_id="duo_cmp_negative")
+        with gr.Row():
+            c["cmp_seed"] = gr.Number(label="Seed", value=0, precision=0, elem_id="duo_cmp_seed")
+            c["cmp_steps"] = gr.Number(label="Steps", value=25, precision=0, elem_id="duo_cmp_steps")
+            c["cmp_guidance"] = gr.Number(label="Guidance (CFG)", value=5.0, elem_id="duo_cmp_guidance")
+        c["compare"] = gr.Button("Compare", variant="primary", elem_id="duo_compare")
+        c["cmp_note"] = gr.Markdown("", elem_id="duo_cmp_note")
+        with gr.Row():
+            c["base_img"] = gr.Image(label="Base model", type="pil", interactive=False, elem_id="duo_base_img")
+            c["adapted_img"] = gr.Image(label="With the adapters", type="pil", interactive=False,
+                                        elem_id="duo_adapted_img")
+
+    dropdowns = c["slots"][0::2]
+    unlearn_inputs = [c[k] for k in ("model", "preset", "concept", "unsafe", "safe", "num_pairs", "beta", "steps",
+                                     "rank", "out_name", "strength", "lr", "seed", "batch_pairs", "detector",
+                                     "preview", "overwrite", "config_dir")]
+
+    def on_preset(preset):
+        try:
+            choices, concept, unsafe, safe, pairs, beta, desc = ctl.preset_fields(preset)
+        except UserError as e:
+            return [_update()] * 5 + [_update(), f"**{_esc(str(e))}**"]
+        return (_update(choices=choices, value=concept), unsafe, safe, pairs, beta, _update(value=f"duo_{concept}"),
+                desc)
+
+    def on_concept(preset, concept):
+        try:
+            _, concept, unsafe, safe, *_ = ctl.preset_fields(preset, concept)
+        except UserError:
+            return _update(), _update()
+        return unsafe, safe
+
+    def on_run(*inputs):
+        keep = _update()
+        try:
+            job = ctl.start(*inputs)
+        except UserError as e:  # Busy included: the running job's widgets stay as they are
+            yield (f"⚠️ {_esc(str(e))}", keep, keep, keep, keep, *[keep] * MAX_STACK)
+            return
+        yield ("", progress_bar(0.0), "**Running**: starting…", None, None, *[keep] * MAX_STACK)
+        for status, bar, sheet, preview, finished in ctl.watch(job):
+            sheet_img = _open_image(sheet) if sheet is not None else keep
+            if not finished:
+                yield (keep, bar, status, sheet_img, keep, *[keep] * MAX_STACK)
+                continue
+            names = ctl.adapter_names()
+            new = [r.adapter.stem for r in job.result or []] if job.state == "done" else []
+            slots = [_update(choices=names, value=new[k]) if k < len(new) and new[k] in names
+                     else _update(choices=names) for k in range(MAX_STACK)]
+            yield (keep, bar, status, sheet_img, preview if preview is not None else keep, *slots)
+
+    def on_cancel():
+        return ctl.cancel()
+
+    def on_refresh():
+        names = ctl.adapter_names()
+        return (ctl.adapter_table(), *[_update(choices=names) for _ in range(MAX_STACK)])
+
+    def on_compare(*inputs):
+        try:
+            base, adapted, note = ctl.compare(*inputs)
+        except UserError as e:
+            return None, None, f"⚠️ {_esc(str(e))}"
+        return base, adapted, _esc(note)
+
+    c["preset"].change(on_preset, inputs=[c["preset"]],
+                       outputs=[c["concept"], c["unsafe"], c["safe"], c["num_pairs"], c["beta"], c["out_name"],
+                                c["preset_info"]])
+    c["concept"].change(on_concept, inputs=[c["preset"], c["concept"]], outputs=[c["unsafe"], c["safe"]])
+    _listen(c["run"].click, on_run, unlearn_inputs,
+            [c["notice"], c["bar"], c["status"], c["sheet"], c["preview_img"], *dropdowns], "duo_unlearn",
+            concurrent=True)
+    _listen(c["cancel"].click, on_cancel, [], [c["notice"]], "duo_cancel", concurrent=True)
+    _listen(c["refresh"].click, on_refresh, [], [c["table"], *dropdowns], "duo_refresh")
+    _listen(c["compare"].click, on_compare,
+            [c["model"], c["prompt"], c["negative"], c["cmp_seed"], c["cmp_steps"], c["cmp_guidance"], *c["slots"]],
+            [c["base_img"], c["adapted_img"], c["cmp_note"]], "duo_compare", concurrent=True)
+    # The table follows the list: after a run, the dropdown update refreshes it too.
+    dropdowns[0].change(lambda *_: ctl.adapter_table(), inputs=[], outputs=[c["table"]])
+    return c
+
+
+def create_blocks(backend, title: str = "DUO unlearning"):
+    """A gr.Blocks holding the tab: the standalone app and the A1111 on_ui_tabs callback both use it."""
+    import gradio as gr
+
+    with gr.Blocks(analytics_enabled=False, title=title) as blocks:
+        components = build_tab(backend)
+    blocks.duo_components = components
+    return blocks
