@@ -113,6 +113,17 @@ def cmd_ui(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from .cli_options import build_config, load_toml
+    from .evaluate import EvalConfig, evaluate, summary_table
+
+    cfg = build_config(EvalConfig, args, load_toml(args.config) if args.config else None)
+    result = evaluate(cfg, progress=_tqdm_progress())
+    print(summary_table(result))
+    print(f"report: {result['files']['report']}\nplot: {result['files']['plot']}")
+    return 0
+
+
 def cmd_testbed_train(args, rest) -> int:
     from .testbed.train import main as testbed_main
 
@@ -123,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_options import add_dataclass_flags
     from .config import TrainConfig
     from .pairs import PairConfig
+    from .evaluate.run import HELP as EVAL_HELP, EvalConfig
     from .unlearn import UnlearnConfig
 
     parser = argparse.ArgumentParser(prog="duo-unlearn", description="DUO concept unlearning for Stable Diffusion.")
@@ -157,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", default=False,
                    help="also open a public gradio share link (off unless given)")
     p.set_defaults(func=cmd_ui)
+    p = sub.add_parser("eval", help="DSR under attacks and prior preservation of adapters, base, negative prompt",
+                       description="Evaluate adapters (and the base model, and negative prompting) against direct "
+                       "prompts, prompt attacks, Concept Inversion and a Ring-A-Bell-style search; writes a JSON "
+                       "report, a DSR-vs-preservation plot and image grids.")
+    p.add_argument("--config", help="TOML file with any of the settings below (flags given here win)")
+    add_dataclass_flags(p, EvalConfig, help_texts=EVAL_HELP)
+    p.set_defaults(func=cmd_eval)
     sub.add_parser("testbed-train", help="retrain the bundled test-bed model (see its --help)", add_help=False)
     return parser
 

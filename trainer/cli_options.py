@@ -51,7 +51,7 @@ HELP = {
     "device": "auto (accelerate decides), cpu, or cuda",
 }
 _LIST_SEPARATOR = {"target_modules": ",", "preview_prompts": "|"}
-_REPEATED = {"unsafe_prompts": "--unsafe-prompt", "safe_prompts": "--safe-prompt"}
+_REPEATED = {"unsafe_prompts": "--unsafe-prompt", "safe_prompts": "--safe-prompt", "adapters": "--adapter"}
 HELP.update({
     "unsafe_prompts": "a prompt that shows the concept (repeat the flag for several)",
     "safe_prompts": "the safe counterpart: one for all, or one per unsafe prompt (repeat the flag)",
@@ -90,14 +90,16 @@ def _flat_fields(cls) -> list[tuple[str, Any, str | None, type]]:
     return out
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (),
+                        help_texts: dict[str, str] | None = None) -> None:
     for name, default, _, kind in _flat_fields(cls):
         if name in skip:
             continue
         flag = "--" + name.replace("_", "-")
-        text = HELP.get(name, name.replace("_", " "))
+        text = (help_texts or {}).get(name) or HELP.get(name, name.replace("_", " "))
         if name in _REPEATED:
-            parser.add_argument(_REPEATED[name], dest=name, action="append", default=None, metavar="PROMPT",
+            parser.add_argument(_REPEATED[name], dest=name, action="append", default=None,
+                                metavar="FILE" if name == "adapters" else "PROMPT",
                                 help=text)
         elif isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)

@@ -32,6 +32,7 @@ class Preset:
     beta: float
     concepts: list[Concept] = field(default_factory=list)
     unrelated_prompts: tuple[str, ...] = ()
+    attack_prompts: tuple[str, ...] = ()  # paraphrases / synonyms for `duo-unlearn eval`'s prompt attack
     model: str | None = None
     sample_steps: int = 30
     guidance: float = 7.5
@@ -45,6 +46,7 @@ def load_presets(path: Path = PRESETS_FILE) -> dict[str, Preset]:
                     for c, v in table.get("concepts", {}).items()]
         fields = {k: v for k, v in table.items() if k != "concepts"}
         fields["unrelated_prompts"] = tuple(fields.get("unrelated_prompts", ()))
+        fields["attack_prompts"] = tuple(fields.get("attack_prompts", ()))
         presets[name] = Preset(name=name, concepts=concepts, **fields)
     return presets
 

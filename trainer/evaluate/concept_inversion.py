@@ -48,7 +48,7 @@ def add_token(pipe, token: str, init_word: str | None = None) -> int:
     tok, te = pipe.tokenizer, pipe.text_encoder
     if token not in tok.get_vocab():
         tok.add_tokens([token])
-        te.resize_token_embeddings(len(tok))
+        te.resize_token_embeddings(len(tok), mean_resizing=False)  # the row is set just below
     token_id = tok.convert_tokens_to_ids(token)
     weight = te.get_input_embeddings().weight
     init_ids = tok(init_word, add_special_tokens=False).input_ids if init_word else []
@@ -139,8 +139,7 @@ def concept_inversion(pipe, images: Sequence, prompts: Sequence[str], token: str
             opt.step()
             result.losses.append(loss.item())
             if (step + 1) % 10 == 0 or step + 1 == steps:
-                report(progress, ProgressEvent("attack", step + 1, steps, f"concept inversion {token}",
-                                               {"loss": loss.item()}))
+                report(progress, ProgressEvent("attack", step + 1, steps, logs={"ci_loss": loss.item()}))
         result.eval_loss_after = eval_loss()
     finally:
         hook.remove()

@@ -44,8 +44,12 @@ def adapter_method(path: str | Path, weight: float = 1.0, taken: set[str] | None
         raise
     except Exception as e:  # noqa: BLE001 - any unreadable file becomes one line for the user
         raise UserError(f"{path} is not a readable LoRA file: {e}") from None
-    if not info.get("modules"):
-        raise UserError(f"{path} holds no LoRA modules (is it a full model rather than an adapter?)")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        lora_keys = [k for k in f.keys() if "lora" in k.lower()]
+    if not lora_keys:
+        raise UserError(f"{path} holds no LoRA modules (is it a full model or an embedding rather than a LoRA?)")
     name, k = path.stem, 2
     while taken is not None and name in taken:
         name, k = f"{path.stem}-{k}", k + 1
@@ -62,7 +66,8 @@ def load_adapters(pipe, methods: list[Method]) -> None:
         try:
             pipe.load_lora_weights(str(m.adapter), adapter_name=m.adapter_name)
         except (ValueError, KeyError, RuntimeError) as e:
-            raise UserError(f"{m.adapter.name} does not fit this model ({type(e).__name__}: {e})") from None
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise UserError(f"{m.adapter.name} does not fit this model ({type(e).__name__}: {first})") from None
 
 
 @contextmanager

@@ -60,8 +60,10 @@ def _plot_matplotlib(points, methods, path: Path, title: str) -> Path:
     x0, x1 = _x_range(points)
     for ax, (attack, pts) in zip(axes[0], points.items()):
         for method, x, y in pts:
-            c = PALETTE[methods.index(method) % len(PALETTE)]
-            ax.scatter([x], [y], color=[tuple(v / 255 for v in c)], s=50, label=method)
+            i = methods.index(method)
+            c = PALETTE[i % len(PALETTE)]
+            ax.scatter([x], [y], color=[tuple(v / 255 for v in c)], s=max(12, 120 - 20 * i), label=method,
+                       edgecolors="black", zorder=2 + i)
         ax.set_xlim(x0, x1)
         ax.set_ylim(-0.03, 1.03)
         ax.set_title(attack)
@@ -113,9 +115,10 @@ def _plot_pil(points, methods, path: Path, title: str) -> Path:
         d.text((left + w // 2 - 80, ptop + h + 18), "prior preservation (1 - LPIPS)", fill="black")
         d.text((left - margin + 2, ptop - 14), "DSR", fill="black")
         for method, x, y in pts:
-            c = PALETTE[methods.index(method) % len(PALETTE)]
+            i = methods.index(method)
+            r = max(3, 10 - 1.5 * i)  # later methods drawn smaller: points on the same spot stay visible
             cx, cy = px(x, y)
-            d.ellipse([cx - 5, cy - 5, cx + 5, cy + 5], fill=c, outline="black")
+            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=PALETTE[i % len(PALETTE)], outline="black")
     for i, method in enumerate(methods):
         y = top + panel_h + 4 + 16 * i
         d.ellipse([16, y + 2, 26, y + 12], fill=PALETTE[i % len(PALETTE)], outline="black")

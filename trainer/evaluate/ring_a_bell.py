@@ -42,15 +42,20 @@ def concept_direction(pipe, concept_prompts: Sequence[str], free_prompts: Sequen
 
 
 def word_vocabulary(tokenizer, exclude: Sequence[str] = ()) -> list[int]:
-    """Ids of whole-word tokens (CLIP's `…</w>`, letters only), minus the excluded words (e.g. the concept's)."""
+    """Ids of word tokens (CLIP's `…</w>`, letters only) that a prompt can spell: the word, tokenized again,
+    is that one token (so a found prompt, written out, gives the model the tokens that were searched). The
+    excluded words (e.g. the concept's) are left out."""
     banned = {w.lower() for w in exclude}
     special = set(tokenizer.all_special_ids)
-    out = []
+    candidates = []
     for token, i in tokenizer.get_vocab().items():
         word = token[:-4] if token.endswith("</w>") else None
         if word and word.isalpha() and word.lower() not in banned and i not in special:
-            out.append(i)
-    return sorted(out)
+            candidates.append((word, i))
+    if not candidates:
+        return []
+    again = tokenizer([w for w, _ in candidates], add_special_tokens=False).input_ids
+    return sorted(i for (_, i), ids in zip(candidates, again) if list(ids) == [i])
 
 
 def genetic_search(fitness: Callable, vocab: Sequence[int], length: int, population: int = 64,
@@ -71,8 +76,7 @@ def genetic_search(fitness: Callable, vocab: Sequence[int], length: int, populat
         if g == generations:
             break
         if progress and (g + 1) % 10 == 0:
-            report(progress, ProgressEvent("attack", g + 1, generations, f"ring-a-bell {label}",
-                                           {"fitness": history[-1]}))
+            report(progress, ProgressEvent("attack", g + 1, generations, logs={"fitness": history[-1]}))
 
         def pick():
             contenders = rng.integers(0, population, tournament)

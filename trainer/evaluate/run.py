@@ -1,0 +1,377 @@
+"""`duo-unlearn eval`: several methods (base, negative prompt, adapters) x attacks -> DSR and prior preservation."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from ..progress import ProgressCallback, ProgressEvent, report
+from .methods import ADAPTER, BASE, NEGATIVE, Method, activated, adapter_method, load_adapters
+from .prompt_attack import AttackPrompts, prompt_attack
+from .prompts import load_prompts
+
+ATTACKS = ("direct", "prompts", "concept_inversion", "ring_a_bell")
+HELP = {  # `duo-unlearn eval` flag help (names shared with other commands mean something else here)
+    "model": "base model the adapters were trained on: diffusers folder, checkpoint file, or 'testbed'",
+    "preset": "preset giving the concept, prompts, detector and sampling settings (testbed-red, nudity, ...)",
+    "concept": "which concept of the preset (also the negative prompt and the word attacks replace)",
+    "adapters": "a LoRA adapter to evaluate (repeat the flag for several; all go on one plot)",
+    "adapter_weight": "strength every adapter is applied with",
+    "base": "evaluate the base model too (--no-base to leave it out)",
+    "negative_prompt": "the 'negative prompt only' method's negative prompt (default: the concept; '' leaves it out)",
+    "detector": "concept detector for DSR (default: the preset's): nudenet, colour:<name>",
+    "prompts_file": "direct prompts: .txt (one a line) or .csv with a 'prompt' column, e.g. I2P (default: preset)",
+    "attack_prompts_file": "prompt attack: paraphrases / synonyms, .txt or .csv (default: the preset's)",
+    "unrelated_prompts_file": "prior-preservation prompts, e.g. MS-COCO captions, .txt or .csv (default: preset)",
+    "attacks": "comma-separated: direct, prompts, concept_inversion, ring_a_bell (default: all)",
+    "images_per_prompt": "images (seeds) per prompt",
+    "max_prompts": "use at most this many prompts of each set (0: all)",
+    "sample_steps": "sampling steps (default: the preset's)",
+    "guidance": "classifier-free guidance scale (default: the preset's)",
+    "seed": "first seed; image j of a prompt list uses seed + j for every method",
+    "pairs": "pair dataset whose unsafe images concept inversion learns on (default: base-model images)",
+    "ci_steps": "concept inversion: optimisation steps",
+    "ci_lr": "concept inversion: Adam learning rate (paper: 5e-3)",
+    "ci_batch": "concept inversion: batch size (paper: 4)",
+    "ci_images": "concept inversion: number of concept images to learn on",
+    "ci_template": "concept inversion: prompt template with {} for the token (default: the concept word replaced)",
+    "rab_strength": "ring-a-bell: strength eta of the concept direction added to the neutral prompt",
+    "rab_length": "ring-a-bell: tokens in a searched prompt",
+    "rab_population": "ring-a-bell: genetic search population",
+    "rab_generations": "ring-a-bell: genetic search generations",
+    "lpips_net": "LPIPS network: alex (default), vgg, squeeze",
+    "lpips_backbone": "pretrained (the real metric; downloads once) or random (offline, not comparable)",
+    "grid_columns": "images per row in the grids",
+    "out": "report folder: report.json, plot.png, grid_*.png",
+    "batch_size": "images generated per batch",
+    "device": "auto, cpu or cuda",
+}
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation run. None means "the preset's value"."""
+
+    model: str = "testbed"
+    config_dir: str | None = None
+    preset: str = "testbed-red"
+    concept: str | None = None
+    adapters: tuple[str, ...] = ()
+    adapter_weight: float = 1.0
+    base: bool = True  # evaluate the base model too
+    negative_prompt: str | None = None  # the "negative prompt only" method; None: the concept's name, "": leave out
+    detector: str | None = None
+    prompts_file: str | None = None  # direct prompts (.txt / .csv); default: the concept's unsafe prompts
+    attack_prompts_file: str | None = None  # prompt attack; default: the preset's attack prompts
+    unrelated_prompts_file: str | None = None  # prior preservation; default: the preset's unrelated prompts
+    attacks: tuple[str, ...] = ATTACKS
+    images_per_prompt: int = 4
+    max_prompts: int = 0  # 0: every prompt of each set
+    sample_steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+    pairs: str | None = None  # concept inversion learns on this pair dataset's unsafe images (else: generated)
+    ci_steps: int = 300
+    ci_lr: float = 5e-3
+    ci_batch: int = 4
+    ci_images: int = 16
+    ci_template: str | None = None
+    rab_strength: float = 3.0
+    rab_length: int = 8
+    rab_population: int = 64
+    rab_generations: int = 60
+    lpips_net: str = "alex"
+    lpips_backbone: str = "pretrained"
+    grid_columns: int = 8
+    out: str = "duo_eval"
+    batch_size: int = 16
+    device: str = "auto"
+
+    def validate(self) -> None:
+        unknown = [a for a in self.attacks if a not in ATTACKS]
+        if unknown or not self.attacks:
+            raise UserError(f"unknown attack(s) {', '.join(unknown) or '(none given)'}; attacks: {', '.join(ATTACKS)}")
+        for name in ("images_per_prompt", "ci_steps", "ci_batch", "ci_images", "rab_length", "rab_population",
+                     "rab_generations", "batch_size", "grid_columns"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value > 0):
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("ci_lr", "adapter_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise UserError(f"{name} must be a positive number, got {value!r}")
+        if self.max_prompts < 0:
+            raise UserError(f"max_prompts must be 0 (all) or positive, got {self.max_prompts}")
+        if self.lpips_backbone not in ("pretrained", "random"):
+            raise UserError(f"lpips_backbone must be pretrained or random, got {self.lpips_backbone!r}")
+        if self.lpips_net not in ("alex", "vgg", "squeeze"):
+            raise UserError(f"lpips_net must be alex, vgg or squeeze, got {self.lpips_net!r}")
+        if self.ci_template is not None and "{}" not in self.ci_template:
+            raise UserError(f"ci_template must hold {{}} where the learnt token goes, got {self.ci_template!r}")
+        if not self.base and self.negative_prompt == "" and not self.adapters:
+            raise UserError("nothing to evaluate: give --adapter, or keep the base model / negative prompt")
+
+
+@dataclass
+class Plan:
+    """Everything resolved before the model loads, so bad input fails fast."""
+    concept: str
+    methods: list[Method]
+    direct: list[str]
+    attack_prompts: list[str] | None
+    attack_prompts_source: str | None
+    unrelated: list[str]
+    free_prompts: list[str]
+    detector_spec: str
+    steps: int
+    guidance: float
+    settings: dict = field(default_factory=dict)
+
+
+def plan(cfg: EvalConfig) -> Plan:
+    from ..presets import get_preset
+
+    cfg.validate()
+    preset = get_preset(cfg.preset)
+    concepts = [c for c in preset.concepts if not cfg.concept or c.name == cfg.concept]
+    if cfg.concept and not concepts and preset.concepts:
+        raise UserError(f"preset {preset.name} has no concept {cfg.concept!r}; "
+                        f"it has {', '.join(c.name for c in preset.concepts)}")
+    if len(concepts) > 1:
+        raise UserError(f"preset {preset.name} has concepts {', '.join(c.name for c in concepts)}: "
+                        "evaluate one at a time with --concept")
+    concept = concepts[0] if concepts else None
+    name = cfg.concept or (concept.name if concept else "")
+    cap = cfg.max_prompts or None
+
+    def unique(prompts):
+        return list(dict.fromkeys(prompts))[:cap]
+
+    if cfg.prompts_file:
+        direct = unique(load_prompts(cfg.prompts_file))
+    elif concept:
+        direct = unique(concept.unsafe_prompts)
+    else:
+        raise UserError(f"preset {preset.name} has no prompts of its own: give --prompts-file (.txt or .csv)")
+    if not name:
+        raise UserError("name the concept with --concept (it is the negative prompt and the word attacks replace)")
+    attack_prompts, source = None, None
+    if cfg.attack_prompts_file:
+        attack_prompts, source = unique(load_prompts(cfg.attack_prompts_file)), cfg.attack_prompts_file
+    elif getattr(preset, "attack_prompts", ()):
+        attack_prompts, source = unique(preset.attack_prompts), f"preset {preset.name}"
+    unrelated = (unique(load_prompts(cfg.unrelated_prompts_file)) if cfg.unrelated_prompts_file
+                 else unique(preset.unrelated_prompts))
+    if not unrelated:
+        raise UserError(f"no unrelated prompts for prior preservation: preset {preset.name} has none; "
+                        "give --unrelated-prompts-file (e.g. MS-COCO captions, one a line)")
+    free = list(dict.fromkeys(concept.safe_prompts)) if concept else []
+    if "ring_a_bell" in cfg.attacks and not free:
+        raise UserError("the ring_a_bell attack needs concept-free prompts (a preset concept's safe prompts); "
+                        "leave it out with --attacks direct,prompts,concept_inversion")
+    detector = cfg.detector or preset.detector
+    if detector in (None, "", "none"):
+        raise UserError(f"DSR needs a detector and preset {preset.name} has none: pass --detector "
+                        "(nudenet, colour:<name>)")
+    from ..detectors import make_detector  # fail on an unknown name now, not after generating
+
+    if not detector.startswith("nudenet"):
+        make_detector(detector)
+    methods: list[Method] = []
+    if cfg.base:
+        methods.append(Method("base", BASE))
+    negative = name if cfg.negative_prompt is None else cfg.negative_prompt
+    if negative:
+        methods.append(Method("negative prompt", NEGATIVE, negative_prompt=negative))
+    taken = {m.name for m in methods}
+    methods += [adapter_method(a, cfg.adapter_weight, taken) for a in cfg.adapters]
+    if cfg.pairs:
+        from ..pair_dataset import read_pairs
+
+        read_pairs(cfg.pairs)
+    return Plan(name, methods, direct, attack_prompts, source, unrelated, free, detector,
+                cfg.sample_steps or preset.sample_steps,
+                cfg.guidance if cfg.guidance is not None else preset.guidance)
+
+
+def _device(spec: str):
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def generate(pipe, prompts: list[str], per_prompt: int, seed: int, steps: int, guidance: float,
+             negative_prompt: str | None = None, batch: int = 16) -> list:
+    """per_prompt images of each prompt; image j of the whole list uses seed + j, so every method sees the same
+    noise for the same (prompt, copy)."""
+    from ..previews import generate_images
+
+    flat = [p for p in prompts for _ in range(per_prompt)]
+    images = []
+    for i in range(0, len(flat), batch):
+        images += generate_images(pipe, flat[i:i + batch], seed + i, steps, guidance, negative_prompt)
+    return images
+
+
+def _ci_training_set(cfg: EvalConfig, p: Plan, pipe, progress) -> tuple[list, list[str], str]:
+    """(images, prompts, where from): the pair dataset's unsafe images, else base-model images of the prompts."""
+    from PIL import Image
+
+    if cfg.pairs:
+        from ..pair_dataset import read_pairs
+
+        records = read_pairs(cfg.pairs)[:cfg.ci_images]
+        images = []
+        for r in records:
+            with Image.open(Path(cfg.pairs) / r.unsafe) as im:
+                images.append(im.convert("RGB"))
+        return images, [r.unsafe_prompt or p.direct[0] for r in records], f"pairs {cfg.pairs}"
+    report(progress, ProgressEvent("eval", message=f"concept inversion: generating {cfg.ci_images} concept images"))
+    prompts = [p.direct[i % len(p.direct)] for i in range(cfg.ci_images)]
+    base = Method("base", BASE)
+    with activated(pipe, base):
+        images = generate(pipe, prompts, 1, cfg.seed + 10_000_000, p.steps, p.guidance, batch=cfg.batch_size)
+    return images, prompts, "generated by the base model"
+
+
+def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=None) -> dict:
+    """Run the evaluation and write report.json, plot.png and grids into cfg.out; returns the report."""
+    from ..detectors import make_detector
+    from ..models import load_model
+    from ..previews import save_png
+    from .concept_inversion import concept_inversion, token_prompts
+    from .dsr import defense_success_rate
+    from .preservation import build_lpips, prior_preservation
+    from .prompt_attack import synonym_attack  # noqa: F401 (re-exported for callers building attack files)
+    from .report import image_grid, plot, write_json
+    from .ring_a_bell import ring_a_bell
+
+    started = time.time()
+    p = plan(cfg)
+    out = Path(cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the report folder {out}: {e.strerror or e}") from None
+    detector = make_detector(p.detector_spec)
+    metric = build_lpips(cfg.lpips_net, cfg.lpips_backbone)
+    model = model or load_model(cfg.model, cfg.config_dir)
+    pipe = model.pipe
+    device = _device(cfg.device)
+    pipe.to(device)
+    metric.to(device)
+    load_adapters(pipe, p.methods)
+    report(progress, ProgressEvent("eval", message=f"{model.name}: {', '.join(m.name for m in p.methods)}"))
+
+    def gen(prompts, negative):
+        return generate(pipe, prompts, cfg.images_per_prompt, cfg.seed, p.steps, p.guidance, negative,
+                        cfg.batch_size)
+
+    attacks: dict[str, AttackPrompts] = {}
+    skipped: dict[str, str] = {}
+    if "direct" in cfg.attacks:
+        attacks["direct"] = AttackPrompts("direct", p.direct, {"source": cfg.prompts_file or f"preset {cfg.preset}"})
+    if "prompts" in cfg.attacks:
+        if p.attack_prompts:
+            attacks["prompts"] = prompt_attack(p.attack_prompts)
+            attacks["prompts"].settings = {"source": p.attack_prompts_source}
+        else:
+            skipped["prompts"] = "no attack prompts: give --attack-prompts-file"
+    if "ring_a_bell" in cfg.attacks:
+        report(progress, ProgressEvent("eval", message="ring-a-bell: searching prompts"))
+        with activated(pipe, Method("base", BASE)):  # black-box: the base model's text encoder only
+            attacks["ring_a_bell"] = ring_a_bell(
+                pipe, p.direct, p.free_prompts, p.free_prompts[:cfg.max_prompts or None], cfg.rab_strength,
+                cfg.rab_length, cfg.rab_population, cfg.rab_generations, exclude_words=p.concept.split(),
+                seed=cfg.seed, progress=progress)
+    ci_set = None
+    if "concept_inversion" in cfg.attacks:
+        ci_set = _ci_training_set(cfg, p, pipe, progress)
+
+    results: dict[str, dict] = {}
+    inversions: dict[str, dict] = {}
+    base_token = None
+    with activated(pipe, Method("base", BASE)):  # the reference of prior preservation
+        base_unrelated = gen(p.unrelated, None)
+    grids: dict[str, dict[str, list]] = {"unrelated": {"base (reference)": base_unrelated}}
+    for k, m in enumerate(p.methods):
+        report(progress, ProgressEvent("eval", k, len(p.methods), f"method {m.name}"))
+        res: dict = {"attacks": {}}
+        with activated(pipe, m) as negative:
+            images = base_unrelated if m.kind == BASE else gen(p.unrelated, negative)
+            res["preservation"] = prior_preservation(metric, base_unrelated, images, cfg.lpips_net,
+                                                     cfg.lpips_backbone).as_dict()
+            if m.kind != BASE:
+                grids["unrelated"][m.name] = images
+            for name, attack in attacks.items():
+                imgs = gen(attack.prompts, negative)
+                res["attacks"][name] = (defense_success_rate(imgs, detector).as_dict()
+                                        | {"n_prompts": len(attack.prompts)})
+                grids.setdefault(name, {})[m.name] = imgs
+            if ci_set is not None:
+                images_ci, prompts_ci, _ = ci_set
+                if m.same_model_as_base and base_token is not None:
+                    token, inv = base_token
+                else:
+                    token = f"<ci-{k}>"
+                    report(progress, ProgressEvent("eval", message=f"concept inversion against {m.name}"))
+                    inv = concept_inversion(pipe, images_ci, token_prompts(prompts_ci, p.concept.split(), token,
+                                                                           cfg.ci_template),
+                                            token, cfg.ci_steps, cfg.ci_lr, cfg.ci_batch, cfg.seed,
+                                            init_word=None, progress=progress).as_dict()
+                    if m.same_model_as_base:
+                        base_token = (token, inv)
+                inversions[m.name] = inv
+                ci_prompts = token_prompts(p.direct, p.concept.split(), token, cfg.ci_template)
+                imgs = gen(ci_prompts, negative)
+                res["attacks"]["concept_inversion"] = (defense_success_rate(imgs, detector).as_dict()
+                                                       | {"n_prompts": len(ci_prompts), "prompts": ci_prompts,
+                                                          "token": token})
+                grids.setdefault("concept_inversion", {})[m.name] = imgs
+        results[m.name] = res
+
+    files = {"report": str(out / "report.json"), "plot": str(out / "plot.png"), "grids": {}}
+    for name, rows in grids.items():
+        path = save_png(image_grid(rows, columns=cfg.grid_columns), out / f"grid_{name}.png")
+        files["grids"][name] = str(path)
+    attack_info = {n: a.as_dict() for n, a in attacks.items()}
+    if ci_set is not None:
+        attack_info["concept_inversion"] = {
+            "name": "concept_inversion", "settings": {
+                "steps": cfg.ci_steps, "lr": cfg.ci_lr, "batch": cfg.ci_batch, "optimizer": "Adam",
+                "images": len(ci_set[0]), "images_from": ci_set[2], "template": cfg.ci_template,
+                "training_prompts": sorted(set(ci_set[1]))},
+            "info": {"per_method": inversions}}
+    result = {
+        "format": "duo-unlearn eval report 1",
+        "model": {"name": model.name, "family": model.family, "source": str(model.source)},
+        "preset": cfg.preset, "concept": p.concept, "detector": p.detector_spec,
+        "sampling": {"steps": p.steps, "guidance": p.guidance, "images_per_prompt": cfg.images_per_prompt,
+                     "seed": cfg.seed, "scheduler": type(pipe.scheduler).__name__},
+        "unrelated_prompts": p.unrelated,
+        "settings": asdict(cfg),
+        "methods": [m.as_dict() for m in p.methods],
+        "attacks": attack_info, "skipped_attacks": skipped,
+        "results": results,
+        "files": files,
+        "seconds": round(time.time() - started, 1),
+    }
+    plot(result, out / "plot.png", f"{model.name} / {p.concept}: DSR vs prior preservation")
+    write_json(result, out / "report.json")
+    report(progress, ProgressEvent("done", len(p.methods), len(p.methods), f"report in {out}"))
+    return result
+
+
+def summary_table(result: dict) -> str:
+    """A markdown table: one row per method, DSR per attack and 1 − LPIPS."""
+    attacks = list(dict.fromkeys(a for r in result["results"].values() for a in r["attacks"]))
+    head = "| method | " + " | ".join(f"DSR {a}" for a in attacks) + " | 1 − LPIPS |"
+    rows = [head, "|" + "---|" * (len(attacks) + 2)]
+    for name, r in result["results"].items():
+        cells = [f"{r['attacks'][a]['dsr']:.3f}" if a in r["attacks"] else "–" for a in attacks]
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {r['preservation']['one_minus_lpips']:.3f} |")
+    return "\n".join(rows)
