@@ -89,7 +89,7 @@ def constraints() -> str:
 
 
 def main() -> int:
-    missing, notes = plan(read_requirements())
+    missing, notes = plan(read_requirements(REQUIREMENTS))
     for note in notes:
         print(note)
     if not missing:

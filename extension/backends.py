@@ -152,6 +152,7 @@ class StandaloneBackend(Backend):
         spec = (spec or "").strip() or self._default_model
         with self._model_lock:
             if self._model is not None and self._model[0] == spec and self._clean(self._model[1]):
+                self._tidy(self._model[1])
                 return self._model[1]
             self._model = None  # free the old pipeline before loading another
             report(progress, ProgressEvent("load", message=f"loading {spec}"))
@@ -164,6 +165,13 @@ class StandaloneBackend(Backend):
         """No LoRA layer left on the UNet (a crashed comparison or training would leave one)."""
         unet = model.pipe.unet
         return not getattr(unet, "peft_config", None)
+
+    @staticmethod
+    def _tidy(model) -> None:
+        """Drop the empty peft bookkeeping that deleting the last adapter leaves (peft warns about it later)."""
+        for module in (model.pipe.unet, model.pipe.text_encoder):
+            if getattr(module, "peft_config", None) == {}:
+                del module.peft_config
 
     def _device(self) -> str:
         if self.device != "auto":
@@ -201,9 +209,7 @@ class StandaloneBackend(Backend):
         finally:
             if names:
                 pipe.unload_lora_weights()
-                for module in (pipe.unet, pipe.text_encoder):  # leave no empty peft bookkeeping behind
-                    if getattr(module, "peft_config", None) == {}:
-                        del module.peft_config
+                self._tidy(model)
         report(progress, ProgressEvent("compare", 2, 2, "done"))
         stacked = " + ".join(f"{a.name}×{w:g}" for a, w in adapters)
         return base, adapted, f"diffusers on {model.name}, seed {seed}, {steps} steps, guidance {guidance:g}: {stacked}"

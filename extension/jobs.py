@@ -66,9 +66,10 @@ class Job:
         """One line for people: stage, step/total, ETA and the latest numbers."""
         e = self.event
         name = STAGE_NAMES.get(e.stage, e.stage)
-        parts = [f"{self.label}: {name}"]
-        if e.total:
-            parts.append(f"{e.step}/{e.total}")
+        head = f"{self.label}: {name}" + (f" {e.step}/{e.total}" if e.total else "")
+        if e.message and not e.total:
+            head += f" ({e.message})"
+        parts = [head]
         if self.running:
             eta = self.eta_seconds()
             if eta is not None:

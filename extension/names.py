@@ -11,7 +11,7 @@ MAX_NAME = 100
 ADAPTER_SUFFIX = ".safetensors"
 # Windows refuses these as file names whatever the extension; A1111 and ComfyUI run there too.
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
-_KEEP = re.compile(r"[^A-Za-z0-9._+()\-]+")
+_KEEP = re.compile(r"[^\w.+()\-]+")  # letters and digits of any script, _ . + ( ) -
 
 
 def sanitise_name(name: str) -> str:

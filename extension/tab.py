@@ -155,6 +155,9 @@ class TabController:
         name = sanitise_name(out_name)
         out = adapter_path(self.backend.lora_dir, name)
         model_spec = self.backend.model_for_training((model or "").strip() or self.backend.default_model())
+        from ..trainer.models import resolve_model_path
+
+        resolve_model_path(model_spec)  # a missing model is said now, not after the job started
         cfg = UnlearnConfig(
             preset=preset, out=str(out), model=model_spec, config_dir=(config_dir or "").strip() or None,
             concept=concept if not custom else (concept or "custom"),
@@ -255,6 +258,8 @@ class TabController:
 
     def compare(self, model, prompt, negative, seed, steps, guidance, *slots):
         """slots: name1, weight1, name2, weight2, … → (base, adapted, note)."""
+        if self.backend.runner.busy():
+            raise Busy(f"A job is running ({self.backend.runner.job.summary()}); compare when it has finished.")
         prompt = (prompt or "").strip()
         if not prompt:
             raise UserError("The prompt is empty: write what to generate, e.g. a red circle on a white background")

@@ -1,0 +1,155 @@
+"""The tab's behaviour through TabController on a tiny model: bad input, a real run, cancel, a second click,
+and the comparison with adapters stacked by diffusers."""
+import threading
+import time
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from duo_unlearn.extension.backends import StandaloneBackend
+from duo_unlearn.extension.jobs import Busy
+from duo_unlearn.extension.tab import NONE, TabController, build_tab
+from duo_unlearn.trainer.errors import UserError
+
+
+def inputs(model_path, **over):
+    """The "Unlearn concept" inputs in their order, with tiny settings."""
+    values = dict(model=str(model_path), preset="testbed-red", concept="red", unsafe="a red square",
+                  safe="a blue square", num_pairs=2, beta=500, steps=3, rank=2, out_name="duo_red", strength=None,
+                  lr=0.05, seed=0, batch_pairs=2, detector="none", preview=True, overwrite=False, config_dir="")
+    values.update(over)
+    return list(values.values())
+
+
+@pytest.fixture()
+def ctl(tmp_path, tiny_model):
+    return TabController(StandaloneBackend(tmp_path / "Lora", model=str(tiny_model)))
+
+
+def written(ctl):
+    folder = ctl.backend.lora_dir
+    return sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("case, message", [
+    ("custom_empty", "Unsafe prompts are empty"), ("safe_empty", "Safe prompts are empty"),
+    ("escape", "points into another folder"), ("abs", "points into another folder"), ("no_name", "name is empty"),
+    ("pairs", "Number of pairs must be a whole number"), ("beta", "positive number"), ("steps", "Steps must be"),
+    ("model", "model not found"), ("preset", "Choose a preset"),
+])
+def test_bad_input_gives_a_message_and_writes_nothing(ctl, tiny_model, tmp_path, case, message):
+    over = {"custom_empty": dict(preset="custom", concept="custom", unsafe="", safe=""),
+            "safe_empty": dict(safe="  \n "), "escape": dict(out_name="../x"), "abs": dict(out_name="/tmp/x"),
+            "no_name": dict(out_name=" "), "pairs": dict(num_pairs=1.5), "beta": dict(beta=-1),
+            "steps": dict(steps=0), "model": dict(model=str(tmp_path / "nope")), "preset": dict(preset="nope")}[case]
+    with pytest.raises(UserError, match=message):
+        ctl.start(*inputs(tiny_model, **over))
+    assert ctl.backend.runner.job is None
+    assert written(ctl) == [] and not (tmp_path / "x.safetensors").exists()
+
+
+def test_preset_prompts_are_used_when_left_as_shown(ctl, tiny_model):
+    choices, concept, unsafe, safe, pairs, beta, _ = ctl.preset_fields("testbed-red")
+    req = ctl.build_request(*inputs(tiny_model, unsafe=unsafe, safe=safe))
+    assert req.cfg.unsafe_prompts == () and req.cfg.concept == "red"  # the preset decides
+    req = ctl.build_request(*inputs(tiny_model))  # edited prompts: custom, named after the concept
+    assert req.cfg.unsafe_prompts == ("a red square",) and req.cfg.concept == "red"
+    assert ctl.concept_choices("violence")[0] == "(all concepts)"
+    req = ctl.build_request(*inputs(tiny_model, preset="violence", concept="(all concepts)", unsafe="", safe=""))
+    assert [p.name for p in req.outputs] == [f"duo_red_{c}.safetensors" for c in ("blood", "suffering", "gun",
+                                                                                    "horror")]
+    assert all(p.parent == ctl.backend.lora_dir.resolve() for p in req.outputs)
+    assert str(ctl.backend.work_dir) in req.cfg.pairs_dir
+
+
+def run_to_end(ctl, *args):
+    job = ctl.start(*args)
+    frames = list(ctl.watch(job, poll=0.05))
+    return job, frames
+
+
+@pytest.mark.slow
+def test_unlearn_then_compare_end_to_end(ctl, tiny_model):
+    job, frames = run_to_end(ctl, *inputs(tiny_model))
+    assert job.state == "done", job.error
+    status, bar, sheet, preview, finished = frames[-1]
+    assert finished and status.startswith("**Done**") and "duo_red.safetensors" in status
+    assert 'data-state="done"' in bar and "width:100.0%" in bar
+    assert any(f[2] is not None for f in frames), "the contact sheet was never shown"
+    assert preview is not None and preview.width > 128
+    adapter = ctl.backend.lora_dir / "duo_red.safetensors"
+    assert written(ctl) == ["duo_red.preview.png", "duo_red.safetensors"]
+    with safe_open(str(adapter), "pt") as f:
+        meta = f.metadata()
+        assert all(k.startswith("lora_unet_") for k in f.keys())
+    assert meta["duo.concept"] == "red" and meta["duo.steps"] == "3" and meta["ss_network_dim"] == "2"
+    assert "duo_red" in ctl.adapter_names() and "| duo_red | red | 500" in ctl.adapter_table()
+
+    slots = ["duo_red", 1.0, NONE, 1.0, NONE, 1.0, NONE, 1.0]
+    base, adapted, note = ctl.compare(str(tiny_model), "a red square", "", 0, 8, 5.0, *slots)
+    base0, off, _ = ctl.compare(str(tiny_model), "a red square", "", 0, 8, 5.0, "duo_red", 0.0, *slots[2:])
+    a, b, o = (np.asarray(x, dtype=np.int16) for x in (base, adapted, off))
+    assert np.array_equal(a, np.asarray(base0, dtype=np.int16)), "same seed, same base image"
+    assert np.abs(a - b).max() > 2, "the adapter changed nothing"
+    assert np.abs(a - o).max() <= 1, "weight 0 should be the base model"
+    assert "duo_red×1" in note
+    assert not getattr(ctl.backend.load(str(tiny_model)).pipe.unet, "peft_config", None), "adapters left loaded"
+
+    # the same name again: refused unless Overwrite is ticked; then a second adapter trains on the clean model
+    with pytest.raises(UserError, match="already exists"):
+        ctl.start(*inputs(tiny_model))
+    job, _ = run_to_end(ctl, *inputs(tiny_model, out_name="duo_red_2", preview=False))
+    assert job.state == "done", job.error
+    base2, both, _ = ctl.compare(str(tiny_model), "a red square", "", 0, 8, 5.0, "duo_red", 1.0, "duo_red_2", 0.5,
+                                 NONE, 1, NONE, 1)
+    assert np.array_equal(np.asarray(base2), np.asarray(base))
+    with pytest.raises(UserError, match="picked twice"):
+        ctl.compare(str(tiny_model), "x", "", 0, 8, 5.0, "duo_red", 1.0, "duo_red", 1.0, NONE, 1, NONE, 1)
+    with pytest.raises(UserError, match="at least one adapter"):
+        ctl.compare(str(tiny_model), "x", "", 0, 8, 5.0, NONE, 1.0, NONE, 1.0, NONE, 1, NONE, 1)
+
+
+@pytest.mark.slow
+def test_cancel_mid_run_and_second_click(ctl, tiny_model):
+    args = inputs(tiny_model, steps=100_000, preview=False, out_name="long")
+    job = ctl.start(*args)
+    deadline = time.time() + 60
+    while job.event.stage != "train" or job.event.step < 2:
+        assert job.running and time.time() < deadline, job.error
+        time.sleep(0.02)
+    with pytest.raises(Busy, match="already running"):  # a second click, even with other settings
+        ctl.start(*inputs(tiny_model, out_name="other"))
+    with pytest.raises(Busy, match="job is running"):
+        ctl.compare(str(tiny_model), "a red square", "", 0, 4, 5.0, "long", 1.0, NONE, 1, NONE, 1, NONE, 1)
+    assert "Cancelling" in ctl.cancel()
+    assert job.wait(60)
+    assert job.state == "cancelled"
+    assert ctl.status_text(job).startswith("**Cancelled**") and "no adapter" in ctl.status_text(job)
+    assert written(ctl) == []  # no adapter, no temp file, no preview
+    assert not any(p.name.endswith(".tmp") for p in ctl.backend.lora_dir.rglob("*"))
+    assert ctl.cancel() == "No job is running."
+    # the pairs survive: the same settings resume them; other settings use another folder
+    again = ctl.build_request(*args)
+    assert again.cfg.pairs_dir == job.request.cfg.pairs_dir
+    assert ctl.build_request(*inputs(tiny_model, steps=5, num_pairs=3, out_name="long")).cfg.pairs_dir != \
+        again.cfg.pairs_dir
+
+
+def test_a_failing_job_shows_its_message(ctl, tiny_model):
+    job, frames = run_to_end(ctl, *inputs(tiny_model, detector="colour:nosuchcolour", out_name="bad"))
+    assert job.state == "failed"
+    assert frames[-1][0].startswith("**Failed**") and "nosuchcolour" in frames[-1][0]
+    assert written(ctl) == []
+
+
+def test_build_tab_wires_components(tmp_path, tiny_model):
+    import gradio as gr
+
+    backend = StandaloneBackend(tmp_path / "Lora", model=str(tiny_model))
+    with gr.Blocks() as demo:
+        c = build_tab(backend)
+    assert c["model"].value == str(tiny_model)
+    assert c["preset"].value == "testbed-red" and "red circle" in c["unsafe"].value
+    assert len(c["slots"]) == 8
+    assert demo is not None
