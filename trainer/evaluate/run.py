@@ -252,13 +252,13 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
 
     started = time.time()
     p = plan(cfg)
+    detector = make_detector(p.detector_spec)
+    metric = build_lpips(cfg.lpips_net, cfg.lpips_backbone)
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the report folder {out}: {e.strerror or e}") from None
-    detector = make_detector(p.detector_spec)
-    metric = build_lpips(cfg.lpips_net, cfg.lpips_backbone)
     model = model or load_model(cfg.model, cfg.config_dir)
     pipe = model.pipe
     device = _device(cfg.device)
