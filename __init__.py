@@ -5,10 +5,6 @@ when a node runs.
 """
 __version__ = "0.1.0"
 
-try:  # inside ComfyUI the node package is importable; elsewhere this file is just the package root
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-except ImportError:  # pragma: no cover - nodes/ not usable outside a host is fine
-    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # light: host modules load when a node runs
 
-WEB_DIRECTORY = "./javascript/comfyui"
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
