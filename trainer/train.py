@@ -194,7 +194,9 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     accelerator = _accelerator(cfg)
     device = accelerator.device
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)  # one CPU stream: the same draws on any device
+    # One CPU stream per process: the same draws on any device; each GPU of a multi-GPU run its own pairs.
+    gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
+    main_process = accelerator.is_main_process
 
     condition = "prompt" if cfg.method == "esd" else cfg.condition  # ESD conditions on the concept's prompts
     cache = build_cache(pipe, records, Path(cfg.pairs), condition, device, progress)
@@ -271,12 +273,17 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
         history.append({"step": step + 1, **logs})
         report(progress, ProgressEvent("train", step + 1, cfg.steps, logs=logs))
         done = step + 1
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+        if main_process and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             path = save_checkpoint(ckpt_root, done, raw_unet, optimizer, gen, history)
             report(progress, ProgressEvent("checkpoint", done, cfg.steps, f"saved {path}"))
-        if cfg.preview_every and cfg.preview_prompts and done % cfg.preview_every == 0 and done < cfg.steps:
+        if (main_process and cfg.preview_every and cfg.preview_prompts and done % cfg.preview_every == 0
+                and done < cfg.steps):
             _preview(pipe, raw_unet, cfg, out.with_name(f"{out.stem}.preview-{done:06d}.png"), progress)
 
+    accelerator.wait_for_everyone()
+    result = TrainResult(out, cfg.steps, time.time() - started, history)
+    if not main_process:
+        return result
     report(progress, ProgressEvent("save", cfg.steps, cfg.steps, f"writing {out}"))
     raw_unet.eval()
     facts = dict(facts or {})
@@ -293,7 +300,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     meta = adapter_metadata(output_name=out.stem, family=model.family, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
                             target_modules=cfg.lora.target_modules, duo=facts)
     atomic_save(peft_to_kohya(lora_state(raw_unet), cfg.lora.alpha), out, meta)
-    result = TrainResult(out, cfg.steps, time.time() - started, history)
+    result.seconds = time.time() - started
     if torch.cuda.is_available():
         result.peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20
     if cfg.preview_prompts:
