@@ -75,6 +75,17 @@ def _stack_vertically(images):
     return sheet
 
 
+def for_display(image, target: int = 256):
+    """Small models make small pictures: enlarge them by a whole factor, pixels kept sharp."""
+    from PIL import Image
+
+    side = max(image.size)
+    if side >= target:
+        return image
+    k = -(-target // side)
+    return image.resize((image.width * k, image.height * k), Image.NEAREST)
+
+
 def progress_bar(fraction: float, state: str = "running") -> str:
     colour = {"running": "#3b82f6", "done": "#16a34a", "failed": "#dc2626", "cancelled": "#9ca3af"}.get(state,
                                                                                                          "#3b82f6")
@@ -164,7 +175,7 @@ class TabController:
             unsafe_prompts=unsafe if custom or not p.concepts else (),
             safe_prompts=safe if custom or not p.concepts else (),
             num_pairs=_int(num_pairs, "Number of pairs"), beta=_float(beta, "β (beta)"), steps=_int(steps, "Steps"),
-            rank=_int(rank, "Rank"), strength=None if strength in (None, "") else _float(strength, "SDEdit strength"),
+            rank=_int(rank, "Rank"), strength=None if strength in (None, "", 0) else _float(strength, "SDEdit strength"),
             lr=None if lr in (None, "", 0) else _float(lr, "Learning rate"), seed=_int(seed, "Seed", 0),
             batch_pairs=_int(batch_pairs, "Pairs per step"), detector=(detector or "").strip() or None,
             preview=bool(preview))
@@ -302,13 +313,15 @@ def _update(**kwargs):
     return gr.update(**kwargs)
 
 
-def _listen(event, fn, inputs, outputs, api_name: str, concurrent: bool = False):
+def _listen(event, fn, inputs, outputs, api_name: str, concurrent: bool = False, quiet: bool = False):
     """event(fn, …) with the keyword arguments this gradio knows: gradio 4+ queues a second click behind the
     first by default (concurrency_limit=1, trigger_mode="once"); the job runner already allows one job, so the
     click handlers run concurrently and a second click gets its message at once."""
     kwargs = {"inputs": inputs, "outputs": outputs, "api_name": api_name}
     if concurrent and _gradio_major() >= 4:
         kwargs.update(concurrency_limit=None, trigger_mode="multiple")
+    if quiet:  # the tab draws its own progress bar: no spinner overlay on the outputs
+        kwargs["show_progress"] = "hidden"
     return event(fn, **kwargs)
 
 
@@ -348,8 +361,9 @@ def build_tab(backend) -> dict:
                                    value=f"duo_{concept0}", elem_id="duo_out_name")
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
-                c["strength"] = gr.Number(label="SDEdit strength (blank: preset)", value=None, elem_id="duo_strength")
-                c["lr"] = gr.Number(label="Learning rate (blank: default)", value=None, elem_id="duo_lr")
+                # gradio sends an emptied Number as 0: 0 means "the preset's / the default"
+                c["strength"] = gr.Number(label="SDEdit strength (0: the preset's)", value=0, elem_id="duo_strength")
+                c["lr"] = gr.Number(label="Learning rate (0: the default)", value=0, elem_id="duo_lr")
                 c["seed"] = gr.Number(label="Seed", value=0, precision=0, elem_id="duo_seed")
                 c["batch_pairs"] = gr.Number(label="Pairs per step", value=4, precision=0, elem_id="duo_batch")
             with gr.Row():
@@ -392,8 +406,9 @@ def build_tab(backend) -> dict:
         c["compare"] = gr.Button("Compare", variant="primary", elem_id="duo_compare")
         c["cmp_note"] = gr.Markdown("", elem_id="duo_cmp_note")
         with gr.Row():
-            c["base_img"] = gr.Image(label="Base model", type="pil", interactive=False, elem_id="duo_base_img")
-            c["adapted_img"] = gr.Image(label="With the adapters", type="pil", interactive=False,
+            c["base_img"] = gr.Image(label="Base model", type="pil", interactive=False, height=320,
+                                     elem_id="duo_base_img")
+            c["adapted_img"] = gr.Image(label="With the adapters", type="pil", interactive=False, height=320,
                                         elem_id="duo_adapted_img")
 
     dropdowns = c["slots"][0::2]
@@ -447,7 +462,7 @@ def build_tab(backend) -> dict:
             base, adapted, note = ctl.compare(*inputs)
         except UserError as e:
             return None, None, f"⚠️ {_esc(str(e))}"
-        return base, adapted, _esc(note)
+        return for_display(base), for_display(adapted), _esc(note)
 
     c["preset"].change(on_preset, inputs=[c["preset"]],
                        outputs=[c["concept"], c["unsafe"], c["safe"], c["num_pairs"], c["beta"], c["out_name"],
@@ -455,8 +470,8 @@ def build_tab(backend) -> dict:
     c["concept"].change(on_concept, inputs=[c["preset"], c["concept"]], outputs=[c["unsafe"], c["safe"]])
     _listen(c["run"].click, on_run, unlearn_inputs,
             [c["notice"], c["bar"], c["status"], c["sheet"], c["preview_img"], *dropdowns], "duo_unlearn",
-            concurrent=True)
-    _listen(c["cancel"].click, on_cancel, [], [c["notice"]], "duo_cancel", concurrent=True)
+            concurrent=True, quiet=True)
+    _listen(c["cancel"].click, on_cancel, [], [c["notice"]], "duo_cancel", concurrent=True, quiet=True)
     _listen(c["refresh"].click, on_refresh, [], [c["table"], *dropdowns], "duo_refresh")
     _listen(c["compare"].click, on_compare,
             [c["model"], c["prompt"], c["negative"], c["cmp_seed"], c["cmp_steps"], c["cmp_guidance"], *c["slots"]],

@@ -35,11 +35,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def main() -> int:
+def serve() -> int:
+    """Serve the tab (with one fake adapter listed) until stdin closes; prints {"url": …} first."""
+    blocks = build()
+    port = free_port()
+    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    print(json.dumps({"url": f"http://127.0.0.1:{port}/"}), flush=True)
+    sys.stdin.read()
+    os._exit(0)  # gradio 3's queue threads can keep close() waiting; nothing here needs a clean shutdown
+
+
+def build():
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import importlib.util
-
-    import gradio as gr
 
     spec = importlib.util.spec_from_file_location("duo_shim", ROOT / "scripts" / "duo_unlearn_tab.py")
     shim = importlib.util.module_from_spec(spec)
@@ -49,10 +57,19 @@ def main() -> int:
     from duo_unlearn.extension.backends import StandaloneBackend
     from duo_unlearn.extension.tab import create_blocks
 
-    report = {"gradio": gr.__version__, "torch_importable": importlib.util.find_spec("torch") is not None}
     lora_dir = Path(tempfile.mkdtemp(prefix="duo-ui-check-"))
     write_fake_adapter(lora_dir)
-    blocks = queue(create_blocks(StandaloneBackend(lora_dir)))
+    return queue(create_blocks(StandaloneBackend(lora_dir)))
+
+
+def main() -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import importlib.util
+
+    import gradio as gr
+
+    report = {"gradio": gr.__version__, "torch_importable": importlib.util.find_spec("torch") is not None}
+    blocks = build()
     port = free_port()
     _, url, _ = blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -91,4 +108,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve() if sys.argv[-1] == "serve" else main())

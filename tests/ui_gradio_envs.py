@@ -50,12 +50,29 @@ def create(version: str) -> Path:
     return folder
 
 
-def check(version: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run the build check in that environment; returns the finished process (stdout has a JSON summary)."""
+def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", PYTHONNOUSERSITE="1")
-    return subprocess.run([str(env_python(version)), "-s", str(CHECK), version], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=str(HERE.parent))
+    return env
+
+
+def check(version: str, timeout: float = 240, python: str | None = None) -> subprocess.CompletedProcess:
+    """Run the build check in that environment; returns the finished process (stdout has a JSON summary)."""
+    return subprocess.run([python or str(env_python(version)), "-s", str(CHECK), version], capture_output=True,
+                          text=True, timeout=timeout, env=_env(), cwd=str(HERE.parent))
+
+
+def serve(version: str, python: str | None = None) -> tuple[subprocess.Popen, str]:
+    """Serve the tab from that environment; returns (process, url). Close its stdin to stop it."""
+    proc = subprocess.Popen([python or str(env_python(version)), "-s", str(CHECK), "serve"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=_env(), cwd=str(HERE.parent))
+    for line in proc.stdout:
+        if line.startswith('{"url"'):
+            import json
+
+            return proc, json.loads(line)["url"]
+    proc.wait(10)
+    raise RuntimeError(f"the tab did not start under gradio {version} (exit {proc.returncode})")
 
 
 def main(argv: list[str]) -> int:

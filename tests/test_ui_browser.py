@@ -1,0 +1,137 @@
+"""End to end in a real browser: headless Debian Chromium (Playwright) drives the standalone app on 127.0.0.1.
+
+It types a bad name, runs "Unlearn concept" (a second click while it runs), waits for the contact sheet, the
+adapter and the preview, compares in "Compare adapters", then cancels a long run. Screenshots are saved in
+tests/artifacts/ui/ (or $DUO_UI_ARTIFACTS). The model is the bundled test bed when it is there, else the tiny
+random model of tests/tiny_models.py; DUO_UI_TEST_MODEL=tiny|testbed forces one.
+"""
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from duo_unlearn.trainer.testbed import TESTBED_DIR
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(os.environ.get("DUO_UI_ARTIFACTS", Path(__file__).resolve().parent / "artifacts" / "ui"))
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (apt-get install chromium)"),
+]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def app(tmp_path, tiny_model):
+    pytest.importorskip("playwright.sync_api")
+    from duo_unlearn.extension.app import make_app
+
+    which = os.environ.get("DUO_UI_TEST_MODEL") or ("testbed" if (TESTBED_DIR / "model_index.json").exists()
+                                                     else "tiny")
+    model = "testbed" if which == "testbed" else str(tiny_model)
+    blocks, backend = make_app(tmp_path / "Lora", model=model)
+    port = _free_port()
+    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/", backend, which
+    finally:
+        backend.runner.cancel()
+        if backend.runner.job:
+            backend.runner.job.wait(30)
+        blocks.close()
+
+
+def _fill(page, elem_id, value):
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+    box.fill(str(value))
+    box.blur()
+
+
+def _shot(page, name):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def _has_image(page, elem_id):
+    return page.locator(f"#{elem_id} img").count() > 0
+
+
+def test_unlearn_and_compare_in_the_browser(app):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, backend, which = app
+    tiny = which == "tiny"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(url)
+            expect(page.locator("#duo_run")).to_be_visible(timeout=60_000)
+            assert page.locator("#duo_model textarea, #duo_model input").first.input_value() == backend.default_model()
+
+            # a name that points outside the LoRA folder: a message, nothing written
+            _fill(page, "duo_out_name", "../x")
+            page.locator("#duo_run").click()
+            expect(page.locator("#duo_notice")).to_contain_text("points into another folder", timeout=30_000)
+            _shot(page, "1_bad_name")
+            assert not list(backend.lora_dir.parent.glob("*.safetensors"))
+
+            # small settings; the tiny random model needs no detector (its pictures are not of anything)
+            _fill(page, "duo_out_name", "duo_red_e2e")
+            _fill(page, "duo_pairs", 2)
+            _fill(page, "duo_steps", 40 if tiny else 30)
+            _fill(page, "duo_rank", 2)
+            page.get_by_text("Advanced").click()
+            if tiny:
+                _fill(page, "duo_detector", "none")
+                _fill(page, "duo_lr", 0.05)
+            page.locator("#duo_run").click()
+            page.locator("#duo_run").click()  # a second click while the first runs
+            expect(page.locator("#duo_notice")).to_contain_text("already running", timeout=30_000)
+            expect(page.locator("#duo_status")).to_contain_text("Running", timeout=30_000)
+            expect(page.locator("#duo_sheet img")).to_be_visible(timeout=120_000)
+            _shot(page, "2_running_with_contact_sheet")
+            expect(page.locator("#duo_status")).to_contain_text("Done", timeout=240_000)
+            expect(page.locator("#duo_preview_img img")).to_be_visible(timeout=30_000)
+            assert (backend.lora_dir / "duo_red_e2e.safetensors").exists()
+            bar = page.locator("#duo_bar").inner_html().replace(" ", "")
+            assert "width:100" in bar and ("16a34a" in bar or "22,163,74" in bar), bar  # full and green
+            _shot(page, "3_done_with_preview")
+
+            # Compare: the new adapter is already picked in slot 1
+            page.get_by_role("tab", name="Compare adapters").click()
+            expect(page.locator("#duo_adapters")).to_contain_text("duo_red_e2e")
+            assert page.locator("#duo_adapter_0 input").first.input_value() == "duo_red_e2e"
+            _fill(page, "duo_cmp_steps", 10 if tiny else 25)
+            page.locator("#duo_compare").click()
+            expect(page.locator("#duo_adapted_img img")).to_be_visible(timeout=120_000)
+            expect(page.locator("#duo_base_img img")).to_be_visible()
+            expect(page.locator("#duo_cmp_note")).to_contain_text("duo_red_e2e×1")
+            _shot(page, "4_compare")
+
+            # Cancel mid-run: no adapter
+            page.get_by_role("tab", name="Unlearn concept").click()
+            _fill(page, "duo_out_name", "duo_cancel_e2e")
+            _fill(page, "duo_steps", 100_000)
+            page.locator("#duo_run").click()
+            expect(page.locator("#duo_status")).to_contain_text("training", timeout=120_000)
+            page.locator("#duo_cancel").click()
+            expect(page.locator("#duo_status")).to_contain_text("Cancelled", timeout=60_000)
+            _shot(page, "5_cancelled")
+            assert not (backend.lora_dir / "duo_cancel_e2e.safetensors").exists()
+            names = sorted(p.name for p in backend.lora_dir.glob("*.safetensors"))
+            assert names == ["duo_red_e2e.safetensors"]
+        finally:
+            browser.close()
