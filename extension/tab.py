@@ -231,6 +231,11 @@ class TabController:
             lines.append(f"\nIn A1111/Forge add `{names}` to a prompt; or pick it under *Compare adapters*.")
             return "\n".join(lines)
         if job.state == "cancelled":
+            req = getattr(job, "request", None)
+            saved = [p for p in (req.outputs if req else []) if p.exists() and p.stat().st_mtime >= job.started]
+            if saved:  # the cancel came after an adapter was complete (e.g. during its preview)
+                return (f"**Cancelled** after {took}, once {', '.join(f'`{p.name}`' for p in saved)} had been "
+                        "saved complete; the rest (previews, further concepts) was skipped.")
             return f"**Cancelled** after {took}: no adapter was written."
         return f"**Failed** after {took}: {_esc(job.error or 'unknown error')}"
 

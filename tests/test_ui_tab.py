@@ -153,3 +153,25 @@ def test_build_tab_wires_components(tmp_path, tiny_model):
     assert c["preset"].value == "testbed-red" and "red circle" in c["unsafe"].value
     assert len(c["slots"]) == 8
     assert demo is not None
+
+
+@pytest.mark.slow
+def test_cancel_during_the_preview_says_the_adapter_is_complete(ctl, tiny_model):
+    """Cancel once the adapter is saved (the preview is rendering): the status must not claim nothing was written."""
+    runner = ctl.backend.runner
+    original = runner._callback
+
+    def cancel_at_preview(job):
+        inner = original(job)
+
+        def callback(event):
+            if event.stage == "preview":
+                runner.cancel()
+            return inner(event)
+        return callback
+
+    runner._callback = cancel_at_preview
+    job, frames = run_to_end(ctl, *inputs(tiny_model, out_name="late"))
+    assert job.state == "cancelled"
+    assert (ctl.backend.lora_dir / "late.safetensors").exists()
+    assert "`late.safetensors` had been saved complete" in frames[-1][0]

@@ -180,3 +180,37 @@ def test_install_uses_launch_run_pip_inside_a1111(tmp_path, monkeypatch):
     monkeypatch.setattr(install, "REQUIREMENTS", str(req))
     assert install.main() == 0
     assert len(calls) == 1 and "surely-not-installed-pkg" in calls[0][0] and "-c" in calls[0][0]
+
+
+def test_cli_ui_listens_on_localhost_unless_told(monkeypatch, tmp_path):
+    from duo_unlearn.extension import app
+    from duo_unlearn.trainer.cli import main
+
+    seen = {}
+    monkeypatch.setattr(app, "serve", lambda **kw: seen.update(kw))
+    assert main(["ui", "--lora-dir", str(tmp_path)]) == 0
+    assert seen == {"host": "127.0.0.1", "port": None, "lora_dir": str(tmp_path), "work_dir": None,
+                    "model": "testbed", "share": False}
+    assert main(["ui", "--host", "0.0.0.0", "--port", "7999", "--share"]) == 0
+    assert seen["host"] == "0.0.0.0" and seen["port"] == 7999 and seen["share"] is True
+
+
+def test_shim_loads_this_checkout_even_if_another_duo_unlearn_is_imported(tmp_path):
+    """A1111 shares one interpreter between extensions: a stale `duo_unlearn` in sys.modules must not win."""
+    import subprocess
+
+    code = (
+        "import sys, types, importlib.util\n"
+        "old = types.ModuleType('duo_unlearn'); old.__file__ = '/elsewhere/duo_unlearn/__init__.py'\n"
+        "sys.modules['duo_unlearn'] = old; sys.modules['duo_unlearn.extension'] = types.ModuleType('x')\n"
+        f"spec = importlib.util.spec_from_file_location('shim', {str(ROOT / 'scripts' / 'duo_unlearn_tab.py')!r})\n"
+        "shim = importlib.util.module_from_spec(spec); spec.loader.exec_module(shim)\n"
+        "pkg = shim.load_package()\n"
+        "from duo_unlearn.extension.names import sanitise_name\n"
+        "print(pkg.__file__, sanitise_name('a b'), 'modules' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    file, name, has_modules = out.stdout.split()
+    assert Path(file) == ROOT / "__init__.py" and name == "a_b" and has_modules == "False"
