@@ -193,7 +193,8 @@ class TabController:
             if path.exists() and not overwrite:
                 raise UserError(f"An adapter named {path.name} already exists in the LoRA folder; choose another "
                                 "name or tick 'Overwrite'")
-        label = f"{name} ({', '.join(pl.concept.name for pl in plans)})"
+        on = self.backend.current_model_name(model_spec) or Path(model_spec).name
+        label = f"{name} ({', '.join(pl.concept.name for pl in plans)} on {on})"
         return Request(cfg, plans, outputs, label)
 
     def start(self, *inputs):
@@ -296,7 +297,7 @@ class TabController:
             raise UserError(job.error or "the comparison stopped")
         base, adapted, note = job.result
         trained_on = {str(a.duo.get("base_model")) for a, _ in chosen if a.duo.get("base_model")}
-        current = getattr(self.backend, "current_model_name", lambda m: None)(model)
+        current = self.backend.current_model_name(model)
         if current and trained_on and trained_on != {current}:
             note += f" · note: trained on {', '.join(sorted(trained_on))}, compared on {current}"
         return base, adapted, note
@@ -436,24 +437,35 @@ def build_tab(backend) -> dict:
             return _update(), _update()
         return unsafe, safe
 
-    def on_run(*inputs):
+    def on_start(*inputs):
+        """Start the job and return at once, so the button is free again: a second click gets its message on
+        every gradio (gradio 3 ignores clicks on a button whose event is still running)."""
         keep = _update()
         try:
-            job = ctl.start(*inputs)
-        except UserError as e:  # Busy included: the running job's widgets stay as they are
-            yield (f"⚠️ {_esc(str(e))}", keep, keep, keep, keep, *[keep] * MAX_STACK)
+            ctl.start(*inputs)
+        except Busy as e:  # the running job's widgets stay as they are; this page starts following it
+            return (f"⚠️ {_esc(str(e))}", keep, keep, keep, keep, True)
+        except UserError as e:
+            return (f"⚠️ {_esc(str(e))}", keep, keep, keep, keep, False)
+        return ("", progress_bar(0.0), "**Running**: starting…", None, None, True)
+
+    def on_watch(follow):
+        """Stream the running job's progress into this page (chained after on_start)."""
+        keep = _update()
+        job = ctl.backend.runner.job
+        if not follow or job is None or job.kind != "unlearn":
+            yield (keep, keep, keep, keep, *[keep] * MAX_STACK)
             return
-        yield ("", progress_bar(0.0), "**Running**: starting…", None, None, *[keep] * MAX_STACK)
         for status, bar, sheet, preview, finished in ctl.watch(job):
             sheet_img = _open_image(sheet) if sheet is not None else keep
             if not finished:
-                yield (keep, bar, status, sheet_img, keep, *[keep] * MAX_STACK)
+                yield (bar, status, sheet_img, keep, *[keep] * MAX_STACK)
                 continue
             names = ctl.adapter_names()
             new = [r.adapter.stem for r in job.result or []] if job.state == "done" else []
             slots = [_update(choices=names, value=new[k]) if k < len(new) and new[k] in names
                      else _update(choices=names) for k in range(MAX_STACK)]
-            yield (keep, bar, status, sheet_img, preview if preview is not None else keep, *slots)
+            yield (bar, status, sheet_img, preview if preview is not None else keep, *slots)
 
     def on_cancel():
         return ctl.cancel()
@@ -473,9 +485,12 @@ def build_tab(backend) -> dict:
                        outputs=[c["concept"], c["unsafe"], c["safe"], c["num_pairs"], c["beta"], c["out_name"],
                                 c["preset_info"]])
     c["concept"].change(on_concept, inputs=[c["preset"], c["concept"]], outputs=[c["unsafe"], c["safe"]])
-    _listen(c["run"].click, on_run, unlearn_inputs,
-            [c["notice"], c["bar"], c["status"], c["sheet"], c["preview_img"], *dropdowns], "duo_unlearn",
-            concurrent=True, quiet=True)
+    follow = gr.State(False)
+    started = _listen(c["run"].click, on_start, unlearn_inputs,
+                      [c["notice"], c["bar"], c["status"], c["sheet"], c["preview_img"], follow], "duo_unlearn",
+                      concurrent=True, quiet=True)
+    _listen(started.then, on_watch, [follow], [c["bar"], c["status"], c["sheet"], c["preview_img"], *dropdowns],
+            "duo_watch", concurrent=True, quiet=True)
     _listen(c["cancel"].click, on_cancel, [], [c["notice"]], "duo_cancel", concurrent=True, quiet=True)
     _listen(c["refresh"].click, on_refresh, [], [c["table"], *dropdowns], "duo_refresh")
     _listen(c["compare"].click, on_compare,

@@ -76,6 +76,18 @@ def test_tab_renders_in_chromium(version):
                                                                              timeout=30_000)
                 ARTIFACTS.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / f"gradio-{version}-bad-name.png"), full_page=True)
+                # live progress, a second click and Cancel, with a torch-free stand-in for the training
+                box.fill("duo_fake_run")
+                box.blur()
+                page.locator("#duo_run").click()
+                sync_api.expect(page.locator("#duo_status").first).to_contain_text("training", timeout=30_000)
+                page.locator("#duo_run").click()
+                sync_api.expect(page.locator("#duo_notice").first).to_contain_text("already running",
+                                                                                   timeout=30_000)
+                sync_api.expect(page.locator("#duo_status").first).to_contain_text("ETA", timeout=30_000)
+                page.screenshot(path=str(ARTIFACTS / f"gradio-{version}-running.png"), full_page=True)
+                page.locator("#duo_cancel").click()
+                sync_api.expect(page.locator("#duo_status").first).to_contain_text("Cancelled", timeout=30_000)
                 tab = page.get_by_role("tab", name="Compare adapters")  # gradio 4+; gradio 3 has plain buttons
                 if tab.count() == 0:
                     tab = page.locator("button:visible", has_text="Compare adapters")

@@ -36,13 +36,34 @@ def free_port() -> int:
 
 
 def serve() -> int:
-    """Serve the tab (with one fake adapter listed) until stdin closes; prints {"url": …} first."""
+    """Serve the tab (one fake adapter listed, a fake training that only reports progress) until stdin closes;
+    prints {"url": …} first."""
     blocks = build()
     port = free_port()
     blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     print(json.dumps({"url": f"http://127.0.0.1:{port}/"}), flush=True)
     sys.stdin.read()
     os._exit(0)  # gradio 3's queue threads can keep close() waiting; nothing here needs a clean shutdown
+
+
+def fake_training_backend(lora_dir: Path):
+    """The standalone backend with a torch-free stand-in for the training: progress, cancel, no file."""
+    import time
+
+    from duo_unlearn.extension.backends import StandaloneBackend
+    from duo_unlearn.trainer.progress import ProgressEvent, report
+
+    class FakeTraining(StandaloneBackend):
+        def run_unlearn(self, cfg, progress=None):
+            for i in range(600):
+                report(progress, ProgressEvent("train", i + 1, 600, logs={"loss": 1.0 / (i + 1)}))
+                time.sleep(0.1)
+            return []
+
+    model = lora_dir / "fake_model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    return FakeTraining(lora_dir, model=str(model))
 
 
 def build():
@@ -59,7 +80,8 @@ def build():
 
     lora_dir = Path(tempfile.mkdtemp(prefix="duo-ui-check-"))
     write_fake_adapter(lora_dir)
-    return queue(create_blocks(StandaloneBackend(lora_dir)))
+    backend = fake_training_backend(lora_dir) if sys.argv[-1] == "serve" else StandaloneBackend(lora_dir)
+    return queue(create_blocks(backend))
 
 
 def main() -> int:
