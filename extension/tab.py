@@ -454,18 +454,18 @@ def build_tab(backend) -> dict:
         keep = _update()
         job = ctl.backend.runner.job
         if not follow or job is None or job.kind != "unlearn":
-            yield (keep, keep, keep, keep, *[keep] * MAX_STACK)
+            yield (keep, keep, keep, keep, keep, *[keep] * MAX_STACK)
             return
         for status, bar, sheet, preview, finished in ctl.watch(job):
             sheet_img = _open_image(sheet) if sheet is not None else keep
             if not finished:
-                yield (bar, status, sheet_img, keep, *[keep] * MAX_STACK)
+                yield (keep, bar, status, sheet_img, keep, *[keep] * MAX_STACK)
                 continue
             names = ctl.adapter_names()
             new = [r.adapter.stem for r in job.result or []] if job.state == "done" else []
             slots = [_update(choices=names, value=new[k]) if k < len(new) and new[k] in names
                      else _update(choices=names) for k in range(MAX_STACK)]
-            yield (bar, status, sheet_img, preview if preview is not None else keep, *slots)
+            yield ("", bar, status, sheet_img, preview if preview is not None else keep, *slots)  # notice done
 
     def on_cancel():
         return ctl.cancel()
@@ -489,8 +489,9 @@ def build_tab(backend) -> dict:
     started = _listen(c["run"].click, on_start, unlearn_inputs,
                       [c["notice"], c["bar"], c["status"], c["sheet"], c["preview_img"], follow], "duo_unlearn",
                       concurrent=True, quiet=True)
-    _listen(started.then, on_watch, [follow], [c["bar"], c["status"], c["sheet"], c["preview_img"], *dropdowns],
-            "duo_watch", concurrent=True, quiet=True)
+    _listen(started.then, on_watch, [follow],
+            [c["notice"], c["bar"], c["status"], c["sheet"], c["preview_img"], *dropdowns], "duo_watch",
+            concurrent=True, quiet=True)
     _listen(c["cancel"].click, on_cancel, [], [c["notice"]], "duo_cancel", concurrent=True, quiet=True)
     _listen(c["refresh"].click, on_refresh, [], [c["table"], *dropdowns], "duo_refresh")
     _listen(c["compare"].click, on_compare,

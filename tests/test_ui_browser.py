@@ -105,6 +105,7 @@ def test_unlearn_and_compare_in_the_browser(app):
             _shot(page, "2_running_with_contact_sheet")
             expect(page.locator("#duo_status")).to_contain_text("Done", timeout=240_000)
             expect(page.locator("#duo_preview_img img")).to_be_visible(timeout=30_000)
+            expect(page.locator("#duo_notice")).not_to_contain_text("already running")  # cleared at the end
             assert (backend.lora_dir / "duo_red_e2e.safetensors").exists()
             bar = page.locator("#duo_bar").inner_html().replace(" ", "")
             assert "width:100" in bar and ("16a34a" in bar or "22,163,74" in bar), bar  # full and green
