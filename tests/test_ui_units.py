@@ -214,3 +214,23 @@ def test_shim_loads_this_checkout_even_if_another_duo_unlearn_is_imported(tmp_pa
     assert out.returncode == 0, out.stderr
     file, name, has_modules = out.stdout.split()
     assert Path(file) == ROOT / "__init__.py" and name == "a_b" and has_modules == "False"
+
+
+def test_install_without_launch_calls_pip_with_constraints(tmp_path, monkeypatch):
+    """ComfyUI-Manager runs install.py with plain Python: pip in a subprocess, host packages pinned."""
+    install = _load_install()
+    monkeypatch.delitem(sys.modules, "launch", raising=False)
+    req = tmp_path / "requirements.txt"
+    req.write_text("torch\nsafetensors\nsurely-not-installed-pkg>=2\n")
+    monkeypatch.setattr(install, "REQUIREMENTS", str(req))
+    seen = []
+
+    def fake_run(cmd, check):
+        pins = Path(cmd[cmd.index("-c") + 1]).read_text()
+        seen.append((cmd, pins))
+
+    monkeypatch.setattr(install.subprocess, "run", fake_run)
+    assert install.main() == 0
+    (cmd, pins), = seen
+    assert cmd[:4] == [sys.executable, "-m", "pip", "install"] and cmd[-1] == "surely-not-installed-pkg>=2"
+    assert "torch==" in pins
