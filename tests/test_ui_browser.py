@@ -88,6 +88,17 @@ def test_unlearn_and_compare_in_the_browser(app):
             _shot(page, "1_bad_name")
             assert not list(backend.lora_dir.parent.glob("*.safetensors"))
 
+            # an emptied prompt box: a message, nothing written
+            _fill(page, "duo_out_name", "duo_red_e2e")
+            safe_text = page.locator("#duo_safe textarea").input_value()
+            _fill(page, "duo_unsafe", "a red square")
+            _fill(page, "duo_safe", "")
+            page.locator("#duo_run").click()
+            expect(page.locator("#duo_notice")).to_contain_text("Safe prompts are empty", timeout=30_000)
+            _shot(page, "1b_empty_prompts")
+            assert not list(backend.lora_dir.glob("*.safetensors"))
+            _fill(page, "duo_safe", safe_text.splitlines()[0])
+
             # small settings; the tiny random model needs no detector (its pictures are not of anything)
             _fill(page, "duo_out_name", "duo_red_e2e")
             _fill(page, "duo_pairs", 2)
