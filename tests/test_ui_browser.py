@@ -32,13 +32,13 @@ def _free_port():
 
 
 @pytest.fixture()
-def app(tmp_path, tiny_model):
+def app(tmp_path, request):
     pytest.importorskip("playwright.sync_api")
     from duo_unlearn.extension.app import make_app
 
     which = os.environ.get("DUO_UI_TEST_MODEL") or ("testbed" if (TESTBED_DIR / "model_index.json").exists()
                                                      else "tiny")
-    model = "testbed" if which == "testbed" else str(tiny_model)
+    model = "testbed" if which == "testbed" else str(request.getfixturevalue("tiny_model"))
     blocks, backend = make_app(tmp_path / "Lora", model=model)
     port = _free_port()
     blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -90,6 +90,7 @@ def test_unlearn_and_compare_in_the_browser(app):
 
             # an emptied prompt box: a message, nothing written
             _fill(page, "duo_out_name", "duo_red_e2e")
+            unsafe_text = page.locator("#duo_unsafe textarea").input_value()
             safe_text = page.locator("#duo_safe textarea").input_value()
             _fill(page, "duo_unsafe", "a red square")
             _fill(page, "duo_safe", "")
@@ -97,7 +98,8 @@ def test_unlearn_and_compare_in_the_browser(app):
             expect(page.locator("#duo_notice")).to_contain_text("Safe prompts are empty", timeout=30_000)
             _shot(page, "1b_empty_prompts")
             assert not list(backend.lora_dir.glob("*.safetensors"))
-            _fill(page, "duo_safe", safe_text.splitlines()[0])
+            _fill(page, "duo_unsafe", unsafe_text)  # back to the preset's prompts
+            _fill(page, "duo_safe", safe_text)
 
             # small settings; the tiny random model needs no detector (its pictures are not of anything)
             _fill(page, "duo_out_name", "duo_red_e2e")
