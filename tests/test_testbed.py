@@ -1,0 +1,104 @@
+"""The bundled test bed: its data, tokenizer and classifier, and the committed model's behaviour (small samples,
+margins below the model card's figures so the tests are stable but a broken model fails)."""
+import json
+
+import numpy as np
+import pytest
+
+from duo_unlearn.trainer.detectors.colour import ColourDetector, read_image
+from duo_unlearn.trainer.testbed import TESTBED_DIR
+from duo_unlearn.trainer.testbed.shapes import COLOURS, make_dataset, vocabulary_words
+from duo_unlearn.trainer.testbed.vocabulary import MAX_LENGTH, build_tokenizer
+
+
+def test_classifier_reads_the_generators_images_exactly():
+    images, prompts, specs = make_dataset(600, seed=11)
+    readings = [read_image(im) for im in images]
+    assert all(r.colour == s.colour for r, s in zip(readings, specs))
+    assert all(r.background == s.background for r, s in zip(readings, specs))
+    assert np.mean([r.shape == s.shape for r, s in zip(readings, specs)]) >= 0.99
+    red = ColourDetector("red")
+    scores = red.scores([im for im in images[:60]])
+    assert all((s >= 0.5) == (sp.colour == "red") for s, sp in zip(scores, specs[:60]))
+
+
+def test_captions_cover_forms_synonyms_and_empty():
+    _, prompts, specs = make_dataset(2000, seed=3)
+    assert "" in prompts
+    assert any(p.startswith("a crimson") for p in prompts) and any(p.startswith("a scarlet") for p in prompts)
+    assert any(p.endswith("background") and len(p.split()) == 6 for p in prompts)  # "a red circle on a X background"
+    assert any(len(p.split()) == 3 for p in prompts)  # "a red circle"
+    for p, s in zip(prompts, specs):  # a caption never names a colour other than the image's
+        named = [w for w in p.split() if w in COLOURS or w in ("crimson", "scarlet")]
+        assert all(w == s.colour or (s.colour == "red" and w in ("crimson", "scarlet")) for w in named)
+
+
+def test_tokenizer_keeps_each_word_whole_and_loads_from_pretrained(tmp_path):
+    from transformers import CLIPTokenizer
+
+    build_tokenizer(tmp_path / "tok", vocabulary_words())
+    tok = CLIPTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert len(tok) > 100  # not the silently empty vocabulary of CLIPTokenizer(vocab_file=...)
+    for word in vocabulary_words():
+        assert tok.tokenize(word) == [word + "</w>"], word
+    ids = tok("a crimson triangle", padding="max_length", max_length=MAX_LENGTH).input_ids
+    assert len(ids) == MAX_LENGTH and ids[0] == tok.bos_token_id and ids[4] == tok.eos_token_id
+    assert len(tok.tokenize("reddish")) > 1  # unknown words fall back to pieces, not to nothing
+
+
+def test_bundled_model_is_small_and_loads_offline():
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    assert (TESTBED_DIR / "model_index.json").exists()
+    weights = sum(p.stat().st_size for p in TESTBED_DIR.rglob("*.safetensors"))
+    assert weights < 10e6
+    assert not list(TESTBED_DIR.rglob("*.bin"))
+    pipe = StableDiffusionPipeline.from_pretrained(str(TESTBED_DIR), local_files_only=True)
+    assert pipe.unet.config.sample_size == 16 and pipe.vae_scale_factor == 2
+    assert len(CLIPTokenizer.from_pretrained(str(TESTBED_DIR / "tokenizer"))) == len(pipe.tokenizer) > 100
+    assert any("attn2" in n for n, _ in pipe.unet.down_blocks[0].named_modules())  # cross-attention at 16x16
+
+
+@pytest.fixture(scope="module")
+def testbed_pipe():
+    from duo_unlearn.trainer.models import load_model
+
+    return load_model("testbed").pipe
+
+
+@pytest.mark.slow
+def test_bundled_model_follows_colour_and_shape(testbed_pipe):
+    from duo_unlearn.trainer.testbed.measure import prompt_following
+
+    figures = prompt_following(testbed_pipe, per_colour=6, steps=25, guidance=5.0,
+                               colour_words={"crimson": "red"}, seed=5)
+    acc = figures["colour_accuracy"]
+    assert min(acc[c] for c in COLOURS) >= 4 / 6, acc
+    assert acc["crimson"] >= 4 / 6, acc
+    assert figures["shape_accuracy"] >= 0.6, figures["shape_accuracy"]
+
+
+@pytest.mark.slow
+def test_empty_prompt_mixes_colours(testbed_pipe):
+    from duo_unlearn.trainer.testbed.measure import empty_prompt_colours
+
+    counts = empty_prompt_colours(testbed_pipe, n=24, seed=2)
+    assert len([c for c in counts if c in COLOURS]) >= 4, counts
+
+
+@pytest.mark.slow
+def test_sdedit_recolours_red_shapes_in_place(testbed_pipe):
+    from duo_unlearn.trainer.testbed.figures import sdedit_figures
+
+    figures = sdedit_figures(testbed_pipe, n=8, seed=3)
+    assert figures["sources_red"] >= 6
+    assert figures["colour_changed"] >= 0.75 and figures["mask_iou_mean"] >= 0.5, figures
+
+
+def test_model_card_records_the_measured_figures():
+    card = (TESTBED_DIR.parent / "MODEL_CARD.md").read_text()
+    log = json.loads((TESTBED_DIR / "training_log.json").read_text())
+    assert log["config"]["unet_steps"] >= 3000
+    for needle in ("Colour accuracy", "crimson", "SDEdit", "training time"):
+        assert needle.lower() in card.lower()
