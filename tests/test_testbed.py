@@ -102,3 +102,30 @@ def test_model_card_records_the_measured_figures():
     assert log["config"]["unet_steps"] >= 3000
     for needle in ("Colour accuracy", "crimson", "SDEdit", "training time"):
         assert needle.lower() in card.lower()
+
+
+@pytest.mark.slow
+def test_testbed_red_pairs_are_gated_and_keep_the_layout(tmp_path):
+    from PIL import Image
+
+    from duo_unlearn.trainer.pair_dataset import read_pairs
+    from duo_unlearn.trainer.pairs import PairConfig, generate_pairs
+    from duo_unlearn.trainer.presets import get_preset
+    from duo_unlearn.trainer.testbed.figures import mask_iou
+
+    preset = get_preset("testbed-red")
+    concept = preset.concepts[0]
+    stats = generate_pairs(PairConfig(
+        out=str(tmp_path / "p"), model="testbed", unsafe_prompts=concept.unsafe_prompts,
+        safe_prompts=concept.safe_prompts, num_pairs=8, strength=preset.strength, guidance=preset.guidance,
+        sample_steps=preset.sample_steps, detector=preset.detector))
+    records = read_pairs(tmp_path / "p")
+    assert stats.made == len(records) >= 6
+    ious = []
+    for r in records:
+        u = read_image(Image.open(tmp_path / "p" / r.unsafe))
+        s = read_image(Image.open(tmp_path / "p" / r.safe))
+        assert u.colour == "red" and s.colour != "red"
+        assert r.scores["unsafe"] >= 0.5 > r.scores["safe"]
+        ious.append(mask_iou(u.mask, s.mask))
+    assert np.median(ious) >= 0.4, ious
