@@ -21,8 +21,6 @@ MAX_STACK = 4  # adapter slots in Compare (the violence preset makes four)
 NONE = "(none)"
 ALL = "(all concepts)"
 POLL_SECONDS = 0.5
-DEFAULT_STEPS = 200
-DEFAULT_RANK = 8
 
 
 def _esc(text: str) -> str:
@@ -134,6 +132,14 @@ class TabController:
         concept = concept if concept in choices else choices[0]
         unsafe, safe = self._preset_prompts(preset, concept)
         return choices, concept, "\n".join(unsafe), "\n".join(safe), p.num_pairs, p.beta, p.description
+
+    def training_defaults(self, preset: str) -> tuple[int, int]:
+        """(steps, rank): the preset's if it names them, else the CLI's (`duo-unlearn unlearn`) defaults."""
+        from ..trainer.unlearn import UnlearnConfig
+
+        p = self.presets.get(preset)
+        base = UnlearnConfig()
+        return getattr(p, "steps", None) or base.steps, getattr(p, "rank", None) or base.rank
 
     def _preset_prompts(self, preset: str, concept: str | None) -> tuple[tuple, tuple]:
         p = self.presets[preset]
@@ -339,6 +345,7 @@ def build_tab(backend) -> dict:
     c: dict = {"controller": ctl}
     preset0 = ctl.default_preset()
     choices0, concept0, unsafe0, safe0, pairs0, beta0, desc0 = ctl.preset_fields(preset0)
+    steps0, rank0 = ctl.training_defaults(preset0)
     model_info = ("a diffusers folder, a .safetensors/.ckpt checkpoint, or 'testbed' (the bundled test bed)"
                   if backend.model_editable else "the checkpoint selected at the top of the web UI")
 
@@ -361,8 +368,8 @@ def build_tab(backend) -> dict:
             c["num_pairs"] = gr.Number(label="Pairs", value=pairs0, precision=0, elem_id="duo_pairs")
             c["beta"] = gr.Number(label="β (higher: stays closer to the base model)", value=beta0,
                                   elem_id="duo_beta")
-            c["steps"] = gr.Number(label="Steps", value=DEFAULT_STEPS, precision=0, elem_id="duo_steps")
-            c["rank"] = gr.Number(label="Rank", value=DEFAULT_RANK, precision=0, elem_id="duo_rank")
+            c["steps"] = gr.Number(label="Steps", value=steps0, precision=0, elem_id="duo_steps")
+            c["rank"] = gr.Number(label="Rank", value=rank0, precision=0, elem_id="duo_rank")
         c["out_name"] = gr.Textbox(label="Output name (saved as <name>.safetensors in the LoRA folder)",
                                    value=f"duo_{concept0}", elem_id="duo_out_name")
         with gr.Accordion("Advanced", open=False):
@@ -426,9 +433,10 @@ def build_tab(backend) -> dict:
         try:
             choices, concept, unsafe, safe, pairs, beta, desc = ctl.preset_fields(preset)
         except UserError as e:
-            return [_update()] * 5 + [_update(), f"**{_esc(str(e))}**"]
-        return (_update(choices=choices, value=concept), unsafe, safe, pairs, beta, _update(value=f"duo_{concept}"),
-                desc)
+            return [_update()] * 8 + [f"**{_esc(str(e))}**"]
+        steps, rank = ctl.training_defaults(preset)
+        return (_update(choices=choices, value=concept), unsafe, safe, pairs, beta, steps, rank,
+                _update(value=f"duo_{concept}"), desc)
 
     def on_concept(preset, concept):
         try:
@@ -482,8 +490,8 @@ def build_tab(backend) -> dict:
         return for_display(base), for_display(adapted), _esc(note)
 
     c["preset"].change(on_preset, inputs=[c["preset"]],
-                       outputs=[c["concept"], c["unsafe"], c["safe"], c["num_pairs"], c["beta"], c["out_name"],
-                                c["preset_info"]])
+                       outputs=[c["concept"], c["unsafe"], c["safe"], c["num_pairs"], c["beta"], c["steps"], c["rank"],
+                                c["out_name"], c["preset_info"]])
     c["concept"].change(on_concept, inputs=[c["preset"], c["concept"]], outputs=[c["unsafe"], c["safe"]])
     follow = gr.State(False)
     started = _listen(c["run"].click, on_start, unlearn_inputs,

@@ -151,6 +151,9 @@ def test_build_tab_wires_components(tmp_path, tiny_model):
         c = build_tab(backend)
     assert c["model"].value == str(tiny_model)
     assert c["preset"].value == "testbed-red" and "red circle" in c["unsafe"].value
+    from duo_unlearn.trainer.unlearn import UnlearnConfig
+
+    assert (c["steps"].value, c["rank"].value) == (UnlearnConfig.steps, UnlearnConfig.rank)  # as the CLI
     assert len(c["slots"]) == 8
     assert demo is not None
 
