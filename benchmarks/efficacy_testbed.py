@@ -197,7 +197,7 @@ def main(argv=None) -> int:
         "Reproduce (CPU, about the time below; adapters and pairs are reused from `--work` unless `--retrain`):",
         "",
         "```",
-        "python benchmarks/efficacy_testbed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        ("python benchmarks/efficacy_testbed.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip(),
         "```",
         "",
         table(result, extra, train_seconds),
