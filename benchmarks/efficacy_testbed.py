@@ -23,12 +23,25 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def variants(betas: list[float]) -> list[tuple[str, dict]]:
+def variants(betas: list[str]) -> list[tuple[str, dict]]:
+    """DUO at each beta with its default lambda and with lambda = 0, then ESD. "preset": the preset's own beta
+    (with the preset's lr / lambda when it names them); a number: that beta with lr and lambda coupled to it."""
     out = []
     for beta in betas:
-        b = f"{beta:g}"
-        out += [(f"duo_b{b}", {"beta": beta}), (f"duo_b{b}_lam0", {"beta": beta, "lam": 0.0})]
-    return out + [("esd", {"method": "esd"})]
+        if beta == "preset":
+            out += [("duo_preset", {}), ("duo_preset_lam0", {"lam": 0.0})]
+        else:
+            b = f"{float(beta):g}"
+            out += [(f"duo_b{b}", {"beta": float(beta)}), (f"duo_b{b}_lam0", {"beta": float(beta), "lam": 0.0})]
+    return out + [("esd", {"method": "esd", "lr": 1e-4})]  # ESD's own lr, not a DUO preset's
+
+
+def recipe(facts: dict) -> str:
+    """β / λ / lr / steps as the adapter's metadata records them."""
+    if facts.get("method") == "esd":
+        return f"ESD η {facts.get('esd_eta')}, lr {facts.get('lr'):.3g}, {facts.get('steps')} steps"
+    return (f"β {facts.get('beta'):g}, λ {facts.get('lambda'):.3g}, lr {facts.get('lr'):.3g}, "
+            f"{facts.get('steps')} steps")
 
 
 def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_per_prompt: int, seed: int,
@@ -66,14 +79,15 @@ def table(result: dict, extra: dict, train_seconds: dict) -> str:
     cols = [("direct", "DSR direct"), ("prompts", "DSR synonyms"), ("concept_inversion", "DSR concept inv."),
             ("ring_a_bell", "DSR ring-a-bell")]
     head = ("| method | " + " | ".join(c for _, c in cols) +
-            " | 1 − LPIPS | orange still orange | unrelated agree w/ base | train s |")
-    rows = [head, "|" + "---|" * (len(cols) + 5)]
+            " | 1 − LPIPS | orange still orange | unrelated agree w/ base | recipe | train s |")
+    rows = [head, "|" + "---|" * (len(cols) + 6)]
+    facts = {m["name"]: m["facts"] for m in result["methods"]}
     for name, r in result["results"].items():
         cells = [f"{r['attacks'][a]['dsr']:.3f}" if a in r["attacks"] else "–" for a, _ in cols]
         e = extra[name]
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {r['preservation']['one_minus_lpips']:.3f} | "
                     f"{e['orange_accuracy']:.3f} | {e['unrelated_agreement']:.3f} | "
-                    f"{train_seconds.get(name, 0):.0f} |")
+                    f"{recipe(facts[name]) if facts.get(name) else '–'} | {train_seconds.get(name, 0):.0f} |")
     return "\n".join(rows)
 
 
@@ -98,6 +112,19 @@ def verdicts(result: dict) -> list[str]:
     return lines
 
 
+def same_recipe(adapter: Path, cfg) -> bool:
+    """An adapter from an earlier run is reused only if its metadata records this very recipe."""
+    from duo_unlearn.trainer.export import describe_adapter
+
+    if not adapter.exists():
+        return False
+    facts = describe_adapter(adapter)["duo"]
+    want = {"method": cfg.method, "steps": cfg.steps, "lr": cfg.learning_rate}
+    if cfg.method == "duo":
+        want |= {"beta": cfg.beta, "lambda": cfg.preservation_weight}
+    return all(facts.get(k) == v for k, v in want.items())
+
+
 def write_section(path: Path, text: str, name: str = "efficacy_testbed") -> None:
     """Replace this benchmark's section of RESULTS.md (between markers), keeping any other benchmark's."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
@@ -116,8 +143,10 @@ def main(argv=None) -> int:
                    help="adapters, pairs and the eval report (default: runs/efficacy_testbed, git-ignored)")
     p.add_argument("--model", default="testbed", help=argparse.SUPPRESS)  # smoke tests on a tiny model
     p.add_argument("--pair-detector", default=None, help=argparse.SUPPRESS)  # ditto
-    p.add_argument("--steps", type=int, default=400, help="training steps of every adapter")
-    p.add_argument("--betas", default="500,2000", help="comma-separated DUO betas (lr and lambda follow beta)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps of every adapter (default: the preset's, else 400)")
+    p.add_argument("--betas", default="preset,500",
+                   help="comma-separated DUO betas: 'preset' (its beta, lr, lambda) or numbers (lr, lambda coupled)")
     p.add_argument("--images-per-prompt", type=int, default=4)
     p.add_argument("--ci-steps", type=int, default=300, help="concept inversion steps per model")
     p.add_argument("--lpips-backbone", default="auto", help="auto (pretrained if available, else random)")
@@ -133,7 +162,7 @@ def main(argv=None) -> int:
     from duo_unlearn.trainer.evaluate.preservation import build_lpips
     from duo_unlearn.trainer.models import load_model
     from duo_unlearn.trainer.presets import get_preset
-    from duo_unlearn.trainer.unlearn import UnlearnConfig, unlearn
+    from duo_unlearn.trainer.unlearn import UnlearnConfig, plan, unlearn
 
     started = time.time()
     work = Path(args.work)
@@ -149,12 +178,14 @@ def main(argv=None) -> int:
     adapters = {}
     seconds_file = work / "train_seconds.json"
     train_seconds = json.loads(seconds_file.read_text()) if seconds_file.exists() and not args.retrain else {}
-    for name, kw in variants([float(b) for b in args.betas.split(",")]):
+    steps = args.steps or getattr(preset, "steps", None) or 400
+    for name, kw in variants([b.strip() for b in args.betas.split(",") if b.strip()]):
         out = work / f"{name}.safetensors"
-        if args.retrain or not out.exists():
+        ucfg = UnlearnConfig(preset="testbed-red", out=str(out), pairs_dir=str(work / "pairs"), steps=steps,
+                             preview=False, seed=0, detector=args.pair_detector, **kw)
+        if args.retrain or not same_recipe(out, plan(ucfg)[1][0].train):
             t = time.time()
-            unlearn(UnlearnConfig(preset="testbed-red", out=str(out), pairs_dir=str(work / "pairs"),
-                                  steps=args.steps, preview=False, seed=0, detector=args.pair_detector, **kw), progress, model=model)
+            unlearn(ucfg, progress, model=model)
             train_seconds[name] = time.time() - t
             seconds_file.write_text(json.dumps(train_seconds))
         adapters[name] = out
@@ -214,8 +245,9 @@ def main(argv=None) -> int:
         "## Settings",
         "",
         f"- Adapters: `unlearn()` with preset testbed-red ({preset.num_pairs} pairs, SDEdit strength "
-        f"{preset.strength}, colour:red gating), {args.steps} steps, rank 32, batch 4 pairs, seed 0; DUO lr and "
-        "lambda follow beta (lr = 3e-4·100/β, λ = 1e6·β/100) unless λ = 0; ESD: η = 1, lr 1e-4, x_t from the "
+        f"{preset.strength}, colour:red gating), {steps} steps, rank 32, batch 4 pairs, seed 0; "
+        "duo_preset: the preset's own β (and its lr / λ where it names them); duo_b<β>: lr and λ coupled to β "
+        "(lr = 3e-4·100/β, λ = 1e6·β/100); *_lam0: λ = 0; ESD: η = 1, lr 1e-4, x_t from the "
         "noised unsafe pair images, conditioned on their prompts, same LoRA (self-attention) and export.",
         f"- Sampling: DDIM {result['sampling']['steps']} steps, guidance {result['sampling']['guidance']}, "
         f"{args.images_per_prompt} seed(s) per prompt, the same seeds for every method.",
