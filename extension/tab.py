@@ -139,7 +139,7 @@ class TabController:
 
         p = self.presets.get(preset)
         base = UnlearnConfig()
-        return getattr(p, "steps", None) or base.steps, getattr(p, "rank", None) or base.rank
+        return getattr(p, "steps", None) or base.steps or 1000, getattr(p, "rank", None) or base.rank
 
     def _preset_prompts(self, preset: str, concept: str | None) -> tuple[tuple, tuple]:
         p = self.presets[preset]

@@ -35,7 +35,7 @@ HELP = {
     "t_max": "timesteps are drawn in [t_min, t_max)",
     "weight_decay": "AdamW weight decay",
     "grad_clip": "gradient norm clip (0: off)",
-    "condition": "'empty' (official) or 'prompt': condition each image on its own prompt",
+    "condition": "'empty' (official), 'prompt' (each image on its own prompt) or 'unsafe' (both images of a pair on the unsafe prompt)",
     "mixed_precision": "no, fp16 or bf16",
     "gradient_checkpointing": "trade compute for memory (consumer GPUs)",
     "use_8bit_adam": "8-bit AdamW from bitsandbytes (must be installed)",

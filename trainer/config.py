@@ -11,7 +11,7 @@ from .errors import UserError
 
 SELF_ATTENTION = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
 PRECISIONS = ("no", "fp16", "bf16")
-CONDITIONS = ("empty", "prompt")
+CONDITIONS = ("empty", "prompt", "unsafe")
 
 
 @dataclass
@@ -50,7 +50,7 @@ class TrainConfig:
     t_max: int = 750
     weight_decay: float = 1e-2
     grad_clip: float = 1.0
-    condition: str = "empty"  # "prompt": condition each image on its own prompt instead of ""
+    condition: str = "empty"  # "prompt": each image on its own prompt; "unsafe": both on the unsafe prompt
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False

@@ -36,6 +36,9 @@ class Preset:
     model: str | None = None
     sample_steps: int = 30
     guidance: float = 7.5
+    steps: int | None = None  # training; None: the trainer's default (1000)
+    lr: float | None = None  # None: 3e-4 * 100 / beta
+    lam: float | None = None  # None: 1e6 * beta / 100
 
 
 def load_presets(path: Path = PRESETS_FILE) -> dict[str, Preset]:

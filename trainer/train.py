@@ -75,9 +75,10 @@ def build_cache(pipe, records: list[PairRecord], folder: Path, condition: str, d
     pipe.text_encoder.to(device)
     cache = LatentCache(um, us, sm, ss, float(vae.config.scaling_factor),
                         float(getattr(vae.config, "shift_factor", None) or 0.0), embed([""]))
-    if condition == "prompt":
+    if condition in ("prompt", "unsafe"):
         cache.unsafe_cond = embed([r.unsafe_prompt for r in records])
-        cache.safe_cond = embed([r.safe_prompt for r in records])
+        # "unsafe": both images of a pair under the unsafe prompt, i.e. "given this prompt, prefer the twin"
+        cache.safe_cond = embed([r.safe_prompt for r in records]) if condition == "prompt" else cache.unsafe_cond
     # Cached: the VAE and the text encoder leave the training device for the rest of the run.
     vae.to("cpu")
     pipe.text_encoder.to("cpu")

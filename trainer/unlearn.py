@@ -31,7 +31,7 @@ class UnlearnConfig:
     detector: str | None = None
     method: str = "duo"  # "esd": the ESD baseline, on the same pairs
     beta: float | None = None
-    steps: int = 1000
+    steps: int | None = None  # None: the preset's, else 1000
     lr: float | None = None
     lam: float | None = None
     rank: int = 32
@@ -55,6 +55,10 @@ class UnlearnResult:
     pairs: PairStats
     preview: Path | None
     seconds: float
+
+
+def _given(value, fallback):
+    return value if value is not None else fallback
 
 
 def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
@@ -87,10 +91,12 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             guidance=preset.guidance, sample_steps=preset.sample_steps,
             detector=cfg.detector or preset.detector, seed=cfg.seed)
         previews = tuple(dict.fromkeys(concept.unsafe_prompts))[:3] + preset.unrelated_prompts[:3]
+        same_beta = cfg.beta is None or cfg.beta == preset.beta  # a preset's lr/lambda belong to its beta
         train_cfg = TrainConfig(
             pairs=str(pairs_dir), model=model, out=str(adapter), config_dir=cfg.config_dir, concept=concept.name,
-            method=cfg.method, beta=cfg.beta if cfg.beta is not None else preset.beta, lr=cfg.lr, lam=cfg.lam,
-            steps=cfg.steps, batch_pairs=cfg.batch_pairs, lora=LoraConfig(rank=cfg.rank, alpha=float(cfg.rank)),
+            method=cfg.method, beta=cfg.beta if cfg.beta is not None else preset.beta,
+            lr=_given(cfg.lr, preset.lr if same_beta else None), lam=_given(cfg.lam, preset.lam if same_beta else None),
+            steps=_given(cfg.steps, preset.steps) or 1000, batch_pairs=cfg.batch_pairs, lora=LoraConfig(rank=cfg.rank, alpha=float(cfg.rank)),
             seed=cfg.seed, preview_prompts=previews if cfg.preview else (), preview_steps=preset.sample_steps,
             preview_guidance=preset.guidance, device=cfg.device)
         pair_cfg.validate()
