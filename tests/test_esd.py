@@ -47,3 +47,14 @@ def test_esd_default_lr_and_eta_validation():
     assert TrainConfig(method="duo", beta=500).learning_rate == pytest.approx(6e-5)
     with pytest.raises(UserError, match="esd_eta"):
         TrainConfig(method="esd", esd_eta=0, pairs="x").validate()
+
+
+def test_unlearn_esd_does_not_take_a_duo_presets_lr():
+    from duo_unlearn.trainer.unlearn import UnlearnConfig, plan
+
+    _, (esd,) = plan(UnlearnConfig(preset="testbed-red", method="esd", out="x.safetensors"))
+    _, (duo,) = plan(UnlearnConfig(preset="testbed-red", out="x.safetensors"))
+    assert esd.train.method == "esd" and esd.train.learning_rate == 1e-4
+    from duo_unlearn.trainer.presets import get_preset
+
+    assert duo.train.lr == get_preset("testbed-red").lr  # DUO still takes the preset's own lr

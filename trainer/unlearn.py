@@ -91,7 +91,8 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             guidance=preset.guidance, sample_steps=preset.sample_steps,
             detector=cfg.detector or preset.detector, seed=cfg.seed)
         previews = tuple(dict.fromkeys(concept.unsafe_prompts))[:3] + preset.unrelated_prompts[:3]
-        same_beta = cfg.beta is None or cfg.beta == preset.beta  # a preset's lr/lambda belong to its beta
+        # a preset's lr/lambda belong to its beta, and to DUO (ESD keeps its own lr default)
+        same_beta = cfg.method == "duo" and (cfg.beta is None or cfg.beta == preset.beta)
         train_cfg = TrainConfig(
             pairs=str(pairs_dir), model=model, out=str(adapter), config_dir=cfg.config_dir, concept=concept.name,
             method=cfg.method, beta=cfg.beta if cfg.beta is not None else preset.beta,
