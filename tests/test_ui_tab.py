@@ -151,9 +151,12 @@ def test_build_tab_wires_components(tmp_path, tiny_model):
         c = build_tab(backend)
     assert c["model"].value == str(tiny_model)
     assert c["preset"].value == "testbed-red" and "red circle" in c["unsafe"].value
-    from duo_unlearn.trainer.unlearn import UnlearnConfig
+    from duo_unlearn.trainer.presets import get_preset
+    from duo_unlearn.trainer.unlearn import UnlearnConfig, plan
 
-    assert (c["steps"].value, c["rank"].value) == (UnlearnConfig.steps, UnlearnConfig.rank)  # as the CLI
+    cli_plan = plan(UnlearnConfig(out=str(tiny_model.parent / "x.safetensors")))[1][0].train  # what the CLI runs
+    assert get_preset("testbed-red").steps == cli_plan.steps == c["steps"].value
+    assert c["rank"].value == UnlearnConfig.rank == cli_plan.lora.rank
     assert len(c["slots"]) == 8
     assert demo is not None
 
