@@ -109,11 +109,6 @@ class TrainConfig:
         self.lora.validate()
 
 
-def beta_defaults(beta: float) -> dict[str, float]:
-    """The official coupling of learning rate and preservation weight to beta."""
-    return {"lr": 3e-4 * 100 / beta, "lam": 1e6 * beta / 100}
-
-
 def from_mapping(cls: type, data: dict[str, Any], where: str = "config"):
     """Build a (nested) dataclass from a dict such as a TOML table, refusing unknown keys by name."""
     fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -5,7 +5,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import TrainConfig
@@ -326,6 +326,3 @@ def _preview(pipe, unet, cfg: TrainConfig, path: Path, progress) -> Path:
     unet.train(was_training)
     return save_png(comparison_sheet(base, adapted, list(cfg.preview_prompts)), path)
 
-
-def config_summary(cfg: TrainConfig) -> dict:
-    return asdict(cfg) | {"learning_rate": cfg.learning_rate, "preservation_weight": cfg.preservation_weight}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..progress import ProgressCallback, ProgressEvent, report
-from .methods import ADAPTER, BASE, NEGATIVE, Method, activated, adapter_method, load_adapters
+from .methods import BASE, NEGATIVE, Method, activated, adapter_method, load_adapters
 from .prompt_attack import AttackPrompts, prompt_attack
 from .prompts import load_prompts
 
@@ -246,7 +246,6 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
     from .concept_inversion import concept_inversion, token_prompts
     from .dsr import defense_success_rate
     from .preservation import build_lpips, prior_preservation
-    from .prompt_attack import synonym_attack  # noqa: F401 (re-exported for callers building attack files)
     from .report import image_grid, plot, write_json
     from .ring_a_bell import ring_a_bell
 
