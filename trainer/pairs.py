@@ -16,6 +16,7 @@ from pathlib import Path
 from .detectors import make_detector
 from .errors import UserError
 from .pair_dataset import INDEX, PairRecord
+from .previews import save_png
 from .progress import ProgressCallback, ProgressEvent, report
 
 SKIPPED = "skipped.jsonl"
@@ -96,12 +97,6 @@ def _generators(seeds):
     return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
 
-def _save_png(image, path: Path) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def _append_lines(path: Path, lines: list[str]) -> None:
     if not lines:
         return
@@ -169,8 +164,8 @@ def generate_pairs(cfg: PairConfig, progress: ProgressCallback | None = None, mo
     for block in todo_blocks:
         records, skipped = _make_block(cfg, block, pipe, edit, detector, stats)
         for r in records:  # images first (each atomically), the index lines last
-            _save_png(r.pop("unsafe_image"), folder / r["record"].unsafe)
-            _save_png(r.pop("safe_image"), folder / r["record"].safe)
+            save_png(r.pop("unsafe_image"), folder / r["record"].unsafe)
+            save_png(r.pop("safe_image"), folder / r["record"].safe)
         _append_lines(folder / SKIPPED, [json.dumps(s, sort_keys=True) for s in skipped])
         _append_lines(folder / INDEX, [r["record"].to_json() for r in records])
         stats.made += len(records)
@@ -246,7 +241,7 @@ def write_contact_sheet(folder: Path, limit: int = 48, per_row: int = 4) -> Path
     from PIL import Image
 
     from .pair_dataset import read_pairs
-    from .previews import grid, save_png
+    from .previews import grid
 
     if not (folder / INDEX).exists() or not _read_ids(folder / INDEX):
         return None

@@ -4,17 +4,15 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
-import torch
 
 from ..detectors.colour import read_image
+from ..previews import generate_images
 from .shapes import BACKGROUNDS, COLOURS, SHAPES, full_prompt
 
 
-def generate(pipe, prompts: list[str], seed: int, steps: int = 25, guidance: float = 5.0, **kwargs):
-    """One image per prompt; image i uses generator seed + i, so any single image can be made again."""
-    gens = [torch.Generator("cpu").manual_seed(seed + i) for i in range(len(prompts))]
-    return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
-                output_type="pil", **kwargs).images
+def generate(pipe, prompts: list[str], seed: int, steps: int = 25, guidance: float = 5.0):
+    """One image per prompt, image i from seed + i; the test bed's defaults (25 steps, guidance 5)."""
+    return generate_images(pipe, prompts, seed, steps, guidance)
 
 
 def prompt_following(pipe, per_colour: int = 8, seed: int = 0, steps: int = 25, guidance: float = 5.0,
