@@ -1,0 +1,26 @@
+"""Model families: one small module each; `get_family(name)` is how the rest of the trainer asks for one."""
+from __future__ import annotations
+
+from ..errors import UserError
+from .base import Conditioning, DDPMProcess, Family, NoiseProcess
+from .sd1 import SD1, SD2
+
+_FAMILIES: dict[str, Family] = {f.name: f for f in (SD1(), SD2())}
+
+
+def register(family: Family) -> None:
+    _FAMILIES[family.name] = family
+
+
+def get_family(name: str) -> Family:
+    if name not in _FAMILIES:
+        raise UserError(f"the {name.upper()} family is not trained by this version; trained: "
+                        f"{', '.join(sorted(_FAMILIES))}")
+    return _FAMILIES[name]
+
+
+def trainable_families() -> tuple[str, ...]:
+    return tuple(sorted(_FAMILIES))
+
+
+__all__ = ["Conditioning", "DDPMProcess", "Family", "NoiseProcess", "get_family", "register", "trainable_families"]

@@ -1,0 +1,28 @@
+"""Stable Diffusion 1.x and 2.x: one UNet, one CLIP text encoder, DDPM noise (epsilon or v)."""
+from __future__ import annotations
+
+from .base import Conditioning, Family
+
+SELF_ATTENTION = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
+
+
+class SD1(Family):
+    name = "sd1"
+    architecture = "stable-diffusion-v1/lora"
+    base_version = "sd_v1"
+    pipeline_class = "StableDiffusionPipeline"
+    img2img_class = "StableDiffusionImg2ImgPipeline"
+    default_targets = SELF_ATTENTION
+
+    def encode_prompts(self, pipe, prompts, device, resolution):
+        import torch
+
+        with torch.no_grad():
+            hidden = pipe.encode_prompt(list(prompts), device, 1, False)[0]
+        return Conditioning({"encoder_hidden_states": hidden.float()})
+
+
+class SD2(SD1):
+    name = "sd2"
+    architecture = "stable-diffusion-v2-768-v/lora"
+    base_version = "sd_v2"
