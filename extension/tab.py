@@ -199,6 +199,7 @@ class TabController:
             if path.exists() and not overwrite:
                 raise UserError(f"An adapter named {path.name} already exists in the LoRA folder; choose another "
                                 "name or tick 'Overwrite'")
+        cfg.overwrite = bool(overwrite)  # the user ticked it knowingly; the trainer refuses otherwise
         on = self.backend.current_model_name(model_spec) or Path(model_spec).name
         label = f"{name} ({', '.join(pl.concept.name for pl in plans)} on {on})"
         return Request(cfg, plans, outputs, label)

@@ -88,18 +88,18 @@ def cmd_unlearn(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .export import describe_adapter
+    from .export import describe_adapter, printable
 
     info = describe_adapter(args.adapter)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2))  # JSON escapes control characters itself
         return 0
-    print(f"{info['file']}: {info['modules']} LoRA modules, {info['tensors']} tensors, "
-          f"kohya names only: {info['kohya_names_only']}")
+    print(printable(f"{info['file']}: {info['modules']} LoRA modules, {info['tensors']} tensors, "
+                    f"kohya names only: {info['kohya_names_only']}"))
     for key, value in sorted(info["metadata"].items()):
-        print(f"  {key}: {value}")
+        print(printable(f"  {key}: {value}"))
     for key, value in sorted(info["duo"].items()):
-        print(f"  duo.{key}: {json.dumps(value) if not isinstance(value, str) else value}")
+        print(printable(f"  duo.{key}: {json.dumps(value) if not isinstance(value, str) else value}"))
     if not info["is_duo"]:
         print("  (no duo.* metadata: not made by duo-unlearn)")
     return 0
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate unsafe images and their SDEdit safe twins into a resumable folder.")
     p.add_argument("--preset", help="take prompts and settings from a preset (flags given here win)")
     p.add_argument("--concept", help="which concept of a multi-concept preset")
-    add_dataclass_flags(p, PairConfig)
+    add_dataclass_flags(p, PairConfig, help_texts={"out": "folder to write the pair dataset into (resumable)"})
     p.set_defaults(func=cmd_pairs)
     p = sub.add_parser("unlearn", help="preset -> pairs -> training -> adapter -> preview, in one go",
                        description="Unlearn a concept end to end. With no --model it uses the bundled test bed.")
@@ -197,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     except (Cancelled, KeyboardInterrupt):
         print("duo-unlearn: stopped; checkpoints (if any) are kept for --resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`duo-unlearn info A | head -1`): what it wanted was printed. Python would
+        # complain again when it flushes stdout at exit, so stdout is pointed at /dev/null first.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

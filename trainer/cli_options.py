@@ -49,6 +49,9 @@ HELP = {
     "preview_guidance": "guidance scale of the preview images",
     "seed": "random seed (same seed and config on CPU: same adapter)",
     "device": "auto (accelerate decides), cpu, or cuda",
+    "overwrite": "replace an existing adapter of the same name (otherwise refused)",
+    "resolution": "train (and make pairs) at this image size; default: the model's native size",
+    "micro_batch_pairs": "pairs per forward pass; gradients add up to --batch-pairs (same loss, less memory)",
 }
 _LIST_SEPARATOR = {"target_modules": ",", "preview_prompts": "|"}
 _REPEATED = {"unsafe_prompts": "--unsafe-prompt", "safe_prompts": "--safe-prompt", "adapters": "--adapter"}
@@ -59,8 +62,10 @@ HELP.update({
     "strength": "SDEdit strength of the safe twins, in (0, 1]",
     "guidance": "classifier-free guidance scale for pair images",
     "sample_steps": "sampling steps for pair images",
-    "detector": "gate pairs with: none, nudenet, or colour:<name> (test bed)",
-    "max_retries": "extra attempts per image before a pair is skipped",
+    "detector": "gate pairs with: none, nudenet (any finding, as the official code), nudenet:<min score>, "
+                "or colour:<name> (test bed)",
+    "max_retries": "-1 (default, as the official script): retry each image until the detector agrees; "
+                   "N: at most N extra attempts, then the pair is skipped",
     "batch_size": "images generated per batch",
     "preset": "preset name (nudity, violence, testbed-red, custom)",
     "pairs_dir": "where the pair dataset goes (default: <out stem>_pairs next to the adapter)",

@@ -53,6 +53,8 @@ class TrainConfig:
     condition: str = "empty"  # "prompt": each image on its own prompt; "unsafe": both on the unsafe prompt
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    resolution: int | None = None  # pair images are trained at this size; None: the model's native size
+    micro_batch_pairs: int | None = None  # pairs per forward pass; gradients accumulate to batch_pairs
     use_8bit_adam: bool = False
     checkpoint_every: int = 0  # 0: no intermediate checkpoints
     checkpoint_dir: str | None = None  # default: <out>.checkpoints
@@ -64,6 +66,7 @@ class TrainConfig:
     preview_guidance: float = 7.5
     seed: int = 0
     device: str = "auto"
+    overwrite: bool = False  # replace an existing adapter file of the same name
 
     @property
     def learning_rate(self) -> float:
@@ -95,6 +98,18 @@ class TrainConfig:
             positive("lr", self.lr)
         if self.lam is not None and not (math.isfinite(self.lam) and self.lam >= 0):
             raise UserError(f"lam must be zero or positive, got {self.lam!r}")
+        for name, value in (("learning rate", self.learning_rate), ("lambda", self.preservation_weight)):
+            if not math.isfinite(value):  # derived from beta: 1e308 overflows
+                raise UserError(f"the {name} derived from beta={self.beta:g} is {value}: give a smaller beta, "
+                                "or --lr and --lam explicitly")
+        for name in ("preview_steps", "resolution", "micro_batch_pairs"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value > 0):
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        if self.resolution is not None and self.resolution % 8:
+            raise UserError(f"resolution must be a multiple of 8, got {self.resolution}")
+        if not (math.isfinite(self.preview_guidance) and self.preview_guidance >= 0):
+            raise UserError(f"preview_guidance must be zero or positive, got {self.preview_guidance!r}")
         if not (0 <= self.t_min < self.t_max <= 1000):
             raise UserError(f"need 0 <= t_min < t_max <= 1000, got t_min={self.t_min}, t_max={self.t_max}")
         if self.condition not in CONDITIONS:

@@ -62,29 +62,34 @@ def adapter_metadata(*, output_name: str, family: str, rank: int, alpha: float, 
 
 
 def atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
-    """Write next to the target and rename over it, so the file is complete or absent."""
+    """The adapter file, complete or absent (temp name + rename), readable like any other file."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    if path.exists() and path.is_dir():
-        raise UserError(f"{path} is a folder, not a file name")
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .atomic import write_atomic
+
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def check_writable(path: str | Path) -> Path:
-    """Fail before hours of training, not after: the folder must exist (or be creatable) and accept files."""
+def check_writable(path: str | Path, overwrite: bool = False) -> Path:
+    """Fail before hours of training, not after: the name must be new (or overwrite asked for), the folder must
+    exist (or be creatable) and accept files, and every name derived from it must fit the file system."""
+    from .atomic import disk_error
+
     path = Path(path)
     if path.is_dir():
         raise UserError(f"output {path} is a folder; give a file name ending in .safetensors")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists; choose another name or pass --overwrite to replace it")
+    longest = f".{path.stem}.preview-000000.png.tmp"  # the longest name written beside the adapter
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except OSError as e:
+        raise disk_error(path, e) from None
+    if len(os.fsencode(longest)) > limit:
+        raise UserError(f"the file name {path.name!r} is too long for this file system (at most "
+                        f"{limit - len(longest) + len(path.name)} characters here)")
+    try:
         fd, tmp = tempfile.mkstemp(dir=path.parent)
         os.close(fd)
         os.unlink(tmp)
@@ -93,42 +98,74 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
-def read_adapter(path: str | Path) -> tuple[dict, dict]:
-    """(tensors, metadata) of an adapter file, with a clear error for anything that is not one."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+MAX_HEADER = 16 * 2**20  # kohya's tag-frequency metadata reaches a few MB; anything far larger is not an adapter
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The safetensors metadata only, without reading a tensor, refusing oversized headers."""
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"adapter not found: {path}")
     try:
-        from safetensors import safe_open
-
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+        if not 0 < size <= MAX_HEADER:
+            raise UserError(f"{path} is not a LoRA file (its header would be {size} bytes)")
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        tensors = load_file(str(path))
+            return dict(f.metadata() or {})
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path} is not a safetensors file: {e}") from None
-    return tensors, metadata
 
 
-def describe_adapter(path: str | Path) -> dict:
-    """What `duo-unlearn info` shows: modules, rank, and the metadata with duo.* values decoded."""
-    tensors, metadata = read_adapter(path)
-    modules = sorted({k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in tensors})
+def read_adapter(path: str | Path) -> tuple[dict, dict]:
+    """(tensors, metadata) of an adapter file, with a clear error for anything that is not one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    metadata = read_metadata(path)
+    try:
+        return load_file(str(path)), metadata
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path} is not a safetensors file: {e}") from None
+
+
+def decode_duo(metadata: dict) -> dict:
+    """The duo.* facts, JSON-decoded where they are JSON (numbers, lists), else the string."""
     duo = {}
     for key, value in metadata.items():
         if key.startswith("duo."):
             try:
                 duo[key[4:]] = json.loads(value)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, TypeError):
                 duo[key[4:]] = value
+    return duo
+
+
+def printable(text: str) -> str:
+    """Metadata is anyone's text: control characters (terminal escapes) are shown escaped, never sent raw."""
+    return "".join(c if c.isprintable() or c in "\t" else repr(c)[1:-1] for c in str(text))
+
+
+def describe_adapter(path: str | Path) -> dict:
+    """What `duo-unlearn info` shows: modules, rank, and the metadata with duo.* values decoded."""
+    from safetensors import SafetensorError, safe_open
+
+    metadata = read_metadata(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path} is not a safetensors file: {e}") from None
+    modules = sorted({k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in keys})
+    duo = decode_duo(metadata)
     return {
         "file": str(path),
         "modules": len(modules),
-        "tensors": len(tensors),
+        "tensors": len(keys),
         "kohya_names_only": all(k.startswith(("lora_unet_", "lora_te_")) and k.endswith(KOHYA_SUFFIXES)
-                                for k in tensors),
+                                for k in keys),
         "is_duo": bool(duo),
         "duo": duo,
         "metadata": {k: v for k, v in metadata.items() if not k.startswith("duo.")},

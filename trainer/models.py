@@ -130,24 +130,55 @@ def detect_family(path: Path) -> str:
     return family_from_keys(checkpoint_keys(path))
 
 
+def refuse_inside_model(out: str | Path, model_source: str | Path) -> None:
+    """Never write into the model being trained (a diffusers folder's files, or the checkpoint itself)."""
+    out, source = Path(out).resolve(), Path(model_source).resolve()
+    if out == source or (source.is_dir() and source in out.parents):
+        raise UserError(f"{out} is inside the model {source}: write the adapter somewhere else")
+
+
+def _refuse_pickled_weights(folder: Path) -> None:
+    """diffusers falls back to pickled .bin weights when a folder has no safetensors; a pickle can run code."""
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = [f for f in sub.iterdir() if f.is_file()]
+        pickled = [f for f in files if f.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+        if pickled and not any(f.suffix == ".safetensors" for f in files):
+            raise UserError(f"{sub} holds its weights only as a pickle ({pickled[0].name}); duo-unlearn reads "
+                            "safetensors only: convert the folder (diffusers save_pretrained(safe_serialization="
+                            "True)) and try again")
+
+
 def load_model(spec: str | Path, config_dir: str | Path | None = None, dtype=None) -> LoadedModel:
     """Load a Stable Diffusion pipeline offline-friendly; the family is detected and recorded."""
     import torch
-    from diffusers import StableDiffusionPipeline
+
+    from .families import get_family
 
     path = resolve_model_path(spec)
-    family = detect_family(path)
-    if family not in TRAINABLE_FAMILIES:
-        raise UserError(f"{path.name} is an {family.upper()} model; this version trains SD 1.x and 2.x models")
+    family_name = detect_family(path)
+    family = get_family(family_name)  # refuses a family this version cannot train, by name
     dtype = dtype or torch.float32
     if path.is_dir():
-        pipe = StableDiffusionPipeline.from_pretrained(
-            str(path), dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+        _refuse_pickled_weights(path)
+        try:
+            pipe = family.pipeline_cls().from_pretrained(
+                str(path), dtype=dtype, local_files_only=True, use_safetensors=True,
+                **_no_safety_checker(family))
+        except (OSError, ValueError, EnvironmentError) as e:
+            raise UserError(f"could not load the diffusers folder {path}: {str(e).splitlines()[0]}") from None
     else:
         pipe = _load_single_file(path, config_dir, dtype)
     pipe.set_progress_bar_config(disable=True)
     name = TESTBED_NAME if path == TESTBED_DIR else path.stem if path.is_file() else path.name
-    return LoadedModel(pipe=pipe, family=family, name=name, source=path)
+    return LoadedModel(pipe=pipe, family=family_name, name=name, source=path)
+
+
+def _no_safety_checker(family) -> dict:
+    """Unlearning is the safety measure here; SD 1.x/2.x pipelines otherwise print a long warning every run."""
+    import inspect
+
+    params = inspect.signature(family.pipeline_cls().__init__).parameters
+    return {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in params else {}
 
 
 def _load_single_file(path: Path, config_dir, dtype):

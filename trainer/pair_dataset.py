@@ -29,25 +29,60 @@ class PairRecord:
         return json.dumps(asdict(self), sort_keys=True)
 
 
+_TYPES = {"id": (str, int), "unsafe": str, "safe": str, "unsafe_prompt": str, "safe_prompt": str,
+          "seed": (int, type(None)), "strength": (int, float, type(None)), "scores": dict}
+
+
+def inside_dataset(folder: Path, rel: str) -> Path:
+    """The image's path, resolved (symlinks too) and confined to the dataset folder. A path pointing elsewhere is
+    refused before anything is opened, so the message tells nothing about files outside the folder."""
+    root = folder.resolve()
+    if not rel or Path(rel).is_absolute() or Path(rel).drive:
+        raise ValueError(f"image path {rel!r} is not relative to the dataset folder")
+    path = (root / rel).resolve()
+    if root not in path.parents:
+        raise ValueError(f"image path {rel!r} points outside the dataset folder")
+    return path
+
+
+def _record(data, n: int, index: Path) -> PairRecord:
+    if not isinstance(data, dict):
+        raise UserError(f"{index}, line {n}: not a pair record (a JSON object with unsafe, safe, ...)")
+    for key in ("id", "unsafe", "safe"):
+        if key not in data:
+            raise UserError(f"{index}, line {n}: the record has no {key!r}")
+    for key, kinds in _TYPES.items():
+        if key in data and (not isinstance(data[key], kinds) or isinstance(data[key], bool)):
+            raise UserError(f"{index}, line {n}: {key!r} has the wrong type ({type(data[key]).__name__})")
+    return PairRecord(**{k: data[k] for k in _TYPES if k in data})
+
+
 def read_pairs(folder: str | Path) -> list[PairRecord]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"pairs folder not found: {folder}")
     index = folder / INDEX
-    if not index.exists():
+    if not index.is_file():
         raise UserError(f"{folder} has no {INDEX}: not a pair dataset (make one with `duo-unlearn pairs`)")
+    try:
+        text = index.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{index} is not UTF-8 text (byte {e.start}): not a pair index") from None
     records = []
-    known = set(PairRecord.__dataclass_fields__)
-    for n, line in enumerate(index.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             data = json.loads(line)
-            record = PairRecord(**{k: v for k, v in data.items() if k in known})
-        except (json.JSONDecodeError, TypeError) as e:
-            raise UserError(f"{index}, line {n}: not a pair record ({e})") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{index}, line {n}: not JSON ({e})") from None
+        record = _record(data, n, index)
         for rel in (record.unsafe, record.safe):
-            if not (folder / rel).is_file():
+            try:
+                path = inside_dataset(folder, rel)
+            except ValueError as e:
+                raise UserError(f"{index}, line {n}: {e}") from None
+            if not path.is_file():
                 raise UserError(f"{index}, line {n}: image {rel} is missing")
         records.append(record)
     if not records:
@@ -64,7 +99,10 @@ def load_image_tensor(path: Path, size: int):
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
+    except Image.DecompressionBombError:
+        raise UserError(f"{path} is not a usable pair image: its pixel count is over Pillow's safety limit "
+                        f"({Image.MAX_IMAGE_PIXELS} pixels)") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable image: {e}") from None
     w, h = im.size
     s = size / min(w, h)

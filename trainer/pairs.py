@@ -6,15 +6,19 @@ with the same seeds and the same batch, and ends byte-identical to an uninterrup
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .atomic import write_text_atomic
 from .detectors import make_detector
 from .errors import UserError
+from .models import refuse_inside_model
 from .pair_dataset import INDEX, PairRecord
 from .previews import save_png
 from .progress import ProgressCallback, ProgressEvent, report
@@ -22,7 +26,7 @@ from .progress import ProgressCallback, ProgressEvent, report
 SKIPPED = "skipped.jsonl"
 SETTINGS = "dataset.json"
 CONTACT_SHEET = "contact_sheet.png"
-_MAX_RETRIES = 31  # seeds are laid out with room for 32 attempts per image
+LOCK = ".lock"
 
 
 @dataclass
@@ -35,9 +39,9 @@ class PairConfig:
     num_pairs: int = 32
     strength: float = 0.75
     guidance: float = 7.5
-    sample_steps: int = 30
+    sample_steps: int = 50  # the official pipeline's default
     detector: str = "none"
-    max_retries: int = 4
+    max_retries: int = -1  # -1: retry until the detector agrees, as the official script does
     seed: int = 0
     batch_size: int = 8
 
@@ -59,8 +63,8 @@ class PairConfig:
             raise UserError(f"guidance must be zero or positive, got {self.guidance!r}")
         if self.sample_steps <= 0 or self.batch_size <= 0:
             raise UserError("sample_steps and batch_size must be positive")
-        if not 0 <= self.max_retries <= _MAX_RETRIES:
-            raise UserError(f"max_retries must be in [0, {_MAX_RETRIES}], got {self.max_retries}")
+        if not (isinstance(self.max_retries, int) and self.max_retries >= -1):
+            raise UserError(f"max_retries must be -1 (until success) or a count >= 0, got {self.max_retries!r}")
 
     def prompts_for(self, i: int) -> tuple[str, str]:
         """Pair i's prompts: the prompt list is laid over the pairs in contiguous blocks (as the paper's sets)."""
@@ -88,7 +92,14 @@ class PairStats:
 
 
 def image_seed(base: int, i: int, attempt: int, safe: bool) -> int:
-    return ((base * 1_000_000 + i) * 32 + attempt) * 2 + int(safe)
+    """A distinct seed per (run seed, pair, attempt, side). The first 32 attempts keep the layout of earlier
+    versions (so their datasets resume unchanged); later attempts of a retry-until-success run are hashed."""
+    if attempt < 32:
+        return ((base * 1_000_000 + i) * 32 + attempt) * 2 + int(safe)
+    import hashlib
+
+    digest = hashlib.sha256(f"{base}/{i}/{attempt}/{int(safe)}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")
 
 
 def _generators(seeds):
@@ -110,44 +121,76 @@ def _read_ids(path: Path) -> list[dict]:
     """Complete lines of a jsonl file; a torn last line (a crash mid-write) is cut off the file."""
     if not path.exists():
         return []
-    text = path.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-        path.write_text(text, encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]
+            write_text_atomic(path, text)
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is damaged ({type(e).__name__}); use a new folder") from None
+    if not all(isinstance(r, dict) and isinstance(r.get("id"), str) for r in rows):
+        raise UserError(f"{path} holds lines that are not pair records; use a new folder")
+    return rows
 
 
-def _prepare_folder(cfg: PairConfig) -> tuple[Path, set[str]]:
+@contextmanager
+def _locked(folder: Path):
+    """One pairs run per folder: a second one would append every record again."""
+    import fcntl
+
+    with open(folder / LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"another run is making pairs in {folder}; wait for it or use another folder") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _make_folder(cfg: PairConfig) -> Path:
     folder = Path(cfg.out)
     try:
         (folder / "unsafe").mkdir(parents=True, exist_ok=True)
         (folder / "safe").mkdir(exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the pair folder {folder}: {e.strerror or e}") from None
+    return folder
+
+
+def _check_settings(cfg: PairConfig, folder: Path) -> set[str]:
     settings_file = folder / SETTINGS
     if settings_file.exists():
-        old = json.loads(settings_file.read_text())
-        if old.get("settings") != cfg.settings():
+        try:
+            old = json.loads(settings_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{settings_file} is damaged ({type(e).__name__}); use a new folder") from None
+        if not isinstance(old, dict) or old.get("settings") != cfg.settings():
             raise UserError(f"{folder} holds pairs made with other settings; use a new folder "
                             "(or the same settings to resume)")
     else:
-        tmp = settings_file.with_name("." + SETTINGS + ".tmp")
-        tmp.write_text(json.dumps({"settings": cfg.settings(), "model": str(cfg.model)}, indent=2))
-        os.replace(tmp, settings_file)
-    done = {r["id"] for r in _read_ids(folder / INDEX)} | {r["id"] for r in _read_ids(folder / SKIPPED)}
-    return folder, done
+        write_text_atomic(settings_file, json.dumps({"settings": cfg.settings(), "model": str(cfg.model)}, indent=2))
+    return {r["id"] for r in _read_ids(folder / INDEX)} | {r["id"] for r in _read_ids(folder / SKIPPED)}
 
 
 def generate_pairs(cfg: PairConfig, progress: ProgressCallback | None = None, model=None,
                    detector=None) -> PairStats:
     """Make (or complete) a pair dataset folder; returns what was made, kept and skipped."""
-    from diffusers import StableDiffusionImg2ImgPipeline
-
-    from .models import load_model
-
     cfg.validate()
     detector = detector if detector is not None else make_detector(cfg.detector)
-    folder, done = _prepare_folder(cfg)
+    folder = _make_folder(cfg)
+    if model is not None:
+        refuse_inside_model(folder, model.source)
+    with _locked(folder):
+        return _generate(cfg, progress, model, detector, folder, _check_settings(cfg, folder))
+
+
+def _generate(cfg: PairConfig, progress, model, detector, folder: Path, done: set[str]) -> PairStats:
+    from .families import get_family
+    from .models import load_model
+
     started = time.time()
     stats = PairStats(folder=folder)
     stats.kept_existing = len([i for i in range(cfg.num_pairs) if f"{i:05d}" in done])
@@ -156,13 +199,13 @@ def generate_pairs(cfg: PairConfig, progress: ProgressCallback | None = None, mo
     todo_blocks = [blk for blk in todo_blocks if any(f"{i:05d}" not in done for i in blk)]
     if todo_blocks:
         model = model or load_model(cfg.model, cfg.config_dir)
+        refuse_inside_model(folder, model.source)
         pipe = model.pipe
-        edit = StableDiffusionImg2ImgPipeline(**pipe.components)  # same modules: no second copy of the model
-        edit.set_progress_bar_config(disable=True)
+        edit = get_family(model.family).img2img(pipe)  # same modules: no second copy of the model
     finished = stats.kept_existing
     report(progress, ProgressEvent("pairs", finished, cfg.num_pairs, f"pairs in {folder}"))
     for block in todo_blocks:
-        records, skipped = _make_block(cfg, block, pipe, edit, detector, stats)
+        records, skipped = _make_block(cfg, block, pipe, edit, detector, stats, progress, finished)
         for r in records:  # images first (each atomically), the index lines last
             save_png(r.pop("unsafe_image"), folder / r["record"].unsafe)
             save_png(r.pop("safe_image"), folder / r["record"].safe)
@@ -180,13 +223,26 @@ def generate_pairs(cfg: PairConfig, progress: ProgressCallback | None = None, mo
     return stats
 
 
-def _make_block(cfg: PairConfig, block: list[int], pipe, edit, detector, stats: PairStats):
+def _retrying(progress, cfg: PairConfig, finished: int, attempt: int, count: int, what: str) -> None:
+    """Retries until success can take long: say so, and give the host its chance to cancel."""
+    if attempt:
+        report(progress, ProgressEvent("pairs", finished, cfg.num_pairs, f"retrying {count} {what}, "
+                                                                           f"attempt {attempt + 1}"))
+
+
+def _attempts(cfg: PairConfig):
+    return itertools.count() if cfg.max_retries < 0 else range(cfg.max_retries + 1)
+
+
+def _make_block(cfg: PairConfig, block: list[int], pipe, edit, detector, stats: PairStats, progress=None,
+                finished: int = 0):
     gen_kwargs = dict(num_inference_steps=cfg.sample_steps, guidance_scale=cfg.guidance)
     unsafe: dict[int, tuple] = {}
     pending = list(block)
-    for attempt in range(cfg.max_retries + 1):
+    for attempt in _attempts(cfg):
         if not pending:
             break
+        _retrying(progress, cfg, finished, attempt, len(pending), "unsafe image(s) without the concept")
         images = pipe([cfg.prompts_for(i)[0] for i in pending],
                       generator=_generators([image_seed(cfg.seed, i, attempt, False) for i in pending]),
                       **gen_kwargs).images
@@ -201,9 +257,10 @@ def _make_block(cfg: PairConfig, block: list[int], pipe, edit, detector, stats: 
         pending = still
     safe: dict[int, tuple] = {}
     pending = sorted(unsafe)
-    for attempt in range(cfg.max_retries + 1):
+    for attempt in _attempts(cfg):
         if not pending:
             break
+        _retrying(progress, cfg, finished, attempt, len(pending), "safe twin(s) still showing the concept")
         images = edit(prompt=[cfg.prompts_for(i)[1] for i in pending],
                       negative_prompt=[cfg.prompts_for(i)[0] for i in pending],
                       image=[unsafe[i][0] for i in pending], strength=cfg.strength,

@@ -34,7 +34,7 @@ class Preset:
     unrelated_prompts: tuple[str, ...] = ()
     attack_prompts: tuple[str, ...] = ()  # paraphrases / synonyms for `duo-unlearn eval`'s prompt attack
     model: str | None = None
-    sample_steps: int = 30
+    sample_steps: int = 50  # the official pair pipeline (diffusers default steps)
     guidance: float = 7.5
     steps: int | None = None  # training; None: the trainer's default (1000)
     lr: float | None = None  # None: 3e-4 * 100 / beta

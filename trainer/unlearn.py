@@ -8,6 +8,7 @@ from pathlib import Path
 from .config import LoraConfig, TrainConfig
 from .errors import UserError
 from .export import check_writable
+from .families import get_family
 from .pairs import PairConfig, PairStats, generate_pairs
 from .presets import Concept, Preset, get_preset
 from .progress import ProgressCallback, ProgressEvent, report
@@ -39,6 +40,7 @@ class UnlearnConfig:
     seed: int = 0
     preview: bool = True
     device: str = "auto"
+    overwrite: bool = False  # replace existing adapters of the same names
 
 
 @dataclass
@@ -99,7 +101,7 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             lr=_given(cfg.lr, preset.lr if same_beta else None), lam=_given(cfg.lam, preset.lam if same_beta else None),
             steps=_given(cfg.steps, preset.steps) or 1000, batch_pairs=cfg.batch_pairs, lora=LoraConfig(rank=cfg.rank, alpha=float(cfg.rank)),
             seed=cfg.seed, preview_prompts=previews if cfg.preview else (), preview_steps=preset.sample_steps,
-            preview_guidance=preset.guidance, device=cfg.device)
+            preview_guidance=preset.guidance, device=cfg.device, overwrite=cfg.overwrite)
         pair_cfg.validate()
         train_cfg.validate()
         plans.append(ConceptPlan(concept, pair_cfg, train_cfg))
@@ -108,13 +110,17 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
 
 def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=None) -> list[UnlearnResult]:
     """Run every concept of the plan on one loaded model; each adapter is trained from the base model."""
-    from .models import load_model
-    from .train import ADAPTER_NAME, train
+    from .lora import remove_lora
+    from .models import load_model, refuse_inside_model
+    from .train import train
 
     preset, plans = plan(cfg)
-    for p in plans:
-        check_writable(p.train.out)
+    for p in plans:  # every name checked before the first pair is made
+        check_writable(p.train.out, overwrite=cfg.overwrite)
     model = model or load_model(plans[0].pairs.model, cfg.config_dir)
+    for p in plans:
+        refuse_inside_model(p.train.out, model.source)
+        refuse_inside_model(p.pairs.out, model.source)
     results = []
     for k, p in enumerate(plans):
         started = time.time()
@@ -128,8 +134,7 @@ def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=
         try:
             result = train(p.train, progress, model=model, facts=facts)
         finally:
-            if getattr(model.pipe.unet, "peft_config", None) and ADAPTER_NAME in model.pipe.unet.peft_config:
-                model.pipe.unet.delete_adapters(ADAPTER_NAME)  # the next concept starts from the base model
+            remove_lora(get_family(model.family).denoiser(model.pipe))  # the next concept starts from the base
         results.append(UnlearnResult(p.concept.name, result.adapter, stats,
                                      result.previews[0] if result.previews else None, time.time() - started))
     return results

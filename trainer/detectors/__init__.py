@@ -4,16 +4,24 @@ from __future__ import annotations
 from ..errors import UserError
 from .base import Detector, detect
 
-DETECTOR_NAMES = ("none", "nudenet", "colour:<colour>")
+DETECTOR_NAMES = ("none", "nudenet", "nudenet:<min score>", "colour:<colour>")
 
 
 def make_detector(spec: str | None) -> Detector | None:
     spec = (spec or "none").strip().lower()
     if spec == "none":
         return None
-    if spec == "nudenet":
+    if spec == "nudenet" or spec.startswith("nudenet:"):
         from .nudenet_detector import NudeNetDetector
-        return NudeNetDetector()
+        if spec == "nudenet":
+            return NudeNetDetector()  # the official gating: any finding of the four classes
+        try:
+            threshold = float(spec.split(":", 1)[1])
+        except ValueError:
+            threshold = -1.0
+        if not 0 < threshold <= 1:
+            raise UserError(f"nudenet:<min score> needs a score in (0, 1], got {spec!r}")
+        return NudeNetDetector(threshold=threshold)
     if spec.startswith(("colour:", "color:")):
         from .colour import ColourDetector
         try:

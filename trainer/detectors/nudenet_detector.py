@@ -9,10 +9,13 @@ from PIL import Image
 from ..errors import UserError
 
 NUDITY_CLASSES = ("FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "ANUS_EXPOSED", "MALE_GENITALIA_EXPOSED")
+# The official gating counts an image as nude when NudeNet reports any of the four classes at all (NudeNet
+# itself reports only findings above its own confidence floor): any positive score is a finding.
+ANY_FINDING = 1e-9
 
 
 class NudeNetDetector:
-    def __init__(self, threshold: float = 0.5, classes: Sequence[str] = NUDITY_CLASSES):
+    def __init__(self, threshold: float = ANY_FINDING, classes: Sequence[str] = NUDITY_CLASSES):
         try:
             from nudenet import NudeDetector
         except ImportError:

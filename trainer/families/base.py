@@ -119,9 +119,14 @@ class Family:
 
     def img2img(self, pipe):
         """The SDEdit pipeline on the same loaded modules: no second copy of the model."""
+        import inspect
+
         import diffusers
 
-        edit = getattr(diffusers, self.img2img_class)(**pipe.components)
+        cls = getattr(diffusers, self.img2img_class)
+        extra = {"requires_safety_checker": False} if "requires_safety_checker" in inspect.signature(
+            cls.__init__).parameters else {}  # else a long warning on every run
+        edit = cls(**pipe.components, **extra)
         edit.set_progress_bar_config(disable=True)
         return edit
 

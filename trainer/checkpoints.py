@@ -1,0 +1,95 @@
+"""Resumable training state: a folder per step, written whole or not at all, removed only by the run that owns it."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .atomic import atomic_dir
+from .errors import UserError
+from .lora import lora_state, set_lora_state
+
+MARKER = ".duo-checkpoints"  # written into a checkpoint folder that duo-unlearn created, so it may remove it
+
+
+@dataclass
+class CheckpointFolder:
+    root: Path
+    created: list[Path] = field(default_factory=list)  # step folders this run wrote or resumed from
+
+    def existing(self) -> list[tuple[int, Path]]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for p in self.root.iterdir():
+            if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit() and (p / "state.pt").exists():
+                found.append((int(p.name[5:]), p))
+        return sorted(found)
+
+    def save(self, step: int, denoiser, optimizer, gen, history, fingerprint: dict, scaler=None) -> Path:
+        import torch
+        from safetensors.torch import save_file
+
+        if not self.root.exists():
+            try:
+                self.root.mkdir(parents=True)
+                (self.root / MARKER).write_text("checkpoints of a duo-unlearn training run\n")
+            except OSError as e:
+                raise UserError(f"cannot create the checkpoint folder {self.root}: {e.strerror or e}") from None
+        final = self.root / f"step-{step:06d}"
+        with atomic_dir(final) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in lora_state(denoiser).items()},
+                      str(tmp / "lora.safetensors"))
+            torch.save({"optimizer": optimizer.state_dict(), "rng": gen.get_state(), "step": step,
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                        "fingerprint": fingerprint}, tmp / "state.pt")
+            (tmp / "history.json").write_text(json.dumps(history))
+        self.created.append(final)
+        return final
+
+    def load_newest(self, denoiser, optimizer, gen, fingerprint: dict, steps: int, scaler=None):
+        """(step, history) of the newest checkpoint, or (0, []) when there is none."""
+        import pickle
+
+        import torch
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        found = self.existing()
+        if not found:
+            return 0, []
+        step, path = found[-1]
+        try:
+            state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+            theirs = state.get("fingerprint")
+            if theirs is not None and theirs != fingerprint:
+                diff = ", ".join(f"{k} {theirs.get(k)} -> {v}" for k, v in fingerprint.items() if theirs.get(k) != v)
+                raise UserError(f"cannot resume from {path}: it was trained with other settings ({diff}); "
+                                "use the same settings or another --checkpoint-dir")
+            if int(state["step"]) > steps:
+                raise UserError(f"cannot resume from {path}: it is at step {state['step']}, beyond --steps {steps}")
+            set_lora_state(denoiser, load_file(str(path / "lora.safetensors")))
+            optimizer.load_state_dict(state["optimizer"])
+            gen.set_state(state["rng"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            history = json.loads((path / "history.json").read_text())
+        except UserError:
+            raise
+        except (OSError, EOFError, KeyError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError,
+                json.JSONDecodeError) as e:
+            raise UserError(f"cannot resume from {path}: the checkpoint is damaged or from another model "
+                            f"({type(e).__name__}); delete it to resume from an earlier one") from None
+        self.created.append(path)
+        return int(state["step"]), history
+
+    def remove_spent(self) -> None:
+        """Once the adapter exists, this run's states are spent. Nothing else in the folder is touched."""
+        import shutil
+
+        for path in self.created:
+            shutil.rmtree(path, ignore_errors=True)
+        self.created.clear()
+        if self.root.is_dir() and {p.name for p in self.root.iterdir()} == {MARKER}:
+            (self.root / MARKER).unlink()
+            self.root.rmdir()

@@ -1,0 +1,65 @@
+"""What training needs from the frozen VAE and text encoders, computed once: pair latents and conditioning."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .families import Conditioning, Family
+from .pair_dataset import PairRecord, inside_dataset, load_image_tensor
+from .progress import ProgressEvent, report
+
+
+@dataclass
+class LatentCache:
+    """Posterior mean/std of every pair image (float32, on the training device); a fresh sample each step."""
+    unsafe_mean: object
+    unsafe_std: object
+    safe_mean: object
+    safe_std: object
+    scaling: float
+    shift: float
+    empty: Conditioning  # the empty prompt, one row
+    unsafe_cond: Conditioning | None = None  # per pair, when conditioning on prompts
+    safe_cond: Conditioning | None = None
+
+    def sample(self, which: str, idx, gen):
+        """z = (mean + std·ε − shift)·scaling for the pairs idx, ε from the CPU generator (same draws anywhere)."""
+        import torch
+
+        mean, std = (self.unsafe_mean, self.unsafe_std) if which == "unsafe" else (self.safe_mean, self.safe_std)
+        eps = torch.randn(mean[idx].shape, generator=gen).to(mean.device)
+        return (mean[idx] + std[idx] * eps - self.shift) * self.scaling
+
+    def condition(self, which: str, idx) -> Conditioning:
+        per_pair = self.unsafe_cond if which == "unsafe" else self.safe_cond
+        return per_pair.rows(idx) if per_pair is not None else self.empty.repeat(len(idx))
+
+
+def build_cache(pipe, family: Family, records: list[PairRecord], folder: Path, condition: str, device,
+                resolution: int, progress) -> LatentCache:
+    import torch
+
+    vae = pipe.vae
+    dtype = vae.dtype
+
+    def encode(paths):
+        means, stds = [], []
+        for i in range(0, len(paths), 8):
+            x = torch.stack([load_image_tensor(inside_dataset(folder, p), resolution) for p in paths[i:i + 8]]).to(device, dtype)
+            with torch.no_grad():
+                dist = vae.encode(x).latent_dist
+            means.append(dist.mean.float())
+            stds.append(dist.std.float())
+            report(progress, ProgressEvent("cache", i + len(x), len(paths), "encoding pair images"))
+        return torch.cat(means), torch.cat(stds)
+
+    um, us = encode([r.unsafe for r in records])
+    sm, ss = encode([r.safe for r in records])
+    scaling, shift = family.latent_scale(vae)
+    cache = LatentCache(um, us, sm, ss, scaling, shift, family.encode_prompts(pipe, [""], device, resolution))
+    if condition in ("prompt", "unsafe"):
+        cache.unsafe_cond = family.encode_prompts(pipe, [r.unsafe_prompt for r in records], device, resolution)
+        # "unsafe": both images of a pair under the unsafe prompt, i.e. "given this prompt, prefer the twin"
+        cache.safe_cond = (family.encode_prompts(pipe, [r.safe_prompt for r in records], device, resolution)
+                           if condition == "prompt" else cache.unsafe_cond)
+    return cache

@@ -1,0 +1,68 @@
+"""The peft LoRA on the denoiser: add it, read it out, and switch it off for the reference prediction."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from .errors import UserError
+
+ADAPTER_NAME = "duo"
+
+
+def _check_rank(denoiser, targets, rank: int) -> None:
+    """A rank above every targeted layer's smaller side adds no capacity, only parameters: refuse it by name.
+    (Narrower layers among wider ones are fine: peft keeps their update at full rank.)"""
+    import torch
+
+    sides = {name: min(m.in_features, m.out_features) for name, m in denoiser.named_modules()
+             if isinstance(m, torch.nn.Linear) and any(name.endswith(t) for t in targets)}
+    if sides and rank > max(sides.values()):
+        widest = max(sides, key=sides.get)
+        raise UserError(f"rank {rank} is larger than any targeted layer allows (the widest, {widest}, "
+                        f"allows {sides[widest]}); choose --rank {sides[widest]} or less")
+
+
+def add_lora(denoiser, rank: int, alpha: float, targets) -> list:
+    """A fresh adapter on the frozen denoiser; returns the trainable parameters (float32)."""
+    from peft import LoraConfig
+
+    names = [n for n, _ in denoiser.named_modules()]
+    missing = [t for t in targets if not any(n.endswith(t) for n in names)]
+    if missing:
+        raise UserError(f"no module of the model matches target(s) {', '.join(missing)}")
+    _check_rank(denoiser, targets, rank)
+    remove_lora(denoiser)
+    denoiser.requires_grad_(False)
+    denoiser.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                    target_modules=list(targets)), adapter_name=ADAPTER_NAME)
+    params = [p for p in denoiser.parameters() if p.requires_grad]
+    for p in params:  # trainable weights and so the optimizer state stay fp32 whatever the frozen weights are
+        p.data = p.data.float()
+    return params
+
+
+def remove_lora(denoiser) -> None:
+    """The next job on the same loaded model starts from the base model."""
+    if ADAPTER_NAME in (getattr(denoiser, "peft_config", None) or {}):
+        denoiser.delete_adapters(ADAPTER_NAME)
+
+
+def lora_state(denoiser) -> dict:
+    from peft.utils import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(denoiser, adapter_name=ADAPTER_NAME)
+
+
+def set_lora_state(denoiser, state: dict) -> None:
+    from peft.utils import set_peft_model_state_dict
+
+    set_peft_model_state_dict(denoiser, state, adapter_name=ADAPTER_NAME)
+
+
+@contextmanager
+def adapters_disabled(denoiser):
+    """ε_ref: the same network with the adapter off. Re-enabled even if the reference pass fails."""
+    denoiser.disable_adapters()
+    try:
+        yield
+    finally:
+        denoiser.enable_adapters()

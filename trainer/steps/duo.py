@@ -1,0 +1,49 @@
+"""The DUO step: safe twin x⁺ wins, unsafe image x⁻ loses, plus output preservation on pure noise."""
+from __future__ import annotations
+
+from ..families import Conditioning
+from ..loss import duo_loss, output_preservation
+from .context import StepContext, StepOutput
+
+
+def duo_draw(ctx: StepContext, idx, gen) -> dict:
+    """Every random draw of a step for B pairs, made up front so micro-batches see the same draws as one batch."""
+    import torch
+
+    z_lose = ctx.cache.sample("unsafe", idx, gen)
+    z_win = ctx.cache.sample("safe", idx, gen)
+    noise = torch.randn(z_lose.shape, generator=gen).to(z_lose.device)  # one draw per pair, shared by both
+    t = ctx.process.draw_t(2 * len(idx), *ctx.t_range, gen).to(z_lose.device)
+    return {"idx": idx, "z_lose": z_lose, "z_win": z_win, "noise": noise, "t_lose": t[:len(idx)],
+            "t_win": t[len(idx):]}
+
+
+def duo_loss_on(ctx: StepContext, draw: dict) -> StepOutput:
+    """Policy and reference on [x⁻_t, x⁺_t, x_T] in one batched pass each; the loss of these pairs."""
+    import torch
+
+    idx, noise = draw["idx"], draw["noise"]
+    B = len(idx)
+    x0 = torch.cat([draw["z_lose"], draw["z_win"]])
+    pair_noise = torch.cat([noise, noise])
+    t = torch.cat([draw["t_lose"], draw["t_win"]])
+    x = torch.cat([ctx.process.add_noise(x0, pair_noise, t), noise])  # the last B rows: pure noise x_T
+    timesteps = torch.cat([t, ctx.process.pure_noise_t(B, t.device).to(t.dtype)])
+    cond = Conditioning.cat([ctx.cache.condition("unsafe", idx), ctx.cache.condition("safe", idx),
+                             ctx.cache.empty.repeat(B)])
+    pred = ctx.policy(x, timesteps, cond)
+    ref = ctx.reference(x, timesteps, cond)
+    target = ctx.process.target(x0, pair_noise, t)
+    p_lose, p_win, p_prior = pred.split(B)
+    r_lose, r_win, r_prior = ref.split(B)
+    dpo, chosen, rejected = duo_loss(p_win, r_win, target[B:], p_lose, r_lose, target[:B], ctx.beta)
+    prior = output_preservation(p_prior, r_prior)
+    loss = dpo + ctx.lam * prior
+    margin = chosen - rejected
+    return StepOutput(loss, {"loss": loss.item(), "dpo": dpo.item(), "prior": prior.item(),
+                             "pref_acc": float((margin > 0).float().mean()),
+                             "reward_margin": float(margin.mean())}, chosen, rejected)
+
+
+def duo_step(ctx: StepContext, idx, gen) -> StepOutput:
+    return duo_loss_on(ctx, duo_draw(ctx, idx, gen))
