@@ -112,7 +112,8 @@ def read_metadata(path: str | Path) -> dict:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
         if not 0 < size <= MAX_HEADER:
-            raise UserError(f"{path} is not a LoRA file (its header would be {size} bytes)")
+            raise UserError(f"{path} is not a safetensors file, or its header ({size} bytes) is over the "
+                            f"{MAX_HEADER // 2**20} MB an adapter's metadata needs")
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError) as e:
