@@ -123,7 +123,7 @@ def test_the_memory_estimate_counts_each_term():
     one, two = estimate_training_bytes(batch_rows=3, **sd15), estimate_training_bytes(batch_rows=6, **sd15)
     activations = two - one  # the weights and LoRA terms do not grow with the batch
     assert activations > 0 and one - activations == 859_520_964 * 2 + 1_594_368 * 16
-    assert estimate_training_bytes(batch_rows=3, checkpointing=True, **sd15) < one - activations * 0.8
+    assert estimate_training_bytes(batch_rows=3, checkpointing=True, **sd15) < one - activations * 0.75
     assert estimate_training_bytes(batch_rows=3, optimizer_state_bytes=2, **sd15) < one
     assert estimate_training_bytes(batch_rows=3, frozen_bytes=4, activation_bytes=4, **sd15) > one
     # SD 1.5, 4 pairs, half precision: between the frozen UNet alone and the 12 GB of the consumer card

@@ -34,8 +34,12 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # the allocator needs slack for fragmentation.
 CHECKPOINT_HEADROOM = 0.9
 # Bytes the backward pass keeps per latent pixel per UNet row (policy rows only: the reference pass runs without
-# grad), in half precision, for SD 1.5's UNet; see estimate_training_bytes. Calibrate with benchmarks/gpu_memory.py.
-SD1_ACTIVATION_BYTES_PER_LATENT_PIXEL = 160_000
+# grad), in half precision, for SD 1.5's UNet with the self-attention LoRA; see estimate_training_bytes. Measured
+# on the CPU with torch.autograd.graph.saved_tensors_hooks (unique storages, weights excluded) at 16x16 and 32x32
+# latents: 204 kB and 193 kB per pixel, so ~190 kB at 64x64; with diffusers' gradient checkpointing 36.6 kB at
+# both, i.e. 0.19 of it. GPU attention kernels may keep a little less: check with benchmarks/gpu_memory.py.
+SD1_ACTIVATION_BYTES_PER_LATENT_PIXEL = 190_000
+CHECKPOINTED_ACTIVATION_FRACTION = 0.2
 
 
 def _checkpointing_setting(value) -> str:
@@ -225,8 +229,8 @@ def estimate_training_bytes(denoiser_params: int, lora_params: int, batch_rows: 
         frozen weights      denoiser_params * frozen_bytes (+ reference_params, for a separate reference copy)
         LoRA                lora_params * (4 weight + 4 gradient + optimizer_state_bytes)   (AdamW fp32: 8; 8-bit: 2)
         activations         batch_rows * H * W * activation_bytes_per_latent_pixel * activation_bytes / 2
-                            divided by 8 under gradient checkpointing (only block inputs are kept; the
-                            recomputed block's own activations are transient)
+                            times CHECKPOINTED_ACTIVATION_FRACTION under gradient checkpointing (only block
+                            inputs are kept; the recomputed block's own activations are transient)
 
     batch_rows are the rows that carry gradients (DUO: 3 per pair: unsafe, safe and pure noise); H x W is the latent
     size. activation_bytes_per_latent_pixel is per half-precision row and model-dependent (the default is SD 1.5's);
@@ -238,7 +242,7 @@ def estimate_training_bytes(denoiser_params: int, lora_params: int, batch_rows: 
     lora = lora_params * (4 + 4 + optimizer_state_bytes)
     activations = batch_rows * h * w * activation_bytes_per_latent_pixel * activation_bytes // 2
     if checkpointing:
-        activations //= 8
+        activations = int(activations * CHECKPOINTED_ACTIVATION_FRACTION)
     return int(weights + lora + activations)
 
 
