@@ -283,9 +283,23 @@ class A1111Backend(Backend):
             raise box["error"]
         return box.get("result")
 
+    @staticmethod
+    def _forge_memory():
+        """Forge's backend.memory_management, or None on A1111 (which has no `backend` package)."""
+        try:
+            from backend import memory_management
+        except ImportError:
+            return None
+        return memory_management if hasattr(memory_management, "unload_all_models") else None
+
     @contextmanager
     def _host_model_off_gpu(self, progress):
         """Take the host's model off the GPU for the training, and put it back afterwards, even on failure."""
+        memory = self._forge_memory()
+        if memory is not None:
+            with self._forge_model_off_gpu(memory, progress):
+                yield
+            return
         from modules import sd_models, shared
 
         report(progress, ProgressEvent("load", message="freeing the web UI's model from the GPU"))
@@ -301,6 +315,27 @@ class A1111Backend(Backend):
             except Exception as e:  # the adapter is already safe on disk: say so instead of hiding it
                 print(f"[duo-unlearn] could not reload the web UI's model ({type(e).__name__}: {e}); "
                       "select the checkpoint again at the top of the page")
+
+    @contextmanager
+    def _forge_model_off_gpu(self, memory, progress):
+        """Forge: sd_models.reload_model_weights / send_model_to_device are empty stubs there (and
+        unload_model_weights was one too in late 2024); its models live in backend.memory_management, which moves
+        them to the GPU when a generation asks (load_models_gpu). So free with that module, as Forge's own Spaces
+        do before running a foreign app, and leave the reload to Forge's next generation."""
+        report(progress, ProgressEvent("load", message="freeing Forge's models from the GPU"))
+
+        def free():
+            memory.unload_all_models()
+            memory.soft_empty_cache(force=True)
+
+        self._on_main_thread(free)
+        try:
+            yield
+        finally:
+            try:  # hand back what the training left in torch's cache, so Forge sees the memory as free
+                self._on_main_thread(memory.soft_empty_cache, True)
+            except Exception as e:
+                print(f"[duo-unlearn] could not empty the CUDA cache ({type(e).__name__}: {e})")
 
     def run_unlearn(self, cfg, progress=None):
         from ..trainer.unlearn import unlearn

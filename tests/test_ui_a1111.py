@@ -16,7 +16,7 @@ SHIM = HERE.parent / "scripts" / "duo_unlearn_tab.py"
 
 
 def _purge():
-    for key in [k for k in sys.modules if k.split(".")[0] in ("modules", "modules_forge", "duo_unlearn_tab_script")]:
+    for key in [k for k in sys.modules if k.split(".")[0] in ("modules", "modules_forge", "backend", "duo_unlearn_tab_script")]:
         del sys.modules[key]
 
 
@@ -26,7 +26,7 @@ def webui(request, tmp_path, tiny_model, monkeypatch):
     _purge()
     monkeypatch.setenv("FAKE_WEBUI_DATA", str(tmp_path / "webui"))
     monkeypatch.syspath_prepend(str(HERE / "fake_a1111"))
-    if request.param == "forge":
+    if request.param == "forge":  # Forge's modules.sd_models/processing and backend/ over the A1111 fake
         monkeypatch.syspath_prepend(str(HERE / "fake_forge"))
     from modules import sd_models, shared
 
@@ -38,6 +38,22 @@ def webui(request, tmp_path, tiny_model, monkeypatch):
     spec.loader.exec_module(shim)
     yield request.param
     _purge()
+
+
+def _host_moves(webui):
+    """(what freed and restored the host's model, when, on which thread, under the queue lock?) per host: A1111's
+    sd_models functions, Forge's backend.memory_management (its sd_models reload/send are empty stubs)."""
+    if webui == "forge":
+        from backend import memory_management
+
+        return memory_management.events
+    from modules import sd_models
+
+    return sd_models.events
+
+
+EXPECTED_MOVES = {"a1111": ["unload_model_weights", "reload_model_weights", "send_model_to_device"],
+                  "forge": ["unload_all_models", "soft_empty_cache", "soft_empty_cache"]}
 
 
 def _tab():
@@ -84,17 +100,20 @@ def test_training_frees_the_gpu_and_compare_uses_txt2img(webui, tmp_path, tiny_m
     adapter = tmp_path / "MyLoras" / "duo_red.safetensors"
     assert adapter.exists() and job.result[0].adapter == adapter
     assert Path(job.request.cfg.model) == tiny_model  # trained on the selected checkpoint, not the text box
-    what = [e[0] for e in sd_models.events]
-    assert what == ["unload_model_weights", "reload_model_weights", "send_model_to_device"]
-    unload, reload = sd_models.events[0], sd_models.events[1]
-    assert unload[1] <= adapter.stat().st_mtime <= reload[1], "the adapter was written while the model was off"
-    assert all(e[3] for e in sd_models.events), "the queue lock was not held around the model moves"
-    assert shared.sd_model.device == "cuda"
-    if webui == "forge":
+    moves = _host_moves(webui)
+    assert [e[0] for e in moves] == EXPECTED_MOVES[webui]
+    if webui == "a1111":
+        unload, reload = sd_models.events[0], sd_models.events[1]
+        assert unload[1] <= adapter.stat().st_mtime <= reload[1], "the adapter was written while the model was off"
+        assert shared.sd_model.device == "cuda"
+    else:
         from modules_forge import main_thread
 
-        assert {e[2] for e in sd_models.events} == {"forge-main-thread"}
+        assert sd_models.events == [], "Forge's A1111-era stubs were called"
+        assert shared.sd_model.device == "cpu"  # until Forge's next generation loads it back
+        assert {e[1] for e in moves} == {"forge-main-thread"}
         assert main_thread.calls[:1] == ["work"]
+    assert all(e[-1] for e in moves), "the queue lock was not held around the model moves"
 
     ctl.backend.list_adapters()
     from duo_unlearn.extension.tab import NONE
@@ -118,9 +137,8 @@ def test_the_host_model_comes_back_when_training_fails(webui, tmp_path):
     ctl = _tab()[0][0].duo_components["controller"]
     job = ctl.start(*_inputs(detector="colour:nosuchcolour"))
     assert job.wait(60) and job.state == "failed" and "nosuchcolour" in job.error
-    assert [e[0] for e in sd_models.events] == ["unload_model_weights", "reload_model_weights",
-                                                 "send_model_to_device"]
-    assert shared.sd_model.device == "cuda"
+    assert [e[0] for e in _host_moves(webui)] == EXPECTED_MOVES[webui]
+    assert shared.sd_model.device == ("cuda" if webui == "a1111" else "cpu")  # Forge reloads on its next generation
     assert list((tmp_path / "MyLoras").iterdir()) == []
 
 
@@ -131,11 +149,11 @@ def test_training_waits_for_a_running_generation(webui, tmp_path):
     call_queue.queue_lock.acquire()  # the web UI is generating
     try:
         job = ctl.start(*_inputs(detector="colour:nosuchcolour"))
-        assert not job.wait(0.5) and sd_models.events == []
+        assert not job.wait(0.5) and _host_moves(webui) == []
         assert "waiting for the web UI" in job.summary()
     finally:
         call_queue.queue_lock.release()
-    assert job.wait(60) and [e[0] for e in sd_models.events][0] == "unload_model_weights"
+    assert job.wait(60) and [e[0] for e in _host_moves(webui)][0] == EXPECTED_MOVES[webui][0]
 
 
 def test_no_checkpoint_selected_is_a_message(webui):

@@ -181,6 +181,16 @@ def _no_safety_checker(family) -> dict:
     return {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in params else {}
 
 
+def _hub_offline() -> bool:
+    """The user's offline setting, read now: huggingface_hub.constants.HF_HUB_OFFLINE is frozen at its import."""
+    import os
+
+    from huggingface_hub.constants import ENV_VARS_TRUE_VALUES
+
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.upper() in ENV_VARS_TRUE_VALUES
+
+
 def _load_single_file(path: Path, config_dir, dtype):
     from diffusers import StableDiffusionPipeline
 
@@ -190,16 +200,20 @@ def _load_single_file(path: Path, config_dir, dtype):
         if not (config_dir / "model_index.json").exists():
             raise UserError(f"--config-dir {config_dir} is not a diffusers model folder (no model_index.json)")
         kwargs["config"] = str(config_dir)
+    # Online users get the family's configs (a few kB, no weights) fetched by diffusers; offline users, or anyone
+    # naming a config folder, must not wait on a network that is not there.
+    offline = config_dir is not None or _hub_offline()
     try:
-        return StableDiffusionPipeline.from_single_file(str(path), local_files_only=True, **kwargs)
+        return StableDiffusionPipeline.from_single_file(str(path), local_files_only=offline, **kwargs)
     except (OSError, ValueError) as e:
         if config_dir is not None:
             raise UserError(f"could not load {path.name} with the configs in {config_dir}: {e}") from None
+        where = ("are not in the local Hugging Face cache (HF_HUB_OFFLINE is set)" if offline
+                 else f"could not be fetched from the Hugging Face Hub ({type(e).__name__})")
         raise UserError(
             f"{path.name} is a single-file checkpoint and its diffusers configs (model_index.json, unet/, vae/, "
-            "text_encoder/, tokenizer/, scheduler/ configs) are not in the local Hugging Face cache. Offline, pass "
-            "--config-dir DIR: a diffusers folder of the same family (e.g. a local copy of "
-            "stable-diffusion-v1-5 without its weights)."
+            f"text_encoder/, tokenizer/, scheduler/ configs) {where}. Pass --config-dir DIR: a diffusers folder of "
+            "the same family (e.g. a local copy of stable-diffusion-v1-5 without its weights)."
         ) from None
     except (KeyError, IndexError, RuntimeError) as e:  # keys that do not fit the family's layout
         raise UserError(f"could not convert {path.name} to a diffusers model ({type(e).__name__}: {e}); "

@@ -1,0 +1,427 @@
+"""Seconds per DUO step and peak GPU memory: the project's trainer against an official-style step, same process.
+
+    python benchmarks/gpu_memory.py                  # SD 1.5 architecture at 512 px on the GPU, every variant
+    python benchmarks/gpu_memory.py --tiny           # tiny configs on the CPU, in seconds (the test suite runs this)
+    python benchmarks/gpu_memory.py --families sd1 --steps 6 --warmup 2 --out table.md
+
+The components have the real architecture of each family (configs below, written out here: nothing is downloaded)
+and random weights: speed and memory do not depend on what the weights are. The pair dataset is written at the
+model's native resolution (red squares and their blue twins). For each family it runs
+  (a) trainer.train.train with TrainConfig's defaults, then with each precision x gradient checkpointing choice
+      (and 8-bit AdamW when bitsandbytes imports), and
+  (b) an official-style step as naver-ai/DUO train/unlearn-sd.py takes it: VAE (fp32) and text encoder on the device
+      and run every step, UNet and text encoder cast to the precision's dtype, LoRA upcast to fp32 under fp16 only,
+      reference = adapter disabled, the same 4-pair batch (12 UNet rows) and the same loss, under accelerate,
+and prints a markdown table: median seconds per step after warm-up (synchronised), peak allocated and reserved
+memory, and project/official ratios at the same precision, plus the device name and the date.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GB = 2**30
+SD1_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                     clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+
+# Architecture configs per family: diffusers / transformers constructor arguments, as in the families' published
+# config.json files (SD 1.5: unet/, vae/, text_encoder/ of stable-diffusion-v1-5). New families add an entry.
+FAMILIES = {
+    "sd1": {
+        "resolution": 512,
+        "unet": dict(sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True,
+                     freq_shift=0, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                     block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1,
+                     mid_block_scale_factor=1, act_fn="silu", norm_num_groups=32, norm_eps=1e-5,
+                     cross_attention_dim=768, attention_head_dim=8),
+        "vae": dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=512, act_fn="silu",
+                    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                    block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32),
+        "text_encoder": dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                             num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                             layer_norm_eps=1e-5, projection_dim=768, bos_token_id=0, eos_token_id=2,
+                             pad_token_id=1),
+        "tokenizer_length": 77,
+        "scheduler": SD1_SCHEDULER,
+    },
+}
+# --tiny: the same code path on the CPU in seconds (shapes as tests/tiny_models.py)
+TINY_FAMILIES = {
+    "sd1": {
+        "resolution": 32,
+        "unet": dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+                     norm_num_groups=8, cross_attention_dim=32, attention_head_dim=2,
+                     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+        "vae": dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
+                    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                    block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8),
+        "text_encoder": dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                             pad_token_id=1),
+        "tokenizer_length": 16,
+        "scheduler": SD1_SCHEDULER,
+    },
+}
+PRECISION_DTYPES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
+RANK, ALPHA, TARGETS = 32, 32.0, ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
+BETA, PAIRS_PER_STEP = 500.0, 4
+
+
+@dataclass
+class Variant:
+    """One run. `settings` are TrainConfig fields, so a new TrainConfig option is one more key here."""
+    label: str
+    runner: str  # "project" or "official"
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass
+class Measure:
+    variant: Variant
+    seconds: float | None = None
+    peak_allocated: int | None = None
+    peak_reserved: int | None = None
+    note: str = ""
+
+
+def project_variants(device_type: str, have_bnb: bool) -> list[Variant]:
+    from duo_unlearn.trainer.config import TrainConfig
+
+    defaults = TrainConfig()
+    out = [Variant("project defaults", "project",
+                   {"mixed_precision": defaults.mixed_precision,
+                    "gradient_checkpointing": defaults.gradient_checkpointing,
+                    "use_8bit_adam": defaults.use_8bit_adam})]
+    for precision in precisions(device_type):
+        for ckpt in (False, True):
+            out.append(Variant(f"project {precision} ckpt {'on' if ckpt else 'off'}", "project",
+                               {"mixed_precision": precision, "gradient_checkpointing": ckpt}))
+    if have_bnb and device_type == "cuda":
+        best = "bf16" if "bf16" in precisions(device_type) else precisions(device_type)[-1]
+        out.append(Variant(f"project {best} ckpt on 8-bit Adam", "project",
+                           {"mixed_precision": best, "gradient_checkpointing": True, "use_8bit_adam": True}))
+    return out
+
+
+def official_variants(device_type: str) -> list[Variant]:
+    return [Variant(f"official {p}", "official", {"mixed_precision": p}) for p in precisions(device_type)]
+
+
+def precisions(device_type: str) -> list[str]:
+    import torch
+
+    if device_type == "cuda":
+        return ["no", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
+    return ["no", "bf16"]  # fp16 autocast is refused on the CPU, by accelerate and by the project
+
+
+# -- building --
+
+def build_pipeline(family: dict, device, folder: Path, seed: int = 0):
+    """A StableDiffusionPipeline with the family's architecture and random weights, built on the device."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from duo_unlearn.trainer.testbed.shapes import vocabulary_words
+    from duo_unlearn.trainer.testbed.vocabulary import BOS, EOS, write_tokenizer_files
+
+    torch.manual_seed(seed)
+    tok_dir = folder / "tokenizer"
+    if not tok_dir.exists():
+        write_tokenizer_files(tok_dir, vocabulary_words())
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir), model_max_length=family["tokenizer_length"],
+                                              bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=EOS)
+    with torch.device(device):  # random init where the weights will live: seconds instead of a minute on a CPU
+        unet = UNet2DConditionModel(**family["unet"])
+        vae = AutoencoderKL(**family["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**family["text_encoder"]))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDIMScheduler(**family["scheduler"]), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def write_pairs(folder: Path, n: int, size: int, seed: int = 0) -> Path:
+    """Red squares (unsafe) and blue twins at the same place (safe), in the project's pair dataset format."""
+    import numpy as np
+    from PIL import Image
+
+    from duo_unlearn.trainer.pair_dataset import INDEX, PairRecord
+
+    rng = np.random.default_rng(seed)
+    (folder / "unsafe").mkdir(parents=True, exist_ok=True)
+    (folder / "safe").mkdir(exist_ok=True)
+    lines = []
+    for i in range(n):
+        x, y = (int(v) for v in rng.integers(0, size // 2, size=2))
+        for sub, colour in (("unsafe", (220, 30, 30)), ("safe", (40, 80, 220))):
+            a = np.full((size, size, 3), 255, np.uint8)
+            a[y:y + size // 2, x:x + size // 2] = colour
+            Image.fromarray(a).save(folder / sub / f"{i:04d}.png")
+        lines.append(PairRecord(f"{i:04d}", f"unsafe/{i:04d}.png", f"safe/{i:04d}.png", "a red square",
+                                "a blue square", seed=i).to_json())
+    (folder / INDEX).write_text("\n".join(lines) + "\n")
+    return folder
+
+
+# -- measuring --
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset(device):
+    """A fresh accelerate state and allocator statistics for the next run. accelerate keeps one process-wide
+    state and refuses a second Accelerator with another mixed_precision, hence its (private) reset."""
+    import torch
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peaks(device) -> tuple[int | None, int | None]:
+    import torch
+
+    if device.type != "cuda":
+        return None, None
+    return torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
+
+
+def run_project(variant: Variant, family: dict, device, tmp: Path, pairs: Path, steps: int, warmup: int) -> Measure:
+    from duo_unlearn.trainer.config import TrainConfig
+    from duo_unlearn.trainer.models import LoadedModel
+    from duo_unlearn.trainer.train import train
+
+    pipe = build_pipeline(family, device, tmp)
+    source = tmp / "random-weights.safetensors"  # stands in for the checkpoint file the adapter's hash names
+    source.write_bytes(b"random weights")
+    model = LoadedModel(pipe=pipe, family="sd1", name="random-sd1", source=source)
+    _reset(device)
+    stamps: list[float] = []
+
+    def clock(event):
+        if event.stage == "train":
+            _sync(device)
+            stamps.append(time.perf_counter())
+        elif event.stage == "cache":
+            stamps.clear()
+
+    cfg = TrainConfig(pairs=str(pairs), model="random", out=str(tmp / f"{variant.runner}.safetensors"),
+                      steps=warmup + steps, batch_pairs=PAIRS_PER_STEP, beta=BETA, device=device.type,
+                      **variant.settings)
+    cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules = RANK, ALPHA, TARGETS
+    train(cfg, progress=clock, model=model)
+    allocated, reserved = _peaks(device)
+    del model, pipe
+    intervals = [b - a for a, b in zip(stamps, stamps[1:])][max(warmup - 1, 0):]
+    return Measure(variant, statistics.median(intervals), allocated, reserved)
+
+
+def run_official(variant: Variant, family: dict, device, tmp: Path, pairs: Path, steps: int, warmup: int) -> Measure:
+    """One official-style DUO step per iteration, after naver-ai/DUO train/unlearn-sd.py (written here)."""
+    import torch
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+
+    from duo_unlearn.trainer.pair_dataset import load_image_tensor, read_pairs
+
+    precision = variant.settings["mixed_precision"]
+    weight_dtype = getattr(torch, PRECISION_DTYPES[precision])
+    pipe = build_pipeline(family, device, tmp)
+    _reset(device)
+    accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+    text_encoder = pipe.text_encoder.to(device, dtype=weight_dtype)
+    unet = pipe.unet.to(device, dtype=weight_dtype)
+    vae = pipe.vae.to(device, dtype=torch.float32)  # "to avoid precision error"
+    for m in (text_encoder, unet, vae):
+        m.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=RANK, lora_alpha=RANK, init_lora_weights="gaussian", target_modules=list(TARGETS)))
+    if precision == "fp16":  # the official script upcasts the LoRA under fp16 only
+        for p in unet.parameters():
+            if p.requires_grad:
+                p.data = p.to(torch.float32)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=3e-4 * 100 / BETA, weight_decay=1e-2)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    raw = accelerator.unwrap_model(unet)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    records = read_pairs(pairs)
+    size = family["resolution"]
+    unsafe = torch.stack([load_image_tensor(pairs / r.unsafe, size) for r in records])
+    safe = torch.stack([load_image_tensor(pairs / r.safe, size) for r in records])
+    lam = 1e6 * BETA / 100
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    B = PAIRS_PER_STEP
+    for step in range(warmup + steps):
+        _sync(device)
+        start = time.perf_counter()
+        idx = torch.randint(0, len(records), (B,), generator=gen)
+        prompts = [""] * B  # the official nudity run trains without prompts
+        embeds, _ = pipe.encode_prompt(prompts + prompts + prompts, device=device, num_images_per_prompt=1,
+                                       do_classifier_free_guidance=False)
+        pixels = torch.cat([unsafe[idx], safe[idx]]).to(device, dtype=vae.dtype)
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+        latents = latents.to(weight_dtype)
+        noise = torch.randn_like(latents[:B]).repeat(2, 1, 1, 1)
+        t = torch.randint(0, 750, (2 * B,), device=device).long()
+        noisy = scheduler.add_noise(latents, noise, t)
+        timesteps = torch.cat([t, torch.full((B,), 999, device=device)])
+        x = torch.cat([noisy, noise[:B]])
+        pred = unet(x, timesteps, embeds).sample
+        with torch.no_grad():
+            raw.disable_adapters()
+            ref = unet(x, timesteps, embeds).sample
+            raw.enable_adapters()
+        p_lose, p_win, p_prior = pred.chunk(3)
+        r_lose, r_win, r_prior = ref.chunk(3)
+        target = noise[:B].float()
+
+        def mse(a):
+            return F.mse_loss(a.float(), target, reduction="none").mean(dim=[1, 2, 3])
+
+        diff = (mse(p_win) - mse(r_win)) - (mse(p_lose) - mse(r_lose))
+        loss = -F.logsigmoid(-BETA * diff).mean() + lam * F.mse_loss(p_prior.float(), r_prior.float())
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    allocated, reserved = _peaks(device)
+    del unet, raw, optimizer, pipe, text_encoder, vae
+    return Measure(variant, statistics.median(times[warmup:]), allocated, reserved)
+
+
+def estimate_gb(family: dict, settings: dict) -> float | None:
+    """trainer.runtime's estimate for a project variant, printed next to the measurement to calibrate it."""
+    try:
+        from duo_unlearn.trainer.runtime import estimate_training_bytes
+    except ImportError:
+        return None
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from peft import LoraConfig
+
+    with torch.device("meta"):  # counts without allocating
+        unet = UNet2DConditionModel(**family["unet"])
+        params = sum(p.numel() for p in unet.parameters())
+        unet.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(TARGETS)))
+        lora = sum(p.numel() for n, p in unet.named_parameters() if ".lora_" in n)
+    params -= lora
+    half = settings.get("mixed_precision", "no") != "no"
+    latent = family["resolution"] // 8
+    return estimate_training_bytes(params, lora, 3 * PAIRS_PER_STEP, (latent, latent), frozen_bytes=2 if half else 4,
+                                   activation_bytes=2 if half else 4,
+                                   checkpointing=bool(settings.get("gradient_checkpointing")),
+                                   optimizer_state_bytes=2 if settings.get("use_8bit_adam") else 8) / GB
+
+
+def table(results: list[Measure], family: str, family_cfg: dict, device_name: str, steps: int,
+          estimate: bool = True) -> str:
+    def gb(v):
+        return f"{v / GB:.2f}" if v is not None else "n/a"
+
+    official = {m.variant.settings["mixed_precision"]: m for m in results if m.variant.runner == "official"}
+    rows = [f"### {family} at {family_cfg['resolution']} px, {PAIRS_PER_STEP} pairs/step, rank {RANK} — "
+            f"{device_name}, {datetime.date.today().isoformat()}",
+            "",
+            f"median of {steps} steps after warm-up; ratios against the official-style step at the same precision",
+            "",
+            "| run | s/step | peak allocated GB | peak reserved GB | estimate GB | time ratio | memory ratio | note |",
+            "|---|---|---|---|---|---|---|---|"]
+    for m in results:
+        ref = official.get(m.variant.settings.get("mixed_precision")) if m.variant.runner == "project" else None
+        t_ratio = f"{m.seconds / ref.seconds:.2f}" if ref and m.seconds and ref.seconds else ""
+        m_ratio = (f"{m.peak_allocated / ref.peak_allocated:.2f}"
+                   if ref and m.peak_allocated and ref.peak_allocated else "")
+        est = estimate_gb(family_cfg, m.variant.settings) if estimate and m.variant.runner == "project" else None
+        sec = f"{m.seconds:.3f}" if m.seconds is not None else "failed"
+        rows.append(f"| {m.variant.label} | {sec} | {gb(m.peak_allocated)} | {gb(m.peak_reserved)} | "
+                    f"{f'{est:.2f}' if est is not None else ''} | {t_ratio} | {m_ratio} | {m.note} |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="tiny configs on the CPU, in seconds")
+    p.add_argument("--families", default="sd1", help=f"comma-separated, of: {', '.join(FAMILIES)}")
+    p.add_argument("--steps", type=int, default=None, help="measured steps per run (default 5; 3 with --tiny)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--only", default="", help="run only variants whose label contains this text")
+    p.add_argument("--out", default=None, help="also append the table to this markdown file")
+    args = p.parse_args(argv)
+    configs = TINY_FAMILIES if args.tiny else FAMILIES
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    unknown = [f for f in families if f not in configs]
+    if unknown:
+        p.error(f"unknown family {', '.join(unknown)}; known: {', '.join(configs)}")
+    device = torch.device("cpu") if args.tiny or not torch.cuda.is_available() else torch.device("cuda")
+    if device.type == "cpu" and not args.tiny:
+        print("note: no CUDA GPU: running the full-size configs on the CPU (slow); --tiny is the CPU check")
+    steps = args.steps or (3 if args.tiny else 5)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    try:
+        import bitsandbytes  # noqa: F401
+
+        have_bnb = True
+    except ImportError:
+        have_bnb = False
+    tables = []
+    for name in families:
+        family = configs[name]
+        variants = official_variants(device.type) + project_variants(device.type, have_bnb)
+        variants = [v for v in variants if args.only in v.label]
+        results = []
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            pairs = write_pairs(tmp / "pairs", 8, family["resolution"])
+            for v in variants:
+                started = time.perf_counter()
+                run = run_official if v.runner == "official" else run_project
+                try:
+                    m = run(v, family, device, tmp, pairs, steps, args.warmup)
+                except Exception as e:  # one variant failing (OOM, a missing kernel) must not hide the others
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    m = Measure(v, note=f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
+                results.append(m)
+                print(f"[{name}] {v.label}: {m.seconds if m.seconds is not None else 'failed'} s/step "
+                      f"({time.perf_counter() - started:.1f} s) {m.note}", file=sys.stderr, flush=True)
+        # the estimate's activation constant is SD 1.5's: meaningless for the tiny shapes
+        tables.append(table(results, name, family, device_name, steps, estimate=not args.tiny))
+    text = "\n\n".join(tables)
+    print(text)
+    if args.out:
+        with open(args.out, "a", encoding="utf-8") as f:
+            f.write(text + "\n\n")
+    return 0 if all("failed" not in t for t in tables) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
