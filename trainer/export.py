@@ -35,6 +35,25 @@ def peft_to_kohya(peft_state: dict, alpha: float, prefix: str = "unet") -> dict:
     return out
 
 
+def peft_to_diffusers(peft_state: dict, alpha: float, prefix: str = "transformer") -> dict:
+    """Peft names under the pipeline's component (`transformer.…lora_A.weight` / `lora_B.weight`), alpha baked in.
+
+    The format diffusers' load_lora_weights and ComfyUI (its `transformer.*` key map) both read for SD3. Neither
+    reads an alpha from such a file (diffusers even rejects keys without 'lora' in them), so the alpha / rank scale
+    is multiplied into lora_B: both hosts then apply exactly what training applied.
+    """
+    out = {}
+    for key, value in peft_state.items():
+        if not key.endswith((".lora_A.weight", ".lora_B.weight")):
+            raise ValueError(f"unexpected LoRA tensor {key!r} (only lora_A/lora_B weights are exported)")
+        value = value.detach().to("cpu")
+        if key.endswith(".lora_B.weight"):
+            rank = peft_state[key[: -len("lora_B.weight")] + "lora_A.weight"].shape[0]
+            value = value * (float(alpha) / rank)
+        out[f"{prefix}.{key}"] = value.contiguous()
+    return out
+
+
 def adapter_metadata(*, output_name: str, family: str, rank: int, alpha: float, target_modules, duo: dict) -> dict:
     """ss_* minimum set, modelspec.* and duo.*; safetensors metadata values must be strings."""
     from .models import ARCHITECTURES

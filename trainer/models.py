@@ -148,6 +148,26 @@ def _refuse_pickled_weights(folder: Path) -> None:
                             "True)) and try again")
 
 
+def load_options(path: Path) -> dict:
+    """What a single-file checkpoint says about itself that diffusers' from_single_file does not read.
+
+    SDXL v-prediction checkpoints carry an empty `v_pred` tensor, the zero-terminal-SNR ones also `ztsnr` (as
+    ComfyUI's supported_models.SDXL.model_type reads them). The result goes to family.load_kwargs/after_load.
+    """
+    if path.is_dir():
+        return {}
+    keys = set(checkpoint_keys(path))
+    if "edm_mean" in keys or "edm_vpred.sigma_max" in keys:
+        raise UserError(f"{path.name} is an EDM-parameterised model (Playground v2.5 / CosXL style); "
+                        "DUO trains epsilon and v-prediction models")
+    options = {}
+    if "v_pred" in keys:
+        options["prediction_type"] = "v_prediction"
+        if "ztsnr" in keys:
+            options["rescale_betas_zero_snr"] = True
+    return options
+
+
 def load_model(spec: str | Path, config_dir: str | Path | None = None, dtype=None) -> LoadedModel:
     """Load a Stable Diffusion pipeline offline-friendly; the family is detected and recorded."""
     import torch

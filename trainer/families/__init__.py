@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from ..errors import UserError
 from .base import Conditioning, DDPMProcess, Family, NoiseProcess
+from .flow import FlowMatchProcess
 from .sd1 import SD1, SD2
+from .sd3 import SD3
+from .sdxl import SDXL
 
-_FAMILIES: dict[str, Family] = {f.name: f for f in (SD1(), SD2())}
+_FAMILIES: dict[str, Family] = {f.name: f for f in (SD1(), SD2(), SDXL(), SD3())}
 
 
 def register(family: Family) -> None:
@@ -23,4 +26,4 @@ def trainable_families() -> tuple[str, ...]:
     return tuple(sorted(_FAMILIES))
 
 
-__all__ = ["Conditioning", "DDPMProcess", "Family", "NoiseProcess", "get_family", "register", "trainable_families"]
+__all__ = ["Conditioning", "DDPMProcess", "Family", "FlowMatchProcess", "NoiseProcess", "get_family", "register", "trainable_families"]

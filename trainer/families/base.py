@@ -106,6 +106,7 @@ class Family:
     default_targets: tuple[str, ...] = ()
     lr_base = 3e-4  # official coupling: lr = lr_base * 100 / beta
     lambda_base = 1e6  # official coupling: lambda = lambda_base * beta / 100
+    recipe_resolution: int | None = None  # the official recipe's training resolution; None: the native one
 
     # -- loading and pipelines --
     def pipeline_cls(self):
@@ -116,6 +117,13 @@ class Family:
     def load_kwargs(self, options: dict) -> dict:
         """Extra from_pretrained/from_single_file kwargs (e.g. SD3 without T5)."""
         return {}
+
+    def after_load(self, pipe, options: dict) -> None:
+        """Adjust a loaded pipeline to what its file says but diffusers cannot see: single-file v-prediction
+        checkpoints (a `v_pred` key, often `ztsnr`; see models.load_options) get their scheduler set here."""
+        overrides = {k: options[k] for k in ("prediction_type", "rescale_betas_zero_snr") if k in options}
+        if overrides:
+            pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **overrides)
 
     def img2img(self, pipe):
         """The SDEdit pipeline on the same loaded modules: no second copy of the model."""
@@ -163,6 +171,7 @@ class Family:
 
         return peft_to_kohya(peft_state, alpha, prefix=self.denoiser_attr)
 
-    def metadata(self) -> dict:
+    def metadata(self, pipe=None) -> dict:
+        """Per-family adapter metadata; given the pipeline, a family may record what varies by checkpoint."""
         return {"ss_base_model_version": self.base_version, "modelspec.architecture": self.architecture,
                 "ss_v2": str(self.name == "sd2")}
