@@ -47,7 +47,7 @@ class DUOUnlearn:
                                   "tooltip": f"Training steps; {_PRESET_DEFAULT} (else 1000)."}),
                 "beta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100000.0, "step": 1.0,
                                    "tooltip": f"β: higher stays closer to the base model; {_PRESET_DEFAULT}."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": True}),
                 "lora_name": ("STRING", {"default": "duo_adapter", "tooltip": "Saved as <name>.safetensors in "
                                          "models/loras (multi-concept presets: <name>_<concept>.safetensors)."}),
                 "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing adapter of that name "
