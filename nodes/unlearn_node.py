@@ -103,7 +103,11 @@ class DUOUnlearn:
                 raise UserError(f"{', '.join(existing)} already exists in models/loras and was trained differently; "
                                 "choose another lora_name or switch overwrite on")
             host.free_gpu()
-            unlearn(cfg, progress=host.ComfyProgress())
+            import torch
+
+            # ComfyUI runs nodes under inference mode; training needs autograd (core TrainLoraNode does the same)
+            with torch.inference_mode(False), torch.enable_grad():
+                unlearn(cfg, progress=host.ComfyProgress())
         texts = [summary(p.name, read_facts(p), ckpt_name if ckpt_name != TESTBED else None) for p in adapters]
         if reusable:
             texts.insert(0, "(already trained with these settings: reused, not retrained)")

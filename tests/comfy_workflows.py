@@ -59,7 +59,7 @@ def check_workflow(wf: dict, info: dict) -> list[str]:
             continue
         inp = d["inputs"][dst_slot]
         want = {name: k for name, k, _ in _inputs(info[d["type"]])}.get(inp["name"]) if d["type"] in info else None
-        if inp.get("link") != link_id or want != kind or inp.get("type") != kind:
+        if inp.get("link") != link_id or want not in (kind, "*") or inp.get("type") not in (kind, "*"):
             problems.append(f"link {link_id}: {d['type']}.{inp['name']} takes {want}, link carries {kind}")
         if link_id not in (s["outputs"][src_slot].get("links") or []):
             problems.append(f"link {link_id}: not listed on {s['type']} output {src_slot}")
