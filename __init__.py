@@ -7,4 +7,7 @@ __version__ = "0.1.0"
 
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # light: host modules load when a node runs
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+# ComfyUI serves this folder to its front-end. A subfolder: A1111 injects every top-level javascript/*.js.
+WEB_DIRECTORY = "./javascript/comfyui"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -1,0 +1,46 @@
+"""An adapter's DUO facts from its safetensors header alone: cheap enough for a widget change in the browser."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# The facts the nodes show, in display order.
+SHOWN = ("concept", "method", "beta", "lambda", "steps", "pairs", "base_model", "family")
+
+
+def read_facts(path: str | Path) -> dict:
+    """{"is_duo", "facts", "metadata"}: duo.* values JSON-decoded; no tensor is read."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        metadata = dict(f.metadata() or {})
+    duo = {}
+    for key, value in metadata.items():
+        if key.startswith("duo."):
+            try:
+                duo[key[4:]] = json.loads(value)
+            except (json.JSONDecodeError, TypeError):
+                duo[key[4:]] = value
+    return {"is_duo": bool(duo), "facts": duo,
+            "metadata": {k: v for k, v in metadata.items() if not k.startswith("duo.")}}
+
+
+def base_model_matches(facts: dict, checkpoint_name: str | None) -> bool | None:
+    """Whether the adapter was trained on this checkpoint (by file stem, as the trainer records it); None: unknown."""
+    base = facts.get("base_model")
+    if not base or not checkpoint_name:
+        return None
+    return Path(checkpoint_name).stem == str(base)
+
+
+def summary(name: str, info: dict, checkpoint_name: str | None = None) -> str:
+    """One line per fact, as DUO Load Adapter's duo_info output and the nodes' text show it."""
+    if not info["is_duo"]:
+        return f"{name}: not a DUO adapter (no duo.* metadata)"
+    facts = info["facts"]
+    lines = [name] + [f"{k}: {facts[k] if isinstance(facts[k], str) else json.dumps(facts[k])}"
+                      for k in SHOWN if k in facts]
+    match = base_model_matches(facts, checkpoint_name)
+    if match is not None:
+        lines.append(f"matches {checkpoint_name}: {'yes' if match else 'no (trained on ' + str(facts['base_model']) + ')'}")
+    return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""DUO Unlearn: pairs + DUO training for a checkpoint of ComfyUI's, inside a graph. A thin caller of trainer.unlearn."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..trainer.errors import UserError
+from . import host
+from .facts import read_facts, summary
+
+TESTBED = "testbed"
+_PRESET_DEFAULT = "0 = the preset's value"
+
+
+def _preset_names() -> list[str]:
+    from ..trainer.presets import load_presets
+
+    return list(load_presets())
+
+
+def _lines(text: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in (text or "").splitlines() if line.strip())
+
+
+class DUOUnlearn:
+    """Make the pair dataset and train a DUO adapter for the chosen checkpoint; the adapter lands in models/loras."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        presets = _preset_names()
+        return {
+            "required": {
+                "ckpt_name": ([TESTBED] + host.checkpoint_names(), {
+                    "tooltip": "The base model to unlearn from (models/checkpoints); 'testbed' is the bundled "
+                               "CPU-sized shapes model."}),
+                "preset": (presets, {"default": "testbed-red" if "testbed-red" in presets else presets[0],
+                                     "tooltip": "Prompts, detector and recipe. 'custom': use the prompt boxes."}),
+                "concept": ("STRING", {"default": "", "tooltip": "Custom preset: the concept's name. Multi-concept "
+                                       "presets (violence): train only this one; empty trains them all."}),
+                "unsafe_prompts": ("STRING", {"multiline": True, "default": "",
+                                              "tooltip": "Custom preset: prompts showing the concept, one per line."}),
+                "safe_prompts": ("STRING", {"multiline": True, "default": "",
+                                            "tooltip": "Custom preset: the same prompts without it, one per line."}),
+                "num_pairs": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": f"Pairs; {_PRESET_DEFAULT}."}),
+                "steps": ("INT", {"default": 0, "min": 0, "max": 100000,
+                                  "tooltip": f"Training steps; {_PRESET_DEFAULT} (else 1000)."}),
+                "beta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100000.0, "step": 1.0,
+                                   "tooltip": f"β: higher stays closer to the base model; {_PRESET_DEFAULT}."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": True}),
+                "lora_name": ("STRING", {"default": "duo_adapter", "tooltip": "Saved as <name>.safetensors in "
+                                         "models/loras (multi-concept presets: <name>_<concept>.safetensors)."}),
+                "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing adapter of that name "
+                                          "that was trained differently. Off: such a name is refused."}),
+            },
+            "optional": {
+                "config_dir": ("STRING", {"default": "", "tooltip": "Diffusers folder of the same family, for "
+                               "single-file checkpoints offline. Empty: the first matching one in models/diffusers."}),
+            },
+        }
+
+    RETURN_TYPES = ("STRING", "IMAGE", "STRING")
+    RETURN_NAMES = ("lora_name", "preview", "facts")
+    OUTPUT_TOOLTIPS = ("The adapter file name(s), one per line: connect to DUO Apply Adapter.",
+                       "Base | unlearned on the preset's prompts, same seeds.", "What was trained, one fact a line.")
+    FUNCTION = "unlearn"
+    CATEGORY = "DUO unlearning"
+    DESCRIPTION = "Unlearn a concept: pairs (concept / without) + DUO training of a LoRA for the chosen checkpoint."
+
+    @classmethod
+    def IS_CHANGED(cls, lora_name="", **inputs):
+        # Same inputs and the same adapter file(s) on disk: ComfyUI reuses the cached result. A deleted or replaced
+        # adapter changes the fingerprint, and the node then re-checks (and retrains only if it must).
+        state = {"inputs": {k: v for k, v in sorted(inputs.items())}, "lora_name": lora_name, "files": []}
+        try:
+            stem = Path(_adapter_path(lora_name)).stem
+            for path in sorted(host.loras_dir().glob(f"{stem}*.safetensors")):
+                state["files"].append([path.name, path.stat().st_mtime_ns])
+        except (UserError, OSError, ImportError):
+            pass
+        return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
+
+    def unlearn(self, ckpt_name, preset, concept, unsafe_prompts, safe_prompts, num_pairs, steps, beta, seed,
+                lora_name, overwrite, config_dir=""):
+        from ..trainer.unlearn import UnlearnConfig, plan, unlearn
+
+        model_spec, config = _model_and_configs(ckpt_name, (config_dir or "").strip())
+        out = _adapter_path(lora_name)
+        cfg = UnlearnConfig(
+            preset=preset, out=str(out), model=model_spec, config_dir=config,
+            pairs_dir=str(host.work_dir() / f"{out.stem}_pairs"), concept=concept.strip() or None,
+            unsafe_prompts=_lines(unsafe_prompts), safe_prompts=_lines(safe_prompts),
+            num_pairs=num_pairs or None, steps=steps or None, beta=beta or None, seed=seed, preview=True,
+            device=host.training_device())
+        preset_obj, plans = plan(cfg)  # every bad input is reported here, before anything is unloaded or written
+        adapters = [Path(p.train.out) for p in plans]
+        for path in adapters:
+            host.check_adapter_slot(path)
+        reusable = all(_same_training(path, p, preset_obj.name, model_spec) for path, p in zip(adapters, plans))
+        if not reusable:
+            existing = [p.name for p in adapters if p.exists()]
+            if existing and not overwrite:
+                raise UserError(f"{', '.join(existing)} already exists in models/loras and was trained differently; "
+                                "choose another lora_name or switch overwrite on")
+            host.free_gpu()
+            import torch
+
+            # ComfyUI runs nodes under inference mode; training needs autograd (core TrainLoraNode does the same)
+            with torch.inference_mode(False), torch.enable_grad():
+                unlearn(cfg, progress=host.ComfyProgress())
+        texts = [summary(p.name, read_facts(p), ckpt_name if ckpt_name != TESTBED else None) for p in adapters]
+        if reusable:
+            texts.insert(0, "(already trained with these settings: reused, not retrained)")
+        facts = "\n\n".join(texts)
+        names = "\n".join(p.name for p in adapters)
+        return {"ui": {"text": [facts]}, "result": (names, _preview_image(adapters[0]), facts)}
+
+
+def _adapter_path(lora_name: str) -> Path:
+    from ..extension.names import adapter_path
+
+    return adapter_path(host.loras_dir(), lora_name)
+
+
+def _model_and_configs(ckpt_name: str, config_dir: str) -> tuple[str, str | None]:
+    """The trainer's model spec and, for a single file, a diffusers config folder (given, or found)."""
+    if ckpt_name == TESTBED:
+        return TESTBED, None
+    from ..trainer.models import detect_family
+
+    path = host.checkpoint_path(ckpt_name)
+    if config_dir:
+        if not (Path(config_dir) / "model_index.json").exists():
+            raise UserError(f"config_dir {config_dir} is not a diffusers model folder (no model_index.json)")
+        return str(path), config_dir
+    if path.is_dir():
+        return str(path), None
+    found = host.diffusers_config_dir(detect_family(path))
+    return str(path), str(found) if found else None
+
+
+def _same_training(path: Path, p, preset_name: str, model_spec: str) -> bool:
+    """An adapter already on disk that this request would retrain identically (the facts it records agree)."""
+    if not path.exists():
+        return False
+    try:
+        facts = read_facts(path)["facts"]
+    except Exception:  # unreadable or not safetensors: not ours to reuse
+        return False
+    model_name = TESTBED if model_spec == TESTBED else Path(model_spec).stem
+    want = {"preset": preset_name, "concept": p.concept.name, "beta": p.train.beta, "steps": p.train.steps,
+            "seed": p.train.seed, "base_model": model_name, "method": p.train.method}
+    if any(facts.get(k) != v for k, v in want.items()):
+        return False
+    return (set(facts.get("unsafe_prompts", [])) <= set(p.concept.unsafe_prompts)
+            and set(facts.get("safe_prompts", [])) <= set(p.concept.safe_prompts))
+
+
+def _preview_image(adapter: Path):
+    """The trainer's base | unlearned sheet as a ComfyUI IMAGE ([1, H, W, 3] floats); grey when there is none."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    path = adapter.with_name(adapter.stem + ".preview.png")
+    if not path.exists():
+        return torch.full((1, 64, 64, 3), 0.5)
+    with Image.open(path) as im:
+        array = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array)[None]
