@@ -220,13 +220,20 @@ def _capture_single_file(monkeypatch):
     return seen
 
 
+from duo_unlearn.trainer.families import get_family  # noqa: E402
+
+
+def SD1():
+    return get_family("sd1")
+
+
 def test_single_file_fetches_configs_when_online(monkeypatch, tmp_path):
     from duo_unlearn.trainer.models import _load_single_file
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     seen = _capture_single_file(monkeypatch)
-    assert _load_single_file(tmp_path / "model.safetensors", None, torch.float32) == "pipe"
+    assert _load_single_file(tmp_path / "model.safetensors", None, torch.float32, SD1(), {}) == "pipe"
     assert seen["local_files_only"] is False and "config" not in seen
 
 
@@ -239,7 +246,7 @@ def test_single_file_stays_local_when_offline(monkeypatch, tmp_path, var, value)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv(var, value)
     seen = _capture_single_file(monkeypatch)
-    _load_single_file(tmp_path / "model.safetensors", None, torch.float32)
+    _load_single_file(tmp_path / "model.safetensors", None, torch.float32, SD1(), {})
     assert seen["local_files_only"] is True
 
 
@@ -251,7 +258,7 @@ def test_single_file_with_a_config_dir_stays_local_even_online(monkeypatch, tmp_
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "model_index.json").write_text("{}")
     seen = _capture_single_file(monkeypatch)
-    _load_single_file(tmp_path / "model.safetensors", tmp_path / "cfg", torch.float32)
+    _load_single_file(tmp_path / "model.safetensors", tmp_path / "cfg", torch.float32, SD1(), {})
     assert seen["local_files_only"] is True and Path(seen["config"]) == tmp_path / "cfg"
 
 
@@ -265,8 +272,8 @@ def test_offline_single_file_failure_says_why(monkeypatch, tmp_path):
 
     monkeypatch.setattr(StableDiffusionPipeline, "from_single_file", classmethod(missing))
     with pytest.raises(UserError, match="HF_HUB_OFFLINE is set.*--config-dir"):
-        _load_single_file(tmp_path / "model.safetensors", None, torch.float32)
+        _load_single_file(tmp_path / "model.safetensors", None, torch.float32, SD1(), {})
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE")
     with pytest.raises(UserError, match="could not be fetched from the Hugging Face Hub.*--config-dir"):
-        _load_single_file(tmp_path / "model.safetensors", None, torch.float32)
+        _load_single_file(tmp_path / "model.safetensors", None, torch.float32, SD1(), {})

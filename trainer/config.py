@@ -10,7 +10,6 @@ from typing import Any
 from .errors import UserError
 
 SELF_ATTENTION = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
-PRECISIONS = ("no", "fp16", "bf16")
 CONDITIONS = ("empty", "prompt", "unsafe")
 
 
@@ -51,8 +50,8 @@ class TrainConfig:
     weight_decay: float = 1e-2
     grad_clip: float = 1.0
     condition: str = "empty"  # "prompt": each image on its own prompt; "unsafe": both on the unsafe prompt
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
+    mixed_precision: str = "auto"  # auto: bf16 (else fp16) on a GPU, fp32 on the CPU; or no/fp32, fp16, bf16
+    gradient_checkpointing: str = "auto"  # auto: on when the estimated need exceeds free memory; on; off
     resolution: int | None = None  # pair images are trained at this size; None: the model's native size
     micro_batch_pairs: int | None = None  # pairs per forward pass; gradients accumulate to batch_pairs
     use_8bit_adam: bool = False
@@ -67,6 +66,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     overwrite: bool = False  # replace an existing adapter file of the same name
+
+    def runtime_config(self):
+        from .runtime import RuntimeConfig
+
+        return RuntimeConfig(self.device, self.mixed_precision, self.gradient_checkpointing)
 
     @property
     def learning_rate(self) -> float:
@@ -114,8 +118,7 @@ class TrainConfig:
             raise UserError(f"need 0 <= t_min < t_max <= 1000, got t_min={self.t_min}, t_max={self.t_max}")
         if self.condition not in CONDITIONS:
             raise UserError(f"condition must be one of {', '.join(CONDITIONS)}, got {self.condition!r}")
-        if self.mixed_precision not in PRECISIONS:
-            raise UserError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}")
+        self.runtime_config().validate()
         for name in ("checkpoint_every", "preview_every", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must not be negative, got {getattr(self, name)}")

@@ -54,27 +54,24 @@ def peft_to_diffusers(peft_state: dict, alpha: float, prefix: str = "transformer
     return out
 
 
-def adapter_metadata(*, output_name: str, family: str, rank: int, alpha: float, target_modules, duo: dict) -> dict:
-    """ss_* minimum set, modelspec.* and duo.*; safetensors metadata values must be strings."""
-    from .models import ARCHITECTURES
-
-    architecture, base_version = ARCHITECTURES[family]
+def adapter_metadata(*, output_name: str, family_meta: dict, rank: int, alpha: float, target_modules,
+                     duo: dict) -> dict:
+    """ss_* minimum set, modelspec.* and duo.*; safetensors metadata values must be strings.
+    family_meta: the family's own keys (Family.metadata: ss_base_model_version, ss_v2, modelspec.architecture)."""
     meta = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(float(alpha)),
-        "ss_base_model_version": base_version,
-        "ss_v2": str(family == "sd2"),
         "ss_network_args": json.dumps({"target_modules": list(target_modules)}),
         "ss_output_name": output_name,
         "ss_training_comment": "DUO concept unlearning (duo-unlearn)",
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": architecture,
         "modelspec.implementation": "https://github.com/huggingface/diffusers",
         "modelspec.title": output_name,
         "modelspec.date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
         "modelspec.description": f"DUO unlearning of '{duo.get('concept', '')}'",
     }
+    meta.update({k: str(v) for k, v in family_meta.items()})
     for key, value in duo.items():
         meta[f"duo.{key}"] = value if isinstance(value, str) else json.dumps(value)
     return meta

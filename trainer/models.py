@@ -10,14 +10,6 @@ from .errors import UserError
 from .testbed import TESTBED_DIR, TESTBED_NAME
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
-TRAINABLE_FAMILIES = ("sd1", "sd2")
-# modelspec architecture and kohya's ss_base_model_version per family
-ARCHITECTURES = {
-    "sd1": ("stable-diffusion-v1/lora", "sd_v1"),
-    "sd2": ("stable-diffusion-v2-768-v/lora", "sd_v2"),
-    "sdxl": ("stable-diffusion-xl-v1-base/lora", "sdxl_base_v1-0"),
-    "sd3": ("stable-diffusion-3-medium/lora", "sd3"),
-}
 _KEY_FAMILIES = (  # the first key found decides; order matters (SDXL also has cond_stage-like keys)
     ("model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias", "sd3"),
     ("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", "sdxl"),
@@ -168,8 +160,13 @@ def load_options(path: Path) -> dict:
     return options
 
 
-def load_model(spec: str | Path, config_dir: str | Path | None = None, dtype=None) -> LoadedModel:
-    """Load a Stable Diffusion pipeline offline-friendly; the family is detected and recorded."""
+def load_model(spec: str | Path, config_dir: str | Path | None = None, dtype=None,
+               options: dict | None = None) -> LoadedModel:
+    """Load a pipeline of any trained family, offline-friendly; the family is detected and recorded.
+
+    options: what the file says about itself (models.load_options: v-prediction, ...) plus the user's choices
+    (e.g. {"drop_t5": True} for SD3 on a small card), handed to the family's load_kwargs and after_load.
+    """
     import torch
 
     from .families import get_family
@@ -177,17 +174,19 @@ def load_model(spec: str | Path, config_dir: str | Path | None = None, dtype=Non
     path = resolve_model_path(spec)
     family_name = detect_family(path)
     family = get_family(family_name)  # refuses a family this version cannot train, by name
+    options = {**load_options(path), **(options or {})}
     dtype = dtype or torch.float32
+    kwargs = {**_no_safety_checker(family), **family.load_kwargs(options)}
     if path.is_dir():
         _refuse_pickled_weights(path)
         try:
             pipe = family.pipeline_cls().from_pretrained(
-                str(path), dtype=dtype, local_files_only=True, use_safetensors=True,
-                **_no_safety_checker(family))
+                str(path), dtype=dtype, local_files_only=True, use_safetensors=True, **kwargs)
         except (OSError, ValueError, EnvironmentError) as e:
             raise UserError(f"could not load the diffusers folder {path}: {str(e).splitlines()[0]}") from None
     else:
-        pipe = _load_single_file(path, config_dir, dtype)
+        pipe = _load_single_file(path, config_dir, dtype, family, kwargs)
+    family.after_load(pipe, options)
     pipe.set_progress_bar_config(disable=True)
     name = TESTBED_NAME if path == TESTBED_DIR else path.stem if path.is_file() else path.name
     return LoadedModel(pipe=pipe, family=family_name, name=name, source=path)
@@ -211,10 +210,8 @@ def _hub_offline() -> bool:
     return value.upper() in ENV_VARS_TRUE_VALUES
 
 
-def _load_single_file(path: Path, config_dir, dtype):
-    from diffusers import StableDiffusionPipeline
-
-    kwargs = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+def _load_single_file(path: Path, config_dir, dtype, family, family_kwargs: dict):
+    kwargs = dict(dtype=dtype, **family_kwargs)
     if config_dir is not None:
         config_dir = Path(config_dir)
         if not (config_dir / "model_index.json").exists():
@@ -224,7 +221,7 @@ def _load_single_file(path: Path, config_dir, dtype):
     # naming a config folder, must not wait on a network that is not there.
     offline = config_dir is not None or _hub_offline()
     try:
-        return StableDiffusionPipeline.from_single_file(str(path), local_files_only=offline, **kwargs)
+        return family.pipeline_cls().from_single_file(str(path), local_files_only=offline, **kwargs)
     except (OSError, ValueError) as e:
         if config_dir is not None:
             raise UserError(f"could not load {path.name} with the configs in {config_dir}: {e}") from None
@@ -233,7 +230,7 @@ def _load_single_file(path: Path, config_dir, dtype):
         raise UserError(
             f"{path.name} is a single-file checkpoint and its diffusers configs (model_index.json, unet/, vae/, "
             f"text_encoder/, tokenizer/, scheduler/ configs) {where}. Pass --config-dir DIR: a diffusers folder of "
-            "the same family (e.g. a local copy of stable-diffusion-v1-5 without its weights)."
+            f"the same family ({family.name}; e.g. a local copy of its diffusers repository without the weights)."
         ) from None
     except (KeyError, IndexError, RuntimeError) as e:  # keys that do not fit the family's layout
         raise UserError(f"could not convert {path.name} to a diffusers model ({type(e).__name__}: {e}); "

@@ -22,6 +22,7 @@ from .models import refuse_inside_model
 from .pair_dataset import INDEX, PairRecord
 from .previews import save_png
 from .progress import ProgressCallback, ProgressEvent, report
+from .runtime import RuntimeConfig
 
 SKIPPED = "skipped.jsonl"
 SETTINGS = "dataset.json"
@@ -44,8 +45,17 @@ class PairConfig:
     max_retries: int = -1  # -1: retry until the detector agrees, as the official script does
     seed: int = 0
     batch_size: int = 8
+    resolution: int | None = None  # None: the model's native size
+    device: str = "auto"
+    mixed_precision: str = "auto"  # pair images are sampled on the device, frozen weights in half precision there
 
     def validate(self) -> None:
+        from .runtime import RuntimeConfig
+
+        RuntimeConfig(self.device, self.mixed_precision).validate()
+        if self.resolution is not None and not (isinstance(self.resolution, int) and self.resolution > 0
+                                                and self.resolution % 8 == 0):
+            raise UserError(f"resolution must be a positive multiple of 8, got {self.resolution!r}")
         if not self.out:
             raise UserError("no output folder for the pairs (--out DIR)")
         if not [p for p in self.unsafe_prompts if p.strip()]:
@@ -74,8 +84,10 @@ class PairConfig:
     def settings(self) -> dict:
         """What decides the images: a folder made with other settings is not resumed into."""
         keys = ("unsafe_prompts", "safe_prompts", "num_pairs", "strength", "guidance", "sample_steps", "detector",
-                "max_retries", "seed", "batch_size")
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k in keys}
+                "max_retries", "seed", "batch_size", "resolution")
+        # resolution only when set: folders made before it existed (native size) still resume
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if k in keys and not (k == "resolution" and v is None)}
 
 
 @dataclass
@@ -197,11 +209,29 @@ def _generate(cfg: PairConfig, progress, model, detector, folder: Path, done: se
     todo_blocks = [list(range(b, min(b + cfg.batch_size, cfg.num_pairs)))
                    for b in range(0, cfg.num_pairs, cfg.batch_size)]
     todo_blocks = [blk for blk in todo_blocks if any(f"{i:05d}" not in done for i in blk)]
-    if todo_blocks:
-        model = model or load_model(cfg.model, cfg.config_dir)
-        refuse_inside_model(folder, model.source)
-        pipe = model.pipe
-        edit = get_family(model.family).img2img(pipe)  # same modules: no second copy of the model
+    if not todo_blocks:
+        return _finish(stats, folder, started)
+    from .runtime import place, resolve
+
+    model = model or load_model(cfg.model, cfg.config_dir)
+    refuse_inside_model(folder, model.source)
+    rt = resolve(RuntimeConfig(cfg.device, cfg.mixed_precision))
+    pipe = model.pipe
+    place(pipe, rt)
+    report(progress, ProgressEvent("pairs", stats.kept_existing, cfg.num_pairs,
+                                   f"sampling on device {rt.device}, weights {rt.frozen_dtype}"))
+    edit = get_family(model.family).img2img(pipe)  # same modules: no second copy of the model
+    _blocks(cfg, todo_blocks, pipe, edit, detector, stats, progress, folder)
+    return _finish(stats, folder, started)
+
+
+def _finish(stats: PairStats, folder: Path, started: float) -> PairStats:
+    stats.contact_sheet = write_contact_sheet(folder)
+    stats.seconds = time.time() - started
+    return stats
+
+
+def _blocks(cfg: PairConfig, todo_blocks, pipe, edit, detector, stats: PairStats, progress, folder: Path) -> None:
     finished = stats.kept_existing
     report(progress, ProgressEvent("pairs", finished, cfg.num_pairs, f"pairs in {folder}"))
     for block in todo_blocks:
@@ -218,9 +248,6 @@ def _generate(cfg: PairConfig, progress, model, detector, folder: Path, done: se
         finished += len(block)
         report(progress, ProgressEvent("pairs", finished, cfg.num_pairs,
                                        logs={"made": stats.made, "skipped": stats.skipped}))
-    stats.contact_sheet = write_contact_sheet(folder)
-    stats.seconds = time.time() - started
-    return stats
 
 
 def _retrying(progress, cfg: PairConfig, finished: int, attempt: int, count: int, what: str) -> None:
@@ -237,6 +264,7 @@ def _attempts(cfg: PairConfig):
 def _make_block(cfg: PairConfig, block: list[int], pipe, edit, detector, stats: PairStats, progress=None,
                 finished: int = 0):
     gen_kwargs = dict(num_inference_steps=cfg.sample_steps, guidance_scale=cfg.guidance)
+    size = {"height": cfg.resolution, "width": cfg.resolution} if cfg.resolution else {}
     unsafe: dict[int, tuple] = {}
     pending = list(block)
     for attempt in _attempts(cfg):
@@ -245,7 +273,7 @@ def _make_block(cfg: PairConfig, block: list[int], pipe, edit, detector, stats: 
         _retrying(progress, cfg, finished, attempt, len(pending), "unsafe image(s) without the concept")
         images = pipe([cfg.prompts_for(i)[0] for i in pending],
                       generator=_generators([image_seed(cfg.seed, i, attempt, False) for i in pending]),
-                      **gen_kwargs).images
+                      **gen_kwargs, **size).images
         scores = detector.scores(images) if detector else [None] * len(images)
         still = []
         for i, im, s in zip(pending, images, scores):

@@ -19,6 +19,7 @@ from .lora import ADAPTER_NAME, add_lora, lora_state, remove_lora  # noqa: F401 
 from .models import LoadedModel, load_model, refuse_inside_model
 from .pair_dataset import read_pairs
 from .progress import ProgressCallback, ProgressEvent, report
+from .runtime import place, resolve
 from .steps import METHODS, StepContext, micro_batch
 
 
@@ -44,19 +45,59 @@ def _optimizer(params, cfg: TrainConfig):
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
-def _accelerator(cfg: TrainConfig):
+def _accelerator(rt):
+    """accelerate for the process group (multi-GPU launches) and gradient sync; precision is the runtime's own
+    (autocast + a GradScaler for fp16), so a second job in the same process may use another precision: accelerate
+    keeps one state per process and refuses a second Accelerator with another mixed_precision."""
     from accelerate import Accelerator
 
-    try:
-        return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu")
-    except ValueError as e:  # e.g. fp16 asked for on a machine without a GPU
-        raise UserError(f"mixed_precision={cfg.mixed_precision}: {e}") from None
+    kwargs = rt.accelerator_kwargs()
+    kwargs["mixed_precision"] = "no"
+    return Accelerator(**kwargs)
+
+
+def _scaler(rt):
+    import torch
+
+    return torch.amp.GradScaler("cuda") if rt.mixed_precision == "fp16" and rt.device.type == "cuda" else None
+
+
+def _checkpointing(rt, family, denoiser, cfg: TrainConfig, resolution: int, params) -> bool:
+    from .runtime import estimate_training_bytes
+
+    side = resolution // 8
+    estimate = estimate_training_bytes(
+        denoiser_params=sum(p.numel() for p in denoiser.parameters()), lora_params=sum(p.numel() for p in params),
+        batch_rows=2 * min(cfg.micro_batch_pairs or cfg.batch_pairs, cfg.batch_pairs), latent_hw=(side, side),
+        frozen_bytes=torch_itemsize(rt.frozen_dtype), activation_bytes=torch_itemsize(rt.compute_dtype))
+    return rt.checkpointing(estimate)
+
+
+def torch_itemsize(dtype) -> int:
+    import torch
+
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def _fingerprint(cfg: TrainConfig, model: LoadedModel) -> dict:
     """What a checkpoint must share with the run that resumes it."""
     return {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "targets": list(cfg.lora.target_modules),
             "method": cfg.method, "family": model.family}
+
+
+def _accumulate(method, ctx, draw, B: int, micro: int, backward, step: int) -> dict:
+    """One step's loss over micro-batches of the same draws: the same loss and gradient as one batch of B pairs."""
+    logs: dict = {}
+    for lo in range(0, B, micro):
+        hi = min(lo + micro, B)
+        ctx.loss_weight = (hi - lo) / B
+        output = method.loss_on(ctx, micro_batch(draw, lo, hi))
+        _finite(output.loss, step)
+        if output.loss.requires_grad:
+            backward(output.loss * ctx.loss_weight)
+        for k, v in output.logs.items():
+            logs[k] = logs.get(k, 0.0) + v * ctx.loss_weight
+    return logs
 
 
 def _finite(loss, step: int) -> None:
@@ -77,51 +118,69 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     model = model or load_model(cfg.model, cfg.config_dir)
     refuse_inside_model(out, model.source)
     family = get_family(model.family)
-    report(progress, ProgressEvent("load", message=f"loaded {model.name} ({model.family})"))
+    rt = resolve(cfg.runtime_config())
     pipe = model.pipe
-    accelerator = _accelerator(cfg)
-    device = accelerator.device
+    place(pipe, rt)  # every component on the device, frozen weights in the runtime's dtype
+    report(progress, ProgressEvent("load", message=f"loaded {model.name} ({model.family}); {rt.describe()}"))
+    accelerator = _accelerator(rt)
+    device = rt.device
     torch.manual_seed(cfg.seed)
     # One CPU stream per process: the same draws on any device; each GPU of a multi-GPU run its own pairs.
     gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
     main_process = accelerator.is_main_process
     resolution = cfg.resolution or family.native_resolution(pipe)
 
-    for module in [pipe.vae, *family.text_modules(pipe), family.denoiser(pipe)]:
-        module.to(device)
     condition = "prompt" if cfg.method == "esd" else cfg.condition  # ESD conditions on the concept's prompts
-    cache = build_cache(pipe, family, records, Path(cfg.pairs), condition, device, resolution, progress)
     denoiser = family.denoiser(pipe)
-    params = add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules)
     try:
-        return _run(cfg, progress, model, family, accelerator, gen, cache, denoiser, params, records, out, facts,
-                    started, main_process)
+        cache = build_cache(pipe, family, records, Path(cfg.pairs), condition, device, resolution, progress)
+        for module in family.text_modules(pipe):  # cached: the text encoders wait on the CPU (T5: gigabytes)
+            module.to("cpu")
+        params = add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules)
+        checkpointing = _checkpointing(rt, family, denoiser, cfg, resolution, params)
+        if checkpointing:
+            report(progress, ProgressEvent("load", message="gradient checkpointing on"))
+        return _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, params, records, out,
+                    facts, started, main_process, checkpointing)
     except BaseException:
         remove_lora(denoiser)  # a failed or cancelled job leaves the loaded model as it found it
         raise
+    finally:
+        if checkpointing_was_set(denoiser):
+            denoiser.disable_gradient_checkpointing()
+        place(pipe, rt)  # every component back where the next job (preview, second concept, second click) expects
 
 
-def _run(cfg, progress, model, family, accelerator, gen, cache, denoiser, params, records, out, facts, started,
-         main_process) -> TrainResult:
+def checkpointing_was_set(denoiser) -> bool:
+    return bool(getattr(denoiser, "is_gradient_checkpointing", False))
+
+
+def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, params, records, out, facts, started,
+         main_process, checkpointing) -> TrainResult:
     import torch
 
-    if cfg.gradient_checkpointing:
+    if checkpointing:
         denoiser.enable_gradient_checkpointing()
     denoiser.train()
     optimizer = _optimizer(params, cfg)
     wrapped, optimizer = accelerator.prepare(denoiser, optimizer)
     raw = accelerator.unwrap_model(wrapped)
+    scaler = _scaler(rt)
+
+    def backward(loss):
+        accelerator.backward(scaler.scale(loss) if scaler else loss)
+
     process = family.noise_process(model.pipe)
     ctx = StepContext(family=family, process=process, denoiser=wrapped, raw=raw, cache=cache,
                       t_range=(cfg.t_min, cfg.t_max), beta=cfg.beta, lam=cfg.preservation_weight,
-                      esd_eta=cfg.esd_eta, autocast=accelerator.autocast)
+                      esd_eta=cfg.esd_eta, autocast=rt.autocast, backward=backward)
     method = METHODS[cfg.method]
 
     checkpoints = CheckpointFolder(cfg.checkpoint_path)
     fingerprint = _fingerprint(cfg, model)
     start, history = 0, []
     if cfg.resume:
-        start, history = checkpoints.load_newest(raw, optimizer, gen, fingerprint, cfg.steps, accelerator.scaler)
+        start, history = checkpoints.load_newest(raw, optimizer, gen, fingerprint, cfg.steps, scaler)
         if start:
             report(progress, ProgressEvent("train", start, cfg.steps, f"resumed at step {start}"))
     n, B = len(records), cfg.batch_pairs
@@ -133,25 +192,38 @@ def _run(cfg, progress, model, family, accelerator, gen, cache, denoiser, params
         idx = torch.randint(0, n, (B,), generator=gen)
         draw = method.draw(ctx, idx, gen)
         logs: dict = {}
-        for lo in range(0, B, micro):  # micro-batches: the same loss and gradient as one batch of B pairs
-            output = method.loss_on(ctx, micro_batch(draw, lo, min(lo + micro, B)))
-            _finite(output.loss, step + 1)
-            accelerator.backward(output.loss * (min(lo + micro, B) - lo) / B)
-            for k, v in output.logs.items():
-                logs[k] = logs.get(k, 0.0) + v * (min(lo + micro, B) - lo) / B
+        while True:
+            try:
+                logs = _accumulate(method, ctx, draw, B, micro, backward, step + 1)
+                break
+            except torch.OutOfMemoryError:
+                optimizer.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                if micro == 1:
+                    raise UserError("out of GPU memory even at 1 pair per pass: set --gradient-checkpointing on, "
+                                    "--mixed-precision bf16 or fp16, or a smaller --resolution") from None
+                micro = max(1, micro // 2)  # same draws, same loss: only the passes get smaller
+                report(progress, ProgressEvent("train", step, cfg.steps, f"out of memory: {micro} pair(s) per "
+                                                                          "pass from now on"))
+        if scaler:
+            scaler.unscale_(optimizer)
         if cfg.grad_clip > 0:
             accelerator.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         history.append({"step": step + 1, **logs})
         report(progress, ProgressEvent("train", step + 1, cfg.steps, logs=logs))
         done = step + 1
         if main_process and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            path = checkpoints.save(done, raw, optimizer, gen, history, fingerprint, accelerator.scaler)
+            path = checkpoints.save(done, raw, optimizer, gen, history, fingerprint, scaler)
             report(progress, ProgressEvent("checkpoint", done, cfg.steps, f"saved {path}"))
         if (main_process and cfg.preview_every and cfg.preview_prompts and done % cfg.preview_every == 0
                 and done < cfg.steps):
-            _preview(model.pipe, raw, cfg, out.with_name(f"{out.stem}.preview-{done:06d}.png"), progress)
+            _preview(model.pipe, raw, cfg, out.with_name(f"{out.stem}.preview-{done:06d}.png"), progress, rt)
 
     accelerator.wait_for_everyone()
     result = TrainResult(out, cfg.steps, time.time() - started, history)
@@ -172,26 +244,29 @@ def _run(cfg, progress, model, family, accelerator, gen, cache, denoiser, params
     })
     if cfg.method == "esd":
         facts.update({"esd_eta": cfg.esd_eta, "lambda": 0, "beta": None})
-    meta = adapter_metadata(output_name=out.stem, family=model.family, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
-                            target_modules=cfg.lora.target_modules, duo=facts)
+    meta = adapter_metadata(output_name=out.stem, family_meta=family.metadata(model.pipe), rank=cfg.lora.rank,
+                            alpha=cfg.lora.alpha, target_modules=cfg.lora.target_modules, duo=facts)
     atomic_save(family.export(lora_state(raw), cfg.lora.alpha), out, meta)
     result.seconds = time.time() - started
     if torch.cuda.is_available():
         result.peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20
     checkpoints.remove_spent()  # the adapter is complete: this run's intermediate states are spent
     if cfg.preview_prompts:
-        result.previews.append(_preview(model.pipe, raw, cfg, out.with_name(out.stem + ".preview.png"), progress))
+        result.previews.append(_preview(model.pipe, raw, cfg, out.with_name(out.stem + ".preview.png"), progress,
+                                        rt))
     report(progress, ProgressEvent("done", cfg.steps, cfg.steps, f"saved {out}"))
     return result
 
 
-def _preview(pipe, denoiser, cfg: TrainConfig, path: Path, progress) -> Path:
+def _preview(pipe, denoiser, cfg: TrainConfig, path: Path, progress, rt) -> Path:
     from .previews import base_vs_adapter, comparison_sheet, save_png
 
     report(progress, ProgressEvent("preview", message=f"preview {path.name}"))
     was_training = denoiser.training
     denoiser.eval()
-    base, adapted = base_vs_adapter(pipe, denoiser, list(cfg.preview_prompts), cfg.preview_seed, cfg.preview_steps,
-                                    cfg.preview_guidance)
+    place(pipe, rt)  # the text encoders come back from the CPU for sampling
+    with rt.autocast():  # fp32 LoRA weights beside half-precision frozen ones
+        base, adapted = base_vs_adapter(pipe, denoiser, list(cfg.preview_prompts), cfg.preview_seed,
+                                        cfg.preview_steps, cfg.preview_guidance)
     denoiser.train(was_training)
     return save_png(comparison_sheet(base, adapted, list(cfg.preview_prompts)), path)

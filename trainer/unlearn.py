@@ -40,6 +40,10 @@ class UnlearnConfig:
     seed: int = 0
     preview: bool = True
     device: str = "auto"
+    mixed_precision: str = "auto"
+    gradient_checkpointing: str = "auto"
+    resolution: int | None = None  # pairs and training at this size; None: the model's native size
+    micro_batch_pairs: int | None = None
     overwrite: bool = False  # replace existing adapters of the same names
 
 
@@ -91,7 +95,8 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             safe_prompts=concept.safe_prompts, num_pairs=cfg.num_pairs if cfg.num_pairs is not None else preset.num_pairs,
             strength=cfg.strength if cfg.strength is not None else preset.strength,
             guidance=preset.guidance, sample_steps=preset.sample_steps,
-            detector=cfg.detector or preset.detector, seed=cfg.seed)
+            detector=cfg.detector or preset.detector, seed=cfg.seed, resolution=cfg.resolution, device=cfg.device,
+            mixed_precision=cfg.mixed_precision)
         previews = tuple(dict.fromkeys(concept.unsafe_prompts))[:3] + preset.unrelated_prompts[:3]
         # a preset's lr/lambda belong to its beta, and to DUO (ESD keeps its own lr default)
         same_beta = cfg.method == "duo" and (cfg.beta is None or cfg.beta == preset.beta)
@@ -101,7 +106,9 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             lr=_given(cfg.lr, preset.lr if same_beta else None), lam=_given(cfg.lam, preset.lam if same_beta else None),
             steps=_given(cfg.steps, preset.steps) or 1000, batch_pairs=cfg.batch_pairs, lora=LoraConfig(rank=cfg.rank, alpha=float(cfg.rank)),
             seed=cfg.seed, preview_prompts=previews if cfg.preview else (), preview_steps=preset.sample_steps,
-            preview_guidance=preset.guidance, device=cfg.device, overwrite=cfg.overwrite)
+            preview_guidance=preset.guidance, device=cfg.device, overwrite=cfg.overwrite,
+            mixed_precision=cfg.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing,
+            resolution=cfg.resolution, micro_batch_pairs=cfg.micro_batch_pairs)
         pair_cfg.validate()
         train_cfg.validate()
         plans.append(ConceptPlan(concept, pair_cfg, train_cfg))

@@ -1,9 +1,9 @@
 """What a step function gets from the loop, and what it gives back."""
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..families import Family, NoiseProcess
 from ..latent_cache import LatentCache
@@ -21,7 +21,9 @@ class StepContext:
     beta: float = 0.0
     lam: float = 0.0
     esd_eta: float = 1.0
-    autocast: Any = nullcontext  # a callable returning a context manager (accelerator.autocast)
+    autocast: Any = nullcontext  # a callable returning a context manager (the runtime's autocast)
+    backward: Callable | None = None  # the loop's backward, for a term computed apart from the step's loss
+    loss_weight: float = 1.0  # this micro-batch's share of the step's loss
 
     def policy(self, x, t, cond):
         with self.autocast():
@@ -32,6 +34,77 @@ class StepContext:
 
         with torch.no_grad(), adapters_disabled(self.raw), self.autocast():
             return self.family.predict(self.denoiser, x, t, cond)
+
+
+    def preservation(self, x, t, cond):
+        """‖ε_θ(x_T) − ε_ref(x_T)‖², computed in float32 whatever the frozen weights are stored in.
+
+        λ (5e6 in the official recipe) times the squared rounding difference of two half-precision passes
+        (≈1e-5 in bf16) would swamp the DPO term, so these rows run in full precision. With half-precision frozen
+        weights that means upcasting them for these rows only, and backpropagating this term inside that
+        window (its gradient is added to the step's); the returned value is then detached.
+        """
+        from ..loss import output_preservation
+
+        half = _half_frozen(self.raw)
+        if not half:
+            with _full_precision_kernels():
+                pred = self.family.predict(self.denoiser, x, t, cond)
+                ref = self._reference_fp32(x, t, cond)
+            return output_preservation(pred, ref)
+        with _upcast(half), _full_precision_kernels():
+            pred = self.family.predict(self.denoiser, x.float(), t, cond.to(dtype=_fp32()))
+            ref = self._reference_fp32(x.float(), t, cond.to(dtype=_fp32()))
+            prior = output_preservation(pred, ref)
+            self.backward(self.lam * prior * self.loss_weight)
+        return prior.detach()
+
+    def _reference_fp32(self, x, t, cond):
+        import torch
+
+        with torch.no_grad(), adapters_disabled(self.raw):
+            return self.family.predict(self.denoiser, x, t, cond)
+
+
+def _fp32():
+    import torch
+
+    return torch.float32
+
+
+def _half_frozen(module) -> list:
+    import torch
+
+    return [p for n, p in module.named_parameters() if ".lora_" not in n and p.dtype in (torch.float16,
+                                                                                           torch.bfloat16)]
+
+
+@contextmanager
+def _upcast(params):
+    """Frozen half-precision weights as float32 for a moment (lossless both ways); LoRA weights are fp32 already."""
+    dtypes = [p.dtype for p in params]
+    for p in params:
+        p.data = p.data.float()
+    try:
+        yield
+    finally:
+        for p, dtype in zip(params, dtypes):
+            p.data = p.data.to(dtype)
+
+
+@contextmanager
+def _full_precision_kernels():
+    """No autocast and no TF32 (a 10-bit mantissa is rounding of the same order as fp16's)."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.autocast(device, enabled=False), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
 
 
 @dataclass

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..families import Conditioning
-from ..loss import duo_loss, output_preservation
+from ..loss import duo_loss
 from .context import StepContext, StepOutput
 
 
@@ -19,7 +19,8 @@ def duo_draw(ctx: StepContext, idx, gen) -> dict:
 
 
 def duo_loss_on(ctx: StepContext, draw: dict) -> StepOutput:
-    """Policy and reference on [x⁻_t, x⁺_t, x_T] in one batched pass each; the loss of these pairs."""
+    """Policy and reference on [x⁻_t, x⁺_t] in one batched pass each, and the output preservation on pure noise
+    x_T (in full precision, see StepContext.preservation); the loss of these pairs."""
     import torch
 
     idx, noise = draw["idx"], draw["noise"]
@@ -27,17 +28,16 @@ def duo_loss_on(ctx: StepContext, draw: dict) -> StepOutput:
     x0 = torch.cat([draw["z_lose"], draw["z_win"]])
     pair_noise = torch.cat([noise, noise])
     t = torch.cat([draw["t_lose"], draw["t_win"]])
-    x = torch.cat([ctx.process.add_noise(x0, pair_noise, t), noise])  # the last B rows: pure noise x_T
-    timesteps = torch.cat([t, ctx.process.pure_noise_t(B, t.device).to(t.dtype)])
-    cond = Conditioning.cat([ctx.cache.condition("unsafe", idx), ctx.cache.condition("safe", idx),
-                             ctx.cache.empty.repeat(B)])
-    pred = ctx.policy(x, timesteps, cond)
-    ref = ctx.reference(x, timesteps, cond)
+    x = ctx.process.add_noise(x0, pair_noise, t)
+    cond = Conditioning.cat([ctx.cache.condition("unsafe", idx), ctx.cache.condition("safe", idx)])
+    pred = ctx.policy(x, t, cond)
+    ref = ctx.reference(x, t, cond)
     target = ctx.process.target(x0, pair_noise, t)
-    p_lose, p_win, p_prior = pred.split(B)
-    r_lose, r_win, r_prior = ref.split(B)
+    p_lose, p_win = pred.split(B)
+    r_lose, r_win = ref.split(B)
     dpo, chosen, rejected = duo_loss(p_win, r_win, target[B:], p_lose, r_lose, target[:B], ctx.beta)
-    prior = output_preservation(p_prior, r_prior)
+    prior = (ctx.preservation(noise, ctx.process.pure_noise_t(B, t.device).to(t.dtype), ctx.cache.empty.repeat(B))
+             if ctx.lam else torch.zeros((), device=x.device))
     loss = dpo + ctx.lam * prior
     margin = chosen - rejected
     return StepOutput(loss, {"loss": loss.item(), "dpo": dpo.item(), "prior": prior.item(),
