@@ -16,7 +16,6 @@ Exits 1 if any module of any family is not recognised or not patched, or a delta
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -63,13 +62,12 @@ def our_adapter(name: str) -> tuple[dict, str]:
     """The tensors train.py would write; LoRA weights are meta after add_lora, so give them real values."""
     from duo_unlearn.trainer.config import TrainConfig
     from duo_unlearn.trainer.families import get_family
-    from duo_unlearn.trainer.train import add_lora, lora_state
+    from duo_unlearn.trainer.lora import add_lora, lora_state
 
     family = get_family(MODELS[name][0])
     cfg = TrainConfig()
-    cfg.lora = dataclasses.replace(cfg.lora, target_modules=tuple(family.default_targets))
     model = denoiser(name)
-    add_lora(model, cfg)
+    add_lora(model, cfg.lora.rank, cfg.lora.alpha, tuple(family.default_targets))
     gen = torch.Generator().manual_seed(0)
     state = {k: torch.randn(v.shape, generator=gen) * 0.01 for k, v in lora_state(model).items()}
     source = (f"built here: add_lora({name} {MODELS[name][1]}, targets {list(family.default_targets)}, "

@@ -9,7 +9,6 @@ from typing import Any
 
 from .errors import UserError
 
-SELF_ATTENTION = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
 CONDITIONS = ("empty", "prompt", "unsafe")
 
 
@@ -17,15 +16,15 @@ CONDITIONS = ("empty", "prompt", "unsafe")
 class LoraConfig:
     rank: int = 32
     alpha: float = 32.0
-    target_modules: tuple[str, ...] = SELF_ATTENTION
+    target_modules: tuple[str, ...] = ()  # empty: the family's default (self-attention; SD3: its attention)
 
     def validate(self) -> None:
         if self.rank <= 0:
             raise UserError(f"rank must be a positive integer, got {self.rank}")
         if not (self.alpha > 0 and math.isfinite(self.alpha)):
             raise UserError(f"alpha must be a positive number, got {self.alpha}")
-        if not self.target_modules:
-            raise UserError("target_modules is empty: name at least one module, e.g. attn1.to_q")
+        if any(not isinstance(t, str) or not t.strip() for t in self.target_modules):
+            raise UserError(f"target_modules must be module name suffixes, got {self.target_modules!r}")
 
 
 @dataclass
@@ -72,15 +71,22 @@ class TrainConfig:
 
         return RuntimeConfig(self.device, self.mixed_precision, self.gradient_checkpointing)
 
-    @property
-    def learning_rate(self) -> float:
+    def learning_rate_for(self, lr_base: float = 3e-4) -> float:
+        """The official coupling lr = lr_base·100/β (lr_base: the family's, 3e-4 for SD, 3e-5 for SD3)."""
         if self.lr is not None:
             return self.lr
-        return 1e-4 if self.method == "esd" else 3e-4 * 100 / self.beta  # ESD has no beta to couple to
+        return 1e-4 if self.method == "esd" else lr_base * 100 / self.beta  # ESD has no beta to couple to
+
+    @property
+    def learning_rate(self) -> float:
+        return self.learning_rate_for()
+
+    def preservation_weight_for(self, lambda_base: float = 1e6) -> float:
+        return self.lam if self.lam is not None else lambda_base * self.beta / 100
 
     @property
     def preservation_weight(self) -> float:
-        return self.lam if self.lam is not None else 1e6 * self.beta / 100
+        return self.preservation_weight_for()
 
     @property
     def checkpoint_path(self) -> Path:

@@ -21,6 +21,7 @@ class LatentCache:
     empty: Conditioning  # the empty prompt, one row
     unsafe_cond: Conditioning | None = None  # per pair, when conditioning on prompts
     safe_cond: Conditioning | None = None
+    resolution: int = 0  # the image size the latents were encoded at
 
     def sample(self, which: str, idx, gen):
         """z = (mean + std·ε − shift)·scaling for the pairs idx, ε from the CPU generator (same draws anywhere)."""
@@ -56,7 +57,8 @@ def build_cache(pipe, family: Family, records: list[PairRecord], folder: Path, c
     um, us = encode([r.unsafe for r in records])
     sm, ss = encode([r.safe for r in records])
     scaling, shift = family.latent_scale(vae)
-    cache = LatentCache(um, us, sm, ss, scaling, shift, family.encode_prompts(pipe, [""], device, resolution))
+    cache = LatentCache(um, us, sm, ss, scaling, shift, family.encode_prompts(pipe, [""], device, resolution),
+                        resolution=resolution)
     if condition in ("prompt", "unsafe"):
         cache.unsafe_cond = family.encode_prompts(pipe, [r.unsafe_prompt for r in records], device, resolution)
         # "unsafe": both images of a pair under the unsafe prompt, i.e. "given this prompt, prefer the twin"

@@ -27,13 +27,14 @@ class LoadedModel:
     source: Path
 
     def weights_file(self) -> Path:
-        """The file whose hash identifies the base model (the checkpoint, or the folder's UNet weights)."""
+        """The file whose hash identifies the base model (the checkpoint, or the folder's denoiser weights)."""
         if self.source.is_file():
             return self.source
-        for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
-            if (self.source / "unet" / name).exists():
-                return self.source / "unet" / name
-        raise UserError(f"no UNet weights found in {self.source}")
+        for sub in ("unet", "transformer"):
+            found = sorted((self.source / sub).glob("diffusion_pytorch_model*.safetensors"))
+            if found:
+                return found[0]  # sharded weights: the first shard names the model
+        raise UserError(f"no UNet or transformer weights found in {self.source}")
 
     def sha256(self) -> str:
         return file_sha256(self.weights_file())

@@ -33,7 +33,7 @@ class TrainResult:
     peak_memory_mb: float | None = None
 
 
-def _optimizer(params, cfg: TrainConfig):
+def _optimizer(params, cfg: TrainConfig, lr: float):
     import torch
 
     if cfg.use_8bit_adam:
@@ -41,8 +41,8 @@ def _optimizer(params, cfg: TrainConfig):
             import bitsandbytes as bnb
         except ImportError:
             raise UserError("use_8bit_adam needs bitsandbytes: pip install bitsandbytes") from None
-        return bnb.optim.AdamW8bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
 def _accelerator(rt):
@@ -79,10 +79,14 @@ def torch_itemsize(dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def _fingerprint(cfg: TrainConfig, model: LoadedModel) -> dict:
+def _targets(cfg: TrainConfig, family) -> tuple[str, ...]:
+    return tuple(cfg.lora.target_modules) or tuple(family.default_targets)
+
+
+def _fingerprint(cfg: TrainConfig, model: LoadedModel, targets) -> dict:
     """What a checkpoint must share with the run that resumes it."""
-    return {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "targets": list(cfg.lora.target_modules),
-            "method": cfg.method, "family": model.family}
+    return {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "targets": list(targets), "method": cfg.method,
+            "family": model.family}
 
 
 def _accumulate(method, ctx, draw, B: int, micro: int, backward, step: int) -> dict:
@@ -128,7 +132,8 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     # One CPU stream per process: the same draws on any device; each GPU of a multi-GPU run its own pairs.
     gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
     main_process = accelerator.is_main_process
-    resolution = cfg.resolution or family.native_resolution(pipe)
+    native = family.native_resolution(pipe)
+    resolution = cfg.resolution or min(family.recipe_resolution or native, native)  # a recipe never upscales
 
     condition = "prompt" if cfg.method == "esd" else cfg.condition  # ESD conditions on the concept's prompts
     denoiser = family.denoiser(pipe)
@@ -136,7 +141,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
         cache = build_cache(pipe, family, records, Path(cfg.pairs), condition, device, resolution, progress)
         for module in family.text_modules(pipe):  # cached: the text encoders wait on the CPU (T5: gigabytes)
             module.to("cpu")
-        params = add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules)
+        params = add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, _targets(cfg, family))
         checkpointing = _checkpointing(rt, family, denoiser, cfg, resolution, params)
         if checkpointing:
             report(progress, ProgressEvent("load", message="gradient checkpointing on"))
@@ -162,7 +167,8 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     if checkpointing:
         denoiser.enable_gradient_checkpointing()
     denoiser.train()
-    optimizer = _optimizer(params, cfg)
+    lr, lam = cfg.learning_rate_for(family.lr_base), cfg.preservation_weight_for(family.lambda_base)
+    optimizer = _optimizer(params, cfg, lr)
     wrapped, optimizer = accelerator.prepare(denoiser, optimizer)
     raw = accelerator.unwrap_model(wrapped)
     scaler = _scaler(rt)
@@ -172,12 +178,12 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
 
     process = family.noise_process(model.pipe)
     ctx = StepContext(family=family, process=process, denoiser=wrapped, raw=raw, cache=cache,
-                      t_range=(cfg.t_min, cfg.t_max), beta=cfg.beta, lam=cfg.preservation_weight,
+                      t_range=(cfg.t_min, cfg.t_max), beta=cfg.beta, lam=lam,
                       esd_eta=cfg.esd_eta, autocast=rt.autocast, backward=backward)
     method = METHODS[cfg.method]
 
     checkpoints = CheckpointFolder(cfg.checkpoint_path)
-    fingerprint = _fingerprint(cfg, model)
+    fingerprint = _fingerprint(cfg, model, _targets(cfg, family))
     start, history = 0, []
     if cfg.resume:
         start, history = checkpoints.load_newest(raw, optimizer, gen, fingerprint, cfg.steps, scaler)
@@ -232,12 +238,11 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     report(progress, ProgressEvent("save", cfg.steps, cfg.steps, f"writing {out}"))
     raw.eval()
     facts = dict(facts or {})
-    lam = cfg.preservation_weight
     facts.update({
         "method": cfg.method, "concept": cfg.concept or facts.get("concept", ""), "beta": cfg.beta,
-        "lambda": lam, "lr": cfg.learning_rate, "steps": cfg.steps, "batch_pairs": cfg.batch_pairs, "pairs": n,
+        "lambda": lam, "lr": lr, "steps": cfg.steps, "batch_pairs": cfg.batch_pairs, "pairs": n,
         "t_range": [cfg.t_min, cfg.t_max], "condition": cfg.condition, "seed": cfg.seed,
-        "resolution": cfg.resolution or family.native_resolution(model.pipe),
+        "resolution": cache.resolution,
         "unsafe_prompts": sorted({r.unsafe_prompt for r in records}),
         "safe_prompts": sorted({r.safe_prompt for r in records}),
         "base_model": model.name, "base_model_hash": model.sha256(), "family": model.family,
@@ -245,7 +250,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     if cfg.method == "esd":
         facts.update({"esd_eta": cfg.esd_eta, "lambda": 0, "beta": None})
     meta = adapter_metadata(output_name=out.stem, family_meta=family.metadata(model.pipe), rank=cfg.lora.rank,
-                            alpha=cfg.lora.alpha, target_modules=cfg.lora.target_modules, duo=facts)
+                            alpha=cfg.lora.alpha, target_modules=_targets(cfg, family), duo=facts)
     atomic_save(family.export(lora_state(raw), cfg.lora.alpha), out, meta)
     result.seconds = time.time() - started
     if torch.cuda.is_available():
