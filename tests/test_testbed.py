@@ -129,3 +129,41 @@ def test_testbed_red_pairs_are_gated_and_keep_the_layout(tmp_path):
         assert r.scores["unsafe"] >= 0.5 > r.scores["safe"]
         ious.append(mask_iou(u.mask, s.mask))
     assert np.median(ious) >= 0.4, ious
+
+
+def test_ema_keeps_the_warm_up_average():
+    """The trainer's EMA (diffusers' EMAModel) against a hand computation: the first update copies the weights,
+    update n then keeps (n) / (n + 9) of the average (the warm-up), capped at the configured decay."""
+    import torch
+
+    from duo_unlearn.trainer.testbed.train import Ema
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(2, 1)
+    ema = Ema([a, b], decay=0.2)
+    expected = None
+    for n in range(1, 5):
+        with torch.no_grad():
+            for p in [*a.parameters(), *b.parameters()]:
+                p.add_(torch.randn_like(p))
+        now = torch.cat([p.detach().flatten().clone() for p in [*a.parameters(), *b.parameters()]])
+        decay = 0.0 if n == 1 else min(0.2, n / (n + 9))
+        expected = now if expected is None else decay * expected + (1 - decay) * now
+        ema.step()
+    got = torch.cat([p.flatten() for m in ema.current() for p in m.parameters()])
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, now)  # an average, not the last weights
+
+
+def test_testbed_trainer_runs_two_steps(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from duo_unlearn.trainer.testbed.train import TestbedTrainConfig, train_testbed
+
+    cfg = TestbedTrainConfig(out=str(tmp_path / "m"), images=32, vae_steps=2, vae_batch=4, unet_steps=2,
+                             unet_batch=4, warmup=1, eval_every=0, log_every=1)
+    out = train_testbed(cfg, log=lambda _: None)
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["config"]["unet_steps"] == 2 and not (tmp_path / "m.partial").exists()
+    pipe = StableDiffusionPipeline.from_pretrained(str(out), local_files_only=True)
+    assert pipe.unet.config.sample_size == 16
