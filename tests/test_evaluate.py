@@ -197,8 +197,11 @@ def test_evaluate_end_to_end(tiny_model, pair_dir, strong_adapter, tmp_path, lpi
     assert base["preservation"]["one_minus_lpips"] == 1.0  # the reference against itself
     assert adapted["preservation"]["one_minus_lpips"] < 1.0  # the adapter is on while it generates
     assert set(adapted["attacks"]) == {"direct", "prompts", "ring_a_bell", "concept_inversion"}
-    for r in result["results"].values():
-        assert all(0.0 <= a["dsr"] <= 1.0 and a["n"] == a["n_prompts"] for a in r["attacks"].values())
+    for r in result["results"].values():  # each DSR is what its own scores say, over every generated image
+        for a in r["attacks"].values():
+            assert a["n"] == a["n_prompts"] * cfg.images_per_prompt == len(a["scores"])
+            assert a["found"] == sum(s >= a["threshold"] for s in a["scores"])
+            assert a["dsr"] == pytest.approx(1 - a["found"] / a["n"])
     assert result["methods"][1]["negative_prompt"] == "red"
     assert result["attacks"]["prompts"]["prompts"][0].startswith("a crimson")
     ci = result["attacks"]["concept_inversion"]

@@ -96,12 +96,55 @@ def test_sdedit_recolours_red_shapes_in_place(testbed_pipe):
     assert figures["colour_changed"] >= 0.75 and figures["mask_iou_mean"] >= 0.5, figures
 
 
-def test_model_card_records_the_measured_figures():
-    card = (TESTBED_DIR.parent / "MODEL_CARD.md").read_text()
+def test_model_card_figures_come_from_committed_data():
+    """Every figure of the card's table is figures.json rendered by figures.card_table; the training paragraph's
+    figures are training_log.json's and the VAE config's."""
+    from duo_unlearn.trainer.testbed.figures import END, START, card_table
+
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parents[1] / "trainer" / "testbed"  # the repository's, as committed
+    card = (here / "MODEL_CARD.md").read_text()
+    figures = json.loads((here / "figures.json").read_text())
+    assert card[card.index(START) + len(START):card.index(END)].strip() == card_table(figures)
     log = json.loads((TESTBED_DIR / "training_log.json").read_text())
-    assert log["config"]["unet_steps"] >= 3000
-    for needle in ("Colour accuracy", "crimson", "SDEdit", "training time"):
-        assert needle.lower() in card.lower()
+    c, vae = log["config"], log["vae_check"]
+    scale = json.loads((TESTBED_DIR / "vae" / "config.json").read_text())["scaling_factor"]
+    for figure in (f"{c['vae_steps']:,} steps, batch {c['vae_batch']}", f"{c['unet_steps']:,} steps, batch "
+                   f"{c['unet_batch']}", f"{vae['colour']:.0%} the right colour", f"{vae['shape']:.0%} the right shape",
+                   f"(MSE {vae['mse']:.4f})", f"scaling_factor {scale:.3f}", f"EMA {c['ema_decay']}",
+                   f"{log['seconds_total']:,.0f} s ({log['seconds_total'] / 60:.0f} min)",
+                   f"{c['images']:,} images, seed {c['seed']}"):
+        assert figure.replace("%", " %") in card, figure
+    import math
+
+    from safetensors import safe_open
+
+    for part, label in (("vae", "0.17 M params"), ("text_encoder", "0.11 M |"), ("unet", "1.08 M |")):
+        with safe_open(str(next((TESTBED_DIR / part).glob("*.safetensors"))), "pt") as f:
+            n = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        assert f"{n / 1e6:.2f} M" in label and label in card, (part, n)
+    tokens = len(json.loads((TESTBED_DIR / "tokenizer" / "vocab.json").read_text()))
+    assert f"({tokens} tokens" in card
+    assert f"Weights: {figures['weights_mb']:.1f} MB" in card
+
+
+def test_results_tables_come_from_committed_json():
+    """benchmarks/RESULTS.md: the efficacy section is efficacy_testbed.json rendered by the benchmark script, and the
+    first-run table is the first run's record rendered by the same table()."""
+    import importlib.util
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("efficacy_testbed", bench / "efficacy_testbed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = (bench / "RESULTS.md").read_text()
+    start, end = "<!-- efficacy_testbed:start -->", "<!-- efficacy_testbed:end -->"
+    section = text[text.index(start) + len(start):text.index(end)]
+    assert section.strip() == mod.markdown(json.loads((bench / "efficacy_testbed.json").read_text())).strip()
+    first = json.loads((bench / "efficacy_testbed_first_run.json").read_text())
+    assert mod.table(first["report"], first["close_concept_and_agreement"], first["train_seconds"]) in text
 
 
 @pytest.mark.slow
@@ -121,11 +164,51 @@ def test_testbed_red_pairs_are_gated_and_keep_the_layout(tmp_path):
         sample_steps=preset.sample_steps, detector=preset.detector))
     records = read_pairs(tmp_path / "p")
     assert stats.made == len(records) >= 6
-    ious = []
+    ious, named = [], []
     for r in records:
         u = read_image(Image.open(tmp_path / "p" / r.unsafe))
         s = read_image(Image.open(tmp_path / "p" / r.safe))
-        assert u.colour == "red" and s.colour != "red"
-        assert r.scores["unsafe"] >= 0.5 > r.scores["safe"]
         ious.append(mask_iou(u.mask, s.mask))
+        named.append(s.colour == next(w for w in r.safe_prompt.split() if w in COLOURS))
+    # The gate (red in, not red out) is tested with fake detectors in test_pairs.py; here: SDEdit keeps the layout
+    # and the twin takes the colour its safe prompt names, which the gate does not ask for.
     assert np.median(ious) >= 0.4, ious
+    assert np.mean(named) >= 0.75, named
+
+
+def test_ema_keeps_the_warm_up_average():
+    """The trainer's EMA (diffusers' EMAModel) against a hand computation: the first update copies the weights,
+    update n then keeps (n) / (n + 9) of the average (the warm-up), capped at the configured decay."""
+    import torch
+
+    from duo_unlearn.trainer.testbed.train import Ema
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(2, 1)
+    ema = Ema([a, b], decay=0.2)
+    expected = None
+    for n in range(1, 5):
+        with torch.no_grad():
+            for p in [*a.parameters(), *b.parameters()]:
+                p.add_(torch.randn_like(p))
+        now = torch.cat([p.detach().flatten().clone() for p in [*a.parameters(), *b.parameters()]])
+        decay = 0.0 if n == 1 else min(0.2, n / (n + 9))
+        expected = now if expected is None else decay * expected + (1 - decay) * now
+        ema.step()
+    got = torch.cat([p.flatten() for m in ema.current() for p in m.parameters()])
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, now)  # an average, not the last weights
+
+
+def test_testbed_trainer_runs_two_steps(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from duo_unlearn.trainer.testbed.train import TestbedTrainConfig, train_testbed
+
+    cfg = TestbedTrainConfig(out=str(tmp_path / "m"), images=32, vae_steps=2, vae_batch=4, unet_steps=2,
+                             unet_batch=4, warmup=1, eval_every=0, log_every=1)
+    out = train_testbed(cfg, log=lambda _: None)
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["config"]["unet_steps"] == 2 and not (tmp_path / "m.partial").exists()
+    pipe = StableDiffusionPipeline.from_pretrained(str(out), local_files_only=True)
+    assert pipe.unet.config.sample_size == 16

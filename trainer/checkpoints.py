@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, disk_error
 from .errors import UserError
 from .lora import lora_state, set_lora_state
 
@@ -33,19 +33,38 @@ class CheckpointFolder:
         if not self.root.exists():
             try:
                 self.root.mkdir(parents=True)
-                (self.root / MARKER).write_text("checkpoints of a duo-unlearn training run\n")
             except OSError as e:
                 raise UserError(f"cannot create the checkpoint folder {self.root}: {e.strerror or e}") from None
+            try:
+                (self.root / MARKER).write_text("checkpoints of a duo-unlearn training run\n")
+            except OSError as e:
+                (self.root / MARKER).unlink(missing_ok=True)
+                self.root.rmdir()
+                raise disk_error(self.root / MARKER, e) from None
         final = self.root / f"step-{step:06d}"
-        with atomic_dir(final) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in lora_state(denoiser).items()},
-                      str(tmp / "lora.safetensors"))
-            torch.save({"optimizer": optimizer.state_dict(), "rng": gen.get_state(), "step": step,
-                        "scaler": scaler.state_dict() if scaler is not None else None,
-                        "fingerprint": fingerprint}, tmp / "state.pt")
-            (tmp / "history.json").write_text(json.dumps(history))
+        try:
+            with atomic_dir(final) as tmp:
+                save_file({k: v.detach().cpu().contiguous() for k, v in lora_state(denoiser).items()},
+                          str(tmp / "lora.safetensors"))
+                torch.save({"optimizer": optimizer.state_dict(), "rng": gen.get_state(), "step": step,
+                            "scaler": scaler.state_dict() if scaler is not None else None,
+                            "fingerprint": fingerprint}, tmp / "state.pt")
+                (tmp / "history.json").write_text(json.dumps(history))
+        except BaseException:
+            self._remove_if_empty()  # a first checkpoint that failed (disk full) leaves no empty folder behind
+            raise
         self.created.append(final)
         return final
+
+    def _remove_if_empty(self) -> None:
+        """The folder goes if it holds nothing but the marker of duo-unlearn having made it (a user's own folder,
+        even an empty one, has no marker and stays)."""
+        try:
+            if self.root.is_dir() and {p.name for p in self.root.iterdir()} == {MARKER}:
+                (self.root / MARKER).unlink()
+                self.root.rmdir()
+        except OSError:
+            pass
 
     def load_newest(self, denoiser, optimizer, gen, fingerprint: dict, steps: int, scaler=None):
         """(step, history) of the newest checkpoint, or (0, []) when there is none."""
@@ -90,6 +109,4 @@ class CheckpointFolder:
         for path in self.created:
             shutil.rmtree(path, ignore_errors=True)
         self.created.clear()
-        if self.root.is_dir() and {p.name for p in self.root.iterdir()} == {MARKER}:
-            (self.root / MARKER).unlink()
-            self.root.rmdir()
+        self._remove_if_empty()

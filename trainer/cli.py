@@ -2,32 +2,52 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
+from contextlib import contextmanager
 
 from .errors import Cancelled, UserError
 
 
-def _tqdm_progress():
-    from tqdm import tqdm
+class _TqdmProgress:
+    """Progress bars per stage on stderr. close() ends the open ones, so that an error line printed after a failed
+    run is the last thing on stderr (a bar left open would otherwise redraw itself after it, when collected)."""
 
-    bars: dict[str, object] = {}
+    def __init__(self):
+        self.bars: dict[str, object] = {}
 
-    def callback(event):
+    def __call__(self, event):
+        from tqdm import tqdm
+
         if event.stage in ("train", "pairs") and event.total:
-            bar = bars.get(event.stage)
+            bar = self.bars.get(event.stage)
             if bar is None:
-                bar = bars[event.stage] = tqdm(total=event.total, desc=event.stage, unit="step", initial=event.step)
+                bar = self.bars[event.stage] = tqdm(total=event.total, desc=event.stage, unit="step",
+                                                    initial=event.step)
             bar.n = event.step
             if event.logs:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in event.logs.items() if isinstance(v, (int, float))},
                                 refresh=False)
             bar.refresh()
             if event.step >= event.total:
-                bar.close()
+                self.bars.pop(event.stage).close()
         elif event.message:
             print(f"[{event.stage}] {event.message}", file=sys.stderr)
-    return callback
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+@contextmanager
+def _tqdm_progress():
+    progress = _TqdmProgress()
+    try:
+        yield progress
+    finally:
+        progress.close()
 
 
 def cmd_train(args) -> int:
@@ -38,7 +58,8 @@ def cmd_train(args) -> int:
     cfg = build_config(TrainConfig, args, load_toml(args.config) if args.config else None)
     if not cfg.pairs:
         raise UserError("--pairs is required (a folder with unsafe/, safe/ and pairs.jsonl)")
-    result = train(cfg, progress=_tqdm_progress())
+    with _tqdm_progress() as progress:
+        result = train(cfg, progress=progress)
     print(f"adapter written: {result.adapter} ({result.steps} steps, {result.seconds:.0f}s)")
     for p in result.previews:
         print(f"preview: {p}")
@@ -64,7 +85,8 @@ def cmd_pairs(args) -> int:
                 setattr(cfg, key, getattr(preset, key))
         if "model" not in given and preset.model:
             cfg.model = preset.model
-    stats = generate_pairs(cfg, progress=_tqdm_progress())
+    with _tqdm_progress() as progress:
+        stats = generate_pairs(cfg, progress=progress)
     print(f"pairs in {stats.folder}: {stats.made} made, {stats.kept_existing} kept from before, "
           f"{stats.skipped} skipped {stats.skipped_reasons or ''} ({stats.seconds:.0f}s)")
     if stats.contact_sheet:
@@ -77,7 +99,8 @@ def cmd_unlearn(args) -> int:
     from .unlearn import UnlearnConfig, stacking_hint, unlearn
 
     cfg = build_config(UnlearnConfig, args)
-    results = unlearn(cfg, progress=_tqdm_progress())
+    with _tqdm_progress() as progress:
+        results = unlearn(cfg, progress=progress)
     for r in results:
         print(f"{r.concept}: adapter {r.adapter} ({r.pairs.made + r.pairs.kept_existing} pairs, {r.seconds:.0f}s)")
         if r.preview:
@@ -118,7 +141,8 @@ def cmd_eval(args) -> int:
     from .evaluate import EvalConfig, evaluate, summary_table
 
     cfg = build_config(EvalConfig, args, load_toml(args.config) if args.config else None)
-    result = evaluate(cfg, progress=_tqdm_progress())
+    with _tqdm_progress() as progress:
+        result = evaluate(cfg, progress=progress)
     print(summary_table(result))
     print(f"report: {result['files']['report']}\nplot: {result['files']['plot']}")
     return 0
@@ -180,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_USER_ERRNOS = {errno.ENAMETOOLONG, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                errno.ENOTDIR, errno.ELOOP}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -194,9 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"duo-unlearn: error: {e}", file=sys.stderr)
         return 2
-    except (Cancelled, KeyboardInterrupt):
-        print("duo-unlearn: stopped; checkpoints (if any) are kept for --resume", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         # The reader went away (`duo-unlearn info A | head -1`): what it wanted was printed. Python would
         # complain again when it flushes stdout at exit, so stdout is pointed at /dev/null first.
@@ -204,6 +229,17 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:
+        # The last line of defence for a file system refusal no check foresaw (a name too long for the file
+        # system, a full disk, a read-only folder): one line, as for any other bad input.
+        if e.errno not in _USER_ERRNOS:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"duo-unlearn: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print("duo-unlearn: stopped; checkpoints (if any) are kept for --resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -92,19 +92,19 @@ def check_writable(path: str | Path, overwrite: bool = False) -> Path:
     from .atomic import disk_error
 
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"output {path} is a folder; give a file name ending in .safetensors")
-    if path.exists() and not overwrite:
-        raise UserError(f"{path} already exists; choose another name or pass --overwrite to replace it")
     longest = f".{path.stem}.preview-000000.png.tmp"  # the longest name written beside the adapter
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         limit = os.pathconf(path.parent, "PC_NAME_MAX")
     except OSError as e:
         raise disk_error(path, e) from None
-    if len(os.fsencode(longest)) > limit:
+    if len(os.fsencode(longest)) > limit:  # before any stat of the name itself, which fails on too long a name
         raise UserError(f"the file name {path.name!r} is too long for this file system (at most "
                         f"{limit - len(longest) + len(path.name)} characters here)")
+    if path.is_dir():
+        raise UserError(f"output {path} is a folder; give a file name ending in .safetensors")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists; choose another name or pass --overwrite to replace it")
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent)
         os.close(fd)

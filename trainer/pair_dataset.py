@@ -59,7 +59,11 @@ def _record(data, n: int, index: Path) -> PairRecord:
 
 def read_pairs(folder: str | Path) -> list[PairRecord]:
     folder = Path(folder)
-    if not folder.is_dir():
+    try:
+        found = folder.is_dir()
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise UserError(f"cannot read the pairs folder {folder}: {e.strerror or e}") from None
+    if not found:
         raise UserError(f"pairs folder not found: {folder}")
     index = folder / INDEX
     if not index.is_file():

@@ -1,7 +1,9 @@
-"""The test bed's measured figures (model card, issue targets): `python -m duo_unlearn.trainer.testbed.figures`.
+"""The test bed's measured figures: `python -m duo_unlearn.trainer.testbed.figures`.
 
 Colour and shape accuracy on full prompts, synonyms, the empty prompt's colour mix, SDEdit colour change and
 shape overlap, generation and load time. All read by the project's colour classifier; 25 steps, guidance 5.
+Writes `figures.json` beside this file and the "Measured figures" table of MODEL_CARD.md from it
+(`--from-json` only re-renders the table), so every figure in the card comes from the committed JSON.
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ def measure(model_dir: Path = TESTBED_DIR, per_colour: int = 16) -> dict:
     follow = prompt_following(pipe, per_colour=per_colour, steps=25, guidance=5.0,
                               colour_words={"crimson": "red", "scarlet": "red"})
     follow.pop("images")
+    follow["shape_n"] = per_colour * len(follow["colour_accuracy"])  # every prompt above, synonyms included
     weights = sum(p.stat().st_size for p in Path(model_dir).rglob("*.safetensors"))
     return {
         **follow,
@@ -73,5 +76,63 @@ def measure(model_dir: Path = TESTBED_DIR, per_colour: int = 16) -> dict:
     }
 
 
+HERE = Path(__file__).resolve().parent
+START, END = "<!-- figures:start -->", "<!-- figures:end -->"
+
+
+def card_table(fig: dict) -> str:
+    """The model card's table, every number read from `fig` (the output of measure())."""
+    from .shapes import COLOURS
+
+    acc = fig["colour_accuracy"]
+    empty = ", ".join(f"{k if k != 'None' else 'none'} {v}" for k, v in fig["empty_prompt_colours"].items())
+    sd = fig["sdedit"]
+    n_empty = sum(fig["empty_prompt_colours"].values())
+    rows = [
+        ("figure", "value", "target"),
+        (f"Colour accuracy ({fig['per_colour']} full prompts per colour)",
+         ", ".join(f"{c} {acc[c]:.2f}" for c in COLOURS), "≥ 0.90 each"),
+        ("Synonyms → red", ", ".join(f"{w} {acc[w]:.2f}" for w in acc if w not in COLOURS), "≥ 0.85"),
+        (f"Shape accuracy ({fig['shape_n']} images: every prompt above)", f"{fig['shape_accuracy']:.2f}", "≥ 0.80"),
+        (f"Empty prompt, {n_empty} images", empty, "all six colours"),
+        (f"SDEdit, strength {sd['strength']}, red → \"blue\" prompt, negative \"red\" ({sd['sources_red']} red "
+         "sources)", f"colour changed {sd['colour_changed']:.2f}, shape-mask IoU mean {sd['mask_iou_mean']:.2f} "
+         f"(min {sd['mask_iou_min']:.2f})", "≥ 0.90, IoU ≥ 0.6"),
+        ("Load time", f"{fig['seconds_load']} s", "< 1 s"),
+        (f"16 images, 25 steps, guidance 5, CPU ({fig.get('threads', '?')} thread(s))",
+         f"{fig['seconds_16_images']} s", "< 5 s"),
+    ]
+    lines = ["| " + " | ".join(r) + " |" for r in rows]
+    lines.insert(1, "|---|---|---|")
+    return "\n".join(lines)
+
+
+def write_card(fig: dict, card: Path = HERE / "MODEL_CARD.md") -> None:
+    text = card.read_text(encoding="utf-8")
+    a, b = text.index(START) + len(START), text.index(END)
+    card.write_text(text[:a] + "\n" + card_table(fig) + "\n" + text[b:], encoding="utf-8")
+
+
+def main(argv=None) -> int:
+    import argparse
+    import platform
+
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", default=str(HERE / "figures.json"), help="where the figures go")
+    p.add_argument("--from-json", action="store_true", help="only re-render the model card from --json")
+    args = p.parse_args(argv)
+    if not args.from_json:
+        fig = measure()
+        fig.update({"threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
+                    "command": "python -m duo_unlearn.trainer.testbed.figures"})
+        Path(args.json).write_text(json.dumps(fig, indent=2) + "\n")
+    fig = json.loads(Path(args.json).read_text())
+    write_card(fig)
+    print(card_table(fig))
+    return 0
+
+
 if __name__ == "__main__":
-    print(json.dumps(measure(), indent=2))
+    raise SystemExit(main())
