@@ -55,7 +55,11 @@ def resolve_model_path(spec: str | Path) -> Path:
                             "rebuild it with `duo-unlearn testbed-train`")
         return TESTBED_DIR
     path = Path(spec).expanduser()
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise UserError(f"model {spec!r} cannot be used: {e.strerror or e}") from None
+    if not found:
         raise UserError(f"model not found: {spec} (give a diffusers folder, a .safetensors/.ckpt file, or 'testbed')")
     return path
 

@@ -27,7 +27,6 @@ from .runtime import RuntimeConfig
 SKIPPED = "skipped.jsonl"
 SETTINGS = "dataset.json"
 CONTACT_SHEET = "contact_sheet.png"
-LOCK = ".lock"
 
 
 @dataclass
@@ -148,28 +147,36 @@ def _read_ids(path: Path) -> list[dict]:
 
 @contextmanager
 def _locked(folder: Path):
-    """One pairs run per folder: a second one would append every record again."""
+    """One pairs run per folder: a second one would append every record again. The folder itself is locked, so
+    a refused run leaves no lock file behind."""
     import fcntl
 
-    with open(folder / LOCK, "a") as handle:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise UserError(f"another run is making pairs in {folder}; wait for it or use another folder") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _make_folder(cfg: PairConfig) -> Path:
     folder = Path(cfg.out)
     try:
-        (folder / "unsafe").mkdir(parents=True, exist_ok=True)
-        (folder / "safe").mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the pair folder {folder}: {e.strerror or e}") from None
     return folder
+
+
+def _make_subfolders(folder: Path) -> None:
+    try:
+        (folder / "unsafe").mkdir(exist_ok=True)
+        (folder / "safe").mkdir(exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the pair folder {folder}: {e.strerror or e}") from None
 
 
 def _check_settings(cfg: PairConfig, folder: Path) -> set[str]:
@@ -196,7 +203,9 @@ def generate_pairs(cfg: PairConfig, progress: ProgressCallback | None = None, mo
     if model is not None:
         refuse_inside_model(folder, model.source)
     with _locked(folder):
-        return _generate(cfg, progress, model, detector, folder, _check_settings(cfg, folder))
+        done = _check_settings(cfg, folder)
+        _make_subfolders(folder)
+        return _generate(cfg, progress, model, detector, folder, done)
 
 
 def _generate(cfg: PairConfig, progress, model, detector, folder: Path, done: set[str]) -> PairStats:
