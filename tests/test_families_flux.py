@@ -336,3 +336,21 @@ def test_training_loop_runs_on_tiny_flux_and_writes_an_adapter_diffusers_loads(d
     fresh = _load(dev_dir)
     fresh.load_lora_weights(str(out), adapter_name="loaded")
     assert len(_lora_modules(fresh.transformer, "loaded")) == len(keys) // 2
+
+
+@pytest.mark.slow
+def test_gpu_memory_benchmark_runs_flux_tiny_on_the_cpu(tmp_path):
+    """benchmarks/gpu_memory.py --families flux --tiny: the path a GPU session measures the 12B model with."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_memory.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, str(script), "--tiny", "--families", "flux", "--steps", "2", "--warmup",
+                          "1"], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| project")]
+    assert len(rows) == 5 and not any("failed" in r for r in rows)  # defaults, fp32/bf16 x checkpointing
+    assert "### flux at 32 px" in run.stdout and "| official" not in run.stdout

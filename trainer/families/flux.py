@@ -148,14 +148,15 @@ def quantize_in_place(transformer, kind: str, compute_dtype=None) -> int:
             new = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
                                     compute_dtype=compute_dtype, quant_type="nf4", compress_statistics=True,
                                     device="meta")
-            new.weight = bnb.nn.Params4bit(weight.to("cpu"), requires_grad=False, quant_type="nf4",
+            new.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4",  # quantised in place
                                            compress_statistics=True, module=new)
         else:
             new = bnb.nn.Linear8bitLt(module.in_features, module.out_features, bias=module.bias is not None,
                                       has_fp16_weights=False, device="meta")
+            # bitsandbytes quantises int8 only on a move from the CPU
             new.weight = bnb.nn.Int8Params(weight.to("cpu"), requires_grad=False, has_fp16_weights=False)
         if module.bias is not None:
-            new.bias = torch.nn.Parameter(module.bias.data.to("cpu"), requires_grad=False)
+            new.bias = torch.nn.Parameter(module.bias.data, requires_grad=False)
         new = new.to(device)  # the quantisation happens on this move
         parent_name, _, child = name.rpartition(".")
         setattr(transformer.get_submodule(parent_name), child, new)
