@@ -1,16 +1,18 @@
 """Check, against a real ComfyUI checkout, that ComfyUI's LoRA loader recognises every module of a DUO adapter.
 
-    python benchmarks/check_comfyui_keys.py --comfyui /path/to/ComfyUI [--family sd15|sdxl|sd3|sd35-medium|sd35-large|all]
+    python benchmarks/check_comfyui_keys.py --comfyui /path/to/ComfyUI [--family sd15|sdxl|sd3|sd35-medium|sd35-large|flux-dev|flux-schnell|all]
     python benchmarks/check_comfyui_keys.py --comfyui /path/to/ComfyUI --family sdxl --adapter duo_adapter.safetensors
 
 Without --adapter the adapter is built here, per family: the full-size denoiser (diffusers, meta device), our LoRA
 added with `add_lora(denoiser, TrainConfig())` on the family's default targets, and the tensors written by the
-family's `export` (kohya names for SD 1.5 and SDXL, diffusers `transformer.*` names for SD3). The ComfyUI side
-follows the LoraLoader node: ComfyUI detects the model from the diffusers weights (as when it loads a diffusers
-UNet, or a diffusers MMDiT through `convert_diffusers_mmdit`), builds its own model on the meta device (no weights),
+family's `export` (kohya names for SD 1.5 and SDXL, diffusers `transformer.*` names for SD3 and Flux). The ComfyUI
+side follows the LoraLoader node: ComfyUI detects the model from the diffusers weights (as when it loads a diffusers
+UNet, or a diffusers MMDiT or Flux transformer through `convert_diffusers_mmdit`), builds its own model on the meta
+device (no weights),
 and `comfy.sd.load_lora_for_models` loads the adapter (`comfy.lora.model_lora_keys_unet` + `comfy.lora.load_lora`).
 Each patched weight's delta, computed by `comfy.lora.calculate_weight`, must have the shape of the ComfyUI weight
-and equal the sum of its modules' scale * up @ down, each in its slice (SD3's q, k, v share one fused qkv weight).
+and equal the sum of its modules' scale * up @ down, each in its slice (SD3's q, k, v share one fused qkv weight;
+Flux's double blocks fuse them in img_attn.qkv, its single blocks fuse q, k, v and the MLP input in linear1).
 Exits 1 if any module of any family is not recognised or not patched, or a delta is wrong.
 """
 from __future__ import annotations
@@ -38,6 +40,12 @@ SD35_MEDIUM = dict(_MMDIT, num_layers=24, num_attention_heads=24, caption_projec
                    pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
 SD35_LARGE = dict(_MMDIT, num_layers=38, num_attention_heads=38, caption_projection_dim=2432,
                   pos_embed_max_size=192, qk_norm="rms_norm")
+# FLUX.1 (black-forest-labs/FLUX.1-dev and -schnell transformer/config.json): 19 double + 38 single blocks, 3072 wide;
+# [schnell] lacks the guidance embedding, which is how ComfyUI tells FluxSchnell from Flux
+_FLUX = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+             num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, axes_dims_rope=(16, 56, 56))
+FLUX_DEV = dict(_FLUX, guidance_embeds=True)
+FLUX_SCHNELL = dict(_FLUX, guidance_embeds=False)
 # name: (our family, diffusers class, config, the ComfyUI model config class it must be detected as)
 MODELS = {
     "sd15": ("sd1", "UNet2DConditionModel", SD15_UNET, "SD15"),
@@ -45,6 +53,8 @@ MODELS = {
     "sd3": ("sd3", "SD3Transformer2DModel", SD3_MEDIUM, "SD3"),
     "sd35-medium": ("sd3", "SD3Transformer2DModel", SD35_MEDIUM, "SD3"),
     "sd35-large": ("sd3", "SD3Transformer2DModel", SD35_LARGE, "SD3"),
+    "flux-dev": ("flux", "FluxTransformer2DModel", FLUX_DEV, "Flux"),
+    "flux-schnell": ("flux", "FluxTransformer2DModel", FLUX_SCHNELL, "FluxSchnell"),
 }
 PAIRS = ((".lora_down.weight", ".lora_up.weight"), (".lora_A.weight", ".lora_B.weight"))
 

@@ -3,6 +3,7 @@
     python benchmarks/gpu_memory.py                  # SD 1.5 architecture at 512 px on the GPU, every variant
     python benchmarks/gpu_memory.py --tiny           # tiny configs on the CPU, in seconds (the test suite runs this)
     python benchmarks/gpu_memory.py --families sd1 --steps 6 --warmup 2 --out table.md
+    python benchmarks/gpu_memory.py --families flux  # FLUX.1 [dev], 12B, NF4 transformer, 1024 px (needs bitsandbytes)
 
 The components have the real architecture of each family (configs below, written out here: nothing is downloaded)
 and random weights: speed and memory do not depend on what the weights are. The pair dataset is written at the
@@ -14,6 +15,9 @@ model's native resolution (red squares and their blue twins). For each family it
       reference = adapter disabled, the same 4-pair batch (12 UNet rows) and the same loss, under accelerate,
 and prints a markdown table: median seconds per step after warm-up (synchronised), peak allocated and reserved
 memory, and project/official ratios at the same precision, plus the device name and the date.
+Flux (no official DUO script to compare with) runs the project's variants only: its transformer is built in bf16 on
+the device, quantised in place to NF4 (families.flux.quantize_in_place, the trainer's CPU/single-file path) and the
+peak is counted from then on: what the issue's "<= 16 GB at 1024 px" target is measured against.
 """
 from __future__ import annotations
 
@@ -53,6 +57,34 @@ FAMILIES = {
         "scheduler": SD1_SCHEDULER,
     },
 }
+# FLUX.1 [dev] (black-forest-labs/FLUX.1-dev: transformer/, vae/, text_encoder/ = CLIP-L, text_encoder_2/ = T5-XXL
+# encoder, scheduler/ configs). Built by build_flux_pipeline; trained through the Flux family.
+FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                      base_image_seq_len=256, max_image_seq_len=4096)
+FAMILIES["flux"] = {
+    "family": "flux",
+    "build": "flux",
+    "official": False,
+    "resolution": 1024,
+    "train_resolution": 1024,
+    "quantize": "nf4",
+    "transformer": dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                        guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
+    "vae": dict(in_channels=3, out_channels=3, latent_channels=16, sample_size=1024, act_fn="silu",
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
+                scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False),
+    "text_encoder": dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                         num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                         layer_norm_eps=1e-5, projection_dim=768, bos_token_id=0, eos_token_id=2, pad_token_id=1),
+    "text_encoder_2": dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                           relative_attention_num_buckets=32, feed_forward_proj="gated-gelu",
+                           layer_norm_epsilon=1e-6, decoder_start_token_id=0,
+                           pad_token_id=0, eos_token_id=1),
+    "tokenizer_length": 77,
+    "scheduler": FLUX_SCHEDULER,
+}
 # --tiny: the same code path on the CPU in seconds (shapes as tests/tiny_models.py)
 TINY_FAMILIES = {
     "sd1": {
@@ -70,6 +102,28 @@ TINY_FAMILIES = {
         "tokenizer_length": 16,
         "scheduler": SD1_SCHEDULER,
     },
+}
+TINY_FAMILIES["flux"] = {  # shapes as tests/tiny_families.build_tiny_flux; not quantised (bitsandbytes optional)
+    "family": "flux",
+    "build": "flux",
+    "official": False,
+    "resolution": 32,
+    "train_resolution": 32,
+    "quantize": None,
+    "transformer": dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+                        axes_dims_rope=(4, 6, 6)),  # 32 wide: room for rank 32
+    "vae": dict(in_channels=3, out_channels=3, latent_channels=16, sample_size=32,
+                down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, scaling_factor=0.3611,
+                shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False),
+    "text_encoder": dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1),
+    "text_encoder_2": dict(vocab_size=1000, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
+                           decoder_start_token_id=0, pad_token_id=0, eos_token_id=1),
+    "tokenizer_length": 16,
+    "scheduler": FLUX_SCHEDULER,
 }
 PRECISION_DTYPES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
 RANK, ALPHA, TARGETS = 32, 32.0, ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
@@ -152,6 +206,50 @@ def build_pipeline(family: dict, device, folder: Path, seed: int = 0):
     return pipe
 
 
+def build_flux_pipeline(family: dict, device, folder: Path, seed: int = 0):
+    """A FluxPipeline with the family's architecture and random weights: the transformer built in bf16 on the device
+    (fp32 for the CPU's tiny run), then quantised in place when the family says so."""
+    import torch
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline,
+                           FluxTransformer2DModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+
+    from duo_unlearn.trainer.families.flux import quantize_in_place
+    from duo_unlearn.trainer.testbed.shapes import vocabulary_words
+    from duo_unlearn.trainer.testbed.vocabulary import BOS, EOS, write_tokenizer_files
+
+    torch.manual_seed(seed)
+    tok_dir, t5_dir = folder / "tokenizer", folder / "tokenizer_2"
+    if not tok_dir.exists():
+        write_tokenizer_files(tok_dir, vocabulary_words())
+    if not t5_dir.exists():  # a unigram T5 tokenizer over the test-bed words: no sentencepiece file to download
+        vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0) for w in vocabulary_words()]
+        T5Tokenizer(vocab=vocab, extra_ids=0).save_pretrained(str(t5_dir))
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir), model_max_length=family["tokenizer_length"],
+                                              bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=EOS)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            transformer = FluxTransformer2DModel(**family["transformer"])
+            vae = AutoencoderKL(**family["vae"])
+            text_encoder = CLIPTextModel(CLIPTextConfig(**family["text_encoder"]))
+            text_encoder_2 = T5EncoderModel(T5Config(**family["text_encoder_2"]))
+    finally:
+        torch.set_default_dtype(default)
+    if family.get("quantize"):
+        quantize_in_place(transformer, family["quantize"])
+    pipe = FluxPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(**family["scheduler"]),
+                        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                        tokenizer_2=T5Tokenizer.from_pretrained(str(t5_dir)))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+BUILDERS = {"sd1": build_pipeline, "flux": build_flux_pipeline}
+
+
 def write_pairs(folder: Path, n: int, size: int, seed: int = 0) -> Path:
     """Red squares (unsafe) and blue twins at the same place (safe), in the project's pair dataset format."""
     import numpy as np
@@ -208,13 +306,15 @@ def _peaks(device) -> tuple[int | None, int | None]:
 
 def run_project(variant: Variant, family: dict, device, tmp: Path, pairs: Path, steps: int, warmup: int) -> Measure:
     from duo_unlearn.trainer.config import TrainConfig
+    from duo_unlearn.trainer.families import get_family
     from duo_unlearn.trainer.models import LoadedModel
     from duo_unlearn.trainer.train import train
 
-    pipe = build_pipeline(family, device, tmp)
+    pipe = BUILDERS[family.get("build", "sd1")](family, device, tmp)
     source = tmp / "random-weights.safetensors"  # stands in for the checkpoint file the adapter's hash names
     source.write_bytes(b"random weights")
-    model = LoadedModel(pipe=pipe, family="sd1", name="random-sd1", source=source)
+    name = family.get("family", "sd1")
+    model = LoadedModel(pipe=pipe, family=name, name=f"random-{name}", source=source)
     _reset(device)
     stamps: list[float] = []
 
@@ -227,8 +327,10 @@ def run_project(variant: Variant, family: dict, device, tmp: Path, pairs: Path, 
 
     cfg = TrainConfig(pairs=str(pairs), model="random", out=str(tmp / f"{variant.runner}.safetensors"),
                       steps=warmup + steps, batch_pairs=PAIRS_PER_STEP, beta=BETA, device=device.type,
+                      resolution=family.get("train_resolution"), overwrite=True,  # each variant replaces the last
                       **variant.settings)
-    cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules = RANK, ALPHA, TARGETS
+    targets = get_family(name).default_targets if "family" in family else TARGETS
+    cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules = RANK, ALPHA, tuple(targets)
     train(cfg, progress=clock, model=model)
     allocated, reserved = _peaks(device)
     del model, pipe
@@ -395,7 +497,8 @@ def main(argv=None) -> int:
     tables = []
     for name in families:
         family = configs[name]
-        variants = official_variants(device.type) + project_variants(device.type, have_bnb)
+        official = official_variants(device.type) if family.get("official", True) else []
+        variants = official + project_variants(device.type, have_bnb)
         variants = [v for v in variants if args.only in v.label]
         results = []
         with tempfile.TemporaryDirectory() as tmp:
@@ -414,7 +517,7 @@ def main(argv=None) -> int:
                 print(f"[{name}] {v.label}: {m.seconds if m.seconds is not None else 'failed'} s/step "
                       f"({time.perf_counter() - started:.1f} s) {m.note}", file=sys.stderr, flush=True)
         # the estimate's activation constant is SD 1.5's: meaningless for the tiny shapes
-        tables.append(table(results, name, family, device_name, steps, estimate=not args.tiny))
+        tables.append(table(results, name, family, device_name, steps, estimate=not args.tiny and "unet" in family))
     text = "\n\n".join(tables)
     print(text)
     if args.out:

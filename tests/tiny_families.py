@@ -1,4 +1,4 @@
-"""Tiny random SDXL and SD3 pipelines (no download), saved as diffusers folders like tiny_models.build_tiny_pipeline.
+"""Tiny random SDXL, SD3 and Flux pipelines (no download), saved as diffusers folders like tiny_models.build_tiny_pipeline.
 
 They keep the layouts the family code depends on: SDXL's two layers per down block, a cross-attention mid block and
 the text_time added embedding; SD3's three text encoders with CLIP width < T5 width (the CLIP states are padded
@@ -95,5 +95,36 @@ def build_tiny_sd3(folder: Path, seed: int = 0, dual_attention: bool = False) ->
         vae=_vae(4, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False),
         text_encoder=_clip(tokenizer, True), tokenizer=tokenizer, text_encoder_2=_clip(tokenizer, True),
         tokenizer_2=tokenizer, text_encoder_3=t5, tokenizer_3=t5_tokenizer)
+    pipe.save_pretrained(str(folder / "model"), safe_serialization=True)
+    return folder / "model"
+
+
+def build_tiny_flux(folder: Path, seed: int = 0, schnell: bool = False) -> Path:
+    """FLUX.1's layout in miniature: double- and single-stream blocks, a 16-channel VAE (latents packed 2x2, so the
+    transformer takes 64 channels) with Flux's scaling and shift, CLIP pooled + T5 states, the [dev] guidance
+    embedding (none for schnell) and Flux's schedulers (dev: shifted by resolution; schnell: unshifted)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    tokenizer = _clip_tokenizer(folder)
+    t5_tokenizer = build_t5_tokenizer(folder / "_t5tok")
+    t5_width = 2 * CLIP_WIDTH
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=t5_width, d_kv=8, d_ff=64, num_layers=1,
+                                 num_heads=2, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=t5_width, pooled_projection_dim=CLIP_WIDTH,
+        guidance_embeds=not schnell, axes_dims_rope=(2, 2, 4))
+    if schnell:  # FLUX.1-schnell's scheduler_config.json
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    else:  # FLUX.1-dev's
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                    max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(
+        transformer=transformer, scheduler=scheduler,
+        vae=_vae(16, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=_clip(tokenizer, False), tokenizer=tokenizer, text_encoder_2=t5, tokenizer_2=t5_tokenizer)
     pipe.save_pretrained(str(folder / "model"), safe_serialization=True)
     return folder / "model"

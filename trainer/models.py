@@ -11,6 +11,9 @@ from .testbed import TESTBED_DIR, TESTBED_NAME
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 _KEY_FAMILIES = (  # the first key found decides; order matters (SDXL also has cond_stage-like keys)
+    ("double_blocks.0.img_attn.qkv.weight", "flux"),  # BFL's transformer-only files (flux1-dev.safetensors)
+    ("model.diffusion_model.double_blocks.0.img_attn.qkv.weight", "flux"),  # full checkpoints (ComfyUI/Forge)
+    ("transformer_blocks.0.attn.add_q_proj.weight", "flux"),  # a diffusers-named Flux transformer file
     ("model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias", "sd3"),
     ("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", "sdxl"),
     ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "sd2"),
@@ -69,7 +72,7 @@ def family_from_keys(keys) -> str:
     for key, family in _KEY_FAMILIES:
         if key in keys:
             return family
-    raise UserError("unknown model family: the checkpoint has none of the keys of SD 1.x, SD 2.x, SDXL or SD3 "
+    raise UserError("unknown model family: the checkpoint has none of the keys of SD 1.x, SD 2.x, SDXL, SD3 or Flux "
                     "(is it a LoRA, a VAE or an embedding rather than a full model?)")
 
 
@@ -82,6 +85,8 @@ def family_from_folder(folder: Path) -> str:
     except json.JSONDecodeError as e:
         raise UserError(f"{index_file} is not valid JSON: {e}") from None
     cls = index.get("_class_name", "")
+    if cls.startswith("Flux"):
+        return "flux"
     if "StableDiffusion3" in cls:
         return "sd3"
     if "XL" in cls:
@@ -157,12 +162,44 @@ def load_options(path: Path) -> dict:
     if "edm_mean" in keys or "edm_vpred.sigma_max" in keys:
         raise UserError(f"{path.name} is an EDM-parameterised model (Playground v2.5 / CosXL style); "
                         "DUO trains epsilon and v-prediction models")
+    if any(key in keys for key, family in _KEY_FAMILIES if family == "flux"):
+        return flux_options(path, keys)
     options = {}
     if "v_pred" in keys:
         options["prediction_type"] = "v_prediction"
         if "ztsnr" in keys:
             options["rescale_betas_zero_snr"] = True
     return options
+
+
+_FLUX_GUIDANCE = ("guidance_in.in_layer.weight", "model.diffusion_model.guidance_in.in_layer.weight",
+                  "time_text_embed.guidance_embedder.linear_1.weight")
+
+
+def flux_variant_from_keys(keys) -> str:
+    """[dev] is guidance-distilled and has the guidance embedding (guidance_in); [schnell] has none."""
+    return "dev" if any(k in keys for k in _FLUX_GUIDANCE) else "schnell"
+
+
+def flux_options(path: Path, keys) -> dict:
+    """A Flux single file: which variant (its configs: FLUX.1-dev or FLUX.1-schnell) and whether it holds only the
+    transformer (BFL's own files do: the VAE, CLIP-L and T5 then come from --config-dir). Files already quantised
+    for inference (bitsandbytes NF4 as Forge ships them) cannot be read back into trainable weights: refused."""
+    keys = set(keys)
+    if any(k.endswith((".absmax", ".quant_map")) or ".quant_state." in k for k in keys):
+        raise UserError(f"{path.name} is a bitsandbytes-quantised Flux checkpoint (an inference format); train from "
+                        "the bf16/fp8 file and pass --quantize nf4 instead")
+    options = {"flux_variant": flux_variant_from_keys(keys)}
+    if not any(k.startswith(("vae.", "first_stage_model.", "text_encoders.", "cond_stage_model.")) for k in keys):
+        options["transformer_only"] = True
+    return options
+
+
+def flux_variant_from_folder(folder: Path) -> str:
+    config = folder / "transformer" / "config.json"
+    if not config.exists():
+        raise UserError(f"{folder} has no transformer/config.json: not a complete diffusers Flux folder")
+    return "dev" if json.loads(config.read_text()).get("guidance_embeds") else "schnell"
 
 
 def load_model(spec: str | Path, config_dir: str | Path | None = None, dtype=None,
@@ -180,7 +217,7 @@ def load_model(spec: str | Path, config_dir: str | Path | None = None, dtype=Non
     family_name = detect_family(path)
     family = get_family(family_name)  # refuses a family this version cannot train, by name
     options = {**load_options(path), **(options or {})}
-    dtype = dtype or torch.float32
+    dtype = dtype or (getattr(torch, family.load_dtype) if family.load_dtype else torch.float32)
     kwargs = {**_no_safety_checker(family), **family.load_kwargs(options)}
     if path.is_dir():
         _refuse_pickled_weights(path)

@@ -176,7 +176,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     def backward(loss):
         accelerator.backward(scaler.scale(loss) if scaler else loss)
 
-    process = family.noise_process(model.pipe)
+    process = family.noise_process(model.pipe, cache.resolution)
     ctx = StepContext(family=family, process=process, denoiser=wrapped, raw=raw, cache=cache,
                       t_range=(cfg.t_min, cfg.t_max), beta=cfg.beta, lam=lam,
                       esd_eta=cfg.esd_eta, autocast=rt.autocast, backward=backward)

@@ -4,11 +4,12 @@ from __future__ import annotations
 from ..errors import UserError
 from .base import Conditioning, DDPMProcess, Family, NoiseProcess
 from .flow import FlowMatchProcess
+from .flux import Flux
 from .sd1 import SD1, SD2
 from .sd3 import SD3
 from .sdxl import SDXL
 
-_FAMILIES: dict[str, Family] = {f.name: f for f in (SD1(), SD2(), SDXL(), SD3())}
+_FAMILIES: dict[str, Family] = {f.name: f for f in (SD1(), SD2(), SDXL(), SD3(), Flux())}
 
 
 def register(family: Family) -> None:

@@ -106,6 +106,7 @@ class Family:
     default_targets: tuple[str, ...] = ()
     lr_base = 3e-4  # official coupling: lr = lr_base * 100 / beta
     lambda_base = 1e6  # official coupling: lambda = lambda_base * beta / 100
+    load_dtype: str | None = None  # weights loaded in this dtype when none is asked for (None: float32)
     recipe_resolution: int | None = None  # the official recipe's training resolution; None: the native one
 
     # -- loading and pipelines --
@@ -154,7 +155,7 @@ class Family:
         """Conditioning for each prompt (no classifier-free guidance), float32 on the device."""
         raise NotImplementedError
 
-    def noise_process(self, pipe) -> NoiseProcess:
+    def noise_process(self, pipe, resolution: int | None = None) -> NoiseProcess:
         return DDPMProcess(pipe.scheduler.config)
 
     def predict(self, denoiser, x, t, cond: Conditioning):

@@ -46,7 +46,7 @@ class SD3(Family):
                 do_classifier_free_guidance=False, max_sequence_length=T5_TOKENS)
         return Conditioning({"encoder_hidden_states": hidden.float(), "pooled_projections": pooled.float()})
 
-    def noise_process(self, pipe):
+    def noise_process(self, pipe, resolution: int | None = None):
         from .flow import FlowMatchProcess
 
         return FlowMatchProcess(pipe.scheduler.config, schedule="official", precondition=self.precondition)
