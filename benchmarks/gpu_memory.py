@@ -455,8 +455,16 @@ def table(results: list[Measure], family: str, family_cfg: dict, device_name: st
             "",
             "| run | s/step | peak allocated GB | peak reserved GB | estimate GB | time ratio | memory ratio | note |",
             "|---|---|---|---|---|---|---|---|"]
+    def precision(settings):
+        asked = settings.get("mixed_precision")
+        if asked != "auto":
+            return asked
+        from duo_unlearn.trainer.runtime import RuntimeConfig, resolve
+
+        return resolve(RuntimeConfig(settings.get("device", "auto"), "auto")).mixed_precision
+
     for m in results:
-        ref = official.get(m.variant.settings.get("mixed_precision")) if m.variant.runner == "project" else None
+        ref = official.get(precision(m.variant.settings)) if m.variant.runner == "project" else None
         t_ratio = f"{m.seconds / ref.seconds:.2f}" if ref and m.seconds and ref.seconds else ""
         m_ratio = (f"{m.peak_allocated / ref.peak_allocated:.2f}"
                    if ref and m.peak_allocated and ref.peak_allocated else "")

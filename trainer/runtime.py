@@ -268,12 +268,23 @@ def components_to(pipe, device, dtype, vae_dtype=None) -> None:
     `lora_*` parameters) stay fp32 whatever the dtype: they are what training updates, and a resumed run must find
     them in full precision. (requires_grad cannot tell them apart: a freshly loaded model has it on everywhere.)"""
     import torch
+    from diffusers.utils import logging as diffusers_logging
 
-    for name, component in pipe.components.items():
+    quiet = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # else a note per cast about modules kept in float32 (there are none)
+    try:
+        for name, component in pipe.components.items():
+            if isinstance(component, torch.nn.Module):
+                target = vae_dtype if (name == "vae" and vae_dtype is not None) else dtype
+                if getattr(component, "is_quantized", False) or getattr(component, "quantization_config", None):
+                    component.to(device=device)  # quantised weights keep their storage; only the device changes
+                else:
+                    component.to(device=device, dtype=target)
+    finally:
+        diffusers_logging.set_verbosity(quiet)
+    for component in pipe.components.values():
         if not isinstance(component, torch.nn.Module):
             continue
-        target = vae_dtype if (name == "vae" and vae_dtype is not None) else dtype
-        component.to(device=device, dtype=target)
         for param_name, p in component.named_parameters():
             if ".lora_" in param_name and p.dtype != torch.float32:
                 p.data = p.data.float()

@@ -179,7 +179,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     process = family.noise_process(model.pipe, cache.resolution)
     ctx = StepContext(family=family, process=process, denoiser=wrapped, raw=raw, cache=cache,
                       t_range=(cfg.t_min, cfg.t_max), beta=cfg.beta, lam=lam,
-                      esd_eta=cfg.esd_eta, autocast=rt.autocast, backward=backward)
+                      esd_eta=cfg.esd_eta, autocast=rt.autocast, backward=backward, half=rt.half)
     method = METHODS[cfg.method]
 
     checkpoints = CheckpointFolder(cfg.checkpoint_path)

@@ -24,6 +24,11 @@ class StepContext:
     autocast: Any = nullcontext  # a callable returning a context manager (the runtime's autocast)
     backward: Callable | None = None  # the loop's backward, for a term computed apart from the step's loss
     loss_weight: float = 1.0  # this micro-batch's share of the step's loss
+    half: bool = False  # the runtime autocasts to fp16/bf16
+
+    def full_precision(self) -> bool:
+        """Nothing rounds to half precision: every row can share one batched pass."""
+        return not self.half and not _half_frozen(self.raw)
 
     def policy(self, x, t, cond):
         with self.autocast():

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..families import Conditioning
-from ..loss import duo_loss
+from ..loss import duo_loss, output_preservation
 from .context import StepContext, StepOutput
 
 
@@ -19,8 +19,9 @@ def duo_draw(ctx: StepContext, idx, gen) -> dict:
 
 
 def duo_loss_on(ctx: StepContext, draw: dict) -> StepOutput:
-    """Policy and reference on [x⁻_t, x⁺_t] in one batched pass each, and the output preservation on pure noise
-    x_T (in full precision, see StepContext.preservation); the loss of these pairs."""
+    """Policy and reference on [x⁻_t, x⁺_t, x_T]: the DPO term on the pairs, output preservation on pure noise x_T.
+    In full precision all rows share one batched pass each; under half precision the x_T rows get their own
+    full-precision pass (StepContext.preservation)."""
     import torch
 
     idx, noise = draw["idx"], draw["noise"]
@@ -30,14 +31,22 @@ def duo_loss_on(ctx: StepContext, draw: dict) -> StepOutput:
     t = torch.cat([draw["t_lose"], draw["t_win"]])
     x = ctx.process.add_noise(x0, pair_noise, t)
     cond = Conditioning.cat([ctx.cache.condition("unsafe", idx), ctx.cache.condition("safe", idx)])
+    t_pure = ctx.process.pure_noise_t(B, t.device).to(t.dtype)
+    batched = ctx.lam and ctx.full_precision()
+    if batched:
+        x, t, cond = torch.cat([x, noise]), torch.cat([t, t_pure]), Conditioning.cat([cond, ctx.cache.empty.repeat(B)])
     pred = ctx.policy(x, t, cond)
     ref = ctx.reference(x, t, cond)
-    target = ctx.process.target(x0, pair_noise, t)
-    p_lose, p_win = pred.split(B)
-    r_lose, r_win = ref.split(B)
+    target = ctx.process.target(x0, pair_noise, t[:2 * B])
+    p_lose, p_win = pred[:B], pred[B:2 * B]
+    r_lose, r_win = ref[:B], ref[B:2 * B]
     dpo, chosen, rejected = duo_loss(p_win, r_win, target[B:], p_lose, r_lose, target[:B], ctx.beta)
-    prior = (ctx.preservation(noise, ctx.process.pure_noise_t(B, t.device).to(t.dtype), ctx.cache.empty.repeat(B))
-             if ctx.lam else torch.zeros((), device=x.device))
+    if batched:
+        prior = output_preservation(pred[2 * B:], ref[2 * B:])
+    elif ctx.lam:
+        prior = ctx.preservation(noise, t_pure, ctx.cache.empty.repeat(B))
+    else:
+        prior = torch.zeros((), device=x.device)
     loss = dpo + ctx.lam * prior
     margin = chosen - rejected
     return StepOutput(loss, {"loss": loss.item(), "dpo": dpo.item(), "prior": prior.item(),
