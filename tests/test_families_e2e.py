@@ -73,3 +73,28 @@ def test_unlearn_end_to_end_and_the_model_is_left_clean(family_model, tmp_path):
     info = describe_adapter(results[0].adapter)
     recipe = get_family(name)
     assert info["duo"]["lr"] == pytest.approx(recipe.lr_base * 100 / 500)  # the family's official coupling
+
+
+@pytest.mark.slow
+def test_eval_direct_and_prompt_attacks_with_the_adapter(family_model, tmp_path):
+    from duo_unlearn.trainer.errors import UserError
+    from duo_unlearn.trainer.evaluate import EvalConfig, evaluate
+
+    name, folder = family_model
+    model = load_model(folder)
+    generate_pairs(PairConfig(out=str(tmp_path / "pairs"), model=str(folder), unsafe_prompts=("a red square",),
+                              safe_prompts=("a blue square",), num_pairs=2, sample_steps=2, batch_size=2),
+                   model=model)
+    adapter = train(TrainConfig(pairs=str(tmp_path / "pairs"), model=str(folder), out=str(tmp_path / "a.safetensors"),
+                                steps=2, beta=100, lr=5e-2, lam=0, lora=LoraConfig(rank=4, alpha=4.0),
+                                concept="red", device="cpu"), model=model).adapter
+    get_family(name).denoiser(model.pipe).delete_adapters("duo")
+    common = dict(model=str(folder), adapters=(str(adapter),), images_per_prompt=1, max_prompts=2, sample_steps=2,
+                  lpips_backbone="random", out=str(tmp_path / "report"), grid_columns=4)
+    with pytest.raises(UserError, match="implemented for SD 1.x/2.x"):
+        evaluate(EvalConfig(**common), model=model)  # the default attack list includes the CLIP-only ones
+    result = evaluate(EvalConfig(attacks=("direct", "prompts"), **common), model=model)
+    adapted = result["results"]["a"]
+    assert set(adapted["attacks"]) == {"direct", "prompts"}
+    assert adapted["preservation"]["one_minus_lpips"] < 1.0  # the adapter was on while it sampled
+    assert result["results"]["base"]["preservation"]["one_minus_lpips"] == 1.0

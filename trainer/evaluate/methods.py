@@ -73,7 +73,9 @@ def load_adapters(pipe, methods: list[Method]) -> None:
 @contextmanager
 def activated(pipe, method: Method):
     """The pipeline as `method` has it: only its adapter on (or none); yields the negative prompt to use."""
-    loaded = [m for m in pipe.get_list_adapters().get("unet", [])] if hasattr(pipe, "get_list_adapters") else []
+    # adapters sit on the UNet or the transformer, whichever the family denoises with
+    loaded = [a for names in pipe.get_list_adapters().values() for a in names] if hasattr(
+        pipe, "get_list_adapters") else []
     if method.kind == ADAPTER:
         pipe.enable_lora()
         pipe.set_adapters([method.adapter_name], [method.weight])

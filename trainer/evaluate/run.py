@@ -46,7 +46,8 @@ HELP = {  # `duo-unlearn eval` flag help (names shared with other commands mean 
     "grid_columns": "images per row in the grids",
     "out": "report folder: report.json, plot.png, grid_*.png",
     "batch_size": "images generated per batch",
-    "device": "auto, cpu or cuda",
+    "device": "auto, cpu, cuda, cuda:N or mps",
+    "mixed_precision": "auto (bf16/fp16 on a GPU, fp32 on the CPU), no, fp16 or bf16",
 }
 
 
@@ -88,8 +89,12 @@ class EvalConfig:
     out: str = "duo_eval"
     batch_size: int = 16
     device: str = "auto"
+    mixed_precision: str = "auto"  # half-precision sampling on a GPU, fp32 on the CPU
 
     def validate(self) -> None:
+        from ..runtime import RuntimeConfig
+
+        RuntimeConfig(self.device, self.mixed_precision).validate()
         unknown = [a for a in self.attacks if a not in ATTACKS]
         if unknown or not self.attacks:
             raise UserError(f"unknown attack(s) {', '.join(unknown) or '(none given)'}; attacks: {', '.join(ATTACKS)}")
@@ -196,12 +201,19 @@ def plan(cfg: EvalConfig) -> Plan:
                 cfg.guidance if cfg.guidance is not None else preset.guidance)
 
 
-def _device(spec: str):
-    import torch
+SD_TEXT_ATTACKS = ("concept_inversion", "ring_a_bell")  # they edit one CLIP text encoder's embeddings
 
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+
+def _check_family_attacks(cfg: EvalConfig) -> None:
+    """Concept Inversion and Ring-A-Bell work on SD 1.x/2.x's single CLIP encoder; refused by name elsewhere."""
+    from ..models import detect_family, resolve_model_path
+
+    family = detect_family(resolve_model_path(cfg.model))
+    asked = [a for a in cfg.attacks if a in SD_TEXT_ATTACKS]
+    if family not in ("sd1", "sd2") and asked:
+        keep = ",".join(a for a in cfg.attacks if a not in SD_TEXT_ATTACKS) or "direct,prompts"
+        raise UserError(f"the {', '.join(asked)} attack(s) are implemented for SD 1.x/2.x, and {cfg.model} is "
+                        f"{family.upper()}: run with --attacks {keep}")
 
 
 def generate(pipe, prompts: list[str], per_prompt: int, seed: int, steps: int, guidance: float,
@@ -249,8 +261,12 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
     from .report import image_grid, plot, write_json
     from .ring_a_bell import ring_a_bell
 
+    from ..runtime import RuntimeConfig, place, resolve
+
     started = time.time()
     p = plan(cfg)
+    _check_family_attacks(cfg)
+    rt = resolve(RuntimeConfig(cfg.device, cfg.mixed_precision))
     detector = make_detector(p.detector_spec)
     metric = build_lpips(cfg.lpips_net, cfg.lpips_backbone)
     out = Path(cfg.out)
@@ -260,9 +276,8 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
         raise UserError(f"cannot create the report folder {out}: {e.strerror or e}") from None
     model = model or load_model(cfg.model, cfg.config_dir)
     pipe = model.pipe
-    device = _device(cfg.device)
-    pipe.to(device)
-    metric.to(device)
+    place(pipe, rt)
+    metric.to(rt.device)
     load_adapters(pipe, p.methods)
     report(progress, ProgressEvent("eval", message=f"{model.name}: {', '.join(m.name for m in p.methods)}"))
 
