@@ -40,6 +40,7 @@ def test_pairs_train_export_and_diffusers_loads_every_module(family_model, tmp_p
     assert result.previews and result.previews[0].exists()
     family = get_family(name)
     info = describe_adapter(out)
+    assert info["format"] == {"sdxl": "kohya", "sd3": "diffusers"}[name]
     assert info["is_duo"] and info["duo"]["family"] == name and info["metadata"]["ss_base_model_version"] == \
         family.metadata(model.pipe)["ss_base_model_version"]
     assert info["duo"]["lr"] == 1e-2

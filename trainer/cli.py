@@ -118,7 +118,7 @@ def cmd_info(args) -> int:
         print(json.dumps(info, indent=2))  # JSON escapes control characters itself
         return 0
     print(printable(f"{info['file']}: {info['modules']} LoRA modules, {info['tensors']} tensors, "
-                    f"kohya names only: {info['kohya_names_only']}"))
+                    f"{info['format']} names"))
     for key, value in sorted(info["metadata"].items()):
         print(printable(f"  {key}: {value}"))
     for key, value in sorted(info["duo"].items()):

@@ -177,12 +177,15 @@ def describe_adapter(path: str | Path) -> dict:
         raise UserError(f"{path} is not a safetensors file: {e}") from None
     modules = sorted({k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in keys})
     duo = decode_duo(metadata)
+    kohya = all(k.startswith(("lora_unet_", "lora_te_")) and k.endswith(KOHYA_SUFFIXES) for k in keys)
+    diffusers = all(k.startswith(("transformer.", "unet.")) and k.endswith((".lora_A.weight", ".lora_B.weight"))
+                    for k in keys)
     return {
         "file": str(path),
         "modules": len(modules),
         "tensors": len(keys),
-        "kohya_names_only": all(k.startswith(("lora_unet_", "lora_te_")) and k.endswith(KOHYA_SUFFIXES)
-                                for k in keys),
+        "format": "kohya" if kohya else "diffusers" if diffusers else "other",  # SD3/Flux adapters: diffusers
+        "kohya_names_only": kohya,
         "is_duo": bool(duo),
         "duo": duo,
         "metadata": {k: v for k, v in metadata.items() if not k.startswith("duo.")},
