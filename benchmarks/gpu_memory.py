@@ -85,6 +85,41 @@ FAMILIES["flux"] = {
     "tokenizer_length": 77,
     "scheduler": FLUX_SCHEDULER,
 }
+CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=768,
+              bos_token_id=0, eos_token_id=2, pad_token_id=1)
+CLIP_G = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+              max_position_embeddings=77, hidden_act="gelu", layer_norm_eps=1e-5, projection_dim=1280,
+              bos_token_id=0, eos_token_id=2, pad_token_id=1)
+# SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0 unet/, vae/, text_encoder/, text_encoder_2/ configs)
+FAMILIES["sdxl"] = {
+    "family": "sdxl", "build": "sdxl", "official": False, "resolution": 1024, "train_resolution": 1024,
+    "unet": dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=(320, 640, 1280), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D",
+                                                                        "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+                 use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816, norm_num_groups=32),
+    "vae": dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=1024, act_fn="silu",
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
+                scaling_factor=0.13025, force_upcast=True),
+    "text_encoder": CLIP_L, "text_encoder_2": CLIP_G, "tokenizer_length": 77,
+}
+# SD3 Medium without T5 (stabilityai/stable-diffusion-3-medium-diffusers transformer/, vae/ configs; the target
+# card is 12 GB, so text_encoder_3 = None as diffusers allows)
+FAMILIES["sd3"] = {
+    "family": "sd3", "build": "sd3", "official": False, "resolution": 1024, "train_resolution": 512,
+    "transformer": dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+                        num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                        pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192),
+    "vae": dict(in_channels=3, out_channels=3, latent_channels=16, sample_size=1024, act_fn="silu",
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
+                scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False),
+    "text_encoder": CLIP_L, "text_encoder_2": CLIP_G, "tokenizer_length": 77,
+}
 # --tiny: the same code path on the CPU in seconds (shapes as tests/tiny_models.py)
 TINY_FAMILIES = {
     "sd1": {
@@ -124,6 +159,27 @@ TINY_FAMILIES["flux"] = {  # shapes as tests/tiny_families.build_tiny_flux; not 
                            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1),
     "tokenizer_length": 16,
     "scheduler": FLUX_SCHEDULER,
+}
+TINY_CLIP = dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 max_position_embeddings=16, projection_dim=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
+                down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                block_out_channels=(8, 16, 16), layers_per_block=1, norm_num_groups=8)
+TINY_FAMILIES["sdxl"] = {
+    "family": "sdxl", "build": "sdxl", "official": False, "resolution": 32, "train_resolution": 32,
+    "unet": dict(sample_size=4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32),
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=2, norm_num_groups=8,
+                 cross_attention_dim=64, use_linear_projection=True, addition_embed_type="text_time",
+                 addition_time_embed_dim=8, projection_class_embeddings_input_dim=16 + 6 * 8),
+    "vae": TINY_VAE, "text_encoder": TINY_CLIP, "text_encoder_2": TINY_CLIP, "tokenizer_length": 16,
+}
+TINY_FAMILIES["sd3"] = {
+    "family": "sd3", "build": "sd3", "official": False, "resolution": 32, "train_resolution": 32,
+    "transformer": dict(sample_size=4, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+                        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=64,
+                        caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=16),
+    "vae": TINY_VAE, "text_encoder": TINY_CLIP, "text_encoder_2": TINY_CLIP, "tokenizer_length": 16,
 }
 PRECISION_DTYPES = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
 RANK, ALPHA, TARGETS = 32, 32.0, ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
@@ -247,7 +303,64 @@ def build_flux_pipeline(family: dict, device, folder: Path, seed: int = 0):
     return pipe
 
 
-BUILDERS = {"sd1": build_pipeline, "flux": build_flux_pipeline}
+def _clip_tokenizer(family: dict, folder: Path):
+    from transformers import CLIPTokenizer
+
+    from duo_unlearn.trainer.testbed.shapes import vocabulary_words
+    from duo_unlearn.trainer.testbed.vocabulary import BOS, EOS, write_tokenizer_files
+
+    tok_dir = folder / "tokenizer"
+    if not tok_dir.exists():
+        write_tokenizer_files(tok_dir, vocabulary_words())
+    return CLIPTokenizer.from_pretrained(str(tok_dir), model_max_length=family["tokenizer_length"], bos_token=BOS,
+                                         eos_token=EOS, pad_token=EOS, unk_token=EOS)
+
+
+def build_sdxl_pipeline(family: dict, device, folder: Path, seed: int = 0):
+    """StableDiffusionXLPipeline with SDXL base's architecture and random weights, built on the device."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer = _clip_tokenizer(family, folder)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**family["unet"])
+        vae = AutoencoderKL(**family["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**family["text_encoder"]))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**family["text_encoder_2"]))
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+                                     add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_sd3_pipeline(family: dict, device, folder: Path, seed: int = 0):
+    """StableDiffusion3Pipeline with SD3 Medium's architecture, no T5, random weights, built on the device."""
+    import torch
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer = _clip_tokenizer(family, folder)
+    with torch.device(device):
+        transformer = SD3Transformer2DModel(**family["transformer"])
+        vae = AutoencoderKL(**family["vae"])
+        text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**family["text_encoder"]))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**family["text_encoder_2"]))
+    pipe = StableDiffusion3Pipeline(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                    text_encoder_2=text_encoder_2, tokenizer_2=tokenizer, text_encoder_3=None,
+                                    tokenizer_3=None, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+BUILDERS = {"sd1": build_pipeline, "flux": build_flux_pipeline, "sdxl": build_sdxl_pipeline,
+            "sd3": build_sd3_pipeline}
 
 
 def write_pairs(folder: Path, n: int, size: int, seed: int = 0) -> Path:
@@ -468,7 +581,8 @@ def table(results: list[Measure], family: str, family_cfg: dict, device_name: st
         t_ratio = f"{m.seconds / ref.seconds:.2f}" if ref and m.seconds and ref.seconds else ""
         m_ratio = (f"{m.peak_allocated / ref.peak_allocated:.2f}"
                    if ref and m.peak_allocated and ref.peak_allocated else "")
-        est = estimate_gb(family_cfg, m.variant.settings) if estimate and m.variant.runner == "project" else None
+        est = (estimate_gb(family_cfg, m.variant.settings)
+               if estimate and m.variant.runner == "project" and "unet" in family_cfg else None)  # SD 1.x-calibrated
         sec = f"{m.seconds:.3f}" if m.seconds is not None else "failed"
         rows.append(f"| {m.variant.label} | {sec} | {gb(m.peak_allocated)} | {gb(m.peak_reserved)} | "
                     f"{f'{est:.2f}' if est is not None else ''} | {t_ratio} | {m_ratio} | {m.note} |")

@@ -99,3 +99,16 @@ def test_preservation_term_is_full_precision_under_bf16(tiny_model, pair_dir, tm
     result = train(_cfg(pair_dir, tiny_model, tmp_path, "prior", mixed_precision="bf16", device="cpu", steps=1,
                         lam=5e6))
     assert result.history[0]["prior"] == 0.0
+
+
+def test_after_unlearn_every_component_is_where_the_next_job_expects(tiny_model, tmp_path):
+    from duo_unlearn.trainer.unlearn import UnlearnConfig, unlearn
+
+    model = load_model(tiny_model)
+    unlearn(UnlearnConfig(preset="custom", model=str(tiny_model), out=str(tmp_path / "u.safetensors"),
+                          unsafe_prompts=("a red square",), safe_prompts=("a blue square",), num_pairs=2, steps=2,
+                          rank=4, mixed_precision="bf16", device="cpu"), model=model)
+    where = _where(model.pipe)
+    assert not any(kind == "lora" for _, kind in where)  # the adapter was taken off the loaded model
+    for component in ("unet", "vae", "text_encoder"):
+        assert where[(component, "frozen")] == {("cpu", torch.bfloat16)}
