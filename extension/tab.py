@@ -216,7 +216,10 @@ class TabController:
                                 "name or tick 'Overwrite'")
         cfg.overwrite = bool(overwrite)  # the user ticked it knowingly; the trainer refuses otherwise
         on = self.backend.current_model_name(model_spec) or Path(model_spec).name
-        family = self.backend.model_family(model_spec)
+        try:  # only a label: an undetectable family is the trainer's to refuse, with its own message
+            family = self.backend.model_family(model_spec)
+        except Exception:  # noqa
+            family = None
         on += f" — {family_label(family)}" if family else ""
         label = f"{name} ({', '.join(pl.concept.name for pl in plans)} on {on})"
         return Request(cfg, plans, outputs, label)
