@@ -18,6 +18,25 @@ def queue(blocks):
     return blocks.queue(concurrency_count=4)
 
 
+A1111_SCRIPT = Path(__file__).resolve().parents[1] / "javascript" / "duo_unlearn.js"
+
+
+def add_page_script(blocks, path: Path = A1111_SCRIPT):
+    """Run the file A1111 injects into its pages (hover help, copy <lora:…>) in the standalone page too.
+
+    A page load event carrying only JavaScript works on every gradio the tab supports: gradio 3.41 calls the
+    argument `_js`, 4.x and later `js`. (Blocks(head=…) is 4.x-only; gradio 3 has no page-level script hook.)"""
+    import gradio as gr
+
+    if not path.exists():
+        return blocks
+    js = "() => {\n" + path.read_text() + "\n}"
+    key = "js" if int(gr.__version__.split(".")[0]) >= 4 else "_js"
+    with blocks:
+        blocks.load(None, None, None, **{key: js})
+    return blocks
+
+
 def make_app(lora_dir: str | Path | None = None, work_dir: str | Path | None = None, model: str = "testbed",
              device: str = "auto"):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -34,7 +53,7 @@ def make_app(lora_dir: str | Path | None = None, work_dir: str | Path | None = N
     except OSError as e:
         raise UserError(f"cannot create the LoRA folder {lora_dir}: {e.strerror or e}") from None
     backend = StandaloneBackend(lora_dir, work_dir, model=model, device=device)
-    return queue(create_blocks(backend)), backend
+    return queue(add_page_script(create_blocks(backend))), backend
 
 
 def serve(host: str = "127.0.0.1", port: int | None = None, lora_dir: str | Path | None = None,

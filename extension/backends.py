@@ -19,6 +19,11 @@ from ..trainer.progress import ProgressEvent, report
 from .jobs import JobRunner
 
 ADAPTER_EXT = ".safetensors"
+FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux"}
+
+
+def family_label(family: str | None) -> str:
+    return FAMILY_LABELS.get(family or "", (family or "?").upper())
 
 
 @dataclass
@@ -78,6 +83,12 @@ class Backend:
     def current_model_name(self, spec: str) -> str | None:
         """The name the trainer records as duo.base_model for this model (to warn about mismatches)."""
         return None
+
+    def model_family(self, spec: str) -> str | None:
+        """The model's family (sd1, sd2, sdxl, sd3, flux) from its keys or model_index.json: no weights loaded."""
+        from ..trainer.models import detect_family, resolve_model_path
+
+        return detect_family(resolve_model_path(spec))
 
     # -- adapters --
     def list_adapters(self) -> list[AdapterInfo]:
@@ -161,15 +172,22 @@ class StandaloneBackend(Backend):
             return model
 
     @staticmethod
-    def _clean(model) -> bool:
-        """No LoRA layer left on the UNet (a crashed comparison or training would leave one)."""
-        unet = model.pipe.unet
-        return not getattr(unet, "peft_config", None)
+    def _modules(model) -> list:
+        """The modules LoRAs attach to, for any family: the denoiser (UNet or transformer) and the text encoders."""
+        from ..trainer.families import get_family
 
-    @staticmethod
-    def _tidy(model) -> None:
+        family = get_family(model.family)
+        return [family.denoiser(model.pipe), *family.text_modules(model.pipe)]
+
+    @classmethod
+    def _clean(cls, model) -> bool:
+        """No LoRA layer left on the denoiser or a text encoder (a crashed comparison or training would leave one)."""
+        return not any(getattr(m, "peft_config", None) for m in cls._modules(model))
+
+    @classmethod
+    def _tidy(cls, model) -> None:
         """Drop the empty peft bookkeeping that deleting the last adapter leaves (peft warns about it later)."""
-        for module in (model.pipe.unet, model.pipe.text_encoder):
+        for module in cls._modules(model):
             if getattr(module, "peft_config", None) == {}:
                 del module.peft_config
 
@@ -212,7 +230,7 @@ class StandaloneBackend(Backend):
                 self._tidy(model)
         report(progress, ProgressEvent("compare", 2, 2, "done"))
         stacked = " + ".join(f"{a.name}×{w:g}" for a, w in adapters)
-        return base, adapted, f"diffusers on {model.name}, seed {seed}, {steps} steps, guidance {guidance:g}: {stacked}"
+        return base, adapted, f"diffusers on {model.name} ({family_label(model.family)}), seed {seed}, {steps} steps, guidance {guidance:g}: {stacked}"
 
 
 class A1111Backend(Backend):
@@ -349,7 +367,12 @@ class A1111Backend(Backend):
         from modules import processing, shared
 
         model = getattr(shared, "sd_model", None)
-        size = 1024 if getattr(model, "is_sdxl", False) else 768 if getattr(model, "is_sd2", False) else 512
+        try:  # the family of the selected file: SDXL/SD3/Flux checkpoints at 1024 even where the host has no flag
+            family = self.model_family(self.model_for_training(""))
+        except Exception:
+            family = None
+        size = (1024 if getattr(model, "is_sdxl", False) or family in ("sdxl", "sd3", "flux")
+                else 768 if getattr(model, "is_sd2", False) else 512)
         p = processing.StableDiffusionProcessingTxt2Img(
             sd_model=model, outpath_samples=str(self.work_dir / "compare"), outpath_grids=str(self.work_dir / "compare"),
             prompt=prompt, negative_prompt=negative or "", seed=int(seed), steps=int(steps), cfg_scale=float(guidance),
@@ -381,4 +404,8 @@ class A1111Backend(Backend):
                 if state is not None and hasattr(state, "end"):
                     state.end()
         report(progress, ProgressEvent("compare", 2, 2, "done"))
-        return base, adapted, f"web UI txt2img, seed {seed}, {steps} steps, CFG {guidance:g}; prompt: {prompt} {tags}"
+        try:
+            on = f" on {self.current_model_name('')} ({family_label(self.model_family(self.model_for_training('')))})"
+        except Exception:
+            on = ""
+        return base, adapted, f"web UI txt2img{on}, seed {seed}, {steps} steps, CFG {guidance:g}; prompt: {prompt} {tags}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..trainer.errors import UserError
+from .backends import family_label
 from .jobs import Busy, format_seconds
 from .names import adapter_path, sanitise_name
 
@@ -93,6 +94,10 @@ def progress_bar(fraction: float, state: str = "running") -> str:
             f'</div></div>')
 
 
+PRECISIONS = ["auto", "no", "fp16", "bf16"]
+CHECKPOINTING = ["auto", "on", "off"]
+
+
 @dataclass
 class Request:
     """A validated "Unlearn concept" click."""
@@ -151,7 +156,8 @@ class TabController:
     # -- Unlearn concept --
     def build_request(self, model, preset, concept, unsafe_text, safe_text, num_pairs, beta, steps, rank, out_name,
                       strength=None, lr=None, seed=0, batch_pairs=4, detector="", preview=True, overwrite=False,
-                      config_dir="") -> Request:
+                      config_dir="", device="auto", mixed_precision="auto", gradient_checkpointing="auto",
+                      resolution=0, micro_batch_pairs=0) -> Request:
         """Every check that can fail before anything is written; UserError says what to fix."""
         from ..trainer.unlearn import UnlearnConfig, plan
 
@@ -184,7 +190,16 @@ class TabController:
             rank=_int(rank, "Rank"), strength=None if strength in (None, "", 0) else _float(strength, "SDEdit strength"),
             lr=None if lr in (None, "", 0) else _float(lr, "Learning rate"), seed=_int(seed, "Seed", 0),
             batch_pairs=_int(batch_pairs, "Pairs per step"), detector=(detector or "").strip() or None,
-            preview=bool(preview))
+            preview=bool(preview), device=(device or "").strip() or "auto",
+            mixed_precision=(mixed_precision or "").strip() or "auto",
+            gradient_checkpointing=(gradient_checkpointing or "").strip() or "auto",
+            # gradio sends an emptied Number as 0: 0 means "the model's native size" / "as many as fit"
+            resolution=None if resolution in (None, "", 0) else _int(resolution, "Resolution", 8),
+            micro_batch_pairs=None if micro_batch_pairs in (None, "", 0) else _int(micro_batch_pairs,
+                                                                                     "Micro-batch pairs"))
+        from ..trainer.runtime import RuntimeConfig
+
+        RuntimeConfig(cfg.device, cfg.mixed_precision, cfg.gradient_checkpointing).validate()
         _, plans = plan(cfg)  # the trainer's own checks (prompts, ranges, file name)
         # Pairs go to the work folder, under a name that changes with every setting that shapes them, so a
         # cancelled run resumes and a changed one starts fresh instead of failing on "other settings".
@@ -201,6 +216,11 @@ class TabController:
                                 "name or tick 'Overwrite'")
         cfg.overwrite = bool(overwrite)  # the user ticked it knowingly; the trainer refuses otherwise
         on = self.backend.current_model_name(model_spec) or Path(model_spec).name
+        try:  # only a label: an undetectable family is the trainer's to refuse, with its own message
+            family = self.backend.model_family(model_spec)
+        except Exception:  # noqa
+            family = None
+        on += f" — {family_label(family)}" if family else ""
         label = f"{name} ({', '.join(pl.concept.name for pl in plans)} on {on})"
         return Request(cfg, plans, outputs, label)
 
@@ -267,6 +287,17 @@ class TabController:
             if finished:
                 return
             job.wait(poll)
+
+    def model_line(self, model) -> str:
+        """The model and its family (read from the file's keys or the folder's model_index.json: no weights are
+        loaded), shown next to the Model box, e.g. "testbed — SD 1.x"."""
+        spec = (model or "").strip() or self.backend.default_model()
+        try:
+            family = self.backend.model_family(self.backend.model_for_training(spec))
+        except Exception as e:  # noqa: a model still being typed, a missing file, a host with no checkpoint
+            return f"Family: unknown ({_esc(str(e).splitlines()[0] if str(e) else type(e).__name__)})"
+        name = self.backend.current_model_name(spec) or spec
+        return f"**{_esc(str(name))}** — {family_label(family)}" if family else f"**{_esc(str(name))}**"
 
     # -- Compare adapters --
     def adapter_table(self) -> str:
@@ -354,6 +385,7 @@ def build_tab(backend) -> dict:
                 "Optimization), then compare it with the base model.")
     c["model"] = gr.Textbox(label="Model", value=backend.default_model(), info=model_info,
                             interactive=backend.model_editable, elem_id="duo_model")
+    c["model_family"] = gr.Markdown(ctl.model_line(backend.default_model()), elem_id="duo_model_family")
     with gr.Tab("Unlearn concept", elem_id="duo_tab_unlearn"):
         with gr.Row():
             c["preset"] = gr.Dropdown(label="Preset", choices=ctl.preset_names(), value=preset0,
@@ -390,6 +422,18 @@ def build_tab(backend) -> dict:
                                            elem_id="duo_preview")
                 c["overwrite"] = gr.Checkbox(label="Overwrite an adapter of the same name", value=False,
                                              elem_id="duo_overwrite")
+            with gr.Row():
+                c["device"] = gr.Textbox(label="Device (auto, cpu, cuda, cuda:1, mps)", value="auto",
+                                         elem_id="duo_device")
+                c["mixed_precision"] = gr.Dropdown(label="Mixed precision (auto: bf16/fp16 on a GPU, fp32 on CPU)",
+                                                   choices=PRECISIONS, value="auto", elem_id="duo_mixed_precision")
+                c["gradient_checkpointing"] = gr.Dropdown(
+                    label="Gradient checkpointing (auto: on when memory is short)", choices=CHECKPOINTING,
+                    value="auto", elem_id="duo_gradient_checkpointing")
+                c["resolution"] = gr.Number(label="Resolution (0: the model's native size)", value=0, precision=0,
+                                            elem_id="duo_resolution")
+                c["micro_batch_pairs"] = gr.Number(label="Micro-batch pairs (0: all pairs of a step at once)",
+                                                   value=0, precision=0, elem_id="duo_micro_batch")
         with gr.Row():
             c["run"] = gr.Button("Unlearn concept", variant="primary", elem_id="duo_run")
             c["cancel"] = gr.Button("Cancel", elem_id="duo_cancel")
@@ -428,7 +472,8 @@ def build_tab(backend) -> dict:
     dropdowns = c["slots"][0::2]
     unlearn_inputs = [c[k] for k in ("model", "preset", "concept", "unsafe", "safe", "num_pairs", "beta", "steps",
                                      "rank", "out_name", "strength", "lr", "seed", "batch_pairs", "detector",
-                                     "preview", "overwrite", "config_dir")]
+                                     "preview", "overwrite", "config_dir", "device", "mixed_precision",
+                                     "gradient_checkpointing", "resolution", "micro_batch_pairs")]
 
     def on_preset(preset):
         try:
@@ -479,9 +524,9 @@ def build_tab(backend) -> dict:
     def on_cancel():
         return ctl.cancel()
 
-    def on_refresh():
+    def on_refresh(model):
         names = ctl.adapter_names()
-        return (ctl.adapter_table(), *[_update(choices=names) for _ in range(MAX_STACK)])
+        return (ctl.adapter_table(), ctl.model_line(model), *[_update(choices=names) for _ in range(MAX_STACK)])
 
     def on_compare(*inputs):
         try:
@@ -502,7 +547,9 @@ def build_tab(backend) -> dict:
             [c["notice"], c["bar"], c["status"], c["sheet"], c["preview_img"], *dropdowns], "duo_watch",
             concurrent=True, quiet=True)
     _listen(c["cancel"].click, on_cancel, [], [c["notice"]], "duo_cancel", concurrent=True, quiet=True)
-    _listen(c["refresh"].click, on_refresh, [], [c["table"], *dropdowns], "duo_refresh")
+    _listen(c["refresh"].click, on_refresh, [c["model"]], [c["table"], c["model_family"], *dropdowns], "duo_refresh")
+    if backend.model_editable:
+        c["model"].change(ctl.model_line, inputs=[c["model"]], outputs=[c["model_family"]])
     _listen(c["compare"].click, on_compare,
             [c["model"], c["prompt"], c["negative"], c["cmp_seed"], c["cmp_steps"], c["cmp_guidance"], *c["slots"]],
             [c["base_img"], c["adapted_img"], c["cmp_note"]], "duo_compare", concurrent=True)

@@ -1,5 +1,7 @@
 // A1111 / Forge: hover help for the DUO Unlearn tab's fields, and "copy <lora:name:1> to prompt" in its Compare tab.
 // Top-level javascript/*.js is injected by A1111 into every page; ComfyUI's code lives in javascript/comfyui/.
+// The standalone app (`duo-unlearn ui`) runs this same file from a load event (extension/app.py), after the page
+// is built: there is no onUiLoaded/onUiUpdate there, so it starts at once and watches the page for new elements.
 (function () {
   const HELP = {
     duo_model: "The base model the adapter is trained for (the checkpoint selected at the top of the web UI).",
@@ -18,12 +20,19 @@
     duo_batch: "Pairs per training step.",
     duo_detector: "Which detector gates the unsafe images: none, nudenet, colour:red …",
     duo_config_dir: "A diffusers folder of the same family, for single-file checkpoints when offline.",
+    duo_device: "Where the job runs: auto (a CUDA or Apple GPU when there is one), cpu, cuda, cuda:1, mps.",
+    duo_mixed_precision: "Frozen weights in half precision on a GPU (the LoRA and optimizer stay fp32). auto: bf16 where the card supports it, else fp16; fp32 on the CPU.",
+    duo_gradient_checkpointing: "Recompute activations to save memory. auto: on when the estimated need exceeds free memory.",
+    duo_resolution: "Pairs and training at this size (a multiple of 8); 0 = the model's native size (512 SD 1.x, 1024 SDXL/SD3).",
+    duo_micro_batch: "Pairs per forward pass; gradients accumulate so a step still sees all its pairs. 0 = all at once (halved automatically on out-of-memory).",
+    duo_model_family: "The model's family, read from its files without loading it: SD 1.x, SD 2.x, SDXL, SD3 or Flux.",
     duo_cmp_prompt: "The prompt rendered with and without the adapters, same seed.",
     duo_cmp_seed: "Both images use this seed, so only the adapters differ.",
   };
 
   function gradio() {
-    return typeof gradioApp === "function" ? gradioApp() : document;
+    if (typeof gradioApp === "function") return gradioApp();
+    return document.querySelector("gradio-app")?.shadowRoot || document;
   }
 
   function addHelp(root) {
@@ -64,7 +73,8 @@
     const button = document.createElement("button");
     button.id = "duo_copy_lora";
     button.className = refresh.className;
-    button.textContent = "Copy <lora:name:1> to prompt";
+    const host = !!root.querySelector("#txt2img_prompt");  // A1111/Forge; standalone: the clipboard only
+    button.textContent = host ? "Copy <lora:name:1> to prompt" : "Copy <lora:name:1>";
     button.title = "Append the chosen adapters as <lora:name:weight> to the txt2img prompt (and the clipboard)";
     button.addEventListener("click", (e) => { e.preventDefault(); copyToPrompt(root); });
     refresh.after(button);
@@ -77,6 +87,15 @@
   }
 
   if (typeof onUiLoaded === "function") onUiLoaded(setup);
-  else document.addEventListener("DOMContentLoaded", setup);
-  if (typeof onUiUpdate === "function") onUiUpdate(() => { const r = gradio(); addHelp(r); addCopyButton(r); });
+  else if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", setup);
+  else setup();
+  if (typeof onUiUpdate === "function") onUiUpdate(setup);
+  else {  // standalone gradio: tabs may render their content only when first shown
+    let pending = false;
+    new MutationObserver(() => {
+      if (pending) return;
+      pending = true;
+      setTimeout(() => { pending = false; setup(); }, 200);
+    }).observe(gradio(), { childList: true, subtree: true });
+  }
 })();

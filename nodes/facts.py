@@ -33,13 +33,21 @@ def base_model_matches(facts: dict, checkpoint_name: str | None) -> bool | None:
     return Path(checkpoint_name).stem == str(base)
 
 
+FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux"}
+
+
+def _shown(key: str, value) -> str:
+    if key == "family" and isinstance(value, str):
+        return FAMILY_LABELS.get(value, value)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def summary(name: str, info: dict, checkpoint_name: str | None = None) -> str:
     """One line per fact, as DUO Load Adapter's duo_info output and the nodes' text show it."""
     if not info["is_duo"]:
         return f"{name}: not a DUO adapter (no duo.* metadata)"
     facts = info["facts"]
-    lines = [name] + [f"{k}: {facts[k] if isinstance(facts[k], str) else json.dumps(facts[k])}"
-                      for k in SHOWN if k in facts]
+    lines = [name] + [f"{k}: {_shown(k, facts[k])}" for k in SHOWN if k in facts]
     match = base_model_matches(facts, checkpoint_name)
     if match is not None:
         lines.append(f"matches {checkpoint_name}: {'yes' if match else 'no (trained on ' + str(facts['base_model']) + ')'}")

@@ -114,8 +114,8 @@ class ComfyProgress:
                 self._bar = self._bar_cls(event.total, node_id=self._node_id)
                 self._stage = event.stage
             self._bar.update_absolute(event.step, event.total)
-        if event.message:
-            print(f"[DUO] {event.message}")
+        if event.message:  # flushed: ComfyUI's log wrapper buffers stdout when it is not a terminal
+            print(f"[DUO] {event.message}", flush=True)
         return True
 
 

@@ -10,6 +10,8 @@ from . import host
 from .facts import read_facts, summary
 
 TESTBED = "testbed"
+PRECISIONS = ("auto", "no", "fp16", "bf16")
+CHECKPOINTING = ("auto", "on", "off")
 _PRESET_DEFAULT = "0 = the preset's value"
 
 
@@ -56,6 +58,13 @@ class DUOUnlearn:
             "optional": {
                 "config_dir": ("STRING", {"default": "", "tooltip": "Diffusers folder of the same family, for "
                                "single-file checkpoints offline. Empty: the first matching one in models/diffusers."}),
+                "mixed_precision": (list(PRECISIONS), {"default": "auto", "tooltip": "Frozen weights in half "
+                                    "precision (LoRA and optimizer stay fp32). auto: bf16 or fp16 on a GPU, fp32 "
+                                    "on the CPU."}),
+                "gradient_checkpointing": (list(CHECKPOINTING), {"default": "auto", "tooltip": "Trade compute for "
+                                           "memory. auto: on when the estimated need exceeds free memory."}),
+                "resolution": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8, "tooltip": "Pairs and "
+                                       "training at this size (a multiple of 8); 0 = the model's native size."}),
             },
         }
 
@@ -81,7 +90,8 @@ class DUOUnlearn:
         return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
 
     def unlearn(self, ckpt_name, preset, concept, unsafe_prompts, safe_prompts, num_pairs, steps, beta, seed,
-                lora_name, overwrite, config_dir=""):
+                lora_name, overwrite, config_dir="", mixed_precision="auto", gradient_checkpointing="auto",
+                resolution=0):
         from ..trainer.unlearn import UnlearnConfig, plan, unlearn
 
         model_spec, config = _model_and_configs(ckpt_name, (config_dir or "").strip())
@@ -91,12 +101,14 @@ class DUOUnlearn:
             pairs_dir=str(host.work_dir() / f"{out.stem}_pairs"), concept=concept.strip() or None,
             unsafe_prompts=_lines(unsafe_prompts), safe_prompts=_lines(safe_prompts),
             num_pairs=num_pairs or None, steps=steps or None, beta=beta or None, seed=seed, preview=True,
-            device=host.training_device())
+            device=host.training_device(), mixed_precision=mixed_precision or "auto",
+            gradient_checkpointing=gradient_checkpointing or "auto", resolution=int(resolution or 0) or None)
         preset_obj, plans = plan(cfg)  # every bad input is reported here, before anything is unloaded or written
         adapters = [Path(p.train.out) for p in plans]
         for path in adapters:
             host.check_adapter_slot(path)
-        reusable = all(_same_training(path, p, preset_obj.name, model_spec) for path, p in zip(adapters, plans))
+        reusable = all(_same_training(path, p, preset_obj.name, model_spec, cfg.resolution)
+                       for path, p in zip(adapters, plans))
         if not reusable:
             existing = [p.name for p in adapters if p.exists()]
             if existing and not overwrite:
@@ -139,7 +151,7 @@ def _model_and_configs(ckpt_name: str, config_dir: str) -> tuple[str, str | None
     return str(path), str(found) if found else None
 
 
-def _same_training(path: Path, p, preset_name: str, model_spec: str) -> bool:
+def _same_training(path: Path, p, preset_name: str, model_spec: str, resolution: int | None = None) -> bool:
     """An adapter already on disk that this request would retrain identically (the facts it records agree)."""
     if not path.exists():
         return False
@@ -150,6 +162,8 @@ def _same_training(path: Path, p, preset_name: str, model_spec: str) -> bool:
     model_name = TESTBED if model_spec == TESTBED else Path(model_spec).stem
     want = {"preset": preset_name, "concept": p.concept.name, "beta": p.train.beta, "steps": p.train.steps,
             "seed": p.train.seed, "base_model": model_name, "method": p.train.method}
+    if resolution is not None:  # native (None) is whatever the model's size is: not known without loading it
+        want["resolution"] = resolution
     if any(facts.get(k) != v for k, v in want.items()):
         return False
     return (set(facts.get("unsafe_prompts", [])) <= set(p.concept.unsafe_prompts)

@@ -29,7 +29,7 @@ def sample(nid, x, model, pos, neg, latent, vae, title):
 def unlearn_then_compare():
     g = {
         1: {"type": "CheckpointLoaderSimple", "pos": [0, 40], "size": [320, 100], "values": {"ckpt_name": CKPT}},
-        2: {"type": "DUOUnlearn", "pos": [0, 200], "size": [360, 520], "values": {
+        2: {"type": "DUOUnlearn", "pos": [0, 200], "size": [360, 640], "values": {
             "ckpt_name": CKPT, "preset": "custom", "concept": "van_gogh",
             "unsafe_prompts": "a painting in the style of Van Gogh\na starry night over a village, Van Gogh style",
             "safe_prompts": "a painting\na starry night over a village", "num_pairs": 32, "steps": 1000, "beta": 0.0,
@@ -87,7 +87,7 @@ def stack_violence():
 
 def testbed_demo():
     g = {
-        1: {"type": "DUOUnlearn", "pos": [0, 40], "size": [360, 520], "values": {
+        1: {"type": "DUOUnlearn", "pos": [0, 40], "size": [360, 640], "values": {
             "ckpt_name": "testbed", "preset": "testbed-red", "concept": "", "unsafe_prompts": "", "safe_prompts": "",
             "num_pairs": 8, "steps": 60, "beta": 0.0, "seed": 0, "lora_name": "duo_testbed_red", "overwrite": False,
             "config_dir": ""}},

@@ -50,3 +50,38 @@ def test_example_workflows_link_existing_slots(path):
         assert nodes[src]["outputs"][src_slot]["type"] == kind and link_id in nodes[src]["outputs"][src_slot]["links"]
         assert nodes[dst]["inputs"][dst_slot]["link"] == link_id
     assert any(n["type"].startswith("DUO") for n in wf["nodes"])
+
+
+def test_unlearn_node_passes_runtime_widgets_into_the_config(tmp_path, monkeypatch):
+    """mixed_precision, gradient_checkpointing and resolution reach UnlearnConfig; IS_CHANGED follows them; the host
+    services ComfyUI provides are replaced by folders here (the real ones run in test_comfy_real.py)."""
+    import duo_unlearn.trainer.unlearn as unlearn_mod
+    from duo_unlearn.nodes import host
+    from duo_unlearn.nodes.unlearn_node import DUOUnlearn
+
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    monkeypatch.setattr(host, "loras_dir", lambda: loras)
+    monkeypatch.setattr(host, "work_dir", lambda: tmp_path / "out")
+    monkeypatch.setattr(host, "training_device", lambda: "cpu")
+    monkeypatch.setattr(host, "free_gpu", lambda: None)
+    monkeypatch.setattr(host, "ComfyProgress", lambda *a, **k: None)
+    seen = {}
+
+    def fake_unlearn(cfg, progress=None, model=None):
+        seen["cfg"] = cfg
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(unlearn_mod, "unlearn", fake_unlearn)
+    args = dict(ckpt_name="testbed", preset="testbed-red", concept="", unsafe_prompts="", safe_prompts="",
+                num_pairs=2, steps=2, beta=0.0, seed=0, lora_name="duo_x", overwrite=False, config_dir="")
+    with pytest.raises(RuntimeError, match="stop here"):
+        DUOUnlearn().unlearn(**args, mixed_precision="bf16", gradient_checkpointing="on", resolution=64)
+    cfg = seen["cfg"]
+    assert (cfg.mixed_precision, cfg.gradient_checkpointing, cfg.resolution, cfg.device) == ("bf16", "on", 64, "cpu")
+    with pytest.raises(RuntimeError, match="stop here"):
+        DUOUnlearn().unlearn(**args)  # a graph saved before the widgets existed: the defaults
+    cfg = seen["cfg"]
+    assert (cfg.mixed_precision, cfg.gradient_checkpointing, cfg.resolution) == ("auto", "auto", None)
+    same = DUOUnlearn.IS_CHANGED(**args, resolution=0)
+    assert same == DUOUnlearn.IS_CHANGED(**args, resolution=0) != DUOUnlearn.IS_CHANGED(**args, resolution=64)

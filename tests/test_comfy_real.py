@@ -165,3 +165,36 @@ def test_example_workflow_types_exist_and_links_agree(comfy, workflow):
 
     problems = check_workflow(json.loads(workflow.read_text()), info)
     assert not problems, "\n".join(problems)
+
+
+def test_interrupt_during_training_stops_the_job_and_writes_no_adapter(comfy):
+    """ComfyUI's Cancel (POST /interrupt, what the queue's cancel button sends) while DUO Unlearn trains: the
+    prompt ends as interrupted, soon, and neither an adapter nor a temporary file is left in models/loras."""
+    prompt = unlearn_prompt("duo_cancelled")
+    prompt["1"]["inputs"]["steps"] = 100000  # hours: only the interrupt can end it within the test
+    marker = "[DUO] encoding pair images"
+    seen = comfy.log().count(marker)  # earlier graphs of this server logged it too
+    status, body = comfy.request("/prompt", {"prompt": prompt, "client_id": "duo-cancel-test"})
+    assert status == 200, body
+    prompt_id = json.loads(body)["prompt_id"]
+    deadline = time.time() + 480  # pairs take ~1 min on an idle CPU; a loaded CI machine is much slower
+    while comfy.log().count(marker) == seen:  # pairs are made and cached; the training comes next
+        assert time.time() < deadline, comfy.log()[-3000:]
+        assert prompt_id not in comfy.get(f"/history/{prompt_id}"), "the job ended before it could be cancelled"
+        time.sleep(0.5)
+    time.sleep(3)  # well into the training steps
+    assert prompt_id not in comfy.get(f"/history/{prompt_id}")
+    interrupted_at = time.time()
+    assert comfy.request("/interrupt", {})[0] == 200
+    while True:
+        history = comfy.get(f"/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
+            break
+        assert time.time() - interrupted_at < 60, "the job did not stop after the interrupt"
+        time.sleep(0.5)
+    entry = history[prompt_id]
+    events = [m[0] for m in entry["status"]["messages"]]
+    assert entry["status"]["status_str"] == "error" and "execution_interrupted" in events, events
+    assert "execution_error" not in events  # an interruption, not a crash
+    assert not list(comfy.loras.glob("*duo_cancelled*")) and not list(comfy.loras.glob(".*"))
+    assert not (comfy.loras / "duo_cancelled.safetensors").exists()

@@ -6,6 +6,7 @@ tests/artifacts/ui/ (or $DUO_UI_ARTIFACTS). The model is the bundled test bed wh
 random model of tests/tiny_models.py; DUO_UI_TEST_MODEL=tiny|testbed forces one.
 """
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -147,5 +148,48 @@ def test_unlearn_and_compare_in_the_browser(app):
             assert not (backend.lora_dir / "duo_cancel_e2e.safetensors").exists()
             names = sorted(p.name for p in backend.lora_dir.glob("*.safetensors"))
             assert names == ["duo_red_e2e.safetensors"]
+        finally:
+            browser.close()
+
+
+def test_a1111_script_runs_in_the_standalone_page(app, tiny_model, pair_dir):
+    """javascript/duo_unlearn.js (what A1111 injects) runs in `duo-unlearn ui` too: hover help on the fields (new
+    advanced ones included), the family line, and the copy-<lora:…> button copying the chosen adapter."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from duo_unlearn.trainer.config import LoraConfig, TrainConfig
+    from duo_unlearn.trainer.train import train
+
+    url, backend, which = app
+    # an adapter in the LoRA folder to copy (made on the tiny model: only its name and facts matter here)
+    train(TrainConfig(pairs=str(pair_dir), model=str(tiny_model), out=str(backend.lora_dir / "duo_copyme.safetensors"),
+                      steps=1, concept="red", lora=LoraConfig(rank=2, alpha=2)))
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(url)
+            expect(page.locator("#duo_run")).to_be_visible(timeout=60_000)
+            expect(page.locator("#duo_model_family")).to_contain_text("SD 1.x")
+            page.get_by_text("Advanced").click()
+            for elem_id in ("duo_model", "duo_beta", "duo_mixed_precision", "duo_resolution", "duo_micro_batch"):
+                expect(page.locator(f"#{elem_id}")).to_have_attribute("title", re.compile(".{20,}"), timeout=15_000)
+            page.locator("#duo_mixed_precision").hover()
+            _shot(page, "6_hover_help_advanced")
+            page.get_by_role("tab", name="Compare adapters").click()
+            page.locator("#duo_refresh").click()
+            expect(page.locator("#duo_adapters")).to_contain_text("duo_copyme")
+            copy = page.locator("#duo_copy_lora")
+            expect(copy).to_be_visible(timeout=15_000)
+            expect(copy).to_have_text("Copy <lora:name:1>")
+            page.evaluate("() => { window.__copied = []; navigator.clipboard.writeText = async (t) => "
+                          "{ window.__copied.push(t); }; }")
+            dropdown = page.locator("#duo_adapter_0 input").first
+            dropdown.click()
+            page.get_by_role("option", name="duo_copyme").click()
+            copy.click()
+            assert page.evaluate("() => window.__copied") == ["<lora:duo_copyme:1>"]
+            copy.hover()
+            _shot(page, "7_copy_lora_button")
         finally:
             browser.close()

@@ -111,19 +111,21 @@ def main() -> int:
         kwargs = {"serialize": False} if "serialize" in Client.__init__.__code__.co_varnames else {}
         client = Client(f"http://127.0.0.1:{port}/", **kwargs)
         unlearn_args = ["testbed", "testbed-red", "red", "", "", 2, 500, 2, 4, "../x", None, None, 0, 4, "", True,
-                        False, ""]
+                        False, "", "auto", "auto", "auto", 0, 0]
         out = client.predict(*unlearn_args, api_name="/duo_unlearn")
         report["bad_name_message"] = out[0]
         out = client.predict("testbed", "", "", 0, 2, 5.0, "duo_fake", 1.0, "(none)", 1, "(none)", 1, "(none)", 1,
                              api_name="/duo_compare")
         report["empty_prompt_message"] = out[-1]
-        out = client.predict(api_name="/duo_refresh")
+        out = client.predict("testbed", api_name="/duo_refresh")
         report["refresh_table_lists_adapter"] = "duo_fake" in out[0] and "red" in out[0]
+        report["family_line"] = out[1]
     finally:
         blocks.close()
     ok = (not report["missing_components"] and report["adapter_listed"]
           and "points into another folder" in report["bad_name_message"]
-          and "prompt is empty" in report["empty_prompt_message"] and report["refresh_table_lists_adapter"])
+          and "prompt is empty" in report["empty_prompt_message"] and report["refresh_table_lists_adapter"]
+          and "SD 1.x" in str(report["family_line"]))
     report["ok"] = bool(ok)
     print(json.dumps(report))
     return 0 if ok else 1

@@ -17,7 +17,8 @@ function factsWidget(node) {
     "background:var(--comfy-input-bg,#222);color:var(--input-text,#ddd);border:1px solid #444;border-radius:4px;";
   w = node.addDOMWidget("duo_facts", "duo_text", el, {
     serialize: false, getValue: () => el.value, setValue: (v) => { el.value = v ?? ""; },
-    getMinHeight: () => 90,
+    // tall enough for every fact (about 14 px a line at 11 px monospace), so nothing hides behind a scrollbar
+    getMinHeight: () => Math.max(90, 14 * ((el.value || "").split("\n").length + 1)),
   });
   w.element = el;
   return w;
@@ -26,6 +27,8 @@ function factsWidget(node) {
 function setText(node, text) {
   const w = factsWidget(node);
   w.element.value = text;
+  const need = node.computeSize?.();  // grow the node to the text's height; never shrink what the user sized
+  if (need && need[1] > node.size[1]) node.setSize([Math.max(node.size[0], need[0]), need[1]]);
   node.setDirtyCanvas?.(true, true);
 }
 
