@@ -7,7 +7,6 @@ the picture is exactly what users get there.
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
 from contextlib import contextmanager, nullcontext
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..trainer.errors import UserError
+from ..trainer.export import decode_duo
 from ..trainer.progress import ProgressEvent, report
 from .jobs import JobRunner
 
@@ -41,24 +41,13 @@ class AdapterInfo:
 
 
 def read_header(path: Path) -> dict:
-    """The safetensors metadata only (8-byte length + JSON header): no tensor is read."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        if not 0 < size < 100 * 2**20:
-            raise ValueError("not a safetensors file")
-        header = json.loads(f.read(size))
-    return header.get("__metadata__") or {}
+    """The safetensors metadata only: no tensor is read (trainer.export.read_metadata, as everywhere)."""
+    from ..trainer.export import read_metadata
 
-
-def _decode_duo(metadata: dict) -> dict:
-    duo = {}
-    for key, value in metadata.items():
-        if key.startswith("duo."):
-            try:
-                duo[key[4:]] = json.loads(value)
-            except (json.JSONDecodeError, TypeError):
-                duo[key[4:]] = value
-    return duo
+    try:
+        return read_metadata(path)
+    except UserError as e:
+        raise ValueError(str(e)) from None
 
 
 class Backend:
@@ -109,7 +98,7 @@ class Backend:
                 self._headers[path] = (mtime, meta)
             except (OSError, ValueError):
                 continue
-            duo = _decode_duo(meta)
+            duo = decode_duo(meta)
             if duo:
                 found.append(AdapterInfo(path.stem, path, duo, {k: v for k, v in meta.items()
                                                                 if not k.startswith("duo.")}))

@@ -10,17 +10,10 @@ SHOWN = ("concept", "method", "beta", "lambda", "steps", "pairs", "base_model", 
 
 def read_facts(path: str | Path) -> dict:
     """{"is_duo", "facts", "metadata"}: duo.* values JSON-decoded; no tensor is read."""
-    from safetensors import safe_open
+    from ..trainer.export import decode_duo, read_metadata
 
-    with safe_open(str(path), framework="numpy") as f:
-        metadata = dict(f.metadata() or {})
-    duo = {}
-    for key, value in metadata.items():
-        if key.startswith("duo."):
-            try:
-                duo[key[4:]] = json.loads(value)
-            except (json.JSONDecodeError, TypeError):
-                duo[key[4:]] = value
+    metadata = read_metadata(path)
+    duo = decode_duo(metadata)
     return {"is_duo": bool(duo), "facts": duo,
             "metadata": {k: v for k, v in metadata.items() if not k.startswith("duo.")}}
 
