@@ -10,8 +10,10 @@ layer (a copy of the second) and the SD 1.x test bed's two layers produce the st
   half of the cross-attention keys/values and the added embedding start at zero, so at step 0 the SDXL UNet
   computes what the SD 1.x UNet computes on the first encoder's states.
 - SD3: `SD3Transformer2DModel` (MMDiT, patch 2, 4 latent channels), trained from scratch, two CLIP encoders with
-  projection, no T5 (`text_encoder_3=None`: the pipeline pads with zeros, as for SD3 Medium without T5), and SD3's
-  shifted flow-matching scheduler.
+  projection and SD3's shifted flow-matching scheduler. No real T5: it trains on zeros in T5's place, which is
+  what `StableDiffusion3Pipeline` feeds with `text_encoder_3=None` (SD3 Medium without T5). The folder carries a
+  stand-in T5 (`zero_t5`: every weight zero, so its output is exactly those zeros) because from_pretrained refuses
+  a folder whose required text_encoder_3 is null; loading it with text_encoder_3=None gives identical images.
 """
 from __future__ import annotations
 
@@ -116,6 +118,24 @@ def build_sd3_transformer():
         joint_attention_dim=2 * TEXT_DIM, caption_projection_dim=SD3_WIDTH,
         pooled_projection_dim=2 * PROJECTION_DIM, pos_embed_max_size=LATENT_SIZE,
     )
+
+
+def zero_t5(width: int, folder):
+    """A one-layer T5 encoder with every weight zero (its output is exactly zero: RMS norm of zero is zero) and a
+    T5 tokenizer over the test-bed words (a unigram vocabulary list, no sentencepiece file), written to `folder`."""
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    from .shapes import vocabulary_words
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0) for w in vocabulary_words()]
+    T5Tokenizer(vocab=vocab, extra_ids=0).save_pretrained(str(folder))
+    tokenizer = T5Tokenizer.from_pretrained(str(folder))
+    model = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=4, d_ff=4, num_layers=1,
+                                    num_heads=1, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    return model.eval(), tokenizer
 
 
 def sdxl_scheduler():

@@ -78,8 +78,8 @@ def sdxl_time_ids(n: int) -> torch.Tensor:
     return torch.tensor([[IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE]], dtype=torch.float32).expand(n, -1)
 
 
-def assemble(family: str, vae, tokenizer, te1, te2, denoiser):
-    from .architecture_families import sd3_scheduler, sdxl_scheduler
+def assemble(family: str, vae, tokenizer, te1, te2, denoiser, scratch: Path | None = None):
+    from .architecture_families import sd3_scheduler, sdxl_scheduler, zero_t5
 
     if family == "sdxl":
         from diffusers import StableDiffusionXLPipeline
@@ -87,11 +87,28 @@ def assemble(family: str, vae, tokenizer, te1, te2, denoiser):
         return StableDiffusionXLPipeline(
             vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tokenizer, tokenizer_2=tokenizer, unet=denoiser,
             scheduler=sdxl_scheduler(), force_zeros_for_empty_prompt=False, add_watermarker=False)
+    import tempfile
+
     from diffusers import StableDiffusion3Pipeline
 
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        t5, t5_tokenizer = zero_t5(denoiser.config.joint_attention_dim, Path(tmp) / "t5tok")
     return StableDiffusion3Pipeline(
         transformer=denoiser, scheduler=sd3_scheduler(), vae=vae, text_encoder=te1, tokenizer=tokenizer,
-        text_encoder_2=te2, tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None)
+        text_encoder_2=te2, tokenizer_2=tokenizer, text_encoder_3=t5, tokenizer_3=t5_tokenizer)
+
+
+def add_zero_t5(folder: Path) -> None:
+    """Give a folder saved with text_encoder_3=None (the first SD3 test-bed run) the zero T5 stand-in, in place."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from .architecture_families import zero_t5
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(folder), local_files_only=True, text_encoder_3=None,
+                                                    tokenizer_3=None)
+    t5, t5_tokenizer = zero_t5(pipe.transformer.config.joint_attention_dim, folder / "tokenizer_3")
+    pipe.register_modules(text_encoder_3=t5, tokenizer_3=t5_tokenizer)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
 
 
 def train_family_testbed(cfg: FamilyTrainConfig, log: Callable[[str], None] = print) -> Path:
