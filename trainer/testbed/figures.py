@@ -59,6 +59,9 @@ def sdedit_figures(pipe, n: int = 32, seed: int = 7, strength: float = 0.75) -> 
     specs = [(rng.choice(SHAPES), rng.choice(list(BACKGROUNDS))) for _ in range(n)]
     sources = generate(pipe, [full_prompt("red", s, b) for s, b in specs], seed, 25, 5.0)
     keep = [(im, sb) for im, sb in zip(sources, specs) if read_image(im).colour == "red"]
+    if not keep:  # a model that does not draw red (an unfinished one) has nothing to edit
+        return {"sources_red": 0, "colour_changed": None, "mask_iou_mean": None, "mask_iou_min": None,
+                "strength": strength}
     edit = img2img_pipeline(pipe)
     edit.set_progress_bar_config(disable=True)
     gens = [torch.Generator("cpu").manual_seed(seed * 1000 + i) for i in range(len(keep))]
@@ -111,7 +114,9 @@ def card_table(fig: dict, family: str = "sd1") -> str:
 
     acc = fig["colour_accuracy"]
     empty = ", ".join(f"{k if k != 'None' else 'none'} {v}" for k, v in fig["empty_prompt_colours"].items())
-    sd = fig["sdedit"]
+    sd = dict(fig["sdedit"])
+    if not sd["sources_red"]:
+        sd.update(colour_changed=float("nan"), mask_iou_mean=float("nan"), mask_iou_min=float("nan"))
     n_empty = sum(fig["empty_prompt_colours"].values())
     rows = [
         ("figure", "value", "target"),
