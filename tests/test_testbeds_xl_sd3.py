@@ -119,3 +119,20 @@ def test_follows_colour_prompts(name):
 
 
 STEPS = {"testbed-xl": 15, "testbed-sd3": 15}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+def test_family_trainer_runs_two_steps_into_a_loadable_folder(tmp_path, family):
+    import diffusers
+
+    from duo_unlearn.trainer.testbed.train_families import FamilyTrainConfig, train_family_testbed
+
+    cfg = FamilyTrainConfig(family=family, out=str(tmp_path / "m"), images=64, steps=2, batch=4, warmup=1,
+                            log_every=1)
+    out = train_family_testbed(cfg, log=lambda _: None)
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["steps_done"] == 2 and not (tmp_path / "m.partial").exists()
+    cls = {"sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline"}[family]
+    pipe = getattr(diffusers, cls).from_pretrained(str(out), local_files_only=True)  # no component passed in
+    assert pipe(["a red circle"], num_inference_steps=2).images[0].size == (32, 32)
