@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .testbed import TESTBED_DIR, TESTBED_NAME
+from .testbed import TESTBEDS
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 _KEY_FAMILIES = (  # the first key found decides; order matters (SDXL also has cond_stage-like keys)
@@ -52,11 +52,13 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def resolve_model_path(spec: str | Path) -> Path:
-    if str(spec) == TESTBED_NAME:
-        if not (TESTBED_DIR / "model_index.json").exists():
-            raise UserError(f"the bundled test-bed model is missing from {TESTBED_DIR}; "
-                            "rebuild it with `duo-unlearn testbed-train`")
-        return TESTBED_DIR
+    if str(spec) in TESTBEDS:
+        folder = TESTBEDS[str(spec)]
+        if not (folder / "model_index.json").exists():
+            family = {"testbed-xl": " --family sdxl", "testbed-sd3": " --family sd3"}.get(str(spec), "")
+            raise UserError(f"the bundled test-bed model {spec!r} is missing from {folder}; "
+                            f"rebuild it with `duo-unlearn testbed-train{family}`")
+        return folder
     path = Path(spec).expanduser()
     try:
         found = path.exists()
@@ -230,7 +232,8 @@ def load_model(spec: str | Path, config_dir: str | Path | None = None, dtype=Non
         pipe = _load_single_file(path, config_dir, dtype, family, kwargs)
     family.after_load(pipe, options)
     pipe.set_progress_bar_config(disable=True)
-    name = TESTBED_NAME if path == TESTBED_DIR else path.stem if path.is_file() else path.name
+    testbed = next((n for n, folder in TESTBEDS.items() if path == folder), None)
+    name = testbed or (path.stem if path.is_file() else path.name)
     return LoadedModel(pipe=pipe, family=family_name, name=name, source=path)
 
 

@@ -1,4 +1,6 @@
-"""Train the bundled test-bed model from scratch: `duo-unlearn testbed-train [--out DIR]`.
+"""Train the bundled test-bed model from scratch: `duo-unlearn testbed-train [--family sd1|sdxl|sd3] [--out DIR]`.
+
+`--family sdxl|sd3` trains the SDXL / SD3 test beds instead (`train_families.py`, from this one's parts).
 
 Three stages, all seeded: a VAE (32x32 RGB -> 16x16x4), then the UNet and the CLIP text encoder together on the
 VAE's posterior means (sampled latents carry as much posterior noise as signal, which blurred prompt following).
@@ -216,8 +218,23 @@ def train_testbed(cfg: TestbedTrainConfig, log: Callable[[str], None] = print) -
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+    import sys
 
-    p = argparse.ArgumentParser(prog="duo-unlearn testbed-train", description=__doc__.splitlines()[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    family = "sd1"
+    for i, arg in enumerate(argv):
+        if arg == "--family" and i + 1 < len(argv):
+            family = argv[i + 1]
+        elif arg.startswith("--family="):
+            family = arg.split("=", 1)[1]
+    if family != "sd1":
+        from .train_families import main as family_main
+
+        return family_main(argv)  # its parser checks the family name
+    argv = [a for i, a in enumerate(argv) if a != "--family" and (i == 0 or argv[i - 1] != "--family")]
+
+    p = argparse.ArgumentParser(prog="duo-unlearn testbed-train", description=__doc__.splitlines()[0],
+                                epilog="--family sdxl|sd3: the SDXL / SD3 test beds (see --family sdxl --help)")
     defaults = TestbedTrainConfig()
     for f in defaults.__dataclass_fields__.values():
         p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
