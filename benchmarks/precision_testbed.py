@@ -1,6 +1,14 @@
 """Mixed precision must not change what is learned: the test bed's red, unlearned in fp32 and in bf16 (frozen weights
-bf16, LoRA fp32, preservation term in fp32), reaches the same held-out DSR and prior preservation within noise."""
-import pytest
+bf16, LoRA fp32, preservation term in fp32), reaches the same held-out DSR and prior preservation within noise.
+
+    python benchmarks/precision_testbed.py
+
+Not part of the test suite: bf16 arithmetic on a CPU without native bf16 units is emulated and ran for more than
+25 minutes on two shared cores (on a GPU it takes a minute). Prints the figures and exits 1 if they differ.
+"""
+import sys
+import tempfile
+from pathlib import Path
 
 from duo_unlearn.trainer.config import TrainConfig
 from duo_unlearn.trainer.evaluate import EvalConfig, evaluate
@@ -10,8 +18,7 @@ from duo_unlearn.trainer.presets import get_preset
 from duo_unlearn.trainer.train import train
 
 
-@pytest.mark.slow
-def test_bf16_and_fp32_unlearn_red_alike(tmp_path):
+def compare(tmp_path: Path) -> dict:
     preset = get_preset("testbed-red")
     concept = preset.concepts[0]
     model = load_model("testbed")
@@ -33,10 +40,19 @@ def test_bf16_and_fp32_unlearn_red_alike(tmp_path):
     fp32, bf16 = report["results"]["red_no"], report["results"]["red_bf16"]
     figures = {name: {"direct": r["attacks"]["direct"]["dsr"], "synonyms": r["attacks"]["prompts"]["dsr"],
                       "1-lpips": r["preservation"]["one_minus_lpips"]} for name, r in (("fp32", fp32), ("bf16", bf16))}
+    figures["base"] = {"direct": report["results"]["base"]["attacks"]["direct"]["dsr"]}
+    return figures
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = compare(Path(tmp))
     print(f"held-out DSR and preservation: {figures}")
-    base = report["results"]["base"]["attacks"]["direct"]["dsr"]
-    for name in ("fp32", "bf16"):
-        assert figures[name]["direct"] >= base + 0.5, figures  # both unlearn red
-    for key in ("direct", "synonyms"):  # 24 images each: one image is 0.042
-        assert abs(figures["fp32"][key] - figures["bf16"][key]) <= 0.17, figures
-    assert abs(figures["fp32"]["1-lpips"] - figures["bf16"]["1-lpips"]) <= 0.03, figures
+    alike = (all(figures[n]["direct"] >= figures["base"]["direct"] + 0.5 for n in ("fp32", "bf16"))
+             and all(abs(figures["fp32"][k] - figures["bf16"][k]) <= 0.17 for k in ("direct", "synonyms"))
+             and abs(figures["fp32"]["1-lpips"] - figures["bf16"]["1-lpips"]) <= 0.03)  # 24 images: 1 is 0.042
+    return 0 if alike else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
