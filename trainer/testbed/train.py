@@ -24,6 +24,7 @@ from . import TESTBED_DIR
 from .architecture import build_inference_scheduler, build_text_encoder, build_unet, build_vae, scheduler_kwargs
 from .shapes import make_dataset, vocabulary_words
 from .vocabulary import MAX_LENGTH, build_tokenizer
+from ..atomic import swap_in
 
 
 @dataclass
@@ -203,15 +204,7 @@ def train_testbed(cfg: TestbedTrainConfig, log: Callable[[str], None] = print) -
         "config": asdict(cfg), "seconds_total": time.time() - started, "seconds_vae": vae_seconds, "vae_check": vae_check,
         "threads": torch.get_num_threads(), "evaluations": history,
     }, indent=2))
-    # Swap in whole: an interrupted run leaves the previous model untouched.
-    if out.exists():
-        backup = out.with_name(out.name + ".old")
-        shutil.rmtree(backup, ignore_errors=True)
-        out.rename(backup)
-        staging.rename(out)
-        shutil.rmtree(backup)
-    else:
-        staging.rename(out)
+    swap_in(staging, out)
     log(f"saved {out} ({time.time() - started:.0f}s)")
     return out
 

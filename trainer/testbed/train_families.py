@@ -23,6 +23,7 @@ from . import TESTBED_DIR, TESTBEDS
 from .shapes import IMAGE_SIZE, make_dataset
 from .train import Ema, _encode_means, _lr_at
 from .vocabulary import MAX_LENGTH
+from ..atomic import swap_in
 
 FAMILIES = ("sdxl", "sd3")
 # The committed SDXL run: 433 steps (where its 25-min budget ended on a loaded 2-core machine; a fixed step count
@@ -224,14 +225,7 @@ def train_family_testbed(cfg: FamilyTrainConfig, log: Callable[[str], None] = pr
         "seconds_training": time.time() - train_started, "threads": torch.get_num_threads(),
         "loss_every_50": [sum(losses[i:i + 50]) / len(losses[i:i + 50]) for i in range(0, len(losses), 50)],
     }, indent=2))
-    if out.exists():
-        backup = out.with_name(out.name + ".old")
-        shutil.rmtree(backup, ignore_errors=True)
-        out.rename(backup)
-        staging.rename(out)
-        shutil.rmtree(backup)
-    else:
-        staging.rename(out)
+    swap_in(staging, out)
     log(f"saved {out} ({time.time() - started:.0f}s)")
     return out
 
