@@ -25,10 +25,16 @@ class StepContext:
     backward: Callable | None = None  # the loop's backward, for a term computed apart from the step's loss
     loss_weight: float = 1.0  # this micro-batch's share of the step's loss
     half: bool = False  # the runtime autocasts to fp16/bf16
+    _frozen_half: list | None = None  # found once: the frozen weights' dtype does not change during a run
+
+    def frozen_half(self) -> list:
+        if self._frozen_half is None:
+            self._frozen_half = _half_frozen(self.raw)
+        return self._frozen_half
 
     def full_precision(self) -> bool:
         """Nothing rounds to half precision: every row can share one batched pass."""
-        return not self.half and not _half_frozen(self.raw)
+        return not self.half and not self.frozen_half()
 
     def policy(self, x, t, cond):
         with self.autocast():
@@ -51,7 +57,7 @@ class StepContext:
         """
         from ..loss import output_preservation
 
-        half = _half_frozen(self.raw)
+        half = self.frozen_half()
         if not half:
             with _full_precision_kernels():
                 pred = self.family.predict(self.denoiser, x, t, cond)
