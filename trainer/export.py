@@ -41,6 +41,11 @@ def peft_to_diffusers(peft_state: dict, alpha: float, prefix: str = "transformer
     The format diffusers' load_lora_weights and ComfyUI (its `transformer.*` key map) both read for SD3. Neither
     reads an alpha from such a file (diffusers even rejects keys without 'lora' in them), so the alpha / rank scale
     is multiplied into lora_B: both hosts then apply exactly what training applied.
+
+    Why not kohya names here, as for SD 1.x/SDXL: for the MMDiT families (SD3, Flux) A1111 has no loader, ComfyUI and
+    Forge map these diffusers names onto their (fused) weights with 0 modules dropped (benchmarks/check_comfyui_keys.py),
+    and diffusers itself (the standalone tab's Compare) reads no kohya `lora_transformer_*` file for SD3. The SD1 rule
+    (peft names are silently dropped by A1111/ComfyUI) does not apply to these families.
     """
     out = {}
     for key, value in peft_state.items():

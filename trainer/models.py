@@ -1,6 +1,7 @@
 """Load a base model the way A1111 / ComfyUI users keep it: a diffusers folder or one checkpoint file."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -101,13 +102,22 @@ def family_from_folder(folder: Path) -> str:
 
 
 def checkpoint_keys(path: Path) -> list[str]:
+    """The state-dict keys of a checkpoint file, read once per file version: loading asks for them twice
+    (the family, then the file's own options), and a .ckpt read is seconds."""
+    stat = path.stat()
+    return list(_checkpoint_keys(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _checkpoint_keys(name: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    path = Path(name)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
         from safetensors import SafetensorError
 
         try:
             with safe_open(str(path), framework="pt") as f:
-                return list(f.keys())
+                return tuple(f.keys())
         except (SafetensorError, OSError) as e:
             raise UserError(f"{path} is not a readable safetensors file: {e}") from None
     import pickle
@@ -123,7 +133,7 @@ def checkpoint_keys(path: Path) -> list[str]:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise UserError(f"{path} holds no state dict")
-    return list(state)
+    return tuple(state)
 
 
 def detect_family(path: Path) -> str:

@@ -15,7 +15,7 @@ from .errors import UserError
 from .export import adapter_metadata, atomic_save, check_writable
 from .families import get_family
 from .latent_cache import build_cache
-from .lora import ADAPTER_NAME, add_lora, lora_state, remove_lora  # noqa: F401  (ADAPTER_NAME: public name)
+from .lora import add_lora, lora_state, remove_lora
 from .models import LoadedModel, load_model, refuse_inside_model
 from .pair_dataset import read_pairs
 from .progress import ProgressCallback, ProgressEvent, report
@@ -62,21 +62,15 @@ def _scaler(rt):
     return torch.amp.GradScaler("cuda") if rt.mixed_precision == "fp16" and rt.device.type == "cuda" else None
 
 
-def _checkpointing(rt, family, denoiser, cfg: TrainConfig, resolution: int, params) -> bool:
+def _checkpointing(rt, denoiser, cfg: TrainConfig, resolution: int, params) -> bool:
     from .runtime import estimate_training_bytes
 
     side = resolution // 8
     estimate = estimate_training_bytes(
         denoiser_params=sum(p.numel() for p in denoiser.parameters()), lora_params=sum(p.numel() for p in params),
         batch_rows=2 * min(cfg.micro_batch_pairs or cfg.batch_pairs, cfg.batch_pairs), latent_hw=(side, side),
-        frozen_bytes=torch_itemsize(rt.frozen_dtype), activation_bytes=torch_itemsize(rt.compute_dtype))
+        frozen_bytes=rt.frozen_dtype.itemsize, activation_bytes=rt.compute_dtype.itemsize)
     return rt.checkpointing(estimate)
-
-
-def torch_itemsize(dtype) -> int:
-    import torch
-
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def _targets(cfg: TrainConfig, family) -> tuple[str, ...]:
@@ -142,7 +136,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
         for module in family.text_modules(pipe):  # cached: the text encoders wait on the CPU (T5: gigabytes)
             module.to("cpu")
         params = add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, _targets(cfg, family))
-        checkpointing = _checkpointing(rt, family, denoiser, cfg, resolution, params)
+        checkpointing = _checkpointing(rt, denoiser, cfg, resolution, params)
         if checkpointing:
             report(progress, ProgressEvent("load", message="gradient checkpointing on"))
         return _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, params, records, out,

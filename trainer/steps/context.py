@@ -63,9 +63,12 @@ class StepContext:
                 pred = self.family.predict(self.denoiser, x, t, cond)
                 ref = self._reference_fp32(x, t, cond)
             return output_preservation(pred, ref)
+        import torch
+
         with _upcast(half), _full_precision_kernels():
-            pred = self.family.predict(self.denoiser, x.float(), t, cond.to(dtype=_fp32()))
-            ref = self._reference_fp32(x.float(), t, cond.to(dtype=_fp32()))
+            cond = cond.to(dtype=torch.float32)
+            pred = self.family.predict(self.denoiser, x.float(), t, cond)
+            ref = self._reference_fp32(x.float(), t, cond)
             prior = output_preservation(pred, ref)
             self.backward(self.lam * prior * self.loss_weight)
         return prior.detach()
@@ -75,12 +78,6 @@ class StepContext:
 
         with torch.no_grad(), adapters_disabled(self.raw):
             return self.family.predict(self.denoiser, x, t, cond)
-
-
-def _fp32():
-    import torch
-
-    return torch.float32
 
 
 def _half_frozen(module) -> list:
