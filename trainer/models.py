@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .testbed import TESTBEDS
+from .testbed import TESTBED_FAMILIES, TESTBEDS, available_testbeds
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 _KEY_FAMILIES = (  # the first key found decides; order matters (SDXL also has cond_stage-like keys)
@@ -56,7 +56,7 @@ def resolve_model_path(spec: str | Path) -> Path:
     if str(spec) in TESTBEDS:
         folder = TESTBEDS[str(spec)]
         if not (folder / "model_index.json").exists():
-            family = {"testbed-xl": " --family sdxl", "testbed-sd3": " --family sd3"}.get(str(spec), "")
+            family = f" --family {TESTBED_FAMILIES[str(spec)]}" if str(spec) != "testbed" else ""
             raise UserError(f"the bundled test-bed model {spec!r} is missing from {folder}; "
                             f"rebuild it with `duo-unlearn testbed-train{family}`")
         return folder
@@ -66,17 +66,59 @@ def resolve_model_path(spec: str | Path) -> Path:
     except OSError as e:  # e.g. a name longer than the file system allows
         raise UserError(f"model {spec!r} cannot be used: {e.strerror or e}") from None
     if not found:
-        raise UserError(f"model not found: {spec} (give a diffusers folder, a .safetensors/.ckpt file, or 'testbed')")
+        raise UserError(f"model not found: {spec} (give a diffusers folder, a .safetensors/.ckpt file, or a bundled "
+                        f"test bed: {', '.join(available_testbeds())})")
     return path
 
 
-def family_from_keys(keys) -> str:
+def family_from_keys(keys, name: str = "the checkpoint") -> str:
     keys = set(keys)
     for key, family in _KEY_FAMILIES:
         if key in keys:
             return family
+    _refuse_partial_model(keys, name)
     raise UserError("unknown model family: the checkpoint has none of the keys of SD 1.x, SD 2.x, SDXL, SD3 or Flux "
                     "(is it a LoRA, a VAE or an embedding rather than a full model?)")
+
+
+_REFINER_TEXT_ENCODER = "conditioner.embedders.0.model."  # OpenCLIP bigG as the refiner's only (first) embedder
+_REFINER = ("is an SDXL refiner (an img2img model for the base model's last steps, with only the second text "
+            "encoder): DUO removes a concept from a base model; unlearn on the SDXL base and keep the refiner as it is")
+_UNET_PREFIXES = ("model.diffusion_model.", "")  # in a checkpoint, or a UNet file of its own (models/unet)
+
+
+def _unet_kind(keys: set) -> str | None:
+    """Which Stable Diffusion UNet the keys hold (LDM/SGM names with or without the checkpoint prefix, or diffusers
+    names), from the key names only: "sdxl", "sdxl refiner", "sd1/sd2", or None when there is none.
+
+    SDXL's UNet has an ADM input (label_emb / add_embedding) and no attention at the first level; the base has three
+    levels (input_blocks 0-8, down_blocks 0-2), the refiner four (input_blocks 0-11, down_blocks 0-3)."""
+    for prefix in _UNET_PREFIXES:
+        if f"{prefix}input_blocks.0.0.weight" in keys:
+            if f"{prefix}input_blocks.1.1.proj_in.weight" in keys:
+                return "sd1/sd2"
+            if f"{prefix}label_emb.0.0.weight" in keys:
+                return "sdxl refiner" if f"{prefix}input_blocks.11.0.in_layers.0.weight" in keys else "sdxl"
+    if "conv_in.weight" in keys and "time_embedding.linear_1.weight" in keys:
+        if "down_blocks.0.attentions.0.proj_in.weight" in keys:
+            return "sd1/sd2"
+        if "add_embedding.linear_1.weight" in keys:
+            return "sdxl refiner" if "down_blocks.3.resnets.0.conv1.weight" in keys else "sdxl"
+    return None
+
+
+def _refuse_partial_model(keys: set, name: str) -> None:
+    """A single file that is not a full base model of a trained family, said in one line: the SDXL refiner, or a
+    UNet saved without its VAE and text encoders."""
+    unet = _unet_kind(keys)
+    if unet == "sdxl refiner" or any(k.startswith(_REFINER_TEXT_ENCODER) for k in keys):
+        raise UserError(f"{name} {_REFINER}")
+    if unet is not None:
+        label = {"sdxl": "an SDXL", "sd1/sd2": "an SD 1.x/2.x"}[unet]
+        has_vae = any(k.startswith(("first_stage_model.", "vae.")) for k in keys)
+        parts = "a UNet and a VAE, no text encoder" if has_vae else "only a UNet"
+        raise UserError(f"{name} holds {parts} ({label} UNet): DUO needs the whole model; give a full checkpoint "
+                        "(UNet, VAE and text encoders in one file) or a diffusers folder")
 
 
 def family_from_folder(folder: Path) -> str:
@@ -88,6 +130,8 @@ def family_from_folder(folder: Path) -> str:
     except json.JSONDecodeError as e:
         raise UserError(f"{index_file} is not valid JSON: {e}") from None
     cls = index.get("_class_name", "")
+    if "XL" in cls and (index.get("requires_aesthetics_score") or not (index.get("text_encoder") or [None])[-1]):
+        raise UserError(f"{folder} ({cls}) {_REFINER}")
     if cls.startswith("Flux"):
         return "flux"
     if "StableDiffusion3" in cls:
@@ -141,7 +185,7 @@ def detect_family(path: Path) -> str:
         return family_from_folder(path)
     if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
         raise UserError(f"{path}: unsupported model file type {path.suffix!r}; use .safetensors or .ckpt")
-    return family_from_keys(checkpoint_keys(path))
+    return family_from_keys(checkpoint_keys(path), path.name)
 
 
 def refuse_inside_model(out: str | Path, model_source: str | Path) -> None:

@@ -9,3 +9,10 @@ _HERE = Path(__file__).resolve().parent
 TESTBED_DIR = _HERE / "model"
 TESTBED_NAME = "testbed"
 TESTBEDS = {"testbed": TESTBED_DIR, "testbed-xl": _HERE / "model_xl", "testbed-sd3": _HERE / "model_sd3"}
+TESTBED_FAMILIES = {"testbed": "sd1", "testbed-xl": "sdxl", "testbed-sd3": "sd3"}
+
+
+def available_testbeds() -> list[str]:
+    """The test beds whose model folder is present, in TESTBEDS order: what a model picker lists by name
+    (testbed-sd3's weights are not committed until its training reaches the model card's target)."""
+    return [name for name, folder in TESTBEDS.items() if (folder / "model_index.json").exists()]
