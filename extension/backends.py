@@ -26,6 +26,14 @@ def family_label(family: str | None) -> str:
     return FAMILY_LABELS.get(family or "", (family or "?").upper())
 
 
+def testbeds_label() -> str:
+    """The bundled test beds a model box accepts by name, with their families: "testbed (SD 1.x), testbed-xl (SDXL)".
+    Only those whose weights are present (testbed-sd3's are not committed yet)."""
+    from ..trainer.testbed import TESTBED_FAMILIES, available_testbeds
+
+    return ", ".join(f"{name} ({family_label(TESTBED_FAMILIES[name])})" for name in available_testbeds())
+
+
 @dataclass
 class AdapterInfo:
     name: str  # the file stem: what `<lora:name:w>` and the dropdowns use
@@ -138,11 +146,11 @@ class StandaloneBackend(Backend):
         return self._default_model
 
     def current_model_name(self, spec: str) -> str | None:
-        from ..trainer.testbed import TESTBED_NAME
+        from ..trainer.testbed import TESTBEDS
 
         spec = (spec or "").strip() or self._default_model
-        if spec == TESTBED_NAME:
-            return TESTBED_NAME
+        if spec in TESTBEDS:  # the name the trainer records for a test bed, not its folder's
+            return spec
         path = Path(spec).expanduser()
         return path.stem if path.is_file() else path.name
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..trainer.errors import UserError
-from .backends import family_label
+from .backends import family_label, testbeds_label
 from .jobs import Busy, format_seconds
 from .names import adapter_path, sanitise_name
 
@@ -378,8 +378,8 @@ def build_tab(backend) -> dict:
     preset0 = ctl.default_preset()
     choices0, concept0, unsafe0, safe0, pairs0, beta0, desc0 = ctl.preset_fields(preset0)
     steps0, rank0 = ctl.training_defaults(preset0)
-    model_info = ("a diffusers folder, a .safetensors/.ckpt checkpoint, or 'testbed' (the bundled test bed)"
-                  if backend.model_editable else "the checkpoint selected at the top of the web UI")
+    model_info = ("a diffusers folder, a .safetensors/.ckpt checkpoint, or a bundled test bed by name: "
+                  + testbeds_label() if backend.model_editable else "the checkpoint selected at the top of the web UI")
 
     gr.Markdown("## DUO concept unlearning\nTrain a LoRA that removes a concept from the model (Direct Unlearning "
                 "Optimization), then compare it with the base model.")

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 from ..trainer.errors import UserError
+from ..trainer.testbed import TESTBED_FAMILIES, TESTBEDS, available_testbeds
 from . import host
-from .facts import read_facts, summary
+from .facts import FAMILY_LABELS, read_facts, summary
 
-TESTBED = "testbed"
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 CHECKPOINTING = ("auto", "on", "off")
 _PRESET_DEFAULT = "0 = the preset's value"
@@ -31,11 +31,13 @@ class DUOUnlearn:
     @classmethod
     def INPUT_TYPES(cls):
         presets = _preset_names()
+        testbeds = available_testbeds()  # by name, before ComfyUI's checkpoints; only those whose weights exist
+        named = ", ".join(f"'{n}' ({FAMILY_LABELS[TESTBED_FAMILIES[n]]})" for n in testbeds)
         return {
             "required": {
-                "ckpt_name": ([TESTBED] + host.checkpoint_names(), {
-                    "tooltip": "The base model to unlearn from (models/checkpoints); 'testbed' is the bundled "
-                               "CPU-sized shapes model."}),
+                "ckpt_name": (testbeds + host.checkpoint_names(), {
+                    "tooltip": f"The base model to unlearn from (models/checkpoints); {named}: the bundled CPU-sized "
+                               "shapes models."}),
                 "preset": (presets, {"default": "testbed-red" if "testbed-red" in presets else presets[0],
                                      "tooltip": "Prompts, detector and recipe. 'custom': use the prompt boxes."}),
                 "concept": ("STRING", {"default": "", "tooltip": "Custom preset: the concept's name. Multi-concept "
@@ -120,7 +122,7 @@ class DUOUnlearn:
             # ComfyUI runs nodes under inference mode; training needs autograd (core TrainLoraNode does the same)
             with torch.inference_mode(False), torch.enable_grad():
                 unlearn(cfg, progress=host.ComfyProgress())
-        texts = [summary(p.name, read_facts(p), ckpt_name if ckpt_name != TESTBED else None) for p in adapters]
+        texts = [summary(p.name, read_facts(p), None if ckpt_name in TESTBEDS else ckpt_name) for p in adapters]
         if reusable:
             texts.insert(0, "(already trained with these settings: reused, not retrained)")
         facts = "\n\n".join(texts)
@@ -136,8 +138,8 @@ def _adapter_path(lora_name: str) -> Path:
 
 def _model_and_configs(ckpt_name: str, config_dir: str) -> tuple[str, str | None]:
     """The trainer's model spec and, for a single file, a diffusers config folder (given, or found)."""
-    if ckpt_name == TESTBED:
-        return TESTBED, None
+    if ckpt_name in TESTBEDS:  # resolved (or said missing, with the command that trains it) by the trainer
+        return ckpt_name, None
     from ..trainer.models import detect_family
 
     path = host.checkpoint_path(ckpt_name)
@@ -159,7 +161,7 @@ def _same_training(path: Path, p, preset_name: str, model_spec: str, resolution:
         facts = read_facts(path)["facts"]
     except Exception:  # unreadable or not safetensors: not ours to reuse
         return False
-    model_name = TESTBED if model_spec == TESTBED else Path(model_spec).stem
+    model_name = model_spec if model_spec in TESTBEDS else Path(model_spec).stem
     want = {"preset": preset_name, "concept": p.concept.name, "beta": p.train.beta, "steps": p.train.steps,
             "seed": p.train.seed, "base_model": model_name, "method": p.train.method}
     if resolution is not None:  # native (None) is whatever the model's size is: not known without loading it

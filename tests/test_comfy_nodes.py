@@ -85,3 +85,53 @@ def test_unlearn_node_passes_runtime_widgets_into_the_config(tmp_path, monkeypat
     assert (cfg.mixed_precision, cfg.gradient_checkpointing, cfg.resolution) == ("auto", "auto", None)
     same = DUOUnlearn.IS_CHANGED(**args, resolution=0)
     assert same == DUOUnlearn.IS_CHANGED(**args, resolution=0) != DUOUnlearn.IS_CHANGED(**args, resolution=64)
+
+
+def test_unlearn_node_lists_the_test_beds_by_name_and_trains_on_them(tmp_path, monkeypatch):
+    """The checkpoint list starts with every bundled test bed whose weights are present (testbed-xl among them;
+    testbed-sd3 only once its folder exists); choosing one hands its name to the trainer, with no config folder."""
+    import duo_unlearn.trainer.unlearn as unlearn_mod
+    from duo_unlearn.nodes import host, unlearn_node
+    from duo_unlearn.nodes.unlearn_node import DUOUnlearn, _same_training
+    from duo_unlearn.trainer.testbed import TESTBEDS
+    from duo_unlearn.trainer.unlearn import UnlearnConfig, plan
+
+    monkeypatch.setattr(host, "checkpoint_names", lambda: ["sd_xl_base_1.0.safetensors"])
+    monkeypatch.setitem(TESTBEDS, "testbed-sd3", tmp_path / "no_sd3")
+    required = DUOUnlearn.INPUT_TYPES()["required"]
+    assert required["ckpt_name"][0] == ["testbed", "testbed-xl", "sd_xl_base_1.0.safetensors"]
+    assert "'testbed-xl' (SDXL)" in required["ckpt_name"][1]["tooltip"]
+    sd3 = tmp_path / "sd3"
+    sd3.mkdir()
+    (sd3 / "model_index.json").write_text("{}")
+    monkeypatch.setitem(TESTBEDS, "testbed-sd3", sd3)
+    assert DUOUnlearn.INPUT_TYPES()["required"]["ckpt_name"][0][:3] == ["testbed", "testbed-xl", "testbed-sd3"]
+
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    monkeypatch.setattr(host, "loras_dir", lambda: loras)
+    monkeypatch.setattr(host, "work_dir", lambda: tmp_path / "out")
+    monkeypatch.setattr(host, "training_device", lambda: "cpu")
+    monkeypatch.setattr(host, "free_gpu", lambda: None)
+    monkeypatch.setattr(host, "ComfyProgress", lambda *a, **k: None)
+    monkeypatch.setattr(host, "checkpoint_path", lambda name: pytest.fail(f"{name} looked up among checkpoints"))
+    seen = {}
+
+    def fake_unlearn(cfg, progress=None, model=None):
+        seen["cfg"] = cfg
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(unlearn_mod, "unlearn", fake_unlearn)
+    with pytest.raises(RuntimeError, match="stop here"):
+        DUOUnlearn().unlearn(ckpt_name="testbed-xl", preset="testbed-red", concept="", unsafe_prompts="",
+                             safe_prompts="", num_pairs=2, steps=2, beta=0.0, seed=0, lora_name="duo_xl",
+                             overwrite=False, config_dir="")
+    assert seen["cfg"].model == "testbed-xl" and seen["cfg"].config_dir is None
+    # an adapter already trained on testbed-xl with these settings is reused (its facts name the test bed)
+    _, plans = plan(UnlearnConfig(preset="testbed-red", out=str(loras / "duo_xl.safetensors"), model="testbed-xl"))
+    facts = {"preset": "testbed-red", "concept": "red", "beta": plans[0].train.beta, "steps": plans[0].train.steps,
+             "seed": 0, "base_model": "testbed-xl", "method": "duo", "unsafe_prompts": [], "safe_prompts": []}
+    (loras / "duo_xl.safetensors").write_bytes(b"")
+    monkeypatch.setattr(unlearn_node, "read_facts", lambda path: {"facts": facts})
+    assert _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
+    assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed")

@@ -57,7 +57,10 @@ def test_pack_loads_as_a_custom_node(comfy):
     assert ours <= set(info)
     assert "LoraLoader" in info and "CheckpointLoaderSimple" in info  # core nodes are intact beside ours
     assert "IMPORT FAILED" not in "\n".join(l for l in comfy.log().splitlines() if "duo_unlearn" in l)
-    assert info["DUOUnlearn"]["input"]["required"]["ckpt_name"][0] == ["testbed", "tiny_sd15.safetensors"]
+    from duo_unlearn.trainer.testbed import available_testbeds
+
+    assert "testbed-xl" in available_testbeds()  # the test beds by name first, then ComfyUI's checkpoints
+    assert info["DUOUnlearn"]["input"]["required"]["ckpt_name"][0] == available_testbeds() + ["tiny_sd15.safetensors"]
 
 
 def test_web_files_routes_and_templates_are_served(comfy):

@@ -92,3 +92,64 @@ def test_compare_stacks_the_adapter_on_sdxl_and_sd3(trained):
     base2, _, _ = ctl.compare(str(folder), "a red square", "", 0, 2, 3.0, f"duo_{name}", 0.0,
                               NONE, 1.0, NONE, 1.0, NONE, 1.0)
     assert np.array_equal(np.asarray(base2), np.asarray(base))  # the same loaded pipeline, clean, same seed
+
+
+def test_test_beds_are_offered_by_name_with_their_family(tmp_path, monkeypatch):
+    """The Model box names every bundled test bed whose weights are present, with its family; testbed-xl shows SDXL;
+    a test bed without weights (testbed-sd3 until they are committed) is not offered, and choosing it says so."""
+    import gradio as gr
+
+    from duo_unlearn.extension.backends import testbeds_label
+    from duo_unlearn.extension.tab import build_tab
+    from duo_unlearn.trainer.testbed import TESTBEDS, available_testbeds
+
+    monkeypatch.setitem(TESTBEDS, "testbed-sd3", tmp_path / "no_sd3")
+    assert available_testbeds() == ["testbed", "testbed-xl"]
+    assert testbeds_label() == "testbed (SD 1.x), testbed-xl (SDXL)"
+    backend = StandaloneBackend(tmp_path / "Lora", model="testbed-xl")
+    with gr.Blocks():
+        c = build_tab(backend)
+    assert "testbed-xl (SDXL)" in c["model"].info and "testbed-sd3" not in c["model"].info
+    ctl = c["controller"]
+    assert ctl.model_line("testbed-xl") == "**testbed-xl** — SDXL" == c["model_family"].value
+    assert ctl.model_line("testbed") == "**testbed** — SD 1.x"
+    assert "testbed-sd3" in ctl.model_line("testbed-sd3") and "--family sd3" in ctl.model_line("testbed-sd3")
+    sd3 = tmp_path / "sd3"
+    sd3.mkdir()
+    (sd3 / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline"}')
+    monkeypatch.setitem(TESTBEDS, "testbed-sd3", sd3)
+    assert testbeds_label().endswith("testbed-sd3 (SD3)") and ctl.model_line("testbed-sd3") == "**testbed-sd3** — SD3"
+
+
+def test_partial_sdxl_files_are_named_on_the_family_line(tmp_path):
+    ctl = TabController(StandaloneBackend(tmp_path / "Lora", model="testbed"))
+    refiner = tmp_path / "sd_xl_refiner_1.0.safetensors"
+    save_file({"conditioner.embedders.0.model.transformer.resblocks.0.attn.in_proj_weight": torch.zeros(1),
+               "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, str(refiner))
+    assert ctl.model_line(str(refiner)).startswith("Family: unknown (sd_xl_refiner_1.0.safetensors is an SDXL refiner")
+    unet = tmp_path / "xl_unet.safetensors"
+    save_file({"input_blocks.0.0.weight": torch.zeros(1), "label_emb.0.0.weight": torch.zeros(1)}, str(unet))
+    assert "holds only a UNet" in ctl.model_line(str(unet))
+
+
+@pytest.mark.slow
+def test_unlearn_then_compare_on_testbed_xl_by_name(tmp_path):
+    """Unlearn concept and Compare on the SDXL test bed, chosen by its name, in the standalone tab."""
+    from test_ui_tab import inputs, run_to_end
+
+    backend = StandaloneBackend(tmp_path / "Lora", model="testbed-xl", device="cpu")
+    ctl = TabController(backend)
+    req = ctl.build_request(*inputs("testbed-xl", out_name="duo_red_xl", preview=False))
+    assert req.cfg.model == "testbed-xl" and req.label.endswith("(red on testbed-xl — SDXL)")
+    job, frames = run_to_end(ctl, *inputs("testbed-xl", out_name="duo_red_xl", preview=False))
+    assert job.state == "done", job.error
+    assert frames[-1][0].startswith("**Done**")
+    info = backend.find_adapter("duo_red_xl")
+    assert info.duo["base_model"] == "testbed-xl" and info.duo["family"] == "sdxl"
+    assert info.metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+    base, adapted, note = ctl.compare("testbed-xl", "a red square", "", 0, 4, 5.0, "duo_red_xl", 1.0,
+                                      NONE, 1.0, NONE, 1.0, NONE, 1.0)
+    assert base.size == adapted.size == (32, 32)
+    assert np.abs(np.asarray(base, dtype=np.int16) - np.asarray(adapted, dtype=np.int16)).max() > 0
+    assert "on testbed-xl (SDXL)" in note and "trained on" not in note  # the adapter's base model is this one
+    assert backend._model[1].family == "sdxl" and backend._model[1].name == "testbed-xl"
