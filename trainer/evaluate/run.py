@@ -14,7 +14,8 @@ from .prompts import load_prompts
 
 ATTACKS = ("direct", "prompts", "concept_inversion", "ring_a_bell")
 HELP = {  # `duo-unlearn eval` flag help (names shared with other commands mean something else here)
-    "model": "base model the adapters were trained on: diffusers folder, checkpoint file, or 'testbed'",
+    "model": "base model the adapters were trained on: diffusers folder, checkpoint file, or a bundled test bed "
+             "(testbed, testbed-xl)",
     "preset": "preset giving the concept, prompts, detector and sampling settings (testbed-red, nudity, ...)",
     "concept": "which concept of the preset (also the negative prompt and the word attacks replace)",
     "adapters": "a LoRA adapter to evaluate (repeat the flag for several; all go on one plot)",
