@@ -32,7 +32,8 @@ def not_a_model(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing_model", "missing_pairs", "empty_pairs", "beta", "steps", "unwritable",
-                                  "family", "bad_toml", "unknown_toml_key", "not_safetensors_out"])
+                                  "family", "refiner", "unet_only", "bad_toml", "unknown_toml_key",
+                                  "not_safetensors_out"])
 def test_bad_input_gives_one_line_exit_2_and_no_file(case, capsys, tmp_path, tiny_model, pair_dir, empty_pairs,
                                                       not_a_model):
     out = tmp_path / "out.safetensors"
@@ -41,6 +42,7 @@ def test_bad_input_gives_one_line_exit_2_and_no_file(case, capsys, tmp_path, tin
         "missing_model": "model not found", "missing_pairs": "pairs folder not found", "empty_pairs": "holds no pairs",
         "beta": "beta must be a positive number", "steps": "steps must be a positive number",
         "unwritable": "cannot write", "family": "unknown model family", "bad_toml": "not valid TOML",
+        "refiner": "sd_xl_refiner_1.0.safetensors is an SDXL refiner", "unet_only": "holds only a UNet",
         "unknown_toml_key": "unknown setting(s) betta", "not_safetensors_out": "must end in .safetensors",
     }[case]
     if case == "missing_model":
@@ -59,6 +61,11 @@ def test_bad_input_gives_one_line_exit_2_and_no_file(case, capsys, tmp_path, tin
         args[6] = str(out)
     elif case == "family":
         args[4] = str(not_a_model)
+    elif case in ("refiner", "unet_only"):  # single files that are not a full base model: told from the key names
+        keys = (["conditioner.embedders.0.model.transformer.resblocks.0.attn.in_proj_weight"] if case == "refiner"
+                else ["model.diffusion_model.input_blocks.0.0.weight", "model.diffusion_model.label_emb.0.0.weight"])
+        args[4] = str(tmp_path / ("sd_xl_refiner_1.0.safetensors" if case == "refiner" else "xl_unet.safetensors"))
+        save_file({k: torch.zeros(1) for k in keys}, args[4])
     elif case in ("bad_toml", "unknown_toml_key"):
         cfg = tmp_path / "c.toml"
         cfg.write_text("beta = [" if case == "bad_toml" else "betta = 3\n")
