@@ -153,3 +153,10 @@ def test_refiner_diffusers_folder_is_refused(tmp_path):
         "_class_name": "StableDiffusionXLImg2ImgPipeline", "requires_aesthetics_score": False,
         "text_encoder": ["transformers", "CLIPTextModel"]}))
     assert detect_family(folder) == "sdxl"
+
+
+def test_a_unet_beside_text_encoder_keys_of_unknown_layout_is_not_called_unet_only(tmp_path):
+    path = _keys_file(tmp_path, "odd.safetensors", ["model.diffusion_model." + k for k in _SD1_UNET]
+                      + ["cond_stage_model.some.other.layout.weight", _VAE])
+    with pytest.raises(UserError, match="unknown model family"):
+        detect_family(path)

@@ -113,7 +113,8 @@ def _refuse_partial_model(keys: set, name: str) -> None:
     unet = _unet_kind(keys)
     if unet == "sdxl refiner" or any(k.startswith(_REFINER_TEXT_ENCODER) for k in keys):
         raise UserError(f"{name} {_REFINER}")
-    if unet is not None:
+    text = any(k.startswith(("cond_stage_model.", "conditioner.", "text_encoders.", "text_encoder")) for k in keys)
+    if unet is not None and not text:  # a text encoder under names not known here: the unknown-family message
         label = {"sdxl": "an SDXL", "sd1/sd2": "an SD 1.x/2.x"}[unet]
         has_vae = any(k.startswith(("first_stage_model.", "vae.")) for k in keys)
         parts = "a UNet and a VAE, no text encoder" if has_vae else "only a UNet"
