@@ -55,20 +55,24 @@ def test_attack_lowers_its_loss_with_real_vocabulary_prompts(attacked):
     assert [f.prompt for f in found] == ATTACKED
     assert [f.images for f in found] == [2, 6]  # a prompt's own images where there are any, else all
     for f in found:
-        print(f"{f.found!r}: fixed-draw loss {f.eval_loss_before:.5f} -> {f.eval_loss_after:.5f} "
+        print(f"[{f.prefix}] {f.found!r}: fixed-draw loss {f.eval_loss_before:.5f} -> {f.eval_loss_after:.5f} "
               f"(prompt alone {f.eval_loss_prompt:.5f})")
         assert f.eval_loss_after < f.eval_loss_before
         assert len(f.losses) == 30 and all(np.isfinite(f.losses))
+        # the tokens are kept only where they beat the prompt alone
+        candidate = f"{f.prefix} {f.prompt}"
+        assert f.found == (candidate if f.eval_loss_after < f.eval_loss_prompt else f.prompt)
         # plain text: written out and tokenized again, it gives the model exactly the tokens optimised
-        assert f.found.endswith(" " + f.prompt) and len(f.prefix_ids) == 5
-        again = tok(f.found, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
+        assert len(f.prefix_ids) == 5
+        again = tok(candidate, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
         alone = tok(f.prompt, add_special_tokens=False).input_ids
         assert again[:1 + 5 + len(alone) + 1] == [tok.bos_token_id, *f.prefix_ids, *alone, tok.eos_token_id]
         assert all(tok.convert_ids_to_tokens(i).endswith("</w>") for i in f.prefix_ids)
+    assert [f.kept for f in found] == [False, True]  # this seed shows both cases
     # the same seed and settings give the same prompts (the report is reproducible)
     images, prompts = _images([("red", "circle", "white")] * 2 + [("red", "square", "black")] * 4)
     again = unlearn_diff_atk(pipe, images, prompts, ATTACKED[:1], tokens=5, steps=30, lr=1e-2, batch=4, seed=0)
-    assert again[0].found == found[0].found and again[0].losses == found[0].losses
+    assert again[0].prefix == found[0].prefix and again[0].losses == found[0].losses
 
 
 def test_attack_leaves_the_pipeline_as_it_was(attacked):

@@ -13,6 +13,9 @@ pass, to the nearest (cosine) word token of the vocabulary; the loss is computed
 gradient passes straight through to the continuous vectors (PEZ, Wen et al. 2023). The official code relaxes each
 token into a distribution over the vocabulary instead, and stops at the first image a classifier flags; here no
 classifier is in the loop, and DSR is measured afterwards by generating the prompts like every other attack's.
+The paper attacks only the prompts the model already refuses; the loss stands in for its classifier here: where
+the tokens found do not lower the loss below the prompt's own, the prompt alone is the attack's answer (the
+attacker keeps whichever works better, so the attack is never a handicap to the direct prompt).
 Only word tokens that tokenize back to themselves are candidates, so a found prompt is plain text: pasted into any
 front end it gives the model exactly the tokens that were optimised.
 """
@@ -30,18 +33,29 @@ from .ring_a_bell import word_vocabulary
 @dataclass
 class AdversarialPrompt:
     prompt: str  # the direct prompt attacked
-    found: str  # the adversarial prompt: the decoded tokens, a space, the direct prompt
-    prefix_ids: list[int]
     images: int  # target images it was optimised on
+    prefix: str = ""  # the tokens found, written out
+    prefix_ids: list[int] = field(default_factory=list)
     eval_loss_prompt: float = 0.0  # the loss on fixed (image, noise, t) draws, the direct prompt alone
     eval_loss_before: float = 0.0  # ... with the initial (random) tokens prepended
     eval_loss_after: float = 0.0  # ... with the tokens found
     losses: list[float] = field(default_factory=list)
 
+    @property
+    def kept(self) -> bool:
+        """Whether the tokens found beat the prompt alone (else the prompt alone is the answer)."""
+        return self.eval_loss_after < self.eval_loss_prompt
+
+    @property
+    def found(self) -> str:
+        """The adversarial prompt: the tokens found, a space, the direct prompt; or the prompt alone."""
+        return " ".join(s for s in (self.prefix, self.prompt) if s) if self.kept else self.prompt
+
     def as_dict(self) -> dict:
-        return {"prompt": self.prompt, "found": self.found, "images": self.images,
-                "eval_loss_prompt": self.eval_loss_prompt, "eval_loss_before": self.eval_loss_before,
-                "eval_loss_after": self.eval_loss_after, "losses": [round(v, 6) for v in self.losses]}
+        return {"prompt": self.prompt, "found": self.found, "prefix": self.prefix, "prefix_kept": self.kept,
+                "images": self.images, "eval_loss_prompt": self.eval_loss_prompt,
+                "eval_loss_before": self.eval_loss_before, "eval_loss_after": self.eval_loss_after,
+                "losses": [round(v, 6) for v in self.losses]}
 
 
 def check_room(tokenizer, tokens: int) -> None:
@@ -76,8 +90,7 @@ def unlearn_diff_atk(pipe, images: Sequence, image_prompts: Sequence[str], promp
     device = unet.device
     emb_layer = te.get_input_embeddings()
     vocab_t = torch.tensor(vocab, device=device)
-    table = emb_layer.weight.detach()[vocab_t].float()
-    unit = F.normalize(table, dim=-1)
+    unit = F.normalize(emb_layer.weight.detach()[vocab_t].float(), dim=-1)
     latents = _encode_images(pipe, images, device)
     sched = training_scheduler(pipe)
     T = sched.config.num_train_timesteps
@@ -128,8 +141,8 @@ def unlearn_diff_atk(pipe, images: Sequence, image_prompts: Sequence[str], promp
                 start = vocab_t[torch.randint(0, len(vocab), (tokens,), generator=gen).to(device)]
                 vec = torch.nn.Parameter(emb_layer.weight.detach()[start].float().clone())
                 opt = torch.optim.Adam([vec], lr=lr)
-                found = AdversarialPrompt(prompt, "", [], len(own), eval_loss(plain[k:k + 1]),
-                                          eval_loss(with_prefix(k, start)))
+                adv = AdversarialPrompt(prompt, len(own), eval_loss_prompt=eval_loss(plain[k:k + 1]),
+                                        eval_loss_before=eval_loss(with_prefix(k, start)))
                 for step in range(steps):
                     ids = with_prefix(k, project(vec))
                     live.append(vec)
@@ -140,16 +153,16 @@ def unlearn_diff_atk(pipe, images: Sequence, image_prompts: Sequence[str], promp
                     finally:
                         live.clear()
                     opt.step()
-                    found.losses.append(loss.item())
+                    adv.losses.append(loss.item())
                     done = k * steps + step + 1
                     if done % 10 == 0 or step + 1 == steps:
                         report(progress, ProgressEvent("attack", done, steps * len(prompts),
                                                        logs={"udatk_loss": loss.item()}))
                 prefix = project(vec)
-                found.prefix_ids = [int(i) for i in prefix]
-                found.found = " ".join(s for s in (tok.decode(found.prefix_ids).strip(), prompt) if s)
-                found.eval_loss_after = eval_loss(with_prefix(k, prefix))
-                results.append(found)
+                adv.prefix_ids = [int(i) for i in prefix]
+                adv.prefix = tok.decode(adv.prefix_ids).strip()
+                adv.eval_loss_after = eval_loss(with_prefix(k, prefix))
+                results.append(adv)
         finally:
             hook.remove()
     return results
