@@ -175,3 +175,15 @@ def test_bad_options_on_the_command_line_and_for_the_model(tmp_path, capsys):
         check_room(load_model("testbed").pipe.tokenizer, 14)
     with pytest.raises(UserError, match="unlearndiffatk attack.* implemented for SD 1.x/2.x"):
         evaluate(EvalConfig(model="testbed-xl", attacks=("direct", "unlearndiffatk"), out=str(tmp_path / "xl")))
+
+
+def test_white_box_attacks_run_on_a_half_precision_model():
+    """On a GPU the frozen model is fp16/bf16 while images, noise and the learnt vectors stay fp32."""
+    from duo_unlearn.trainer.evaluate.concept_inversion import concept_inversion
+
+    pipe = load_model("testbed").pipe.to(torch.bfloat16)
+    images, prompts = _images([("red", "circle", "white")] * 4)
+    found = unlearn_diff_atk(pipe, images, prompts, ATTACKED[:1], steps=2, batch=2)
+    assert np.isfinite(found[0].eval_loss_after) and found[0].prefix
+    inv = concept_inversion(pipe, images, ["a <t> circle"] * 4, "<t>", steps=2, batch=2)
+    assert np.isfinite(inv.eval_loss_after)
