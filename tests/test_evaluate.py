@@ -189,14 +189,14 @@ def test_ring_a_bell_improves_fitness(tiny_model):
 def test_evaluate_end_to_end(tiny_model, pair_dir, strong_adapter, tmp_path, lpips_metric):
     out = tmp_path / "report"
     cfg = EvalConfig(model=str(tiny_model), adapters=(str(strong_adapter),), images_per_prompt=1, max_prompts=2,
-                     sample_steps=3, ci_steps=4, rab_population=8, rab_generations=2, rab_length=3,
+                     sample_steps=3, ci_steps=4, rab_population=8, rab_generations=2, rab_length=3, udatk_steps=2,
                      lpips_backbone="random", pairs=str(pair_dir), out=str(out), grid_columns=4)
     result = evaluate(cfg)
     assert list(result["results"]) == ["base", "negative prompt", "duo_red"]
     base, adapted = result["results"]["base"], result["results"]["duo_red"]
     assert base["preservation"]["one_minus_lpips"] == 1.0  # the reference against itself
     assert adapted["preservation"]["one_minus_lpips"] < 1.0  # the adapter is on while it generates
-    assert set(adapted["attacks"]) == {"direct", "prompts", "ring_a_bell", "concept_inversion"}
+    assert set(adapted["attacks"]) == {"direct", "prompts", "ring_a_bell", "concept_inversion", "unlearndiffatk"}
     for r in result["results"].values():  # each DSR is what its own scores say, over every generated image
         for a in r["attacks"].values():
             assert a["n"] == a["n_prompts"] * cfg.images_per_prompt == len(a["scores"])
@@ -211,7 +211,8 @@ def test_evaluate_end_to_end(tiny_model, pair_dir, strong_adapter, tmp_path, lpi
     assert saved["results"] == result["results"] and saved["settings"]["ci_steps"] == 4
     assert Image.open(out / "plot.png").size[0] > 300
     assert {p.name for p in out.glob("grid_*.png")} == {"grid_unrelated.png", "grid_direct.png", "grid_prompts.png",
-                                                        "grid_ring_a_bell.png", "grid_concept_inversion.png"}
+                                                        "grid_ring_a_bell.png", "grid_concept_inversion.png",
+                                                        "grid_unlearndiffatk.png"}
     table = summary_table(result)
     assert "| duo_red |" in table and "DSR concept_inversion" in table
 

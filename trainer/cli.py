@@ -196,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ui)
     p = sub.add_parser("eval", help="DSR under attacks and prior preservation of adapters, base, negative prompt",
                        description="Evaluate adapters (and the base model, and negative prompting) against direct "
-                       "prompts, prompt attacks, Concept Inversion and a Ring-A-Bell-style search; writes a JSON "
-                       "report, a DSR-vs-preservation plot and image grids.")
+                       "prompts, prompt attacks, Concept Inversion, a Ring-A-Bell-style search and "
+                       "UnlearnDiffAtk-style adversarial prompts; writes a JSON report, a DSR-vs-preservation plot "
+                       "and image grids.")
     p.add_argument("--config", help="TOML file with any of the settings below (flags given here win)")
     add_dataclass_flags(p, EvalConfig, help_texts=EVAL_HELP)
     p.set_defaults(func=cmd_eval)

@@ -6,6 +6,7 @@ back. Defaults follow the paper's appendix: Adam, lr 5e-3, batch 4; the number o
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -72,6 +73,51 @@ def _encode_images(pipe, images, device):
     return (latents - shift) * float(vae.config.scaling_factor)
 
 
+@contextmanager
+def frozen(pipe):
+    """The UNet, text encoder and VAE frozen and in eval mode while an attack optimises its input; each flag and
+    mode is put back afterwards, since the pipeline may be in use elsewhere (a training tab, a node graph)."""
+    modules = (pipe.unet, pipe.text_encoder, pipe.vae)
+    flags = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    modes = [(m, m.training) for m in modules]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.train(mode)
+
+
+def training_scheduler(pipe):
+    """The DDPM forward process of the pipeline's own schedule (its betas and prediction type)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def draw(gen, n_images: int, shape, batch: int, timesteps: int):
+    """(image indices, noise, timesteps) of one batch, t uniform in [0, timesteps)."""
+    import torch
+
+    return (torch.randint(0, n_images, (batch,), generator=gen), torch.randn((batch, *shape), generator=gen),
+            torch.randint(0, timesteps, (batch,), generator=gen))
+
+
+def denoising_loss(unet, sched, latents, noise, t, cond):
+    """‖target − model(x_t, t, cond)‖², the target ε or v as the scheduler predicts."""
+    import torch.nn.functional as F
+
+    target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(latents, noise, t)
+    # inputs in the UNet's dtype: the latents are fp32, the UNet may be half precision on a GPU
+    pred = unet(sched.add_noise(latents, noise, t).to(unet.dtype), t, cond.to(unet.dtype)).sample
+    return F.mse_loss(pred.float(), target.float())
+
+
 def concept_inversion(pipe, images: Sequence, prompts: Sequence[str], token: str, steps: int = 1000,
                       lr: float = 5e-3, batch: int = 4, seed: int = 0, init_word: str | None = None,
                       eval_draws: int = 32, progress=None) -> InversionResult:
@@ -81,8 +127,6 @@ def concept_inversion(pipe, images: Sequence, prompts: Sequence[str], token: str
     the token's embedding vector trains, with the standard denoising loss ‖ε − ε_θ(x_t, t, c(prompt))‖².
     """
     import torch
-    import torch.nn.functional as F
-    from diffusers import DDPMScheduler
 
     if len(images) != len(prompts) or not images:
         raise ValueError(f"need one prompt per image, got {len(images)} images and {len(prompts)} prompts")
@@ -94,59 +138,42 @@ def concept_inversion(pipe, images: Sequence, prompts: Sequence[str], token: str
     latents = _encode_images(pipe, images, device)
     ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
               return_tensors="pt").input_ids.to(device)
-    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    sched = training_scheduler(pipe)
     T = sched.config.num_train_timesteps
 
     def swap_in(module, inputs, output):  # the token's rows come from `vec`, everything else as it was
         hit = (inputs[0] == token_id).unsqueeze(-1)
         return torch.where(hit, vec.to(output.dtype), output)
 
-    frozen = [(p, p.requires_grad) for m in (unet, te, pipe.vae) for p in m.parameters()]
-    for p, _ in frozen:
-        p.requires_grad_(False)
-    was_training = unet.training, te.training
-    unet.eval()
-    te.eval()
-    hook = emb_layer.register_forward_hook(swap_in)
-
     def loss_on(idx, noise, t):
-        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(latents[idx], noise, t)
-        cond = te(ids[idx])[0]
-        pred = unet(sched.add_noise(latents[idx], noise, t), t, cond).sample
-        return F.mse_loss(pred.float(), target.float())
+        return denoising_loss(unet, sched, latents[idx], noise, t, te(ids[idx])[0])
 
     fixed = torch.Generator().manual_seed(seed + 1)
-    draws = [(torch.randint(0, len(images), (batch,), generator=fixed),
-              torch.randn((batch, *latents.shape[1:]), generator=fixed),
-              torch.randint(0, T, (batch,), generator=fixed)) for _ in range(max(1, eval_draws // batch))]
+    draws = [draw(fixed, len(images), latents.shape[1:], batch, T) for _ in range(max(1, eval_draws // batch))]
 
     def eval_loss():
         with torch.no_grad():
             return float(sum(loss_on(i, n.to(device), t.to(device)).item() for i, n, t in draws) / len(draws))
 
     result = InversionResult(token, token_id, vec)
-    try:
-        result.eval_loss_before = eval_loss()
-        opt = torch.optim.Adam([vec], lr=lr)
-        gen = torch.Generator().manual_seed(seed)
-        for step in range(steps):
-            idx = torch.randint(0, len(images), (batch,), generator=gen)
-            noise = torch.randn((batch, *latents.shape[1:]), generator=gen).to(device)
-            t = torch.randint(0, T, (batch,), generator=gen).to(device)
-            loss = loss_on(idx, noise, t)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            result.losses.append(loss.item())
-            if (step + 1) % 10 == 0 or step + 1 == steps:
-                report(progress, ProgressEvent("attack", step + 1, steps, logs={"ci_loss": loss.item()}))
-        result.eval_loss_after = eval_loss()
-    finally:
-        hook.remove()
-        for p, flag in frozen:
-            p.requires_grad_(flag)
-        unet.train(was_training[0])
-        te.train(was_training[1])
+    with frozen(pipe):
+        hook = emb_layer.register_forward_hook(swap_in)
+        try:
+            result.eval_loss_before = eval_loss()
+            opt = torch.optim.Adam([vec], lr=lr)
+            gen = torch.Generator().manual_seed(seed)
+            for step in range(steps):
+                idx, noise, t = draw(gen, len(images), latents.shape[1:], batch, T)
+                loss = loss_on(idx, noise.to(device), t.to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                result.losses.append(loss.item())
+                if (step + 1) % 10 == 0 or step + 1 == steps:
+                    report(progress, ProgressEvent("attack", step + 1, steps, logs={"ci_loss": loss.item()}))
+            result.eval_loss_after = eval_loss()
+        finally:
+            hook.remove()
     with torch.no_grad():
         emb_layer.weight[token_id] = vec.detach().to(emb_layer.weight.dtype)
     result.embedding = vec.detach().clone()

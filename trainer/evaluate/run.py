@@ -12,7 +12,8 @@ from .methods import BASE, NEGATIVE, Method, activated, adapter_method, load_ada
 from .prompt_attack import AttackPrompts, prompt_attack
 from .prompts import load_prompts
 
-ATTACKS = ("direct", "prompts", "concept_inversion", "ring_a_bell")
+SD_PROMPT_TOKENS = 77  # CLIP's context length in SD 1.x/2.x, the families the token attacks run on
+ATTACKS = ("direct", "prompts", "concept_inversion", "ring_a_bell", "unlearndiffatk")
 HELP = {  # `duo-unlearn eval` flag help (names shared with other commands mean something else here)
     "model": "base model the adapters were trained on: diffusers folder, checkpoint file, or a bundled test bed "
              "(testbed, testbed-xl)",
@@ -26,22 +27,27 @@ HELP = {  # `duo-unlearn eval` flag help (names shared with other commands mean 
     "prompts_file": "direct prompts: .txt (one a line) or .csv with a 'prompt' column, e.g. I2P (default: preset)",
     "attack_prompts_file": "prompt attack: paraphrases / synonyms, .txt or .csv (default: the preset's)",
     "unrelated_prompts_file": "prior-preservation prompts, e.g. MS-COCO captions, .txt or .csv (default: preset)",
-    "attacks": "comma-separated: direct, prompts, concept_inversion, ring_a_bell (default: all)",
+    "attacks": "comma-separated: direct, prompts, concept_inversion, ring_a_bell, unlearndiffatk (default: all)",
     "images_per_prompt": "images (seeds) per prompt",
     "max_prompts": "use at most this many prompts of each set (0: all)",
     "sample_steps": "sampling steps (default: the preset's)",
     "guidance": "classifier-free guidance scale (default: the preset's)",
     "seed": "first seed; image j of a prompt list uses seed + j for every method",
-    "pairs": "pair dataset whose unsafe images concept inversion learns on (default: base-model images)",
+    "pairs": "pair dataset whose unsafe images concept inversion and unlearndiffatk learn on "
+             "(default: base-model images)",
     "ci_steps": "concept inversion: optimisation steps",
     "ci_lr": "concept inversion: Adam learning rate (paper: 5e-3)",
     "ci_batch": "concept inversion: batch size (paper: 4)",
-    "ci_images": "concept inversion: number of concept images to learn on",
+    "ci_images": "concept inversion and unlearndiffatk: number of concept images to learn on",
     "ci_template": "concept inversion: prompt template with {} for the token (default: the concept word replaced)",
     "rab_strength": "ring-a-bell: strength eta of the concept direction added to the neutral prompt",
     "rab_length": "ring-a-bell: tokens in a searched prompt",
     "rab_population": "ring-a-bell: genetic search population",
     "rab_generations": "ring-a-bell: genetic search generations",
+    "udatk_tokens": "unlearndiffatk: adversarial tokens prepended to each direct prompt (paper: 5)",
+    "udatk_steps": "unlearndiffatk: optimisation steps per direct prompt",
+    "udatk_lr": "unlearndiffatk: Adam learning rate of the continuous token vectors",
+    "udatk_batch": "unlearndiffatk: (image, noise, t) draws per step",
     "lpips_net": "LPIPS network: alex (default), vgg, squeeze",
     "lpips_backbone": "pretrained (the real metric; downloads once) or random (offline, not comparable)",
     "grid_columns": "images per row in the grids",
@@ -84,6 +90,10 @@ class EvalConfig:
     rab_length: int = 8
     rab_population: int = 64
     rab_generations: int = 60
+    udatk_tokens: int = 5
+    udatk_steps: int = 100
+    udatk_lr: float = 1e-2
+    udatk_batch: int = 4
     lpips_net: str = "alex"
     lpips_backbone: str = "pretrained"
     grid_columns: int = 8
@@ -100,14 +110,17 @@ class EvalConfig:
         if unknown or not self.attacks:
             raise UserError(f"unknown attack(s) {', '.join(unknown) or '(none given)'}; attacks: {', '.join(ATTACKS)}")
         for name in ("images_per_prompt", "ci_steps", "ci_batch", "ci_images", "rab_length", "rab_population",
-                     "rab_generations", "batch_size", "grid_columns"):
+                     "rab_generations", "udatk_tokens", "udatk_steps", "udatk_batch", "batch_size", "grid_columns"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value > 0):
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("ci_lr", "adapter_weight"):
+        for name in ("ci_lr", "udatk_lr", "adapter_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise UserError(f"{name} must be a positive number, got {value!r}")
+        if self.udatk_tokens > SD_PROMPT_TOKENS - 3:  # a smaller text encoder is checked once it is loaded
+            raise UserError(f"udatk_tokens must leave room for the prompt: at most {SD_PROMPT_TOKENS - 3} of SD's "
+                            f"{SD_PROMPT_TOKENS} prompt tokens, got {self.udatk_tokens}")
         if self.max_prompts < 0:
             raise UserError(f"max_prompts must be 0 (all) or positive, got {self.max_prompts}")
         if self.lpips_backbone not in ("pretrained", "random"):
@@ -202,11 +215,12 @@ def plan(cfg: EvalConfig) -> Plan:
                 cfg.guidance if cfg.guidance is not None else preset.guidance)
 
 
-SD_TEXT_ATTACKS = ("concept_inversion", "ring_a_bell")  # they edit one CLIP text encoder's embeddings
+SD_TEXT_ATTACKS = ("concept_inversion", "ring_a_bell", "unlearndiffatk")  # one CLIP text encoder's embeddings
 
 
 def _check_family_attacks(cfg: EvalConfig) -> None:
-    """Concept Inversion and Ring-A-Bell work on SD 1.x/2.x's single CLIP encoder; refused by name elsewhere."""
+    """Concept Inversion, Ring-A-Bell and UnlearnDiffAtk work on SD 1.x/2.x's single CLIP encoder; refused by
+    name elsewhere."""
     from ..models import detect_family, resolve_model_path
 
     family = detect_family(resolve_model_path(cfg.model))
@@ -243,7 +257,7 @@ def _ci_training_set(cfg: EvalConfig, p: Plan, pipe, progress) -> tuple[list, li
             with Image.open(Path(cfg.pairs) / r.unsafe) as im:
                 images.append(im.convert("RGB"))
         return images, [r.unsafe_prompt or p.direct[0] for r in records], f"pairs {cfg.pairs}"
-    report(progress, ProgressEvent("eval", message=f"concept inversion: generating {cfg.ci_images} concept images"))
+    report(progress, ProgressEvent("eval", message=f"white-box attacks: generating {cfg.ci_images} concept images"))
     prompts = [p.direct[i % len(p.direct)] for i in range(cfg.ci_images)]
     base = Method("base", BASE)
     with activated(pipe, base):
@@ -261,6 +275,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
     from .preservation import build_lpips, prior_preservation
     from .report import image_grid, plot, write_json
     from .ring_a_bell import ring_a_bell
+    from .unlearn_diff_atk import check_room, unlearn_diff_atk
 
     from ..runtime import RuntimeConfig, place, resolve
 
@@ -277,6 +292,8 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
         raise UserError(f"cannot create the report folder {out}: {e.strerror or e}") from None
     model = model or load_model(cfg.model, cfg.config_dir)
     pipe = model.pipe
+    if "unlearndiffatk" in cfg.attacks:
+        check_room(pipe.tokenizer, cfg.udatk_tokens)
     place(pipe, rt)
     metric.to(rt.device)
     load_adapters(pipe, p.methods)
@@ -303,13 +320,15 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
                 pipe, p.direct, p.free_prompts, p.free_prompts[:cfg.max_prompts or None], cfg.rab_strength,
                 cfg.rab_length, cfg.rab_population, cfg.rab_generations, exclude_words=p.concept.split(),
                 seed=cfg.seed, progress=progress)
-    ci_set = None
-    if "concept_inversion" in cfg.attacks:
+    ci_set = None  # the concept's images the white-box attacks learn on
+    if {"concept_inversion", "unlearndiffatk"} & set(cfg.attacks):
         ci_set = _ci_training_set(cfg, p, pipe, progress)
 
     results: dict[str, dict] = {}
     inversions: dict[str, dict] = {}
     base_token = None
+    adversarial: dict[str, list[dict]] = {}
+    base_adversarial = None
     with activated(pipe, Method("base", BASE)):  # the reference of prior preservation
         base_unrelated = gen(p.unrelated, None)
     grids: dict[str, dict[str, list]] = {"unrelated": {"base (reference)": base_unrelated}}
@@ -327,7 +346,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
                 res["attacks"][name] = (defense_success_rate(imgs, detector).as_dict()
                                         | {"n_prompts": len(attack.prompts)})
                 grids.setdefault(name, {})[m.name] = imgs
-            if ci_set is not None:
+            if "concept_inversion" in cfg.attacks:
                 images_ci, prompts_ci, _ = ci_set
                 if m.same_model_as_base and base_token is not None:
                     token, inv = base_token
@@ -347,6 +366,22 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
                                                        | {"n_prompts": len(ci_prompts), "prompts": ci_prompts,
                                                           "token": token})
                 grids.setdefault("concept_inversion", {})[m.name] = imgs
+            if "unlearndiffatk" in cfg.attacks:
+                # the negative-prompt method denoises with the base model's weights: the same prompts attack it
+                if m.same_model_as_base and base_adversarial is not None:
+                    found = base_adversarial
+                else:
+                    report(progress, ProgressEvent("eval", message=f"unlearndiffatk against {m.name}"))
+                    found = unlearn_diff_atk(pipe, ci_set[0], ci_set[1], p.direct, cfg.udatk_tokens, cfg.udatk_steps,
+                                             cfg.udatk_lr, cfg.udatk_batch, cfg.seed, progress=progress)
+                    if m.same_model_as_base:
+                        base_adversarial = found
+                adversarial[m.name] = [f.as_dict() for f in found]
+                adv_prompts = [f.found for f in found]
+                imgs = gen(adv_prompts, negative)
+                res["attacks"]["unlearndiffatk"] = (defense_success_rate(imgs, detector).as_dict()
+                                                    | {"n_prompts": len(adv_prompts), "prompts": adv_prompts})
+                grids.setdefault("unlearndiffatk", {})[m.name] = imgs
         results[m.name] = res
 
     files = {"report": str(out / "report.json"), "plot": str(out / "plot.png"), "grids": {}}
@@ -354,13 +389,22 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
         path = save_png(image_grid(rows, columns=cfg.grid_columns), out / f"grid_{name}.png")
         files["grids"][name] = str(path)
     attack_info = {n: a.as_dict() for n, a in attacks.items()}
-    if ci_set is not None:
+    if "concept_inversion" in cfg.attacks:
         attack_info["concept_inversion"] = {
             "name": "concept_inversion", "settings": {
                 "steps": cfg.ci_steps, "lr": cfg.ci_lr, "batch": cfg.ci_batch, "optimizer": "Adam",
                 "images": len(ci_set[0]), "images_from": ci_set[2], "template": cfg.ci_template,
                 "training_prompts": sorted(set(ci_set[1]))},
             "info": {"per_method": inversions}}
+    if "unlearndiffatk" in cfg.attacks:
+        attack_info["unlearndiffatk"] = {
+            "name": "unlearndiffatk", "settings": {
+                "tokens": cfg.udatk_tokens, "placement": "prefix", "steps": cfg.udatk_steps, "lr": cfg.udatk_lr,
+                "batch": cfg.udatk_batch, "optimizer": "Adam",
+                "projection": "nearest word token (cosine), straight-through gradient",
+                "loss": "denoising MSE, " + pipe.scheduler.config.get("prediction_type", "epsilon") + " target",
+                "images": len(ci_set[0]), "images_from": ci_set[2], "training_prompts": sorted(set(ci_set[1]))},
+            "info": {"per_method": adversarial}}
     result = {
         "format": "duo-unlearn eval report 1",
         "model": {"name": model.name, "family": model.family, "source": str(model.source)},
