@@ -306,6 +306,12 @@ def test_detection_of_flux_files_and_folders(tmp_path, dev_dir, schnell_dir):
     with pytest.raises(UserError, match="bitsandbytes"):
         load_options(tmp_path / "nf4.safetensors")
     assert detect_family(dev_dir) == detect_family(schnell_dir) == "flux"
+    # diffusers names: SD3's joint blocks also have add_q_proj; only Flux has single-stream blocks
+    diffusers_flux = ("transformer_blocks.0.attn.add_q_proj.weight", "single_transformer_blocks.0.attn.to_q.weight")
+    save_file({k: torch.zeros(1) for k in diffusers_flux}, str(tmp_path / "dflux.safetensors"))
+    save_file({"transformer_blocks.0.attn.add_q_proj.weight": torch.zeros(1)}, str(tmp_path / "dsd3.safetensors"))
+    assert "flux_variant" in load_options(tmp_path / "dflux.safetensors")
+    assert "flux_variant" not in load_options(tmp_path / "dsd3.safetensors")
     assert (flux_variant_from_folder(dev_dir), flux_variant_from_folder(schnell_dir)) == ("dev", "schnell")
 
 

@@ -14,7 +14,9 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 _KEY_FAMILIES = (  # the first key found decides; order matters (SDXL also has cond_stage-like keys)
     ("double_blocks.0.img_attn.qkv.weight", "flux"),  # BFL's transformer-only files (flux1-dev.safetensors)
     ("model.diffusion_model.double_blocks.0.img_attn.qkv.weight", "flux"),  # full checkpoints (ComfyUI/Forge)
-    ("transformer_blocks.0.attn.add_q_proj.weight", "flux"),  # a diffusers-named Flux transformer file
+    # a diffusers-named Flux transformer file: SD3's transformer has joint blocks with add_q_proj too, only Flux has
+    # single-stream blocks
+    ("single_transformer_blocks.0.attn.to_q.weight", "flux"),
     ("model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias", "sd3"),
     ("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", "sdxl"),
     ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "sd2"),
