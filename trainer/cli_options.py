@@ -56,7 +56,8 @@ HELP = {
     "micro_batch_pairs": "pairs per forward pass; gradients add up to --batch-pairs (same loss, less memory)",
 }
 _LIST_SEPARATOR = {"target_modules": ",", "preview_prompts": "|"}
-_REPEATED = {"unsafe_prompts": "--unsafe-prompt", "safe_prompts": "--safe-prompt", "adapters": "--adapter"}
+_REPEATED = {"unsafe_prompts": "--unsafe-prompt", "safe_prompts": "--safe-prompt", "adapters": "--adapter",
+             "retain_prompts": "--retain-prompt"}
 HELP.update({
     "unsafe_prompts": "a prompt that shows the concept (repeat the flag for several)",
     "safe_prompts": "the safe counterpart: one for all, or one per unsafe prompt (repeat the flag)",
@@ -72,6 +73,9 @@ HELP.update({
     "preset": "preset name (nudity, violence, testbed-red, custom)",
     "pairs_dir": "where the pair dataset goes (default: <out stem>_pairs next to the adapter)",
     "preview": "save the base-vs-unlearned preview grid",
+    "retain_prompts": "a prompt whose images must stay as they are (the retain set; repeat the flag)",
+    "num_retain": "retain-set images made with the pairs (base-model images of the retain prompts; 0: none)",
+    "lam_retain": "weight of output preservation on the retain set's noised images (0: off, the paper's DUO)",
 })
 
 

@@ -41,6 +41,7 @@ class TrainConfig:
     beta: float = 500.0
     lr: float | None = None  # None: 3e-4 * 100 / beta
     lam: float | None = None  # None: 1e6 * beta / 100
+    lam_retain: float = 0.0  # output preservation on the pair folder's retain set (retain_set.py); 0: off
     steps: int = 1000
     batch_pairs: int = 4
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -108,6 +109,8 @@ class TrainConfig:
             positive("lr", self.lr)
         if self.lam is not None and not (math.isfinite(self.lam) and self.lam >= 0):
             raise UserError(f"lam must be zero or positive, got {self.lam!r}")
+        if not (isinstance(self.lam_retain, (int, float)) and math.isfinite(self.lam_retain) and self.lam_retain >= 0):
+            raise UserError(f"lam_retain must be zero or positive, got {self.lam_retain!r}")
         for name, value in (("learning rate", self.learning_rate), ("lambda", self.preservation_weight)):
             if not math.isfinite(value):  # derived from beta: 1e308 overflows
                 raise UserError(f"the {name} derived from beta={self.beta:g} is {value}: give a smaller beta, "

@@ -22,12 +22,19 @@ class LatentCache:
     unsafe_cond: Conditioning | None = None  # per pair, when conditioning on prompts
     safe_cond: Conditioning | None = None
     resolution: int = 0  # the image size the latents were encoded at
+    retain_mean: object = None  # the retain set (retain_set.py), when training uses it
+    retain_std: object = None
+    retain_cond: Conditioning | None = None  # each retain image's own prompt
+
+    def retain_size(self) -> int:
+        return 0 if self.retain_mean is None else len(self.retain_mean)
 
     def sample(self, which: str, idx, gen):
         """z = (mean + std·ε − shift)·scaling for the pairs idx, ε from the CPU generator (same draws anywhere)."""
         import torch
 
-        mean, std = (self.unsafe_mean, self.unsafe_std) if which == "unsafe" else (self.safe_mean, self.safe_std)
+        mean, std = {"unsafe": (self.unsafe_mean, self.unsafe_std), "safe": (self.safe_mean, self.safe_std),
+                     "retain": (self.retain_mean, self.retain_std)}[which]
         eps = torch.randn(mean[idx].shape, generator=gen).to(mean.device)
         return (mean[idx] + std[idx] * eps - self.shift) * self.scaling
 
@@ -37,7 +44,7 @@ class LatentCache:
 
 
 def build_cache(pipe, family: Family, records: list[PairRecord], folder: Path, condition: str, device,
-                resolution: int, progress) -> LatentCache:
+                resolution: int, progress, retain: list | None = None) -> LatentCache:
     import torch
 
     vae = pipe.vae
@@ -64,4 +71,7 @@ def build_cache(pipe, family: Family, records: list[PairRecord], folder: Path, c
         # "unsafe": both images of a pair under the unsafe prompt, i.e. "given this prompt, prefer the twin"
         cache.safe_cond = (family.encode_prompts(pipe, [r.safe_prompt for r in records], device, resolution)
                            if condition == "prompt" else cache.unsafe_cond)
+    if retain:
+        cache.retain_mean, cache.retain_std = encode([r.image for r in retain])
+        cache.retain_cond = family.encode_prompts(pipe, [r.prompt for r in retain], device, resolution)
     return cache

@@ -22,6 +22,7 @@ from .models import refuse_inside_model
 from .pair_dataset import INDEX, PairRecord
 from .previews import save_png
 from .progress import ProgressCallback, ProgressEvent, report
+from .retain_set import RETAIN_INDEX, RetainRecord, retain_prompt, retain_seed
 from .runtime import RuntimeConfig
 
 SKIPPED = "skipped.jsonl"
@@ -47,6 +48,8 @@ class PairConfig:
     resolution: int | None = None  # None: the model's native size
     device: str = "auto"
     mixed_precision: str = "auto"  # pair images are sampled on the device, frozen weights in half precision there
+    retain_prompts: tuple[str, ...] = ()  # the retain set: base-model images of what must stay (retain_set.py)
+    num_retain: int = 0  # retain images, laid over retain_prompts in blocks; 0: no retain set
 
     def validate(self) -> None:
         from .runtime import RuntimeConfig
@@ -72,6 +75,10 @@ class PairConfig:
             raise UserError(f"guidance must be zero or positive, got {self.guidance!r}")
         if self.sample_steps <= 0 or self.batch_size <= 0:
             raise UserError("sample_steps and batch_size must be positive")
+        if not (isinstance(self.num_retain, int) and self.num_retain >= 0):
+            raise UserError(f"num_retain must be 0 or a positive integer, got {self.num_retain!r}")
+        if self.num_retain and not [p for p in self.retain_prompts if p.strip()]:
+            raise UserError("a retain set needs prompts: give --retain-prompt (one or more) or set --num-retain 0")
         if not (isinstance(self.max_retries, int) and self.max_retries >= -1):
             raise UserError(f"max_retries must be -1 (until success) or a count >= 0, got {self.max_retries!r}")
 
@@ -84,9 +91,12 @@ class PairConfig:
         """What decides the images: a folder made with other settings is not resumed into."""
         keys = ("unsafe_prompts", "safe_prompts", "num_pairs", "strength", "guidance", "sample_steps", "detector",
                 "max_retries", "seed", "batch_size", "resolution")
-        # resolution only when set: folders made before it existed (native size) still resume
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
-                if k in keys and not (k == "resolution" and v is None)}
+        # resolution and the retain set only when set: folders made before they existed still resume
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+               if k in keys and not (k == "resolution" and v is None)}
+        if self.num_retain:
+            out |= {"retain_prompts": list(self.retain_prompts), "num_retain": self.num_retain}
+        return out
 
 
 @dataclass
@@ -218,7 +228,7 @@ def _generate(cfg: PairConfig, progress, model, detector, folder: Path, done: se
     todo_blocks = [list(range(b, min(b + cfg.batch_size, cfg.num_pairs)))
                    for b in range(0, cfg.num_pairs, cfg.batch_size)]
     todo_blocks = [blk for blk in todo_blocks if any(f"{i:05d}" not in done for i in blk)]
-    if not todo_blocks:
+    if not todo_blocks and len(_read_ids(folder / RETAIN_INDEX)) >= cfg.num_retain:
         return _finish(stats, folder, started)
     from .runtime import place, resolve
 
@@ -231,6 +241,7 @@ def _generate(cfg: PairConfig, progress, model, detector, folder: Path, done: se
                                    f"sampling on device {rt.device}, weights {rt.frozen_dtype}"))
     edit = get_family(model.family).img2img(pipe)  # same modules: no second copy of the model
     _blocks(cfg, todo_blocks, pipe, edit, detector, stats, progress, folder)
+    _retain_blocks(cfg, pipe, folder, progress)
     return _finish(stats, folder, started)
 
 
@@ -257,6 +268,33 @@ def _blocks(cfg: PairConfig, todo_blocks, pipe, edit, detector, stats: PairStats
         finished += len(block)
         report(progress, ProgressEvent("pairs", finished, cfg.num_pairs,
                                        logs={"made": stats.made, "skipped": stats.skipped}))
+
+
+def _retain_blocks(cfg: PairConfig, pipe, folder: Path, progress) -> None:
+    """Base-model images of the retain prompts, in blocks like the pairs (images first, index lines last)."""
+    if not cfg.num_retain:
+        return
+    done = {r["id"] for r in _read_ids(folder / RETAIN_INDEX)}
+    todo = [i for i in range(cfg.num_retain) if f"{i:05d}" not in done]
+    if not todo:
+        return
+    (folder / "retain").mkdir(exist_ok=True)
+    size = {"height": cfg.resolution, "width": cfg.resolution} if cfg.resolution else {}
+    prompts = [p for p in cfg.retain_prompts if p.strip()]
+    for b in range(0, len(todo), cfg.batch_size):
+        block = todo[b:b + cfg.batch_size]
+        chunk = [retain_prompt(prompts, i, cfg.num_retain) for i in block]
+        seeds = [retain_seed(cfg.seed, i) for i in block]
+        images = pipe(chunk, generator=_generators(seeds), num_inference_steps=cfg.sample_steps,
+                      guidance_scale=cfg.guidance, **size).images
+        lines = []
+        for i, prompt, seed, im in zip(block, chunk, seeds, images):
+            record = RetainRecord(f"{i:05d}", f"retain/{i:05d}.png", prompt, seed)
+            save_png(im, folder / record.image)
+            lines.append(record.to_json())
+        _append_lines(folder / RETAIN_INDEX, lines)
+        report(progress, ProgressEvent("pairs", cfg.num_pairs, cfg.num_pairs,
+                                       f"retain set: {len(done) + b + len(block)}/{cfg.num_retain} images"))
 
 
 def _retrying(progress, cfg: PairConfig, finished: int, attempt: int, count: int, what: str) -> None:

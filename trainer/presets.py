@@ -39,6 +39,9 @@ class Preset:
     steps: int | None = None  # training; None: the trainer's default (1000)
     lr: float | None = None  # None: 3e-4 * 100 / beta
     lam: float | None = None  # None: 1e6 * beta / 100
+    retain_prompts: tuple[str, ...] = ()  # the retain set (retain_set.py); none: the paper's DUO
+    num_retain: int = 0
+    lam_retain: float = 0.0
 
 
 def load_presets(path: Path = PRESETS_FILE) -> dict[str, Preset]:
@@ -50,6 +53,7 @@ def load_presets(path: Path = PRESETS_FILE) -> dict[str, Preset]:
         fields = {k: v for k, v in table.items() if k != "concepts"}
         fields["unrelated_prompts"] = tuple(fields.get("unrelated_prompts", ()))
         fields["attack_prompts"] = tuple(fields.get("attack_prompts", ()))
+        fields["retain_prompts"] = tuple(fields.get("retain_prompts", ()))
         presets[name] = Preset(name=name, concepts=concepts, **fields)
     return presets
 

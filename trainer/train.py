@@ -18,6 +18,7 @@ from .latent_cache import build_cache
 from .lora import add_lora, lora_state, remove_lora
 from .models import LoadedModel, load_model, refuse_inside_model
 from .pair_dataset import read_pairs
+from .retain_set import read_retain
 from .progress import ProgressCallback, ProgressEvent, report
 from .runtime import place, resolve
 from .steps import METHODS, StepContext, micro_batch
@@ -112,6 +113,10 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     cfg.validate()
     started = time.time()
     records = read_pairs(cfg.pairs)
+    retain = read_retain(cfg.pairs) if cfg.lam_retain and cfg.method == "duo" else []
+    if cfg.lam_retain and cfg.method == "duo" and not retain:
+        raise UserError(f"--lam-retain needs a retain set in {cfg.pairs} (retain.jsonl): make the pairs with "
+                        "--retain-prompt and --num-retain")
     out = check_writable(cfg.out, overwrite=cfg.overwrite)
     model = model or load_model(cfg.model, cfg.config_dir)
     refuse_inside_model(out, model.source)
@@ -132,7 +137,8 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     condition = "prompt" if cfg.method == "esd" else cfg.condition  # ESD conditions on the concept's prompts
     denoiser = family.denoiser(pipe)
     try:
-        cache = build_cache(pipe, family, records, Path(cfg.pairs), condition, device, resolution, progress)
+        cache = build_cache(pipe, family, records, Path(cfg.pairs), condition, device, resolution, progress,
+                            retain)
         for module in family.text_modules(pipe):  # cached: the text encoders wait on the CPU (T5: gigabytes)
             module.to("cpu")
         params = add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, _targets(cfg, family))
@@ -172,7 +178,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
 
     process = family.noise_process(model.pipe, cache.resolution)
     ctx = StepContext(family=family, process=process, denoiser=wrapped, raw=raw, cache=cache,
-                      t_range=(cfg.t_min, cfg.t_max), beta=cfg.beta, lam=lam,
+                      t_range=(cfg.t_min, cfg.t_max), beta=cfg.beta, lam=lam, lam_retain=cfg.lam_retain,
                       esd_eta=cfg.esd_eta, autocast=rt.autocast, backward=backward, half=rt.half)
     method = METHODS[cfg.method]
 
@@ -234,7 +240,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     facts = dict(facts or {})
     facts.update({
         "method": cfg.method, "concept": cfg.concept or facts.get("concept", ""), "beta": cfg.beta,
-        "lambda": lam, "lr": lr, "steps": cfg.steps, "batch_pairs": cfg.batch_pairs, "pairs": n,
+        "lambda": lam, "lambda_retain": cfg.lam_retain, "retain_images": cache.retain_size(), "lr": lr, "steps": cfg.steps, "batch_pairs": cfg.batch_pairs, "pairs": n,
         "t_range": [cfg.t_min, cfg.t_max], "condition": cfg.condition, "seed": cfg.seed,
         "resolution": cache.resolution,
         "unsafe_prompts": sorted({r.unsafe_prompt for r in records}),

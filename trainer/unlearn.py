@@ -35,6 +35,9 @@ class UnlearnConfig:
     steps: int | None = None  # None: the preset's, else 1000
     lr: float | None = None
     lam: float | None = None
+    retain_prompts: tuple[str, ...] = ()  # prompts whose images must stay (default: the preset's)
+    num_retain: int | None = None  # retain-set images (None: the preset's; 0: none)
+    lam_retain: float | None = None  # weight of the retain-set term (None: the preset's; 0: off)
     rank: int = 32
     batch_pairs: int = 4
     seed: int = 0
@@ -96,7 +99,11 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             strength=cfg.strength if cfg.strength is not None else preset.strength,
             guidance=preset.guidance, sample_steps=preset.sample_steps,
             detector=cfg.detector or preset.detector, seed=cfg.seed, resolution=cfg.resolution, device=cfg.device,
-            mixed_precision=cfg.mixed_precision)
+            mixed_precision=cfg.mixed_precision, retain_prompts=tuple(cfg.retain_prompts) or preset.retain_prompts,
+            num_retain=_given(cfg.num_retain, preset.num_retain) if cfg.method == "duo" else 0)
+        lam_retain = _given(cfg.lam_retain, preset.lam_retain if pair_cfg.num_retain else 0.0)
+        if lam_retain and not pair_cfg.num_retain and cfg.method == "duo":
+            raise UserError("--lam-retain needs a retain set: give --retain-prompt and --num-retain")
         previews = tuple(dict.fromkeys(concept.unsafe_prompts))[:3] + preset.unrelated_prompts[:3]
         # a preset's lr/lambda belong to its beta, and to DUO (ESD keeps its own lr default)
         same_beta = cfg.method == "duo" and (cfg.beta is None or cfg.beta == preset.beta)
@@ -108,7 +115,8 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             seed=cfg.seed, preview_prompts=previews if cfg.preview else (), preview_steps=preset.sample_steps,
             preview_guidance=preset.guidance, device=cfg.device, overwrite=cfg.overwrite,
             mixed_precision=cfg.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing,
-            resolution=cfg.resolution, micro_batch_pairs=cfg.micro_batch_pairs)
+            resolution=cfg.resolution, micro_batch_pairs=cfg.micro_batch_pairs,
+            lam_retain=lam_retain if cfg.method == "duo" else 0.0)
         pair_cfg.validate()
         train_cfg.validate()
         plans.append(ConceptPlan(concept, pair_cfg, train_cfg))

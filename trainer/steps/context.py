@@ -20,6 +20,7 @@ class StepContext:
     t_range: tuple[int, int]
     beta: float = 0.0
     lam: float = 0.0
+    lam_retain: float = 0.0  # weight of output preservation on the retain set (0: off)
     esd_eta: float = 1.0
     autocast: Any = nullcontext  # a callable returning a context manager (the runtime's autocast)
     backward: Callable | None = None  # the loop's backward, for a term computed apart from the step's loss
@@ -46,9 +47,8 @@ class StepContext:
         with torch.no_grad(), adapters_disabled(self.raw), self.autocast():
             return self.family.predict(self.denoiser, x, t, cond)
 
-
-    def preservation(self, x, t, cond):
-        """‖ε_θ(x_T) − ε_ref(x_T)‖², computed in float32 whatever the frozen weights are stored in.
+    def preservation(self, x, t, cond, weight: float | None = None):
+        """‖ε_θ(x_T) − ε_ref(x_T)‖² (or on any rows to preserve, weighted `weight`, default λ), in float32 whatever the frozen weights are stored in.
 
         λ (5e6 in the official recipe) times the squared rounding difference of two half-precision passes
         (≈1e-5 in bf16) would swamp the DPO term, so these rows run in full precision. With half-precision frozen
@@ -70,7 +70,7 @@ class StepContext:
             pred = self.family.predict(self.denoiser, x.float(), t, cond)
             ref = self._reference_fp32(x.float(), t, cond)
             prior = output_preservation(pred, ref)
-            self.backward(self.lam * prior * self.loss_weight)
+            self.backward((self.lam if weight is None else weight) * prior * self.loss_weight)
         return prior.detach()
 
     def _reference_fp32(self, x, t, cond):

@@ -1,4 +1,5 @@
-"""The DUO step: safe twin x⁺ wins, unsafe image x⁻ loses, plus output preservation on pure noise."""
+"""The DUO step: safe twin x⁺ wins, unsafe image x⁻ loses, plus output preservation on pure noise (and, when a
+retain set is used, on noised retain images under their own prompt and the empty one)."""
 from __future__ import annotations
 
 from ..families import Conditioning
@@ -14,8 +15,26 @@ def duo_draw(ctx: StepContext, idx, gen) -> dict:
     z_win = ctx.cache.sample("safe", idx, gen)
     noise = torch.randn(z_lose.shape, generator=gen).to(z_lose.device)  # one draw per pair, shared by both
     t = ctx.process.draw_t(2 * len(idx), *ctx.t_range, gen).to(z_lose.device)
-    return {"idx": idx, "z_lose": z_lose, "z_win": z_win, "noise": noise, "t_lose": t[:len(idx)],
-            "t_win": t[len(idx):]}
+    out = {"idx": idx, "z_lose": z_lose, "z_win": z_win, "noise": noise, "t_lose": t[:len(idx)],
+           "t_win": t[len(idx):]}
+    if ctx.lam_retain and ctx.cache.retain_size():
+        r_idx = torch.randint(0, ctx.cache.retain_size(), (len(idx),), generator=gen)
+        z_r = ctx.cache.sample("retain", r_idx, gen)
+        out |= {"retain_idx": r_idx, "z_retain": z_r,
+                "retain_noise": torch.randn(z_r.shape, generator=gen).to(z_r.device),
+                "t_retain": ctx.process.draw_t(len(idx), *ctx.t_range, gen).to(z_r.device)}
+    return out
+
+
+def _retain_term(ctx: StepContext, draw: dict):
+    """‖ε_θ(x^r_t, c) − ε_ref(x^r_t, c)‖² on noised retain images, c their own prompt and the empty prompt: the
+    sampler mixes both branches (classifier-free guidance), so both are held."""
+    import torch
+
+    r_idx = draw["retain_idx"]
+    x = ctx.process.add_noise(draw["z_retain"], draw["retain_noise"], draw["t_retain"])
+    cond = Conditioning.cat([ctx.cache.retain_cond.rows(r_idx), ctx.cache.empty.repeat(len(r_idx))])
+    return ctx.preservation(torch.cat([x, x]), torch.cat([draw["t_retain"]] * 2), cond, ctx.lam_retain)
 
 
 def duo_loss_on(ctx: StepContext, draw: dict) -> StepOutput:
@@ -48,8 +67,13 @@ def duo_loss_on(ctx: StepContext, draw: dict) -> StepOutput:
     else:
         prior = torch.zeros((), device=x.device)
     loss = dpo + ctx.lam * prior
+    logs = {}
+    if "retain_idx" in draw:
+        retain = _retain_term(ctx, draw)
+        loss = loss + ctx.lam_retain * retain if retain.requires_grad else loss
+        logs["retain"] = retain.item()
     margin = chosen - rejected
-    return StepOutput(loss, {"loss": loss.item(), "dpo": dpo.item(), "prior": prior.item(),
+    return StepOutput(loss, logs | {"loss": loss.item(), "dpo": dpo.item(), "prior": prior.item(),
                              "pref_acc": float((margin > 0).float().mean()),
                              "reward_margin": float(margin.mean())}, chosen, rejected)
 
