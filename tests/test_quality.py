@@ -257,3 +257,25 @@ def test_summary_table_names_what_the_fid_compares_with(features, kind, title):
               "quality": {"fid": {"features": features, "reference": {"kind": kind}}}}
     head, _, row = summary_table(result).splitlines()
     assert head.endswith(f"| 1 − LPIPS | {title} |") and row == "| base | 1.000 | 12.35 |"
+
+
+def test_model_card_quotes_the_feature_network_json():
+    """The card's feature-network figures are features.json's, so a retraining cannot leave the card stale."""
+    card = (features.WEIGHTS.parent / "MODEL_CARD.md").read_text()
+    section = card[card.index("# The test bed's feature network"):]
+    record = json.loads(features.FIGURES.read_text())
+    f, c = record["figures"], record["config"]
+    held = f["held_out_renders"]
+    quoted = [f"{record['parameters']:,} parameters", f"{record['weights_bytes'] // 1000} KB",
+              f"{c['images']:,} renders", f"{c['steps']:,} steps of batch {c['batch']}", f"AdamW {c['lr']:g}",
+              f"{record['seconds_train']:.0f} s of training", f"{record['seconds_total']:.0f} s with the checks",
+              f"held-out renders ({held['n']:,}, seed 2000) | {held['colour']:.3f} | {held['shape']:.3f} | "
+              f"{held['background']:.3f} |",
+              f"the base model {f['fid_calibration']['base_vs_renders']:.1f}",
+              f"(the noise floor at 64 images) {f['fid_calibration']['other_renders_vs_renders']:.1f}",
+              f"against its own images {f['fid_calibration']['base_vs_itself']:.1f}"]
+    gen = f["generated"]
+    for key in ("agrees_with_pixel_classifier", "agrees_with_prompt", "pixel_classifier_agrees_with_prompt"):
+        quoted.append(" | ".join(f"{gen[h][key]:.3f}" for h in features.HEADS) + " |")
+    for text in quoted:
+        assert text in section, text
