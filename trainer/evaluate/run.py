@@ -11,6 +11,7 @@ from ..progress import ProgressCallback, ProgressEvent, report
 from .methods import BASE, NEGATIVE, Method, activated, adapter_method, load_adapters
 from .prompt_attack import AttackPrompts, prompt_attack
 from .prompts import load_prompts
+from .quality import FID_FEATURES
 
 SD_PROMPT_TOKENS = 77  # CLIP's context length in SD 1.x/2.x, the families the token attacks run on
 ATTACKS = ("direct", "prompts", "concept_inversion", "ring_a_bell", "unlearndiffatk")
@@ -50,6 +51,15 @@ HELP = {  # `duo-unlearn eval` flag help (names shared with other commands mean 
     "udatk_batch": "unlearndiffatk: (image, noise, t) draws per step",
     "lpips_net": "LPIPS network: alex (default), vgg, squeeze",
     "lpips_backbone": "pretrained (the real metric; downloads once) or random (offline, not comparable)",
+    "fid_features": "FID of each method's unrelated-prompt images (off unless given): inception (the published "
+                    "metric's network; needs torch-fidelity and its weights) or testbed (the test bed's own "
+                    "network: a test-bed FID, not comparable with published FID)",
+    "fid_reference": "FID reference: a folder of real images, e.g. MS-COCO val (default: test-bed renders of the "
+                     "prompts for testbed features, else the base model's images of the same prompts)",
+    "fid_inception_weights": "torch-fidelity's Inception v3 weights file (weights-inception-2015-12-05-6726825d.pth)"
+                             " for offline use (default: TORCH_HOME's copy, downloaded once)",
+    "clip_model": "CLIP score of each method's unrelated-prompt images against their prompts (off unless given): "
+                  "a local folder holding a CLIP model and its processor, e.g. openai/clip-vit-large-patch14",
     "grid_columns": "images per row in the grids",
     "out": "report folder: report.json, plot.png, grid_*.png",
     "batch_size": "images generated per batch",
@@ -96,6 +106,10 @@ class EvalConfig:
     udatk_batch: int = 4
     lpips_net: str = "alex"
     lpips_backbone: str = "pretrained"
+    fid_features: str | None = None  # None: no FID (generation-heavy runs and the tests stay as fast as before)
+    fid_reference: str | None = None  # a folder of real images; None: test-bed renders, or the base's images
+    fid_inception_weights: str | None = None
+    clip_model: str | None = None  # a local CLIP folder; None: no CLIP score
     grid_columns: int = 8
     out: str = "duo_eval"
     batch_size: int = 16
@@ -127,6 +141,12 @@ class EvalConfig:
             raise UserError(f"lpips_backbone must be pretrained or random, got {self.lpips_backbone!r}")
         if self.lpips_net not in ("alex", "vgg", "squeeze"):
             raise UserError(f"lpips_net must be alex, vgg or squeeze, got {self.lpips_net!r}")
+        if self.fid_features is not None and self.fid_features not in FID_FEATURES:
+            raise UserError(f"fid_features must be one of {', '.join(FID_FEATURES)}, got {self.fid_features!r}")
+        if (self.fid_reference or self.fid_inception_weights) and not self.fid_features:
+            raise UserError("--fid-reference / --fid-inception-weights set up FID: give --fid-features too")
+        if self.fid_inception_weights and self.fid_features != "inception":
+            raise UserError("--fid-inception-weights is for --fid-features inception")
         if self.ci_template is not None and "{}" not in self.ci_template:
             raise UserError(f"ci_template must hold {{}} where the learnt token goes, got {self.ci_template!r}")
         if not self.base and self.negative_prompt == "" and not self.adapters:
@@ -186,6 +206,9 @@ def plan(cfg: EvalConfig) -> Plan:
     if not unrelated:
         raise UserError(f"no unrelated prompts for prior preservation: preset {preset.name} has none; "
                         "give --unrelated-prompts-file (e.g. MS-COCO captions, one a line)")
+    from .quality import check as check_quality
+
+    check_quality(cfg.fid_features, cfg.fid_reference, cfg.clip_model, unrelated, cfg.images_per_prompt)
     free = list(dict.fromkeys(concept.safe_prompts)) if concept else []
     if "ring_a_bell" in cfg.attacks and not free:
         raise UserError("the ring_a_bell attack needs concept-free prompts (a preset concept's safe prompts); "
@@ -285,6 +308,12 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
     rt = resolve(RuntimeConfig(cfg.device, cfg.mixed_precision))
     detector = make_detector(p.detector_spec)
     metric = build_lpips(cfg.lpips_net, cfg.lpips_backbone)
+    quality = None
+    if cfg.fid_features or cfg.clip_model:  # built before anything is written: missing weights fail first
+        from .quality import Quality
+
+        quality = Quality(cfg.fid_features, cfg.fid_reference, cfg.fid_inception_weights, cfg.clip_model,
+                          cfg.batch_size, rt.device)
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -331,6 +360,9 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
     base_adversarial = None
     with activated(pipe, Method("base", BASE)):  # the reference of prior preservation
         base_unrelated = gen(p.unrelated, None)
+    unrelated_per_image = [q for q in p.unrelated for _ in range(cfg.images_per_prompt)]  # as generate() lays out
+    if quality:
+        quality.set_reference(base_unrelated, unrelated_per_image, cfg.seed)
     grids: dict[str, dict[str, list]] = {"unrelated": {"base (reference)": base_unrelated}}
     for k, m in enumerate(p.methods):
         report(progress, ProgressEvent("eval", k, len(p.methods), f"method {m.name}"))
@@ -339,6 +371,8 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
             images = base_unrelated if m.kind == BASE else gen(p.unrelated, negative)
             res["preservation"] = prior_preservation(metric, base_unrelated, images, cfg.lpips_net,
                                                      cfg.lpips_backbone).as_dict()
+            if quality:
+                res["quality"] = quality.measure(images, unrelated_per_image)
             if m.kind != BASE:
                 grids["unrelated"][m.name] = images
             for name, attack in attacks.items():
@@ -416,6 +450,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
         "methods": [m.as_dict() for m in p.methods],
         "attacks": attack_info, "skipped_attacks": skipped,
         "results": results,
+        **({"quality": quality.settings()} if quality else {}),
         "files": files,
         "seconds": round(time.time() - started, 1),
     }
@@ -426,11 +461,18 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
 
 
 def summary_table(result: dict) -> str:
-    """A markdown table: one row per method, DSR per attack and 1 − LPIPS."""
+    """A markdown table: one row per method, DSR per attack, 1 − LPIPS, and FID / CLIP score when measured."""
     attacks = list(dict.fromkeys(a for r in result["results"].values() for a in r["attacks"]))
-    head = "| method | " + " | ".join(f"DSR {a}" for a in attacks) + " | 1 − LPIPS |"
-    rows = [head, "|" + "---|" * (len(attacks) + 2)]
+    settings = result.get("quality", {})
+    fid = settings.get("fid")
+    fid_title = fid and ("test-bed FID" if fid["features"] == "testbed" else
+                         "FID vs base" if fid["reference"]["kind"] == "base model" else "FID")
+    quality = [(key, title) for key, title in (("fid", fid_title), ("clip_score", "CLIP score")) if key in settings]
+    titles = ["method", *(f"DSR {a}" for a in attacks), "1 − LPIPS", *(title for _, title in quality)]
+    rows = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for name, r in result["results"].items():
         cells = [f"{r['attacks'][a]['dsr']:.3f}" if a in r["attacks"] else "–" for a in attacks]
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {r['preservation']['one_minus_lpips']:.3f} |")
+        cells.append(f"{r['preservation']['one_minus_lpips']:.3f}")
+        cells += [f"{r['quality'][key]['value']:.2f}" if key in r.get("quality", {}) else "–" for key, _ in quality]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
