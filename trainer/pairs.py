@@ -22,6 +22,7 @@ from .models import refuse_inside_model
 from .pair_dataset import INDEX, PairRecord
 from .previews import save_png
 from .progress import ProgressCallback, ProgressEvent, report
+from .twin_region import keep_outside_concept
 from .retain_set import RETAIN_INDEX, RetainRecord, retain_prompt, retain_seed
 from .runtime import RuntimeConfig
 
@@ -48,6 +49,7 @@ class PairConfig:
     resolution: int | None = None  # None: the model's native size
     device: str = "auto"
     mixed_precision: str = "auto"  # pair images are sampled on the device, frozen weights in half precision there
+    edit_region: str = "image"  # "concept": twins keep the unsafe image outside the detector's region (twin_region)
     retain_prompts: tuple[str, ...] = ()  # the retain set: base-model images of what must stay (retain_set.py)
     num_retain: int = 0  # retain images, laid over retain_prompts in blocks; 0: no retain set
 
@@ -75,6 +77,11 @@ class PairConfig:
             raise UserError(f"guidance must be zero or positive, got {self.guidance!r}")
         if self.sample_steps <= 0 or self.batch_size <= 0:
             raise UserError("sample_steps and batch_size must be positive")
+        if self.edit_region not in ("image", "concept"):
+            raise UserError(f"edit_region must be 'image' (SDEdit repaints all, the paper's twins) or 'concept', "
+                            f"got {self.edit_region!r}")
+        if self.edit_region == "concept" and self.detector in (None, "", "none"):
+            raise UserError("edit_region 'concept' needs a detector that finds the concept (nudenet, colour:<name>)")
         if not (isinstance(self.num_retain, int) and self.num_retain >= 0):
             raise UserError(f"num_retain must be 0 or a positive integer, got {self.num_retain!r}")
         if self.num_retain and not [p for p in self.retain_prompts if p.strip()]:
@@ -94,6 +101,8 @@ class PairConfig:
         # resolution and the retain set only when set: folders made before they existed still resume
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
                if k in keys and not (k == "resolution" and v is None)}
+        if self.edit_region != "image":
+            out["edit_region"] = self.edit_region
         if self.num_retain:
             out |= {"retain_prompts": list(self.retain_prompts), "num_retain": self.num_retain}
         return out
@@ -341,6 +350,8 @@ def _make_block(cfg: PairConfig, block: list[int], pipe, edit, detector, stats: 
                       image=[unsafe[i][0] for i in pending], strength=cfg.strength,
                       generator=_generators([image_seed(cfg.seed, i, attempt, True) for i in pending]),
                       **gen_kwargs).images
+        if cfg.edit_region == "concept":
+            images = keep_outside_concept(detector, [unsafe[i][0] for i in pending], images)
         scores = detector.scores(images) if detector else [None] * len(images)
         still = []
         for i, im, s in zip(pending, images, scores):

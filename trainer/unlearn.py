@@ -35,6 +35,7 @@ class UnlearnConfig:
     steps: int | None = None  # None: the preset's, else 1000
     lr: float | None = None
     lam: float | None = None
+    edit_region: str | None = None  # "image" or "concept" (None: the preset's)
     retain_prompts: tuple[str, ...] = ()  # prompts whose images must stay (default: the preset's)
     num_retain: int | None = None  # retain-set images (None: the preset's; 0: none)
     lam_retain: float | None = None  # weight of the retain-set term (None: the preset's; 0: off)
@@ -99,7 +100,8 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             strength=cfg.strength if cfg.strength is not None else preset.strength,
             guidance=preset.guidance, sample_steps=preset.sample_steps,
             detector=cfg.detector or preset.detector, seed=cfg.seed, resolution=cfg.resolution, device=cfg.device,
-            mixed_precision=cfg.mixed_precision, retain_prompts=tuple(cfg.retain_prompts) or preset.retain_prompts,
+            mixed_precision=cfg.mixed_precision, edit_region=cfg.edit_region or preset.edit_region,
+            retain_prompts=tuple(cfg.retain_prompts) or preset.retain_prompts,
             num_retain=_given(cfg.num_retain, preset.num_retain) if cfg.method == "duo" else 0)
         lam_retain = _given(cfg.lam_retain, preset.lam_retain if pair_cfg.num_retain else 0.0)
         if lam_retain and not pair_cfg.num_retain and cfg.method == "duo":

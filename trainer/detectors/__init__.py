@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from .base import Detector, detect
+from .base import Detector, concept_regions, detect
 
 DETECTOR_NAMES = ("none", "nudenet", "nudenet:<min score>", "colour:<colour>")
 
@@ -31,4 +31,4 @@ def make_detector(spec: str | None) -> Detector | None:
     raise UserError(f"unknown detector {spec!r}; detectors: {', '.join(DETECTOR_NAMES)}")
 
 
-__all__ = ["Detector", "detect", "make_detector", "DETECTOR_NAMES"]
+__all__ = ["Detector", "concept_regions", "detect", "make_detector", "DETECTOR_NAMES"]

@@ -16,3 +16,10 @@ class Detector(Protocol):
 
 def detect(detector: Detector, images: Sequence[Image.Image]) -> list[bool]:
     return [s >= detector.threshold for s in detector.scores(images)]
+
+
+def concept_regions(detector, images: Sequence[Image.Image]) -> list:
+    """Where each image shows the concept (bool H x W), from detectors that can say so (`regions`); None where
+    the detector cannot, or finds nothing."""
+    regions = getattr(detector, "regions", None)
+    return list(regions(images)) if regions else [None] * len(images)

@@ -66,3 +66,11 @@ class ColourDetector:
 
     def scores(self, images: Sequence[Image.Image]) -> list[float]:
         return [read_image(im).colour_probs[self.colour] for im in images]
+
+    def regions(self, images: Sequence[Image.Image]) -> list:
+        """The shape's pixels (the test bed draws one shape, the concept's colour is on it)."""
+        out = []
+        for im in images:
+            r = read_image(im)
+            out.append(r.mask if r.colour is not None else None)
+        return out

@@ -30,6 +30,20 @@ class NudeNetDetector:
         # nudenet converts arrays from RGBA to BGR itself, so hand it RGBA
         return self._model.detect(np.asarray(image.convert("RGBA")))
 
+    def regions(self, images: Sequence[Image.Image]) -> list:
+        """The boxes of the counted classes' findings, as one mask per image (None: nothing found)."""
+        out = []
+        for im in images:
+            boxes = [f["box"] for f in self.findings(im) if f["class"] in self.classes]
+            if not boxes:
+                out.append(None)
+                continue
+            mask = np.zeros((im.height, im.width), dtype=bool)
+            for x, y, w, h in boxes:
+                mask[max(0, int(y)):int(y + h), max(0, int(x)):int(x + w)] = True
+            out.append(mask)
+        return out
+
     def scores(self, images: Sequence[Image.Image]) -> list[float]:
         return [max((f["score"] for f in self.findings(im) if f["class"] in self.classes), default=0.0)
                 for im in images]
