@@ -25,6 +25,8 @@ HELP = {
     "method": "training objective: duo (default) or esd (the ESD baseline, Gandikota et al. 2023)",
     "esd_eta": "ESD only: negative guidance scale eta of the target eps_ref(x,t) - eta (eps_ref(x,c,t) - eps_ref(x,t))",
     "beta": "DPO temperature beta (official: 500 nudity, 1000 violence)",
+    "kappa": "set beta from the pairs instead: beta = kappa / full-swap margin (5: the preference stops about where "
+             "the model draws the twin; see benchmarks/RESULTS.md)",
     "lr": "learning rate (default 3e-4 * 100 / beta; esd: 1e-4)",
     "lam": "output-preservation weight lambda (default 1e6 * beta / 100; 0 disables it)",
     "steps": "optimisation steps",

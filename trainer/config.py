@@ -39,6 +39,7 @@ class TrainConfig:
     method: str = "duo"
     esd_eta: float = 1.0  # method "esd": negative guidance scale eta of the ESD target
     beta: float = 500.0
+    kappa: float | None = None  # given: β = κ / full-swap margin of the pairs (reward_scale.py), beta ignored
     lr: float | None = None  # None: 3e-4 * 100 / beta
     lam: float | None = None  # None: 1e6 * beta / 100
     lam_retain: float = 0.0  # output preservation on the pair folder's retain set (retain_set.py); 0: off
@@ -101,6 +102,8 @@ class TrainConfig:
         if self.method not in ("duo", "esd"):
             raise UserError(f"method must be 'duo' or 'esd', got {self.method!r}")
         positive("beta", self.beta)
+        if self.kappa is not None:
+            positive("kappa", self.kappa)
         if self.method == "esd":
             positive("esd_eta", self.esd_eta)
         positive("steps", self.steps)

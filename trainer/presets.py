@@ -39,6 +39,7 @@ class Preset:
     steps: int | None = None  # training; None: the trainer's default (1000)
     lr: float | None = None  # None: 3e-4 * 100 / beta
     lam: float | None = None  # None: 1e6 * beta / 100
+    kappa: float | None = None  # set: β = κ / the pairs' full-swap margin (reward_scale.py) instead of `beta`
     edit_region: str = "image"  # "concept": twins change only the detector's region
     retain_prompts: tuple[str, ...] = ()  # the retain set (retain_set.py); none: the paper's DUO
     num_retain: int = 0

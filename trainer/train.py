@@ -4,6 +4,7 @@ The loop knows neither the model family (it asks `families`) nor the method (it 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from .lora import add_lora, lora_state, remove_lora
 from .models import LoadedModel, load_model, refuse_inside_model
 from .pair_dataset import read_pairs
 from .retain_set import read_retain
+from .reward_scale import beta_for, full_swap_margin
 from .progress import ProgressCallback, ProgressEvent, report
 from .runtime import place, resolve
 from .steps import METHODS, StepContext, micro_batch
@@ -167,6 +169,16 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     if checkpointing:
         denoiser.enable_gradient_checkpointing()
     denoiser.train()
+    process = family.noise_process(model.pipe, cache.resolution)
+    m_swap, t_mid = full_swap_margin(cache, process, (cfg.t_min, cfg.t_max))
+    if cfg.kappa is not None and cfg.method == "duo":
+        cfg = dataclasses.replace(cfg, beta=beta_for(cfg.kappa, m_swap))
+        cfg.validate()  # a derived β can still give a non-finite lr or λ
+    kappa = cfg.beta * m_swap
+    if cfg.method == "duo":
+        report(progress, ProgressEvent("train", 0, cfg.steps, f"β {cfg.beta:.4g}: full-swap margin {m_swap:.4g} at t "
+                                                              f"{t_mid:g}, κ = β·m {kappa:.3g} (≈5: the preference "
+                                                              "stops about at the swap; ≫5: well before it)"))
     lr, lam = cfg.learning_rate_for(family.lr_base), cfg.preservation_weight_for(family.lambda_base)
     optimizer = _optimizer(params, cfg, lr)
     wrapped, optimizer = accelerator.prepare(denoiser, optimizer)
@@ -176,7 +188,6 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     def backward(loss):
         accelerator.backward(scaler.scale(loss) if scaler else loss)
 
-    process = family.noise_process(model.pipe, cache.resolution)
     ctx = StepContext(family=family, process=process, denoiser=wrapped, raw=raw, cache=cache,
                       t_range=(cfg.t_min, cfg.t_max), beta=cfg.beta, lam=lam, lam_retain=cfg.lam_retain,
                       esd_eta=cfg.esd_eta, autocast=rt.autocast, backward=backward, half=rt.half)
@@ -240,6 +251,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     facts = dict(facts or {})
     facts.update({
         "method": cfg.method, "concept": cfg.concept or facts.get("concept", ""), "beta": cfg.beta,
+        "kappa": round(kappa, 4), "swap_margin": round(m_swap, 6),
         "lambda": lam, "lambda_retain": cfg.lam_retain, "retain_images": cache.retain_size(), "lr": lr, "steps": cfg.steps, "batch_pairs": cfg.batch_pairs, "pairs": n,
         "t_range": [cfg.t_min, cfg.t_max], "condition": cfg.condition, "seed": cfg.seed,
         "resolution": cache.resolution,
@@ -248,7 +260,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         "base_model": model.name, "base_model_hash": model.sha256(), "family": model.family,
     })
     if cfg.method == "esd":
-        facts.update({"esd_eta": cfg.esd_eta, "lambda": 0, "beta": None})
+        facts.update({"esd_eta": cfg.esd_eta, "lambda": 0, "beta": None, "kappa": None})
     meta = adapter_metadata(output_name=out.stem, family_meta=family.metadata(model.pipe), rank=cfg.lora.rank,
                             alpha=cfg.lora.alpha, target_modules=_targets(cfg, family), duo=facts)
     atomic_save(family.export(lora_state(raw), cfg.lora.alpha), out, meta)

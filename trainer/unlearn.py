@@ -32,6 +32,7 @@ class UnlearnConfig:
     detector: str | None = None
     method: str = "duo"  # "esd": the ESD baseline, on the same pairs
     beta: float | None = None
+    kappa: float | None = None  # β from the pairs: κ / full-swap margin (None: the preset's, unless --beta)
     steps: int | None = None  # None: the preset's, else 1000
     lr: float | None = None
     lam: float | None = None
@@ -112,6 +113,7 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
         train_cfg = TrainConfig(
             pairs=str(pairs_dir), model=model, out=str(adapter), config_dir=cfg.config_dir, concept=concept.name,
             method=cfg.method, beta=cfg.beta if cfg.beta is not None else preset.beta,
+            kappa=cfg.kappa if cfg.kappa is not None else (preset.kappa if cfg.beta is None else None),
             lr=_given(cfg.lr, preset.lr if same_beta else None), lam=_given(cfg.lam, preset.lam if same_beta else None),
             steps=_given(cfg.steps, preset.steps) or 1000, batch_pairs=cfg.batch_pairs, lora=LoraConfig(rank=cfg.rank, alpha=float(cfg.rank)),
             seed=cfg.seed, preview_prompts=previews if cfg.preview else (), preview_steps=preset.sample_steps,
@@ -147,7 +149,8 @@ def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=
         if stats.made + stats.kept_existing == 0:
             raise UserError(f"no pair survived the {p.pairs.detector} detector for {p.concept.name} "
                             f"({stats.skipped} skipped: {stats.skipped_reasons}); try more retries or other prompts")
-        facts = {"preset": preset.name, "strength": p.pairs.strength, "detector": p.pairs.detector}
+        facts = {"preset": preset.name, "strength": p.pairs.strength, "detector": p.pairs.detector,
+                 "edit_region": p.pairs.edit_region}
         try:
             result = train(p.train, progress, model=model, facts=facts)
         finally:

@@ -60,6 +60,11 @@ class NoiseProcess:
         """The time at which the input is pure noise x_T (output preservation)."""
         raise NotImplementedError
 
+    def swap_scale(self, t: float) -> float:
+        """k(t): a denoiser that takes x_t of one image for x_t of another (clean latents z, z') errs on its target
+        by k(t)·(z − z')² per element. It converts a pair's latent distance into DPO margin units."""
+        raise NotImplementedError
+
 
 class DDPMProcess(NoiseProcess):
     """Discrete-time diffusion (SD 1.x/2.x, SDXL): epsilon or v-prediction, integer timesteps."""
@@ -92,6 +97,11 @@ class DDPMProcess(NoiseProcess):
         import torch
 
         return torch.full((n,), self.num_train_timesteps - 1, device=device, dtype=torch.long)
+
+    def swap_scale(self, t: float) -> float:
+        # ε-error √ᾱ/√(1−ᾱ)·(z − z'), squared; for v the x0 error is divided by √(1−ᾱ) instead
+        a = float(self.scheduler.alphas_cumprod[int(t)])
+        return a / (1 - a) if self.prediction == "epsilon" else 1 / (1 - a)
 
 
 class Family:

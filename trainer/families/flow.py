@@ -71,6 +71,11 @@ class FlowMatchProcess(NoiseProcess):
         """The denoiser's raw velocity in the space target() lives in."""
         return x0_estimate(model_out, x_t, t, self.num_train_timesteps) if self.precondition else model_out
 
+    def swap_scale(self, t: float) -> float:
+        # preconditioned: the target is x0 itself; else the flow ε − x0, whose x0 error is divided by σ
+        sigma = min(max(float(t) / self.num_train_timesteps, 1e-3), 1.0)
+        return 1.0 if self.precondition else 1 / sigma**2
+
     def pure_noise_t(self, n, device):
         import torch
 
