@@ -59,9 +59,7 @@ HELP = {
 }
 _LIST_SEPARATOR = {"target_modules": ",", "preview_prompts": "|"}
 _REPEATED = {"unsafe_prompts": "--unsafe-prompt", "safe_prompts": "--safe-prompt", "adapters": "--adapter",
-             "edit_region": "safe twins: 'image' (SDEdit repaints everything, the paper's) or 'concept' (only the "
-                   "detector's region changes; the rest is the unsafe image's)",
-    "retain_prompts": "--retain-prompt"}
+             "retain_prompts": "--retain-prompt"}
 HELP.update({
     "unsafe_prompts": "a prompt that shows the concept (repeat the flag for several)",
     "safe_prompts": "the safe counterpart: one for all, or one per unsafe prompt (repeat the flag)",
@@ -77,6 +75,8 @@ HELP.update({
     "preset": "preset name (nudity, violence, testbed-red, custom)",
     "pairs_dir": "where the pair dataset goes (default: <out stem>_pairs next to the adapter)",
     "preview": "save the base-vs-unlearned preview grid",
+    "edit_region": "safe twins: 'image' (SDEdit repaints everything, the paper's) or 'concept' (only the "
+                   "detector's region changes; the rest is the unsafe image's)",
     "edit_region": "safe twins: 'image' (SDEdit repaints everything, the paper's) or 'concept' (only the "
                    "detector's region changes; the rest is the unsafe image's)",
     "retain_prompts": "a prompt whose images must stay as they are (the retain set; repeat the flag)",
