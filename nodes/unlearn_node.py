@@ -162,8 +162,12 @@ def _same_training(path: Path, p, preset_name: str, model_spec: str, resolution:
     except Exception:  # unreadable or not safetensors: not ours to reuse
         return False
     model_name = model_spec if model_spec in TESTBEDS else Path(model_spec).stem
-    want = {"preset": preset_name, "concept": p.concept.name, "beta": p.train.beta, "steps": p.train.steps,
+    want = {"preset": preset_name, "concept": p.concept.name, "steps": p.train.steps,
             "seed": p.train.seed, "base_model": model_name, "method": p.train.method}
+    if p.train.kappa is None:
+        want["beta"] = p.train.beta
+    elif abs(float(facts.get("kappa") or 0) - p.train.kappa) > 1e-3:  # β was derived from κ on the pairs
+        return False
     if resolution is not None:  # native (None) is whatever the model's size is: not known without loading it
         want["resolution"] = resolution
     if any(facts.get(k) != v for k, v in want.items()):

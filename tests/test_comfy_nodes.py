@@ -129,9 +129,12 @@ def test_unlearn_node_lists_the_test_beds_by_name_and_trains_on_them(tmp_path, m
     assert seen["cfg"].model == "testbed-xl" and seen["cfg"].config_dir is None
     # an adapter already trained on testbed-xl with these settings is reused (its facts name the test bed)
     _, plans = plan(UnlearnConfig(preset="testbed-red", out=str(loras / "duo_xl.safetensors"), model="testbed-xl"))
-    facts = {"preset": "testbed-red", "concept": "red", "beta": plans[0].train.beta, "steps": plans[0].train.steps,
-             "seed": 0, "base_model": "testbed-xl", "method": "duo", "unsafe_prompts": [], "safe_prompts": []}
+    facts = {"preset": "testbed-red", "concept": "red", "beta": 9.3, "kappa": plans[0].train.kappa,
+             "steps": plans[0].train.steps, "seed": 0, "base_model": "testbed-xl", "method": "duo",
+             "unsafe_prompts": [], "safe_prompts": []}
     (loras / "duo_xl.safetensors").write_bytes(b"")
     monkeypatch.setattr(unlearn_node, "read_facts", lambda path: {"facts": facts})
     assert _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
     assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed")
+    facts["kappa"] = 50.0  # the preset's κ changed since: trained differently, not reused
+    assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")

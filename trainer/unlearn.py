@@ -40,6 +40,7 @@ class UnlearnConfig:
     retain_prompts: tuple[str, ...] = ()  # prompts whose images must stay (default: the preset's)
     num_retain: int | None = None  # retain-set images (None: the preset's; 0: none)
     lam_retain: float | None = None  # weight of the retain-set term (None: the preset's; 0: off)
+    condition: str = "empty"  # the paper's: both images on the empty prompt; "unsafe": both on the unsafe prompt
     rank: int = 32
     batch_pairs: int = 4
     seed: int = 0
@@ -112,7 +113,7 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
         same_beta = cfg.method == "duo" and (cfg.beta is None or cfg.beta == preset.beta)
         train_cfg = TrainConfig(
             pairs=str(pairs_dir), model=model, out=str(adapter), config_dir=cfg.config_dir, concept=concept.name,
-            method=cfg.method, beta=cfg.beta if cfg.beta is not None else preset.beta,
+            method=cfg.method, condition=cfg.condition, beta=cfg.beta if cfg.beta is not None else preset.beta,
             kappa=cfg.kappa if cfg.kappa is not None else (preset.kappa if cfg.beta is None else None),
             lr=_given(cfg.lr, preset.lr if same_beta else None), lam=_given(cfg.lam, preset.lam if same_beta else None),
             steps=_given(cfg.steps, preset.steps) or 1000, batch_pairs=cfg.batch_pairs, lora=LoraConfig(rank=cfg.rank, alpha=float(cfg.rank)),
