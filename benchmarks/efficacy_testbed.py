@@ -34,7 +34,7 @@ def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
            ("duo_v1_region", "v1 + twins changed only in the concept's region (`--edit-region concept`)",
             PREVIOUS | {"edit_region": "concept"}),
            ("duo_preset", "the preset now: v1 + retain set (45 base-model images of the other colours, λ_retain 1), "
-                          "β from κ 5 (≈ 9 on these pairs)", {}),
+                          "β from κ 5 (≈ 8 on these pairs)", {}),
            ("duo_preset_cond_unsafe", "preset + both pair images on the unsafe prompt (`--condition unsafe`)",
             {"condition": "unsafe"}),
            ("duo_preset_lam0", "the preset without λ (no output preservation, no retain term): DUO without λ",
