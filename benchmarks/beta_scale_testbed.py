@@ -112,7 +112,7 @@ def section(record: dict) -> str:
         "only past the swap, which is why it removes red and also why, with nothing to hold the rest, it damages",
         "orange, backgrounds and shapes (`duo_preset_lam0` in the efficacy table). Hence the rule the test-bed",
         "preset now follows: κ = β·m_swap, β set from the pairs (`--kappa`, β = κ / m_swap) so that the",
-        "preference saturates about at the swap (κ 5), instead of a constant β; the damage past the swap is",
+        "preference saturates about at the swap (the preset: κ 6.2, β ≈ 10 here), instead of a constant β; the damage past the swap is",
         "held by λ and the retain set. The paper's β 500 is κ ≈ " + f"{500 * record['m_swap']:.0f}" + " on these",
         "pairs. Every run prints its κ and records it in the adapter (`duo.kappa`), so the same quantity can be",
         "read on SD pairs; measuring it on SD 1.4 (no weights here) is what would say whether the paper's β 500",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 import platform
 import shutil
 import sys
@@ -34,7 +35,7 @@ def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
            ("duo_v1_region", "v1 + twins changed only in the concept's region (`--edit-region concept`)",
             PREVIOUS | {"edit_region": "concept"}),
            ("duo_preset", "the preset now: v1 + retain set (45 base-model images of the other colours, λ_retain 1), "
-                          "β from κ 5 (≈ 8 on these pairs)", {}),
+                          "β from κ 6.2 (≈ 10 on these pairs)", {}),
            ("duo_preset_cond_unsafe", "preset + both pair images on the unsafe prompt (`--condition unsafe`)",
             {"condition": "unsafe"}),
            ("duo_preset_lam0", "the preset without λ (no output preservation, no retain term): DUO without λ",
@@ -75,7 +76,7 @@ def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_p
     load_adapters(pipe, methods)
     orange = [full_prompt("orange", s, b) for s in SHAPES for b in BACKGROUNDS]
     others = [full_prompt(c, s, b) for c in COLOURS if c != concept for s in SHAPES for b in BACKGROUNDS]
-    specs = [p.split()[1:4:2] + [p.split()[-2]] for p in others]  # (colour, shape, background) of each prompt
+    specs = [(c, s, b) for c in COLOURS if c != concept for s in SHAPES for b in BACKGROUNDS]  # same order as others
 
     def reads(prompts, negative=None):
         return [read_image(im) for im in generate(pipe, prompts, images_per_prompt, seed, steps, guidance, negative)]
@@ -298,6 +299,8 @@ def main(argv=None) -> int:
     p.add_argument("--fid", default="testbed", help="FID features: testbed, or 'none'")
     p.add_argument("--results", default=str(HERE / "RESULTS.md"))
     p.add_argument("--retrain", action="store_true", help="train the adapters again even if present")
+    p.add_argument("--reuse-report", action="store_true",
+                   help="take the eval report from --work/report if it evaluated exactly these adapters and settings")
     p.add_argument("--from-json", help="only rebuild the RESULTS.md section from a saved record")
     args = p.parse_args(argv)
     if args.from_json:
@@ -362,8 +365,18 @@ def main(argv=None) -> int:
                      ci_steps=args.ci_steps, lpips_backbone=backbone, out=str(work / "report"), attacks=attacks,
                      fid_features=None if args.fid == "none" else args.fid)
     t = time.time()
-    result = evaluate(cfg, progress, model=model)
-    eval_seconds = time.time() - t
+    saved = work / "report" / "report.json"
+    result = json.loads(saved.read_text()) if args.reuse_report and saved.exists() else None
+    fresh = {a.name: a.facts for a in (adapter_method(p) for p in adapters.values())}
+    if result is not None and (result["settings"] != json.loads(json.dumps(asdict(cfg))) or fresh != {
+            m["name"]: m["facts"] for m in result["methods"] if m["kind"] == "adapter"}):
+        print("the saved report evaluated other adapters or settings: evaluating again")
+        result = None
+    if result is None:
+        result = evaluate(cfg, progress, model=model)
+        eval_seconds = time.time() - t
+    else:
+        eval_seconds = result["seconds"]
 
     methods = [Method("base", BASE), Method("negative prompt", NEGATIVE, negative_prompt="red")]
     methods += [adapter_method(a) for a in adapters.values()]
