@@ -13,6 +13,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+
+def _cpu_host(monkeypatch, host, tmp_path):
+    """ComfyUI's host functions as a CPU-only ComfyUI with its loras folder under tmp_path; returns that folder."""
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    monkeypatch.setattr(host, "loras_dir", lambda: loras)
+    monkeypatch.setattr(host, "work_dir", lambda: tmp_path / "out")
+    monkeypatch.setattr(host, "training_device", lambda: "cpu")
+    monkeypatch.setattr(host, "free_gpu", lambda: None)
+    monkeypatch.setattr(host, "ComfyProgress", lambda *a, **k: None)
+    return loras
+
 def test_root_package_registers_nodes_without_host_or_torch_imports():
     code = ("import sys, duo_unlearn as d; print(sorted(d.NODE_CLASS_MAPPINGS)); print(d.WEB_DIRECTORY); "
             "print([m for m in ('torch', 'folder_paths', 'comfy', 'server', 'diffusers') if m in sys.modules])")
@@ -59,13 +71,7 @@ def test_unlearn_node_passes_runtime_widgets_into_the_config(tmp_path, monkeypat
     from duo_unlearn.nodes import host
     from duo_unlearn.nodes.unlearn_node import DUOUnlearn
 
-    loras = tmp_path / "loras"
-    loras.mkdir()
-    monkeypatch.setattr(host, "loras_dir", lambda: loras)
-    monkeypatch.setattr(host, "work_dir", lambda: tmp_path / "out")
-    monkeypatch.setattr(host, "training_device", lambda: "cpu")
-    monkeypatch.setattr(host, "free_gpu", lambda: None)
-    monkeypatch.setattr(host, "ComfyProgress", lambda *a, **k: None)
+    loras = _cpu_host(monkeypatch, host, tmp_path)
     seen = {}
 
     def fake_unlearn(cfg, progress=None, model=None):
@@ -107,13 +113,7 @@ def test_unlearn_node_lists_the_test_beds_by_name_and_trains_on_them(tmp_path, m
     monkeypatch.setitem(TESTBEDS, "testbed-sd3", sd3)
     assert DUOUnlearn.INPUT_TYPES()["required"]["ckpt_name"][0][:3] == ["testbed", "testbed-xl", "testbed-sd3"]
 
-    loras = tmp_path / "loras"
-    loras.mkdir()
-    monkeypatch.setattr(host, "loras_dir", lambda: loras)
-    monkeypatch.setattr(host, "work_dir", lambda: tmp_path / "out")
-    monkeypatch.setattr(host, "training_device", lambda: "cpu")
-    monkeypatch.setattr(host, "free_gpu", lambda: None)
-    monkeypatch.setattr(host, "ComfyProgress", lambda *a, **k: None)
+    loras = _cpu_host(monkeypatch, host, tmp_path)
     monkeypatch.setattr(host, "checkpoint_path", lambda name: pytest.fail(f"{name} looked up among checkpoints"))
     seen = {}
 
