@@ -343,7 +343,7 @@ def main(argv=None) -> int:
             continue
         out = work / f"{name}.safetensors"
         ucfg = UnlearnConfig(preset="testbed-red", model=args.model, out=str(out), steps=steps, preview=False,
-                             seed=0, detector=args.pair_detector, **kw)
+                             seed=0, detector=args.pair_detector, overwrite=True, **kw)  # our own work folder
         pair_cfg = plan(ucfg)[1][0].pairs
         ucfg.pairs_dir = str(work / f"pairs_{pair_cfg.edit_region}{'_retain' if pair_cfg.num_retain else ''}")
         if args.retrain or not same_recipe(out, plan(ucfg)[1][0].train):
