@@ -130,8 +130,9 @@ def test_model_card_figures_come_from_committed_data():
 
 
 def test_results_tables_come_from_committed_json():
-    """benchmarks/RESULTS.md: the efficacy section is efficacy_testbed.json rendered by the benchmark script, and the
-    first-run table is the first run's record rendered by the same table()."""
+    """benchmarks/RESULTS.md: each efficacy section (SD 1.x and SDXL test beds) and the β-scale section are their
+    committed JSON rendered by their scripts, and the first-run table is the first run's record rendered by the
+    same table()."""
     import importlib.util
     from pathlib import Path
 
@@ -140,9 +141,19 @@ def test_results_tables_come_from_committed_json():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     text = (bench / "RESULTS.md").read_text()
-    start, end = "<!-- efficacy_testbed:start -->", "<!-- efficacy_testbed:end -->"
-    section = text[text.index(start) + len(start):text.index(end)]
-    assert section.strip() == mod.markdown(json.loads((bench / "efficacy_testbed.json").read_text())).strip()
+
+    def section(name):
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        return text[text.index(start) + len(start):text.index(end)].strip()
+
+    for stem in ("efficacy_testbed", "efficacy_testbed_xl"):
+        if stem != "efficacy_testbed" and not (bench / f"{stem}.json").exists():
+            continue  # a family's rows are added once they are measured
+        assert section(stem) == mod.markdown(json.loads((bench / f"{stem}.json").read_text())).strip(), stem
+    spec = importlib.util.spec_from_file_location("beta_scale_testbed", bench / "beta_scale_testbed.py")
+    beta = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(beta)
+    assert section("beta_scale") == beta.section(json.loads((bench / "beta_scale_testbed.json").read_text())).strip()
     first = json.loads((bench / "efficacy_testbed_first_run.json").read_text())
     assert mod.table(first["report"], first["close_concept_and_agreement"], first["train_seconds"]) in text
 
