@@ -75,8 +75,8 @@ def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_p
     pipe = load_model(model_spec).pipe  # a fresh pipeline: eval added learnt tokens to the first one
     load_adapters(pipe, methods)
     orange = [full_prompt("orange", s, b) for s in SHAPES for b in BACKGROUNDS]
-    others = [full_prompt(c, s, b) for c in COLOURS if c != concept for s in SHAPES for b in BACKGROUNDS]
-    specs = [(c, s, b) for c in COLOURS if c != concept for s in SHAPES for b in BACKGROUNDS]  # same order as others
+    specs = [(c, s, b) for c in COLOURS if c != concept for s in SHAPES for b in BACKGROUNDS]
+    others = [full_prompt(*spec) for spec in specs]
 
     def reads(prompts, negative=None):
         return [read_image(im) for im in generate(pipe, prompts, images_per_prompt, seed, steps, guidance, negative)]

@@ -115,8 +115,9 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     cfg.validate()
     started = time.time()
     records = read_pairs(cfg.pairs)
-    retain = read_retain(cfg.pairs) if cfg.lam_retain and cfg.method == "duo" else []
-    if cfg.lam_retain and cfg.method == "duo" and not retain:
+    uses_retain = bool(cfg.lam_retain) and cfg.method == "duo"
+    retain = read_retain(cfg.pairs) if uses_retain else []
+    if uses_retain and not retain:
         raise UserError(f"--lam-retain needs a retain set in {cfg.pairs} (retain.jsonl): make the pairs with "
                         "--retain-prompt and --num-retain")
     out = check_writable(cfg.out, overwrite=cfg.overwrite)
