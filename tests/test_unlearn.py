@@ -57,3 +57,53 @@ def test_custom_without_prompts_is_refused(tmp_path):
         plan(UnlearnConfig(preset="custom", out=str(tmp_path / "x.safetensors")))
     with pytest.raises(UserError, match="has no concept 'nope'"):
         plan(UnlearnConfig(preset="violence", concept="nope", out=str(tmp_path / "x.safetensors")))
+
+
+FAMILY_PRESET = """
+[fam]
+description = "per-family test"
+detector = "none"
+num_pairs = 8
+strength = 0.75
+beta = 10
+lam_retain = 1.0
+retain_prompts = ["a blue circle"]
+[fam.families.sdxl]
+lam_retain = 0.25
+steps = 7
+[fam.concepts.c]
+unsafe_prompts = ["a red square"]
+safe_prompts = ["a blue square"]
+"""
+
+
+def _use_presets(monkeypatch, tmp_path, text):
+    from duo_unlearn.trainer import presets as presets_module
+
+    path = tmp_path / "presets.toml"
+    path.write_text(text)
+    real = presets_module.load_presets
+    monkeypatch.setattr(presets_module, "load_presets", lambda: real(path))
+
+
+def test_a_family_table_changes_the_recipe_on_that_family_only(tmp_path, monkeypatch, tiny_model):
+    _use_presets(monkeypatch, tmp_path, FAMILY_PRESET)
+    out = str(tmp_path / "a.safetensors")
+    kw = dict(preset="fam", out=out, num_retain=4)
+    (_, (xl,)) = plan(UnlearnConfig(model="testbed-xl", **kw))
+    (_, (sd1,)) = plan(UnlearnConfig(model="testbed", **kw))
+    (_, (tiny,)) = plan(UnlearnConfig(model=str(tiny_model), **kw))  # a folder: family from its model_index.json
+    assert (xl.train.lam_retain, xl.train.steps) == (0.25, 7)
+    assert (sd1.train.lam_retain, sd1.train.steps) == (tiny.train.lam_retain, tiny.train.steps) == (1.0, 1000)
+    (_, (given,)) = plan(UnlearnConfig(model="testbed-xl", lam_retain=0.5, **kw))
+    assert given.train.lam_retain == 0.5  # the user's value beats the family's
+
+
+@pytest.mark.parametrize("table, message", [
+    ("[fam.families.sd4]\nsteps = 3", "unknown family table 'sd4'"),
+    ("[fam.families.sdxl]\nunsafe_prompts = ['x']", "unsafe_prompts cannot differ per family"),
+])
+def test_a_wrong_family_table_is_one_clear_error(tmp_path, monkeypatch, table, message):
+    _use_presets(monkeypatch, tmp_path, FAMILY_PRESET.split("[fam.families.sdxl]")[0] + table)
+    with pytest.raises(UserError, match=message):
+        plan(UnlearnConfig(preset="fam", out=str(tmp_path / "a.safetensors")))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import UserError
@@ -44,6 +44,29 @@ class Preset:
     retain_prompts: tuple[str, ...] = ()  # the retain set (retain_set.py); none: the paper's DUO
     num_retain: int = 0
     lam_retain: float = 0.0
+    families: dict = field(default_factory=dict)  # family → the fields that differ on it ([<name>.families.<f>])
+
+    def for_family(self, family: str | None) -> "Preset":
+        """The recipe on one model family: the preset's shared fields, with that family's table over them."""
+        overrides = self.families.get(family or "")
+        return replace(self, **overrides) if overrides else self
+
+
+FAMILY_NAMES = ("sd1", "sd2", "sdxl", "sd3", "flux")
+_PER_FAMILY = {"num_pairs", "strength", "beta", "kappa", "lr", "lam", "steps", "sample_steps", "guidance",
+               "edit_region", "num_retain", "lam_retain"}  # recipe numbers, not prompts or the concept itself
+
+
+def _family_tables(name: str, tables: dict) -> dict:
+    known = {f.name for f in fields(Preset)}
+    for family, table in tables.items():
+        if family not in FAMILY_NAMES:
+            raise UserError(f"preset {name}: unknown family table {family!r} (families: {', '.join(FAMILY_NAMES)})")
+        wrong = sorted(set(table) - (_PER_FAMILY & known))
+        if wrong:
+            raise UserError(f"preset {name}, family {family}: {', '.join(wrong)} cannot differ per family "
+                            f"(these can: {', '.join(sorted(_PER_FAMILY))})")
+    return dict(tables)
 
 
 def load_presets(path: Path = PRESETS_FILE) -> dict[str, Preset]:
@@ -52,16 +75,17 @@ def load_presets(path: Path = PRESETS_FILE) -> dict[str, Preset]:
     for name, table in data.items():
         concepts = [Concept(c, tuple(v["unsafe_prompts"]), tuple(v["safe_prompts"]))
                     for c, v in table.get("concepts", {}).items()]
-        fields = {k: v for k, v in table.items() if k != "concepts"}
-        fields["unrelated_prompts"] = tuple(fields.get("unrelated_prompts", ()))
-        fields["attack_prompts"] = tuple(fields.get("attack_prompts", ()))
-        fields["retain_prompts"] = tuple(fields.get("retain_prompts", ()))
-        presets[name] = Preset(name=name, concepts=concepts, **fields)
+        values = {k: v for k, v in table.items() if k != "concepts"}
+        for key in ("unrelated_prompts", "attack_prompts", "retain_prompts"):
+            values[key] = tuple(values.get(key, ()))
+        values["families"] = _family_tables(name, values.get("families", {}))
+        presets[name] = Preset(name=name, concepts=concepts, **values)
     return presets
 
 
-def get_preset(name: str) -> Preset:
+def get_preset(name: str, family: str | None = None) -> Preset:
+    """The named preset; with `family`, its recipe on that family."""
     presets = load_presets()
     if name not in presets:
         raise UserError(f"no preset named {name!r}; presets: {', '.join(presets)}")
-    return presets[name]
+    return presets[name].for_family(family)

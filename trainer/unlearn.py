@@ -73,8 +73,20 @@ def _given(value, fallback):
     return value if value is not None else fallback
 
 
+def _family_of(model: str) -> str | None:
+    """From the model's keys, no weights read; None when it cannot be found (loading it reports that)."""
+    from .models import detect_family, resolve_model_path
+
+    try:
+        return detect_family(resolve_model_path(model))
+    except UserError:
+        return None
+
+
 def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
     preset = get_preset(cfg.preset)
+    if preset.families:  # the recipe may differ per family: decide it before anything is made
+        preset = preset.for_family(_family_of(cfg.model or preset.model or TESTBED_NAME))
     concepts = list(preset.concepts)
     if cfg.unsafe_prompts or cfg.safe_prompts or not concepts:
         if not cfg.unsafe_prompts:
