@@ -131,7 +131,7 @@ def test_model_card_figures_come_from_committed_data():
 
 def test_results_tables_come_from_committed_json():
     """benchmarks/RESULTS.md: each efficacy section (SD 1.x and SDXL test beds) and the β-scale section are their
-    committed JSON rendered by their scripts, and the first-run table is the first run's record rendered by the
+    committed JSON rendered by their scripts (and so is the fp32-vs-bf16 section), and the first-run table is the first run's record rendered by the
     same table()."""
     import importlib.util
     from pathlib import Path
@@ -154,6 +154,11 @@ def test_results_tables_come_from_committed_json():
     beta = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(beta)
     assert section("beta_scale") == beta.section(json.loads((bench / "beta_scale_testbed.json").read_text())).strip()
+    spec = importlib.util.spec_from_file_location("precision_testbed", bench / "precision_testbed.py")
+    precision = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(precision)
+    record = json.loads((bench / "precision_testbed.json").read_text())
+    assert section("precision_testbed") == precision.section(record).strip()
     first = json.loads((bench / "efficacy_testbed_first_run.json").read_text())
     assert mod.table(first["report"], first["close_concept_and_agreement"], first["train_seconds"]) in text
 
