@@ -2,12 +2,14 @@
 
     python benchmarks/efficacy_testbed.py            # writes benchmarks/RESULTS.md, efficacy_testbed.{png,json}
 
-Methods: the base model, negative prompting ("red"), an ESD LoRA, and DUO LoRAs for two betas, each with the
-default lambda and with lambda = 0, all trained by `unlearn()` on one shared pair dataset with the same steps.
-Figures (from `duo-unlearn eval`, i.e. trainer.evaluate): DSR under direct prompts, the synonym prompt attack
-("crimson", "scarlet"), Concept Inversion and the Ring-A-Bell-style search; 1 - LPIPS on the preset's unrelated
-prompts; and two test-bed readings by the colour classifier: the close concept (orange prompts still drawn
-orange) and the agreement of colour and shape with the base model on the unrelated prompts.
+Methods: the base model, negative prompting ("red"), ESD, and the DUO rows of `variants()` (the previous preset,
+one change per row, the preset as it stands, DUO without λ, the paper's recipe), all trained by `unlearn()` with
+the same seeds. `--model testbed-xl` / `testbed-sd3` runs the same rows on the SDXL / SD3 test bed, with the
+preset's recipe for that family. Figures (from `duo-unlearn eval`, i.e. trainer.evaluate): DSR under direct
+prompts, synonyms ("crimson", "scarlet") and, on SD 1.x, Concept Inversion, Ring-A-Bell and UnlearnDiffAtk;
+1 - LPIPS and test-bed FID on the preset's unrelated prompts; and readings by the colour classifier against the
+base model's image of the same prompt and seed: orange prompts still orange, and background, shape and colour
+kept on every other-colour prompt.
 Everything is seeded; on CPU a rerun gives the same numbers. Adapters and pairs go to --work and are reused.
 """
 from __future__ import annotations
@@ -286,7 +288,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default=None,
                    help="adapters, pairs and the eval report (default: runs/<stem>, git-ignored)")
-    p.add_argument("--model", default="testbed", help="testbed (SD 1.x) or testbed-xl (SDXL)")
+    p.add_argument("--model", default="testbed", help="testbed (SD 1.x), testbed-xl (SDXL) or testbed-sd3 (SD3)")
     p.add_argument("--pair-detector", default=None, help=argparse.SUPPRESS)  # smoke tests on a tiny model
     p.add_argument("--steps", type=int, default=None,
                    help="training steps of every adapter (default: the preset's, else 400)")

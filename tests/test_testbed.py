@@ -146,7 +146,7 @@ def test_results_tables_come_from_committed_json():
         start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
         return text[text.index(start) + len(start):text.index(end)].strip()
 
-    for stem in ("efficacy_testbed", "efficacy_testbed_xl"):
+    for stem in ("efficacy_testbed", "efficacy_testbed_xl", "efficacy_testbed_sd3"):
         if stem != "efficacy_testbed" and not (bench / f"{stem}.json").exists():
             continue  # a family's rows are added once they are measured
         assert section(stem) == mod.markdown(json.loads((bench / f"{stem}.json").read_text())).strip(), stem
