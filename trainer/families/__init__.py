@@ -23,8 +23,17 @@ def get_family(name: str) -> Family:
     return _FAMILIES[name]
 
 
+def family_of(pipe) -> Family:
+    """The family whose pipeline class `pipe` is (or derives from); SD 2.x shares SD 1.x's pipeline and calls."""
+    classes = {cls.__name__ for cls in type(pipe).__mro__}
+    for family in _FAMILIES.values():
+        if family.pipeline_class in classes:
+            return family
+    raise UserError(f"{type(pipe).__name__} is not the pipeline of a family this version knows")
+
+
 def trainable_families() -> tuple[str, ...]:
     return tuple(sorted(_FAMILIES))
 
 
-__all__ = ["Conditioning", "DDPMProcess", "Family", "FlowMatchProcess", "NoiseProcess", "get_family", "register", "trainable_families"]
+__all__ = ["Conditioning", "DDPMProcess", "Family", "FlowMatchProcess", "NoiseProcess", "family_of", "get_family", "register", "trainable_families"]

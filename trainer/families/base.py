@@ -60,6 +60,8 @@ class NoiseProcess:
         """The time at which the input is pure noise x_T (output preservation)."""
         raise NotImplementedError
 
+    target_name = ""  # what target() is, in words (reports)
+
     def swap_scale(self, t: float) -> float:
         """k(t): a denoiser that takes x_t of one image for x_t of another (clean latents z, z') errs on its target
         by k(t)·(z − z')² per element. It converts a pair's latent distance into DPO margin units."""
@@ -79,6 +81,7 @@ class DDPMProcess(NoiseProcess):
         if self.prediction not in ("epsilon", "v_prediction"):
             raise UserError(f"prediction type {self.prediction!r} is not supported (epsilon or v_prediction)")
         self.num_train_timesteps = self.scheduler.config.num_train_timesteps
+        self.target_name = self.prediction
 
     def draw_t(self, n, t_min, t_max, gen):
         import torch
@@ -116,6 +119,9 @@ class Family:
     default_targets: tuple[str, ...] = ()
     lr_base = 3e-4  # official coupling: lr = lr_base * 100 / beta
     lambda_base = 1e6  # official coupling: lambda = lambda_base * beta / 100
+    # (tokenizer, text encoder) attributes of the CLIP encoders whose token embeddings the white-box attacks
+    # (Concept Inversion, UnlearnDiffAtk) optimise and whose vocabulary Ring-A-Bell searches; none: refused
+    token_encoders: tuple[tuple[str, str], ...] = (("tokenizer", "text_encoder"),)
     load_dtype: str | None = None  # weights loaded in this dtype when none is asked for (None: float32)
     recipe_resolution: int | None = None  # the official recipe's training resolution; None: the native one
 
@@ -160,9 +166,21 @@ class Family:
         return [getattr(pipe, n) for n in ("text_encoder", "text_encoder_2", "text_encoder_3")
                 if getattr(pipe, n, None) is not None]
 
+    def clip_encoders(self, pipe) -> list[tuple]:
+        """(tokenizer, text encoder) of each of `token_encoders` the pipeline has."""
+        return [(getattr(pipe, t), getattr(pipe, e)) for t, e in self.token_encoders
+                if getattr(pipe, e, None) is not None]
+
     # -- training --
     def encode_prompts(self, pipe, prompts: list[str], device, resolution: int) -> Conditioning:
         """Conditioning for each prompt (no classifier-free guidance), float32 on the device."""
+        import torch
+
+        with torch.no_grad():
+            return self.conditioning(pipe, prompts, device, resolution)
+
+    def conditioning(self, pipe, prompts: list[str], device, resolution: int) -> Conditioning:
+        """encode_prompts with autograd as the caller has it: the attacks differentiate through the encoders."""
         raise NotImplementedError
 
     def noise_process(self, pipe, resolution: int | None = None) -> NoiseProcess:

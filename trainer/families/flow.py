@@ -45,6 +45,7 @@ class FlowMatchProcess(NoiseProcess):
         self.timesteps = self.scheduler.timesteps.float().cpu()
         self.schedule = schedule
         self.precondition = precondition
+        self.target_name = "x0 (preconditioned rectified flow)" if precondition else "flow velocity (noise - x0)"
 
     def draw_t(self, n, t_min, t_max, gen):
         import torch

@@ -180,6 +180,9 @@ class Flux(Family):
     load_dtype = "bfloat16"  # 12B parameters: float32 would need 48 GB of memory for the transformer alone
     precondition = True  # as the SD3 recipe: compare x0 estimates
     guidance = GUIDANCE
+    # the prompt's tokens reach the transformer through T5 (CLIP gives only the pooled vector): the token-embedding
+    # attacks, which optimise CLIP token embeddings, are not implemented for Flux
+    token_encoders = ()
 
     # -- loading --
     def load_kwargs(self, options):
@@ -211,13 +214,12 @@ class Flux(Family):
         return int(pipe.default_sample_size * pipe.vae_scale_factor)  # 128 * 8 = 1024 for FLUX.1
 
     # -- training --
-    def encode_prompts(self, pipe, prompts, device, resolution):
+    def conditioning(self, pipe, prompts, device, resolution):
         import torch
 
         kind = variant(pipe.transformer.config)
-        with torch.no_grad():
-            hidden, pooled, _ = pipe.encode_prompt(prompt=list(prompts), prompt_2=None, device=device,
-                                                   num_images_per_prompt=1, max_sequence_length=T5_TOKENS[kind])
+        hidden, pooled, _ = pipe.encode_prompt(prompt=list(prompts), prompt_2=None, device=device,
+                                               num_images_per_prompt=1, max_sequence_length=T5_TOKENS[kind])
         kwargs = {"encoder_hidden_states": hidden.float(), "pooled_projections": pooled.float()}
         if kind == "dev":  # per row, so that it follows the conditioning through rows/repeat/cat
             kwargs["guidance"] = torch.full((hidden.shape[0],), float(self.guidance), device=hidden.device)

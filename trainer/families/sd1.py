@@ -14,11 +14,8 @@ class SD1(Family):
     img2img_class = "StableDiffusionImg2ImgPipeline"
     default_targets = SELF_ATTENTION
 
-    def encode_prompts(self, pipe, prompts, device, resolution):
-        import torch
-
-        with torch.no_grad():
-            hidden = pipe.encode_prompt(list(prompts), device, 1, False)[0]
+    def conditioning(self, pipe, prompts, device, resolution):
+        hidden = pipe.encode_prompt(list(prompts), device, 1, False)[0]
         return Conditioning({"encoder_hidden_states": hidden.float()})
 
 

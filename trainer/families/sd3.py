@@ -30,6 +30,9 @@ class SD3(Family):
     lambda_base = 1e6
     recipe_resolution = 512
     precondition = True  # the official --precondition_outputs default: compare x0 estimates
+    # the attacks optimise the CLIP encoders' token embeddings; T5 (when loaded) gets the prompt as written, which
+    # is also what it gets when the found prompt is generated
+    token_encoders = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
 
     def load_kwargs(self, options):
         # diffusers' documented way to run SD3 without T5: its embeddings become zeros of the same shape.
@@ -37,13 +40,10 @@ class SD3(Family):
             return {"text_encoder_3": None, "tokenizer_3": None}
         return {}
 
-    def encode_prompts(self, pipe, prompts, device, resolution):
-        import torch
-
-        with torch.no_grad():
-            hidden, _, pooled, _ = pipe.encode_prompt(
-                prompt=list(prompts), prompt_2=None, prompt_3=None, device=device, num_images_per_prompt=1,
-                do_classifier_free_guidance=False, max_sequence_length=T5_TOKENS)
+    def conditioning(self, pipe, prompts, device, resolution):
+        hidden, _, pooled, _ = pipe.encode_prompt(
+            prompt=list(prompts), prompt_2=None, prompt_3=None, device=device, num_images_per_prompt=1,
+            do_classifier_free_guidance=False, max_sequence_length=T5_TOKENS)
         return Conditioning({"encoder_hidden_states": hidden.float(), "pooled_projections": pooled.float()})
 
     def noise_process(self, pipe, resolution: int | None = None):

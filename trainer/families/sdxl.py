@@ -63,13 +63,13 @@ class SDXL(Family):
     pipeline_class = "StableDiffusionXLPipeline"
     img2img_class = "StableDiffusionXLImg2ImgPipeline"
     default_targets = SELF_ATTENTION
+    token_encoders = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
 
-    def encode_prompts(self, pipe, prompts, device, resolution):
+    def conditioning(self, pipe, prompts, device, resolution):
         import torch
 
-        with torch.no_grad():
-            hidden, _, pooled, _ = pipe.encode_prompt(list(prompts), device=device, num_images_per_prompt=1,
-                                                      do_classifier_free_guidance=False)
+        hidden, _, pooled, _ = pipe.encode_prompt(list(prompts), device=device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False)
         # As diffusers' SDXL training scripts: original size + crop top-left + target size, here the training
         # resolution with no crop (pair images are resized to it whole). _get_add_time_ids also checks the
         # result against the UNet's added-embedding width.
