@@ -1,9 +1,11 @@
-"""A Ring-A-Bell-style black-box attack (Tsai et al., 2024): it needs only the text encoder.
+"""A Ring-A-Bell-style black-box attack (Tsai et al., 2024): it needs only the text encoders.
 
 1. Concept direction: c = mean_i [E(p_i) − E(q_i)] over prompt pairs with (p) and without (q) the concept,
-   E the text encoder's output sequence (L x D).
+   E the family's prompt conditioning: SD 1.x/2.x the text encoder's output sequence (L x D); SDXL both CLIP
+   encoders' states and the pooled embedding; SD3 the CLIP and T5 states and the pooled embeddings.
 2. Target: E(neutral prompt) + η·c.
-3. A small genetic search over word tokens for a K-token prompt whose E is closest (MSE) to the target.
+3. A small genetic search over word tokens for a K-token prompt whose E is closest (MSE, summed over E's tensors)
+   to the target.
 The prompts found are then given to the unlearned model like any other prompts.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Callable, Sequence
 
 from ..progress import ProgressEvent, report
 from .prompt_attack import AttackPrompts
+from .white_box import AttackedModel
 
 
 @dataclass
@@ -22,23 +25,23 @@ class SearchResult:
     history: list[float] = field(default_factory=list)  # best fitness per generation (the first: random prompts)
 
 
-def _ids(tokenizer, prompts: Sequence[str]):
-    return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
-
-
-def text_embeddings(pipe, input_ids):
+def text_embeddings(model: AttackedModel, prompts: Sequence[str]) -> dict:
+    """E(prompts): each tensor of the family's conditioning, one row per prompt."""
     import torch
 
     with torch.no_grad():
-        return pipe.text_encoder(input_ids.to(pipe.text_encoder.device))[0].float()
+        cond = model.encode(prompts).kwargs
+    out = {}
+    for name, value in cond.items():
+        for sub, tensor in (value.items() if isinstance(value, dict) else [("", value)]):
+            out[f"{name}.{sub}" if sub else name] = tensor.float()
+    return out
 
 
-def concept_direction(pipe, concept_prompts: Sequence[str], free_prompts: Sequence[str]):
-    """mean(E(concept prompts)) − mean(E(concept-free prompts)): L x D."""
-    tok = pipe.tokenizer
-    return (text_embeddings(pipe, _ids(tok, concept_prompts)).mean(0)
-            - text_embeddings(pipe, _ids(tok, free_prompts)).mean(0))
+def concept_direction(model: AttackedModel, concept_prompts: Sequence[str], free_prompts: Sequence[str]) -> dict:
+    """mean(E(concept prompts)) − mean(E(concept-free prompts)), per tensor of E."""
+    concept, free = text_embeddings(model, concept_prompts), text_embeddings(model, free_prompts)
+    return {k: concept[k].mean(0) - free[k].mean(0) for k in concept}
 
 
 def word_vocabulary(tokenizer, exclude: Sequence[str] = ()) -> list[int]:
@@ -97,41 +100,38 @@ def genetic_search(fitness: Callable, vocab: Sequence[int], length: int, populat
     return SearchResult([int(i) for i in best], history[-1], history)
 
 
-def embedding_fitness(pipe, target):
-    """fitness(ids) = −MSE(E([BOS] ids [EOS] pad…), target), one text-encoder call per population."""
+def embedding_fitness(model: AttackedModel, target: dict):
+    """fitness(ids) = −Σ MSE(E(the ids written out), target) over E's tensors, one encoding per population. The
+    words are written out and tokenized again ([BOS] ids [EOS] pad…, in every tokenizer): they are exactly the
+    prompt that is then generated."""
     import numpy as np
-    import torch
 
-    tok = pipe.tokenizer
-    L = tok.model_max_length
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    tok = model.tokenizer
 
     def fitness(pop: np.ndarray) -> np.ndarray:
-        n, k = pop.shape
-        ids = torch.full((n, L), pad, dtype=torch.long)
-        ids[:, 0] = tok.bos_token_id
-        ids[:, 1:k + 1] = torch.from_numpy(pop)
-        ids[:, k + 1] = tok.eos_token_id
-        emb = text_embeddings(pipe, ids)
-        return (-(emb - target.unsqueeze(0)).pow(2).mean(dim=(1, 2))).cpu().numpy()
+        emb = text_embeddings(model, [tok.decode([int(i) for i in row]).strip() for row in pop])
+        return (-sum((emb[k] - t.unsqueeze(0)).pow(2).mean(dim=tuple(range(1, t.ndim + 1)))
+                     for k, t in target.items())).cpu().numpy()
     return fitness
 
 
 def ring_a_bell(pipe, concept_prompts: Sequence[str], free_prompts: Sequence[str], neutral_prompts: Sequence[str],
                 strength: float = 3.0, length: int = 8, population: int = 64, generations: int = 60,
                 mutation: float = 0.15, exclude_words: Sequence[str] = (), seed: int = 0,
-                progress=None) -> AttackPrompts:
-    """One prompt per neutral prompt, found by the genetic search; the tokens of `exclude_words` are never used."""
-    tok = pipe.tokenizer
-    length = max(1, min(length, tok.model_max_length - 2))
-    direction = concept_direction(pipe, concept_prompts, free_prompts)
-    vocab = word_vocabulary(tok, exclude_words)
-    neutral = text_embeddings(pipe, _ids(tok, neutral_prompts))
+                progress=None, family=None) -> AttackPrompts:
+    """One prompt per neutral prompt, found by the genetic search; the tokens of `exclude_words` are never used.
+    `family`: the pipeline's (default: found from its class)."""
+    model = AttackedModel(pipe, family)
+    length = max(1, min(length, model.max_length() - 2))
+    direction = concept_direction(model, concept_prompts, free_prompts)
+    vocab = model.vocabulary(exclude_words)
+    neutral = text_embeddings(model, neutral_prompts)
     prompts, searches = [], []
-    for k, (prompt, base) in enumerate(zip(neutral_prompts, neutral)):
-        result = genetic_search(embedding_fitness(pipe, base + strength * direction), vocab, length, population,
+    for k, prompt in enumerate(neutral_prompts):
+        target = {name: neutral[name][k] + strength * direction[name] for name in direction}
+        result = genetic_search(embedding_fitness(model, target), vocab, length, population,
                                 generations, mutation, seed=seed + k, progress=progress, label=f"{k + 1}")
-        found = tok.decode(result.ids).strip()
+        found = model.tokenizer.decode(result.ids).strip()
         prompts.append(found)
         searches.append({"neutral_prompt": prompt, "found": found, "fitness": result.fitness,
                          "fitness_history": [round(v, 6) for v in result.history]})

@@ -18,6 +18,8 @@ the tokens found do not lower the loss below the prompt's own, the prompt alone 
 attacker keeps whichever works better, so the attack is never a handicap to the direct prompt).
 Only word tokens that tokenize back to themselves are candidates, so a found prompt is plain text: pasted into any
 front end it gives the model exactly the tokens that were optimised.
+SDXL and SD3 have two CLIP encoders: each of the K tokens has a continuous vector in each encoder's embedding space,
+projected jointly to the word closest on the sum of the cosines; the loss is the family's own (white_box).
 """
 from __future__ import annotations
 
@@ -26,8 +28,7 @@ from typing import Sequence
 
 from ..errors import UserError
 from ..progress import ProgressEvent, report
-from .concept_inversion import _encode_images, denoising_loss, draw, frozen, training_scheduler
-from .ring_a_bell import word_vocabulary
+from .white_box import AttackedModel
 
 
 @dataclass
@@ -68,101 +69,128 @@ def check_room(tokenizer, tokens: int) -> None:
 
 def unlearn_diff_atk(pipe, images: Sequence, image_prompts: Sequence[str], prompts: Sequence[str], tokens: int = 5,
                      steps: int = 100, lr: float = 1e-2, batch: int = 4, seed: int = 0, eval_draws: int = 16,
-                     progress=None) -> list[AdversarialPrompt]:
+                     progress=None, family=None) -> list[AdversarialPrompt]:
     """One adversarial prompt per prompt of `prompts`, against the pipeline as it stands (its active adapter is
     the model under attack). `images` are the concept's images, `image_prompts` what each was made from.
+    `family`: the pipeline's (default: found from its class).
 
     The pipeline is left as it was: no token is added to the tokenizer, no weight changes, and requires_grad and
     train/eval modes are restored. The random streams depend only on the seed and the prompt order, so every
     method is attacked from the same initial tokens and scored on the same draws.
     """
     import torch
-    import torch.nn.functional as F
 
     if len(images) != len(image_prompts) or not images or not prompts:
         raise ValueError(f"need images with one prompt each and prompts to attack, got {len(images)} images, "
                          f"{len(image_prompts)} image prompts and {len(prompts)} prompts")
-    tok, te, unet = pipe.tokenizer, pipe.text_encoder, pipe.unet
-    check_room(tok, tokens)
-    vocab = word_vocabulary(tok)
+    model = AttackedModel(pipe, family)
+    for tok, _ in model.clip:
+        check_room(tok, tokens)
+    vocab = model.vocabulary()
     if not vocab:
         raise UserError("the tokenizer has no word tokens to build an adversarial prompt from")
-    device = unet.device
-    emb_layer = te.get_input_embeddings()
-    vocab_t = torch.tensor(vocab, device=device)
-    unit = F.normalize(emb_layer.weight.detach()[vocab_t].float(), dim=-1)
-    latents = _encode_images(pipe, images, device)
-    sched = training_scheduler(pipe)
-    T = sched.config.num_train_timesteps
-    L = tok.model_max_length
-    # the prompt tokenized K short of the full length, so the prefix slots in after the start token and the
-    # result is exactly what the tokenizer makes of the written-out prompt (truncation included)
-    short = tok(list(prompts), padding="max_length", max_length=L - tokens, truncation=True,
-                return_tensors="pt").input_ids.to(device)
-    plain = tok(list(prompts), padding="max_length", max_length=L, truncation=True,
-                return_tensors="pt").input_ids.to(device)
-    live: list = []  # the continuous vectors of the step being taken; empty outside the training steps
-
-    def straight_through(module, inputs, output):
-        # the forward value stays the real tokens' embedding (vec − vec.detach() is exactly zero); the gradient
-        # with respect to those rows reaches the continuous vectors
-        if not live:
-            return output
-        vec = live[0]
-        return torch.cat([output[:, :1], output[:, 1:tokens + 1] + (vec - vec.detach()).to(output.dtype),
-                          output[:, tokens + 1:]], dim=1)
-
-    def project(vec):
-        return vocab_t[(F.normalize(vec.detach(), dim=-1) @ unit.T).argmax(-1)]
-
-    def with_prefix(k, prefix):
-        return torch.cat([short[k, :1], prefix, short[k, 1:]])[None]
-
-    def loss_on(ids, own, idx, noise, t):
-        cond = te(ids)[0].expand(len(idx), -1, -1)
-        return denoising_loss(unet, sched, latents[own[idx]], noise.to(device), t.to(device), cond)
-
+    search = _TokenSearch(model, torch.tensor(vocab, device=model.device), tokens)
+    latents = model.latents(images)
     gen = torch.Generator().manual_seed(seed)
     fixed = torch.Generator().manual_seed(seed + 1)
     results = []
-    with frozen(pipe):
-        hook = emb_layer.register_forward_hook(straight_through)
-        try:
-            for k, prompt in enumerate(prompts):
-                own = [i for i, q in enumerate(image_prompts) if q == prompt] or list(range(len(images)))
-                own = torch.tensor(own, device=device)
-                draws = [draw(fixed, len(own), latents.shape[1:], batch, T)
-                         for _ in range(max(1, eval_draws // batch))]
-
-                def eval_loss(ids):
-                    with torch.no_grad():
-                        return float(sum(loss_on(ids, own, *d).item() for d in draws) / len(draws))
-
-                start = vocab_t[torch.randint(0, len(vocab), (tokens,), generator=gen).to(device)]
-                vec = torch.nn.Parameter(emb_layer.weight.detach()[start].float().clone())
-                opt = torch.optim.Adam([vec], lr=lr)
-                adv = AdversarialPrompt(prompt, len(own), eval_loss_prompt=eval_loss(plain[k:k + 1]),
-                                        eval_loss_before=eval_loss(with_prefix(k, start)))
-                for step in range(steps):
-                    ids = with_prefix(k, project(vec))
-                    live.append(vec)
-                    try:
-                        loss = loss_on(ids, own, *draw(gen, len(own), latents.shape[1:], batch, T))
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                    finally:
-                        live.clear()
-                    opt.step()
-                    adv.losses.append(loss.item())
-                    done = k * steps + step + 1
-                    if done % 10 == 0 or step + 1 == steps:
-                        report(progress, ProgressEvent("attack", done, steps * len(prompts),
-                                                       logs={"udatk_loss": loss.item()}))
-                prefix = project(vec)
-                adv.prefix_ids = [int(i) for i in prefix]
-                adv.prefix = tok.decode(adv.prefix_ids).strip()
-                adv.eval_loss_after = eval_loss(with_prefix(k, prefix))
-                results.append(adv)
-        finally:
-            hook.remove()
+    with model.frozen():
+        for k, prompt in enumerate(prompts):
+            own = [i for i, q in enumerate(image_prompts) if q == prompt] or list(range(len(images)))
+            scorer = _Scorer(model, latents[torch.tensor(own, device=model.device)], fixed, eval_draws, batch)
+            start = search.vocab[torch.randint(0, len(vocab), (tokens,), generator=gen).to(model.device)]
+            adv = AdversarialPrompt(prompt, len(own), eval_loss_prompt=scorer.eval(prompt),
+                                    eval_loss_before=scorer.eval(search.written(start, prompt)))
+            prefix = _optimise(search, scorer, search.vectors(start), adv, gen, steps, lr,
+                               lambda step, loss: _report(progress, k * steps + step + 1, steps, len(prompts), loss))
+            adv.prefix_ids = [int(i) for i in prefix]
+            adv.prefix = search.decode(prefix)
+            adv.eval_loss_after = scorer.eval(search.written(prefix, adv.prompt))
+            results.append(adv)
     return results
+
+
+def _optimise(search, scorer, vecs, adv, gen, steps: int, lr: float, on_step):
+    """Adam on the continuous vectors, the loss taken with their projection; the prefix found."""
+    import torch
+
+    opt = torch.optim.Adam(vecs, lr=lr)
+    for step in range(steps):
+        text = search.written(search.project(vecs), adv.prompt)
+        loss = scorer.loss(text, search.straight_through(vecs), *scorer.draw(gen))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        adv.losses.append(loss.item())
+        on_step(step, loss.item())
+    return search.project(vecs)
+
+
+def _report(progress, done: int, steps: int, prompts: int, loss: float) -> None:
+    if done % 10 == 0 or done % steps == 0:
+        report(progress, ProgressEvent("attack", done, steps * prompts, logs={"udatk_loss": loss}))
+
+
+class _TokenSearch:
+    """K continuous vectors per CLIP encoder, projected to word tokens and written out as a prompt's prefix."""
+
+    def __init__(self, model, vocab, tokens: int):
+        import torch.nn.functional as F
+
+        self.model, self.vocab, self.tokens = model, vocab, tokens
+        self.tables = [layer.weight.detach() for layer in model.embedding_layers()]
+        self.units = [F.normalize(table[vocab].float(), dim=-1) for table in self.tables]
+
+    def vectors(self, ids) -> list:
+        import torch
+
+        return [torch.nn.Parameter(table[ids].float().clone()) for table in self.tables]
+
+    def project(self, vecs):
+        """The vocabulary word nearest each token, on the cosines summed over the encoders."""
+        import torch.nn.functional as F
+
+        score = sum(F.normalize(vec.detach(), dim=-1) @ unit.T for vec, unit in zip(vecs, self.units))
+        return self.vocab[score.argmax(-1)]
+
+    def decode(self, ids) -> str:
+        return self.model.tokenizer.decode([int(i) for i in ids]).strip()
+
+    def written(self, ids, prompt: str) -> str:
+        """The prefix words, a space, the prompt: every tokenizer makes the prefix its tokens 1..K (truncating
+        the prompt, if it must, as it would when the prompt is generated)."""
+        return f"{self.decode(ids)} {prompt}"
+
+    def straight_through(self, vecs):
+        """The swap that keeps the forward value of the real tokens' embeddings (vec − vec.detach() is exactly
+        zero) and passes the gradient with respect to those rows on to the continuous vectors."""
+        import torch
+
+        k = self.tokens
+
+        def swap(e, input_ids, output):
+            vec = vecs[e]
+            return torch.cat([output[:, :1], output[:, 1:k + 1] + (vec - vec.detach()).to(output.dtype),
+                              output[:, k + 1:]], dim=1)
+        return swap
+
+
+class _Scorer:
+    """The denoising loss of a prompt on one attacked prompt's images: on fixed draws, or on a step's draw."""
+
+    def __init__(self, model, latents, fixed, eval_draws: int, batch: int):
+        self.model, self.latents, self.batch = model, latents, batch
+        self.draws = [self.draw(fixed) for _ in range(max(1, eval_draws // batch))]
+
+    def draw(self, gen):
+        return self.model.draw(gen, len(self.latents), self.latents.shape[1:], self.batch)
+
+    def loss(self, text: str, swap, idx, noise, t):
+        cond = self.model.encode([text], swap).repeat(len(idx))
+        return self.model.loss(self.latents[idx.to(self.latents.device)], noise, t, cond)
+
+    def eval(self, text: str) -> float:
+        import torch
+
+        with torch.no_grad():
+            return float(sum(self.loss(text, None, *d).item() for d in self.draws) / len(self.draws))
