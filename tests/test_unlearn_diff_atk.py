@@ -173,8 +173,6 @@ def test_bad_options_on_the_command_line_and_for_the_model(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
     with pytest.raises(UserError, match="at most 13 adversarial tokens fit"):  # the test bed's prompts: 16 tokens
         check_room(load_model("testbed").pipe.tokenizer, 14)
-    with pytest.raises(UserError, match="unlearndiffatk attack.* implemented for SD 1.x/2.x"):
-        evaluate(EvalConfig(model="testbed-xl", attacks=("direct", "unlearndiffatk"), out=str(tmp_path / "xl")))
 
 
 def test_white_box_attacks_run_on_a_half_precision_model():

@@ -13,7 +13,7 @@ from .prompt_attack import AttackPrompts, prompt_attack
 from .prompts import load_prompts
 from .quality import FID_FEATURES
 
-SD_PROMPT_TOKENS = 77  # CLIP's context length in SD 1.x/2.x, the families the token attacks run on
+SD_PROMPT_TOKENS = 77  # CLIP's context length: the token attacks optimise CLIP token embeddings in every family
 ATTACKS = ("direct", "prompts", "concept_inversion", "ring_a_bell", "unlearndiffatk")
 HELP = {  # `duo-unlearn eval` flag help (names shared with other commands mean something else here)
     "model": "base model the adapters were trained on: diffusers folder, checkpoint file, or a bundled test bed "
@@ -28,7 +28,8 @@ HELP = {  # `duo-unlearn eval` flag help (names shared with other commands mean 
     "prompts_file": "direct prompts: .txt (one a line) or .csv with a 'prompt' column, e.g. I2P (default: preset)",
     "attack_prompts_file": "prompt attack: paraphrases / synonyms, .txt or .csv (default: the preset's)",
     "unrelated_prompts_file": "prior-preservation prompts, e.g. MS-COCO captions, .txt or .csv (default: preset)",
-    "attacks": "comma-separated: direct, prompts, concept_inversion, ring_a_bell, unlearndiffatk (default: all)",
+    "attacks": "comma-separated: direct, prompts, concept_inversion, ring_a_bell, unlearndiffatk (default: all; "
+               "the last three on SD 1.x/2.x, SDXL and SD3, not Flux)",
     "images_per_prompt": "images (seeds) per prompt",
     "max_prompts": "use at most this many prompts of each set (0: all)",
     "sample_steps": "sampling steps (default: the preset's)",
@@ -238,20 +239,19 @@ def plan(cfg: EvalConfig) -> Plan:
                 cfg.guidance if cfg.guidance is not None else preset.guidance)
 
 
-SD_TEXT_ATTACKS = ("concept_inversion", "ring_a_bell", "unlearndiffatk")  # one CLIP text encoder's embeddings
+TOKEN_ATTACKS = ("concept_inversion", "ring_a_bell", "unlearndiffatk")  # on the CLIP encoders' token embeddings
 
 
-def _check_family_attacks(cfg: EvalConfig) -> None:
-    """Concept Inversion, Ring-A-Bell and UnlearnDiffAtk work on SD 1.x/2.x's single CLIP encoder; refused by
-    name elsewhere."""
-    from ..models import detect_family, resolve_model_path
+def _check_family_attacks(cfg: EvalConfig, family_name: str) -> None:
+    """Concept Inversion, Ring-A-Bell and UnlearnDiffAtk run on every family with CLIP encoders that carry the
+    prompt's tokens (SD 1.x/2.x, SDXL, SD3); refused, before anything is generated, for any other (Flux)."""
+    from ..families import get_family
 
-    family = detect_family(resolve_model_path(cfg.model))
-    asked = [a for a in cfg.attacks if a in SD_TEXT_ATTACKS]
-    if family not in ("sd1", "sd2") and asked:
-        keep = ",".join(a for a in cfg.attacks if a not in SD_TEXT_ATTACKS) or "direct,prompts"
-        raise UserError(f"the {', '.join(asked)} attack(s) are implemented for SD 1.x/2.x, and {cfg.model} is "
-                        f"{family.upper()}: run with --attacks {keep}")
+    asked = [a for a in cfg.attacks if a in TOKEN_ATTACKS]
+    if asked and not get_family(family_name).token_encoders:
+        keep = ",".join(a for a in cfg.attacks if a not in TOKEN_ATTACKS) or "direct,prompts"
+        raise UserError(f"the {', '.join(asked)} attack(s) optimise CLIP token embeddings, and {cfg.model} is "
+                        f"{family_name.upper()}, whose prompt tokens go through T5: run with --attacks {keep}")
 
 
 def generate(pipe, prompts: list[str], per_prompt: int, seed: int, steps: int, guidance: float,
@@ -291,7 +291,8 @@ def _ci_training_set(cfg: EvalConfig, p: Plan, pipe, progress) -> tuple[list, li
 def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=None) -> dict:
     """Run the evaluation and write report.json, plot.png and grids into cfg.out; returns the report."""
     from ..detectors import make_detector
-    from ..models import load_model
+    from ..families import get_family
+    from ..models import detect_family, load_model, resolve_model_path
     from ..previews import save_png
     from .concept_inversion import concept_inversion, token_prompts
     from .dsr import defense_success_rate
@@ -304,7 +305,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
 
     started = time.time()
     p = plan(cfg)
-    _check_family_attacks(cfg)
+    _check_family_attacks(cfg, model.family if model else detect_family(resolve_model_path(cfg.model)))
     rt = resolve(RuntimeConfig(cfg.device, cfg.mixed_precision))
     detector = make_detector(p.detector_spec)
     metric = build_lpips(cfg.lpips_net, cfg.lpips_backbone)
@@ -321,8 +322,10 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
         raise UserError(f"cannot create the report folder {out}: {e.strerror or e}") from None
     model = model or load_model(cfg.model, cfg.config_dir)
     pipe = model.pipe
+    family = get_family(model.family)
     if "unlearndiffatk" in cfg.attacks:
-        check_room(pipe.tokenizer, cfg.udatk_tokens)
+        for tokenizer, _ in family.clip_encoders(pipe):
+            check_room(tokenizer, cfg.udatk_tokens)
     place(pipe, rt)
     metric.to(rt.device)
     load_adapters(pipe, p.methods)
@@ -348,7 +351,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
             attacks["ring_a_bell"] = ring_a_bell(
                 pipe, p.direct, p.free_prompts, p.free_prompts[:cfg.max_prompts or None], cfg.rab_strength,
                 cfg.rab_length, cfg.rab_population, cfg.rab_generations, exclude_words=p.concept.split(),
-                seed=cfg.seed, progress=progress)
+                seed=cfg.seed, progress=progress, family=family)
     ci_set = None  # the concept's images the white-box attacks learn on
     if {"concept_inversion", "unlearndiffatk"} & set(cfg.attacks):
         ci_set = _ci_training_set(cfg, p, pipe, progress)
@@ -390,7 +393,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
                     inv = concept_inversion(pipe, images_ci, token_prompts(prompts_ci, p.concept.split(), token,
                                                                            cfg.ci_template),
                                             token, cfg.ci_steps, cfg.ci_lr, cfg.ci_batch, cfg.seed,
-                                            init_word=None, progress=progress).as_dict()
+                                            init_word=None, progress=progress, family=family).as_dict()
                     if m.same_model_as_base:
                         base_token = (token, inv)
                 inversions[m.name] = inv
@@ -407,7 +410,8 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
                 else:
                     report(progress, ProgressEvent("eval", message=f"unlearndiffatk against {m.name}"))
                     found = unlearn_diff_atk(pipe, ci_set[0], ci_set[1], p.direct, cfg.udatk_tokens, cfg.udatk_steps,
-                                             cfg.udatk_lr, cfg.udatk_batch, cfg.seed, progress=progress)
+                                             cfg.udatk_lr, cfg.udatk_batch, cfg.seed, progress=progress,
+                                             family=family)
                     if m.same_model_as_base:
                         base_adversarial = found
                 adversarial[m.name] = [f.as_dict() for f in found]
@@ -436,7 +440,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
                 "tokens": cfg.udatk_tokens, "placement": "prefix", "steps": cfg.udatk_steps, "lr": cfg.udatk_lr,
                 "batch": cfg.udatk_batch, "optimizer": "Adam",
                 "projection": "nearest word token (cosine), straight-through gradient",
-                "loss": "denoising MSE, " + pipe.scheduler.config.get("prediction_type", "epsilon") + " target",
+                "loss": f"denoising MSE, {family.noise_process(pipe).target_name} target",
                 "images": len(ci_set[0]), "images_from": ci_set[2], "training_prompts": sorted(set(ci_set[1]))},
             "info": {"per_method": adversarial}}
     result = {
