@@ -6,7 +6,7 @@ Methods: the base model, negative prompting ("red"), ESD, and the DUO rows of `v
 one change per row, the preset as it stands, DUO without λ, the paper's recipe), all trained by `unlearn()` with
 the same seeds. `--model testbed-xl` / `testbed-sd3` runs the same rows on the SDXL / SD3 test bed, with the
 preset's recipe for that family. Figures (from `duo-unlearn eval`, i.e. trainer.evaluate): DSR under direct
-prompts, synonyms ("crimson", "scarlet") and, on SD 1.x, Concept Inversion, Ring-A-Bell and UnlearnDiffAtk;
+prompts, synonyms ("crimson", "scarlet"), Concept Inversion, Ring-A-Bell and UnlearnDiffAtk (on every family);
 1 - LPIPS and test-bed FID on the preset's unrelated prompts; and readings by the colour classifier against the
 base model's image of the same prompt and seed: orange prompts still orange, and background, shape and colour
 kept on every other-colour prompt.
@@ -294,7 +294,7 @@ def main(argv=None) -> int:
                    help="training steps of every adapter (default: the preset's, else 400)")
     p.add_argument("--betas", default="500", help="comma-separated betas of the paper's-recipe rows (lr, λ coupled)")
     p.add_argument("--rows", default="all", help="comma-separated row names to run (default: all)")
-    p.add_argument("--attacks", default=None, help="default: all for SD 1.x, direct,prompts for other families")
+    p.add_argument("--attacks", default=None, help="comma-separated (default: all five, on every family)")
     p.add_argument("--images-per-prompt", type=int, default=4)
     p.add_argument("--ci-steps", type=int, default=300, help="concept inversion steps per model")
     p.add_argument("--lpips-backbone", default="auto", help="auto (pretrained if available, else random)")
@@ -313,7 +313,7 @@ def main(argv=None) -> int:
     import torch
 
     from duo_unlearn.trainer.errors import UserError
-    from duo_unlearn.trainer.evaluate import EvalConfig, evaluate
+    from duo_unlearn.trainer.evaluate import ATTACKS, EvalConfig, evaluate
     from duo_unlearn.trainer.evaluate.methods import BASE, NEGATIVE, Method, adapter_method
     from duo_unlearn.trainer.evaluate.preservation import build_lpips
     from duo_unlearn.trainer.models import load_model
@@ -327,9 +327,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     model = load_model(args.model)
     preset = get_preset("testbed-red")
-    attacks = tuple(args.attacks.split(",")) if args.attacks else (
-        ("direct", "prompts", "concept_inversion", "ring_a_bell", "unlearndiffatk") if model.family in ("sd1", "sd2")
-        else ("direct", "prompts"))
+    attacks = tuple(args.attacks.split(",")) if args.attacks else ATTACKS
 
     def progress(event):
         if event.message:
