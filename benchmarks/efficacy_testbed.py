@@ -36,8 +36,8 @@ def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
     out = [("duo_v1", "previous preset: β 10, λ 1e4, lr 1e-3, the paper's SDEdit twins, no retain set", dict(PREVIOUS)),
            ("duo_v1_region", "v1 + twins changed only in the concept's region (`--edit-region concept`)",
             PREVIOUS | {"edit_region": "concept"}),
-           ("duo_preset", "the preset now: v1 + retain set (45 base-model images of the other colours, λ_retain 1), "
-                          "β from κ 6.2 (≈ 10 on these pairs)", {}),
+           ("duo_preset", "the preset now: v1 + retain set (base-model images of the other colours: SD 1.x 135, λ_retain "
+                          "1.25; SDXL 45, λ_retain 0.25), β from κ 6.2 (≈ 10 on these pairs)", {}),
            ("duo_preset_cond_unsafe", "preset + both pair images on the unsafe prompt (`--condition unsafe`)",
             {"condition": "unsafe"}),
            ("duo_preset_lam0", "the preset without λ (no output preservation, no retain term): DUO without λ",
@@ -345,7 +345,8 @@ def main(argv=None) -> int:
         ucfg = UnlearnConfig(preset="testbed-red", model=args.model, out=str(out), steps=steps, preview=False,
                              seed=0, detector=args.pair_detector, overwrite=True, **kw)  # our own work folder
         pair_cfg = plan(ucfg)[1][0].pairs
-        ucfg.pairs_dir = str(work / f"pairs_{pair_cfg.edit_region}{'_retain' if pair_cfg.num_retain else ''}")
+        ucfg.pairs_dir = str(work / f"pairs_{pair_cfg.edit_region}"
+                                    f"{f'_retain{pair_cfg.num_retain}' if pair_cfg.num_retain else ''}")
         if args.retrain or not same_recipe(out, plan(ucfg)[1][0].train):
             t = time.time()
             unlearn(ucfg, progress, model=model)
