@@ -28,7 +28,7 @@ def family_label(family: str | None) -> str:
 
 def testbeds_label() -> str:
     """The bundled test beds a model box accepts by name, with their families: "testbed (SD 1.x), testbed-xl (SDXL)".
-    Only those whose weights are present (testbed-sd3's are not committed yet)."""
+    Only those whose weights are present."""
     from ..trainer.testbed import TESTBED_FAMILIES, available_testbeds
 
     return ", ".join(f"{name} ({family_label(TESTBED_FAMILIES[name])})" for name in available_testbeds())

@@ -96,7 +96,7 @@ def test_compare_stacks_the_adapter_on_sdxl_and_sd3(trained):
 
 def test_test_beds_are_offered_by_name_with_their_family(tmp_path, monkeypatch):
     """The Model box names every bundled test bed whose weights are present, with its family; testbed-xl shows SDXL;
-    a test bed without weights (testbed-sd3 until they are committed) is not offered, and choosing it says so."""
+    a test bed without weights (here testbed-sd3 pointed at an empty folder) is not offered, and choosing it says so."""
     import gradio as gr
 
     from duo_unlearn.extension.backends import testbeds_label

@@ -14,5 +14,5 @@ TESTBED_FAMILIES = {"testbed": "sd1", "testbed-xl": "sdxl", "testbed-sd3": "sd3"
 
 def available_testbeds() -> list[str]:
     """The test beds whose model folder is present, in TESTBEDS order: what a model picker lists by name
-    (testbed-sd3's weights are not committed until its training reaches the model card's target)."""
+    (a test bed whose folder is missing, e.g. not rebuilt after a clean, is not offered)."""
     return [name for name, folder in TESTBEDS.items() if (folder / "model_index.json").exists()]
