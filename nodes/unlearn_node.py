@@ -170,6 +170,8 @@ def _same_training(path: Path, p, preset_name: str, model_spec: str, resolution:
         return False
     if resolution is not None:  # native (None) is whatever the model's size is: not known without loading it
         want["resolution"] = resolution
+    if p.train.lam_retain:  # the preset's retain set (its weight, its size) shapes the adapter as much as β does
+        want |= {"lambda_retain": p.train.lam_retain, "retain_images": p.pairs.num_retain}
     if any(facts.get(k) != v for k, v in want.items()):
         return False
     return (set(facts.get("unsafe_prompts", [])) <= set(p.concept.unsafe_prompts)
