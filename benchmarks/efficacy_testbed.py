@@ -38,6 +38,8 @@ def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
             PREVIOUS | {"edit_region": "concept"}),
            ("duo_preset", "the preset now: v1 + retain set (base-model images of the other colours: SD 1.x 135, λ_retain "
                           "1.25; SDXL 45, λ_retain 0.25), β from κ 6.2 (≈ 10 on these pairs)", {}),
+           ("duo_preset_r45", "preset with the previous retain set: 45 images (one seed per prompt), λ_retain 1",
+            {"num_retain": 45, "lam_retain": 1.0}),
            ("duo_preset_cond_unsafe", "preset + both pair images on the unsafe prompt (`--condition unsafe`)",
             {"condition": "unsafe"}),
            ("duo_preset_lam0", "the preset without λ (no output preservation, no retain term): DUO without λ",
