@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import UserError
@@ -52,17 +52,18 @@ class Preset:
         return replace(self, **overrides) if overrides else self
 
 
-FAMILY_NAMES = ("sd1", "sd2", "sdxl", "sd3", "flux")
 _PER_FAMILY = {"num_pairs", "strength", "beta", "kappa", "lr", "lam", "steps", "sample_steps", "guidance",
                "edit_region", "num_retain", "lam_retain"}  # recipe numbers, not prompts or the concept itself
 
 
 def _family_tables(name: str, tables: dict) -> dict:
-    known = {f.name for f in fields(Preset)}
+    from .families import trainable_families  # the registry is the one list of family names
+
     for family, table in tables.items():
-        if family not in FAMILY_NAMES:
-            raise UserError(f"preset {name}: unknown family table {family!r} (families: {', '.join(FAMILY_NAMES)})")
-        wrong = sorted(set(table) - (_PER_FAMILY & known))
+        if family not in trainable_families():
+            raise UserError(f"preset {name}: unknown family table {family!r} "
+                            f"(families: {', '.join(trainable_families())})")
+        wrong = sorted(set(table) - _PER_FAMILY)
         if wrong:
             raise UserError(f"preset {name}, family {family}: {', '.join(wrong)} cannot differ per family "
                             f"(these can: {', '.join(sorted(_PER_FAMILY))})")
@@ -83,9 +84,8 @@ def load_presets(path: Path = PRESETS_FILE) -> dict[str, Preset]:
     return presets
 
 
-def get_preset(name: str, family: str | None = None) -> Preset:
-    """The named preset; with `family`, its recipe on that family."""
+def get_preset(name: str) -> Preset:
     presets = load_presets()
     if name not in presets:
         raise UserError(f"no preset named {name!r}; presets: {', '.join(presets)}")
-    return presets[name].for_family(family)
+    return presets[name]
