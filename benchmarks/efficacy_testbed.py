@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-PREVIOUS = {"beta": 10.0, "lam": 1e4, "lr": 1e-3, "edit_region": "image", "num_retain": 0}  # preset until 2026-11-28
+PREVIOUS = {"beta": 10.0, "lam": 1e4, "lr": 1e-3, "steps": 300, "edit_region": "image", "num_retain": 0}  # preset until 2026-11-28
 
 
 def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
@@ -36,8 +36,9 @@ def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
     out = [("duo_v1", "previous preset: β 10, λ 1e4, lr 1e-3, the paper's SDEdit twins, no retain set", dict(PREVIOUS)),
            ("duo_v1_region", "v1 + twins changed only in the concept's region (`--edit-region concept`)",
             PREVIOUS | {"edit_region": "concept"}),
-           ("duo_preset", "the preset now: v1 + retain set (base-model images of the other colours: SD 1.x 135, λ_retain "
-                          "1.25; SDXL 45, λ_retain 0.25), β from κ 6.2 (≈ 10 on these pairs)", {}),
+           ("duo_preset", "the preset now: v1 + retain set (base-model images of the other colours) and β from κ; "
+                          "SD 1.x: 135 images, λ_retain 1.25, κ 6.2 (β ≈ 10); SDXL: 45 images, λ_retain 0.5, κ 3 "
+                          "(β ≈ 5.4), 450 steps; SD3: no retain set, κ 9.6 (β ≈ 10)", {}),
            ("duo_preset_r45", "preset with the previous retain set: 45 images (one seed per prompt), λ_retain 1",
             {"num_retain": 45, "lam_retain": 1.0}),
            ("duo_preset_cond_unsafe", "preset + both pair images on the unsafe prompt (`--condition unsafe`)",
@@ -242,7 +243,8 @@ def markdown(record: dict) -> str:
         *[f"- `{name}`: {what}" for name, what in record.get("rows", {}).items()],
         f"- Every adapter: `unlearn()` with preset testbed-red ({record['pairs']['n']} pairs, SDEdit strength "
         f"{record['pairs']['strength']}, colour:red gating, twins with the paper's SDEdit unless 'region twins'), "
-        f"{record['steps']} steps, rank 32, batch 4 pairs, seed 0; the recipe column is read from each adapter's "
+        f"{record['steps']} steps unless the recipe column says otherwise, rank 32, batch 4 pairs, seed 0; the recipe "
+        "column is read from each adapter's "
         "metadata (β is derived from κ where the preset names κ).",
         f"- Sampling: DDIM {result['sampling']['steps']} steps, guidance {result['sampling']['guidance']}, "
         f"{args['images_per_prompt']} seed(s) per prompt, the same seeds for every method.",
@@ -338,13 +340,15 @@ def main(argv=None) -> int:
     adapters, rows = {}, {}
     seconds_file = work / "train_seconds.json"
     train_seconds = json.loads(seconds_file.read_text()) if seconds_file.exists() and not args.retrain else {}
-    steps = args.steps or getattr(preset, "steps", None) or 400
+    steps = args.steps  # None: each row takes the preset's steps on this family (its family table's, if any)
     wanted = None if args.rows == "all" else set(args.rows.split(","))
+    preset_steps = plan(UnlearnConfig(preset="testbed-red", model=args.model, steps=steps))[1][0].train.steps
     for name, what, kw in variants([b.strip() for b in args.betas.split(",") if b.strip()]):
         if wanted is not None and name not in wanted:
             continue
         out = work / f"{name}.safetensors"
-        ucfg = UnlearnConfig(preset="testbed-red", model=args.model, out=str(out), steps=steps, preview=False,
+        kw = kw | ({"steps": steps} if steps else {})  # --steps: every row's
+        ucfg = UnlearnConfig(preset="testbed-red", model=args.model, out=str(out), preview=False,
                              seed=0, detector=args.pair_detector, overwrite=True, **kw)  # our own work folder
         pair_cfg = plan(ucfg)[1][0].pairs
         ucfg.pairs_dir = str(work / f"pairs_{pair_cfg.edit_region}"
@@ -392,7 +396,7 @@ def main(argv=None) -> int:
     record = {"report": result, "close_concept_and_agreement": extra, "stem": stem, "model": args.model,
               "rows": rows, "train_seconds": {k: v for k, v in train_seconds.items() if k in adapters},
               "seconds": {"eval": eval_seconds, "close": close_seconds, "total": total},
-              "steps": steps, "lpips_backbone": backbone, "pairs": {"n": preset.num_pairs, "strength": preset.strength},
+              "steps": preset_steps, "lpips_backbone": backbone, "pairs": {"n": preset.num_pairs, "strength": preset.strength},
               "command": ("python benchmarks/efficacy_testbed.py " +
                           " ".join(sys.argv[1:] if argv is None else argv)).strip(),
               "args": vars(args), "torch": torch.__version__, "machine": platform.machine(),
