@@ -26,7 +26,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-PREVIOUS = {"beta": 10.0, "lam": 1e4, "lr": 1e-3, "steps": 300, "edit_region": "image", "num_retain": 0}  # preset until 2026-11-28
+# the preset until 2026-11-28
+PREVIOUS = {"beta": 10.0, "lam": 1e4, "lr": 1e-3, "steps": 300, "edit_region": "image", "num_retain": 0}
 
 
 def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
@@ -295,7 +296,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="testbed", help="testbed (SD 1.x), testbed-xl (SDXL) or testbed-sd3 (SD3)")
     p.add_argument("--pair-detector", default=None, help=argparse.SUPPRESS)  # smoke tests on a tiny model
     p.add_argument("--steps", type=int, default=None,
-                   help="training steps of every adapter (default: the preset's, else 400)")
+                   help="training steps of every adapter (default: the preset's on the model's family; duo_v1: 300)")
     p.add_argument("--betas", default="500", help="comma-separated betas of the paper's-recipe rows (lr, λ coupled)")
     p.add_argument("--rows", default="all", help="comma-separated row names to run (default: all)")
     p.add_argument("--attacks", default=None, help="comma-separated (default: all five, on every family)")
