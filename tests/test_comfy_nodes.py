@@ -131,13 +131,14 @@ def test_unlearn_node_lists_the_test_beds_by_name_and_trains_on_them(tmp_path, m
     _, plans = plan(UnlearnConfig(preset="testbed-red", out=str(loras / "duo_xl.safetensors"), model="testbed-xl"))
     facts = {"preset": "testbed-red", "concept": "red", "beta": 9.3, "kappa": plans[0].train.kappa,
              "steps": plans[0].train.steps, "seed": 0, "base_model": "testbed-xl", "method": "duo",
-             "lambda_retain": 0.25, "retain_images": 45, "unsafe_prompts": [], "safe_prompts": []}
+             "lambda_retain": plans[0].train.lam_retain, "retain_images": plans[0].pairs.num_retain,
+             "unsafe_prompts": [], "safe_prompts": []}
     (loras / "duo_xl.safetensors").write_bytes(b"")
     monkeypatch.setattr(unlearn_node, "read_facts", lambda path: {"facts": facts})
     assert _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
     assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed")
-    facts["lambda_retain"] = 1.0  # SD 1.x's retain weight, not the SDXL table's: trained differently
+    facts["lambda_retain"] = 1.25  # SD 1.x's retain weight, not the SDXL table's: trained differently
     assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
-    facts["lambda_retain"] = 0.25
+    facts["lambda_retain"] = plans[0].train.lam_retain
     facts["kappa"] = 50.0  # the preset's κ changed since: trained differently, not reused
     assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
