@@ -397,7 +397,8 @@ def main(argv=None) -> int:
     record = {"report": result, "close_concept_and_agreement": extra, "stem": stem, "model": args.model,
               "rows": rows, "train_seconds": {k: v for k, v in train_seconds.items() if k in adapters},
               "seconds": {"eval": eval_seconds, "close": close_seconds, "total": total},
-              "steps": preset_steps, "lpips_backbone": backbone, "pairs": {"n": preset.num_pairs, "strength": preset.strength},
+              "steps": preset_steps, "lpips_backbone": backbone,
+              "pairs": {"n": preset.num_pairs, "strength": preset.strength},
               "command": ("python benchmarks/efficacy_testbed.py " +
                           " ".join(sys.argv[1:] if argv is None else argv)).strip(),
               "args": vars(args), "torch": torch.__version__, "machine": platform.machine(),
