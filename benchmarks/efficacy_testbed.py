@@ -27,7 +27,8 @@ HERE = Path(__file__).resolve().parent
 
 
 # the preset until 2026-11-28
-PREVIOUS = {"beta": 10.0, "lam": 1e4, "lr": 1e-3, "steps": 300, "edit_region": "image", "num_retain": 0}
+PREVIOUS = {"beta": 10.0, "lam": 1e4, "lr": 1e-3, "steps": 300, "edit_region": "image", "num_retain": 0,
+            "stop_every": 0}
 
 
 def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
@@ -49,9 +50,10 @@ def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
     for beta in betas:
         b = f"{float(beta):g}"
         out += [(f"duo_paper_b{b}", f"the paper's recipe at β {b} (lr = 3e-4·100/β, λ = 1e6·β/100), paper's twins",
-                 {"beta": float(beta), "lr": None, "lam": None, "edit_region": "image", "num_retain": 0})]
+                 {"beta": float(beta), "lr": None, "lam": None, "edit_region": "image", "num_retain": 0,
+                  "stop_every": 0})]
     return out + [("esd", "ESD (η 1, lr 1e-4) on the paper's twins' unsafe images",
-                   {"method": "esd", "lr": 1e-4, "edit_region": "image", "num_retain": 0})]
+                   {"method": "esd", "lr": 1e-4, "edit_region": "image", "num_retain": 0, "stop_every": 0})]
 
 
 def recipe(facts: dict) -> str:
@@ -63,8 +65,12 @@ def recipe(facts: dict) -> str:
         extra += f", λ_retain {facts['lambda_retain']:.3g} on {facts.get('retain_images')} retain images"
     if facts.get("edit_region") == "concept":
         extra += ", region twins"
+    steps = f"{facts.get('steps')} steps"
+    if facts.get("stop_every"):
+        steps += (f" (of at most {facts.get('max_steps')}: stopped when {facts.get('stop_detector')} found red in "
+                  f"≤ {1 - facts.get('stop_erased'):.0%} of the check images, checked every {facts['stop_every']})")
     return (f"β {facts.get('beta'):g}, λ {facts.get('lambda'):.3g}, lr {facts.get('lr'):.3g}, "
-            f"{facts.get('steps')} steps{extra}")
+            f"{steps}{extra}")
 
 
 def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_per_prompt: int, seed: int,
@@ -190,7 +196,9 @@ def same_recipe(adapter: Path, cfg) -> bool:
     if not adapter.exists():
         return False
     facts = describe_adapter(adapter)["duo"]
-    want = {"method": cfg.method, "steps": cfg.steps, "lr": cfg.learning_rate}
+    facts["max_steps"] = facts.get("max_steps", facts.get("steps"))  # a run that may stop early records both
+    want = {"method": cfg.method, "max_steps": cfg.steps, "lr": cfg.learning_rate,
+            "stop_every": cfg.stop_every or None, "stop_erased": cfg.stop_erased if cfg.stop_every else None}
     if cfg.method == "duo":
         want |= {"lambda": cfg.preservation_weight, "lambda_retain": cfg.lam_retain, "condition": cfg.condition}
         if cfg.kappa is None:

@@ -64,6 +64,9 @@ class TrainConfig:
     preview_seed: int = 0
     preview_steps: int = 25
     preview_guidance: float = 7.5
+    stop_every: int = 0  # >0: every N steps sample the unsafe prompts, stop once the concept is gone (erasure_stop)
+    stop_detector: str = "none"  # what tells whether the concept is still in those samples
+    stop_erased: float = 0.9  # fraction of check images without the concept that stops training
     seed: int = 0
     device: str = "auto"
     overwrite: bool = False  # replace an existing adapter file of the same name
@@ -131,7 +134,12 @@ class TrainConfig:
         if self.condition not in CONDITIONS:
             raise UserError(f"condition must be one of {', '.join(CONDITIONS)}, got {self.condition!r}")
         self.runtime_config().validate()
-        for name in ("checkpoint_every", "preview_every", "weight_decay", "grad_clip"):
+        if not (isinstance(self.stop_erased, (int, float)) and 0 < self.stop_erased <= 1):
+            raise UserError(f"stop_erased must be a fraction in (0, 1], got {self.stop_erased!r}")
+        if self.stop_every and (self.stop_detector or "none").strip().lower() == "none":
+            raise UserError("stop_every needs stop_detector: the detector that tells whether the concept is still "
+                            "in the samples (nudenet, colour:<name>)")
+        for name in ("checkpoint_every", "preview_every", "stop_every", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must not be negative, got {getattr(self, name)}")
         if not str(self.out).endswith(".safetensors"):

@@ -44,6 +44,8 @@ class Preset:
     retain_prompts: tuple[str, ...] = ()  # the retain set (retain_set.py); none: the paper's DUO
     num_retain: int = 0
     lam_retain: float = 0.0
+    stop_every: int = 0  # >0: `steps` is the most; training stops once `detector` finds the concept gone
+    stop_erased: float = 0.9
     families: dict = field(default_factory=dict)  # family → the fields that differ on it ([<name>.families.<f>])
 
     def for_family(self, family: str | None) -> "Preset":
@@ -53,7 +55,7 @@ class Preset:
 
 
 _PER_FAMILY = {"num_pairs", "strength", "beta", "kappa", "lr", "lam", "steps", "sample_steps", "guidance",
-               "edit_region", "num_retain", "lam_retain"}  # recipe numbers, not prompts or the concept itself
+               "edit_region", "num_retain", "lam_retain", "stop_every", "stop_erased"}  # recipe numbers, not prompts or the concept itself
 
 
 def _family_tables(name: str, tables: dict) -> dict:

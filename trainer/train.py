@@ -19,6 +19,7 @@ from .latent_cache import build_cache
 from .lora import add_lora, lora_state, remove_lora
 from .models import LoadedModel, load_model, refuse_inside_model
 from .pair_dataset import read_pairs
+from .erasure_stop import erasure_check
 from .retain_set import read_retain
 from .reward_scale import beta_for, full_swap_margin
 from .progress import ProgressCallback, ProgressEvent, report
@@ -121,6 +122,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
         raise UserError(f"--lam-retain needs a retain set in {cfg.pairs} (retain.jsonl): make the pairs with "
                         "--retain-prompt and --num-retain")
     out = check_writable(cfg.out, overwrite=cfg.overwrite)
+    check = erasure_check(cfg, records)  # a wrong detector name is refused before the model loads
     model = model or load_model(cfg.model, cfg.config_dir)
     refuse_inside_model(out, model.source)
     family = get_family(model.family)
@@ -149,7 +151,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
         if checkpointing:
             report(progress, ProgressEvent("load", message="gradient checkpointing on"))
         return _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, params, records, out,
-                    facts, started, main_process, checkpointing)
+                    facts, started, main_process, checkpointing, check)
     except BaseException:
         remove_lora(denoiser)  # a failed or cancelled job leaves the loaded model as it found it
         raise
@@ -164,7 +166,7 @@ def checkpointing_was_set(denoiser) -> bool:
 
 
 def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, params, records, out, facts, started,
-         main_process, checkpointing) -> TrainResult:
+         main_process, checkpointing, check) -> TrainResult:
     import torch
 
     if checkpointing:
@@ -206,6 +208,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
+    done, erased = start, None
     for step in range(start, cfg.steps):
         idx = torch.randint(0, n, (B,), generator=gen)
         draw = method.draw(ctx, idx, gen)
@@ -242,18 +245,28 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         if (main_process and cfg.preview_every and cfg.preview_prompts and done % cfg.preview_every == 0
                 and done < cfg.steps):
             _preview(model.pipe, raw, cfg, out.with_name(f"{out.stem}.preview-{done:06d}.png"), progress, rt)
+        if check and check.due(done, cfg.steps):
+            erased = _erased(check, model.pipe, raw, family, rt, main_process)
+            history[-1]["erased"] = erased
+            report(progress, ProgressEvent("train", done, cfg.steps, f"step {done}: the concept is gone from "
+                                                                      f"{erased:.0%} of the check images"))
+            if erased >= check.target:
+                report(progress, ProgressEvent("train", done, cfg.steps, f"stopping at step {done}: at least "
+                                                                          f"{check.target:.0%} erased"))
+                break
 
     accelerator.wait_for_everyone()
-    result = TrainResult(out, cfg.steps, time.time() - started, history)
+    result = TrainResult(out, done, time.time() - started, history)
     if not main_process:
         return result
-    report(progress, ProgressEvent("save", cfg.steps, cfg.steps, f"writing {out}"))
+    report(progress, ProgressEvent("save", done, cfg.steps, f"writing {out}"))
     raw.eval()
     facts = dict(facts or {})
     facts.update({
         "method": cfg.method, "concept": cfg.concept or facts.get("concept", ""), "beta": cfg.beta,
         "kappa": round(kappa, 4), "swap_margin": round(m_swap, 6),
-        "lambda": lam, "lambda_retain": cfg.lam_retain, "retain_images": cache.retain_size(), "lr": lr, "steps": cfg.steps, "batch_pairs": cfg.batch_pairs, "pairs": n,
+        "lambda": lam, "lambda_retain": cfg.lam_retain, "retain_images": cache.retain_size(), "lr": lr,
+        "steps": done, "batch_pairs": cfg.batch_pairs, "pairs": n,
         "t_range": [cfg.t_min, cfg.t_max], "condition": cfg.condition, "seed": cfg.seed,
         "resolution": cache.resolution,
         "unsafe_prompts": sorted({r.unsafe_prompt for r in records}),
@@ -262,6 +275,9 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     })
     if cfg.method == "esd":
         facts.update({"esd_eta": cfg.esd_eta, "lambda": 0, "beta": None, "kappa": None})
+    if check:
+        facts.update({"max_steps": cfg.steps, "stop_detector": check.detector.name, "stop_every": check.every,
+                      "stop_erased": check.target, "last_check_erased": erased})
     meta = adapter_metadata(output_name=out.stem, family_meta=family.metadata(model.pipe), rank=cfg.lora.rank,
                             alpha=cfg.lora.alpha, target_modules=_targets(cfg, family), duo=facts)
     atomic_save(family.export(lora_state(raw), cfg.lora.alpha), out, meta)
@@ -272,8 +288,16 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     if cfg.preview_prompts:
         result.previews.append(_preview(model.pipe, raw, cfg, out.with_name(out.stem + ".preview.png"), progress,
                                         rt))
-    report(progress, ProgressEvent("done", cfg.steps, cfg.steps, f"saved {out}"))
+    report(progress, ProgressEvent("done", done, cfg.steps, f"saved {out}"))
     return result
+
+
+def _erased(check, pipe, raw, family, rt, main_process: bool) -> float:
+    """The main process samples and reads; every process gets its number, so all of them stop at the same step."""
+    from accelerate.utils import broadcast_object_list
+
+    value = [check.erased(pipe, raw, family, rt) if main_process else None]
+    return broadcast_object_list(value)[0]
 
 
 def _preview(pipe, denoiser, cfg: TrainConfig, path: Path, progress, rt) -> Path:

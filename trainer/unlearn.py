@@ -40,6 +40,8 @@ class UnlearnConfig:
     retain_prompts: tuple[str, ...] = ()  # prompts whose images must stay (default: the preset's)
     num_retain: int | None = None  # retain-set images (None: the preset's; 0: none)
     lam_retain: float | None = None  # weight of the retain-set term (None: the preset's; 0: off)
+    stop_every: int | None = None  # check erasure every N steps (None: the preset's; 0: train all steps)
+    stop_erased: float | None = None  # erased fraction of the check images that stops training (None: preset's)
     condition: str = "empty"  # the paper's: both images on the empty prompt; "unsafe": both on the unsafe prompt
     rank: int = 32
     batch_pairs: int = 4
@@ -133,11 +135,23 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             preview_guidance=preset.guidance, device=cfg.device, overwrite=cfg.overwrite,
             mixed_precision=cfg.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing,
             resolution=cfg.resolution, micro_batch_pairs=cfg.micro_batch_pairs,
-            lam_retain=lam_retain if cfg.method == "duo" else 0.0)
+            lam_retain=lam_retain if cfg.method == "duo" else 0.0,
+            **_stop_rule(cfg, preset, pair_cfg.detector))
         pair_cfg.validate()
         train_cfg.validate()
         plans.append(ConceptPlan(concept, pair_cfg, train_cfg))
     return preset, plans
+
+
+def _stop_rule(cfg: UnlearnConfig, preset: Preset, detector: str) -> dict:
+    """The erasure check (erasure_stop) reads samples with the detector that gated the pairs."""
+    every = _given(cfg.stop_every, preset.stop_every)
+    if every and (detector or "none").strip().lower() == "none":
+        if cfg.stop_every:  # asked for by name: say why it cannot run
+            raise UserError("--stop-every needs a detector for the concept (--detector nudenet, colour:<name>)")
+        every = 0  # the preset's rule, on a run whose detector was turned off: train all steps
+    return {"stop_every": every, "stop_detector": detector if every else "none",
+            "stop_erased": _given(cfg.stop_erased, preset.stop_erased)}
 
 
 def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=None) -> list[UnlearnResult]:

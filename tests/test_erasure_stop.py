@@ -1,0 +1,111 @@
+"""Training that stops once the concept is gone from the adapter's own samples (trainer/erasure_stop.py)."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from duo_unlearn.trainer import detectors
+from duo_unlearn.trainer.config import TrainConfig
+from duo_unlearn.trainer.erasure_stop import CHECK_IMAGES
+from duo_unlearn.trainer.errors import UserError
+from duo_unlearn.trainer.export import describe_adapter
+from duo_unlearn.trainer.train import train
+from duo_unlearn.trainer.unlearn import UnlearnConfig, plan
+
+
+class ScriptedDetector:
+    """Finds the concept in `found[k]` of the images at the k-th check (then none); records what it was shown."""
+
+    name = "scripted"
+    threshold = 0.5
+
+    def __init__(self, found: list[int]):
+        self.found, self.shown = list(found), []
+
+    def scores(self, images):
+        self.shown.append(len(images))
+        hits = self.found[len(self.shown) - 1] if len(self.shown) <= len(self.found) else 0
+        return [1.0] * hits + [0.0] * (len(images) - hits)
+
+
+def _use(monkeypatch, detector):
+    monkeypatch.setattr(detectors, "make_detector", lambda spec: detector)
+
+
+def _cfg(pair_dir, tiny_model, out, **kw):
+    return TrainConfig(pairs=str(pair_dir), model=str(tiny_model), out=str(out), beta=5000, lr=1e-3, lam=1000,
+                       seed=2, preview_steps=2, **kw)
+
+
+def _same(a, b) -> bool:
+    x, y = load_file(str(a)), load_file(str(b))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_training_stops_at_the_first_check_that_reads_the_concept_gone(tiny_model, pair_dir, tmp_path, monkeypatch):
+    detector = ScriptedDetector(found=[CHECK_IMAGES, 1])  # check 1: all found; check 2: 11 of 12 erased
+    _use(monkeypatch, detector)
+    out = tmp_path / "stopped.safetensors"
+    result = train(_cfg(pair_dir, tiny_model, out, steps=12, stop_every=3, stop_detector="colour:red"))
+    assert result.steps == 6 and len(result.history) == 6
+    assert detector.shown == [CHECK_IMAGES, CHECK_IMAGES]
+    assert [h.get("erased") for h in result.history if "erased" in h] == [0.0, pytest.approx(11 / 12)]
+    duo = describe_adapter(out)["duo"]
+    assert duo["steps"] == 6 and duo["max_steps"] == 12 and duo["stop_detector"] == "scripted"
+    assert duo["last_check_erased"] == pytest.approx(11 / 12)
+
+    # the checks sample with their own generators: the stopped run is the plain 6-step run, bit for bit
+    plain = tmp_path / "plain6.safetensors"
+    train(_cfg(pair_dir, tiny_model, plain, steps=6))
+    assert _same(out, plain)
+
+
+def test_a_concept_that_stays_means_all_steps_and_no_check_at_the_last(tiny_model, pair_dir, tmp_path, monkeypatch):
+    detector = ScriptedDetector(found=[CHECK_IMAGES] * 10)
+    _use(monkeypatch, detector)
+    out = tmp_path / "full.safetensors"
+    result = train(_cfg(pair_dir, tiny_model, out, steps=9, stop_every=3, stop_detector="colour:red",
+                        stop_erased=0.95))
+    assert result.steps == 9
+    assert [h["step"] for h in result.history if "erased" in h] == [3, 6]  # step 9 is the end anyway
+    assert describe_adapter(out)["duo"]["steps"] == 9
+    plain = tmp_path / "plain9.safetensors"
+    train(_cfg(pair_dir, tiny_model, plain, steps=9))
+    assert _same(out, plain)
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(stop_every=5), "stop_detector"),
+    (dict(stop_every=5, stop_detector="none"), "stop_detector"),
+    (dict(stop_every=5, stop_detector="colour:red", stop_erased=0), "stop_erased"),
+    (dict(stop_every=5, stop_detector="colour:red", stop_erased=1.5), "stop_erased"),
+    (dict(stop_every=-1, stop_detector="colour:red"), "stop_every"),
+])
+def test_wrong_stop_settings_are_refused_by_name(kw, words):
+    with pytest.raises(UserError, match=words):
+        TrainConfig(pairs="p", **kw).validate()
+
+
+def test_an_unknown_stop_detector_is_one_line_and_exit_2_before_anything_loads(pair_dir, tmp_path):
+    out = tmp_path / "x.safetensors"
+    run = subprocess.run([sys.executable, "-m", "duo_unlearn.trainer.cli", "train", "--pairs", str(pair_dir),
+                          "--model", str(tmp_path / "no-such-model"), "--out", str(out), "--stop-every", "10",
+                          "--stop-detector", "sharpness"], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert "unknown detector 'sharpness'" in run.stderr and "Traceback" not in run.stderr
+    assert not out.exists()
+
+
+def test_unlearn_reads_the_samples_with_the_detector_that_gated_the_pairs():
+    _, [p] = plan(UnlearnConfig(preset="testbed-red", stop_every=150, stop_erased=0.8))
+    assert (p.train.stop_every, p.train.stop_detector, p.train.stop_erased) == (150, "colour:red", 0.8)
+    _, [nudity] = plan(UnlearnConfig(preset="nudity", model="testbed", stop_every=100))
+    assert nudity.train.stop_detector == nudity.pairs.detector == "nudenet"
+
+    _, [off] = plan(UnlearnConfig(preset="testbed-red", stop_every=0))
+    assert off.train.stop_every == 0 and off.train.stop_detector == "none"
+    for asked in (dict(preset="testbed-red", detector="none"), dict(preset="violence", model="testbed")):
+        with pytest.raises(UserError, match="--stop-every needs a detector"):
+            plan(UnlearnConfig(stop_every=50, **asked))

@@ -1,0 +1,65 @@
+"""Stop training once the concept is gone from the adapter's own samples, instead of after a fixed step count.
+
+Why: with a retain term the step at which the concept goes depends on the training seed (benchmarks/RESULTS.md,
+"what else was tried"): on the test bed one seed has red gone at 300 steps, another keeps it until ~900, and the
+first seed at 600 steps starts changing backgrounds. The DPO loss cannot tell them apart (its margin is met on
+every seed), so no fixed step count suits every seed; the detector on samples can. `steps` becomes the most a run
+may take; every `stop_every` steps the adapter draws CHECK_IMAGES images of the pairs' unsafe prompts and training
+stops when at least `stop_erased` of them no longer show the concept.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Enough images that one stray sample does not decide (1 of 12 found still reads 0.92), few enough that a check
+# costs seconds on a GPU and on the test bed.
+CHECK_IMAGES = 12
+# Far from the seeds `duo-unlearn eval` and the previews use (0 upwards), so the check never looks at the images
+# a run is later judged on.
+CHECK_SEED = 1_000_000
+
+
+@dataclass
+class ErasureCheck:
+    detector: object  # detectors.Detector
+    prompts: list[str]  # CHECK_IMAGES prompts: the unsafe prompts, cycled
+    every: int
+    target: float  # erased fraction that stops training
+    sample_steps: int
+    guidance: float
+
+    def due(self, done: int, max_steps: int) -> bool:
+        return done % self.every == 0 and done < max_steps
+
+    def erased(self, pipe, denoiser, family, rt) -> float:
+        """Fraction of the check images in which the detector no longer finds the concept (adapter on)."""
+        from .previews import generate_images
+        from .runtime import place
+
+        was_training = denoiser.training
+        denoiser.eval()
+        place(pipe, rt)  # the text encoders come back from the CPU for sampling
+        try:
+            with rt.autocast():
+                images = generate_images(pipe, self.prompts, CHECK_SEED, self.sample_steps, self.guidance)
+        finally:
+            for module in family.text_modules(pipe):  # back where training keeps them (the prompts are cached)
+                module.to("cpu")
+            denoiser.train(was_training)
+        found = sum(score >= self.detector.threshold for score in self.detector.scores(images))
+        return 1.0 - found / len(images)
+
+
+def erasure_check(cfg, records) -> ErasureCheck | None:
+    """The check a TrainConfig asks for (None: train all `steps`), its prompts taken from the pair records."""
+    from .detectors import make_detector
+    from .errors import UserError
+
+    if not cfg.stop_every:
+        return None
+    detector = make_detector(cfg.stop_detector)  # cfg.validate() refused "none" already
+    unsafe = list(dict.fromkeys(r.unsafe_prompt for r in records if r.unsafe_prompt))
+    if not unsafe:
+        raise UserError(f"--stop-every samples the pairs' unsafe prompts, and {cfg.pairs} records none")
+    prompts = [unsafe[i % len(unsafe)] for i in range(CHECK_IMAGES)]
+    return ErasureCheck(detector, prompts, cfg.stop_every, cfg.stop_erased, cfg.preview_steps, cfg.preview_guidance)
