@@ -45,16 +45,19 @@ def _same(a, b) -> bool:
 
 
 def test_training_stops_at_the_first_check_that_reads_the_concept_gone(tiny_model, pair_dir, tmp_path, monkeypatch):
-    detector = ScriptedDetector(found=[CHECK_IMAGES, 1])  # check 1: all found; check 2: 11 of 12 erased
+    detector = ScriptedDetector(found=[CHECK_IMAGES, 1])  # check 1: all found; check 2: all but one erased
     _use(monkeypatch, detector)
     out = tmp_path / "stopped.safetensors"
-    result = train(_cfg(pair_dir, tiny_model, out, steps=12, stop_every=3, stop_detector="colour:red"))
+    messages = []
+    result = train(_cfg(pair_dir, tiny_model, out, steps=12, stop_every=3, stop_detector="colour:red"),
+                   progress=lambda e: messages.append(e.message))
     assert result.steps == 6 and len(result.history) == 6
     assert detector.shown == [CHECK_IMAGES, CHECK_IMAGES]
-    assert [h.get("erased") for h in result.history if "erased" in h] == [0.0, pytest.approx(11 / 12)]
+    assert [h.get("erased") for h in result.history if "erased" in h] == [0.0, pytest.approx(1 - 1 / CHECK_IMAGES)]
     duo = describe_adapter(out)["duo"]
     assert duo["steps"] == 6 and duo["max_steps"] == 12 and duo["stop_detector"] == "scripted"
-    assert duo["last_check_erased"] == pytest.approx(11 / 12)
+    assert duo["last_check_erased"] == pytest.approx(1 - 1 / CHECK_IMAGES) and duo["erased_target_met"] is True
+    assert not any(m.startswith("warning") for m in messages)
 
     # the checks sample with their own generators: the stopped run is the plain 6-step run, bit for bit
     plain = tmp_path / "plain6.safetensors"
@@ -62,17 +65,22 @@ def test_training_stops_at_the_first_check_that_reads_the_concept_gone(tiny_mode
     assert _same(out, plain)
 
 
-def test_a_concept_that_stays_means_all_steps_and_no_check_at_the_last(tiny_model, pair_dir, tmp_path, monkeypatch):
-    detector = ScriptedDetector(found=[CHECK_IMAGES] * 10)
+def test_a_concept_that_stays_means_all_steps_and_a_warning(tiny_model, pair_dir, tmp_path, monkeypatch):
+    detector = ScriptedDetector(found=[CHECK_IMAGES, CHECK_IMAGES, 2, 2])
     _use(monkeypatch, detector)
     out = tmp_path / "full.safetensors"
-    result = train(_cfg(pair_dir, tiny_model, out, steps=9, stop_every=3, stop_detector="colour:red",
-                        stop_erased=0.95))
-    assert result.steps == 9
-    assert [h["step"] for h in result.history if "erased" in h] == [3, 6]  # step 9 is the end anyway
-    assert describe_adapter(out)["duo"]["steps"] == 9
-    plain = tmp_path / "plain9.safetensors"
-    train(_cfg(pair_dir, tiny_model, plain, steps=9))
+    messages = []
+    result = train(_cfg(pair_dir, tiny_model, out, steps=10, stop_every=3, stop_detector="colour:red",
+                        stop_erased=0.95), progress=lambda e: messages.append(e.message))
+    assert result.steps == 10
+    assert [h["step"] for h in result.history if "erased" in h] == [3, 6, 9, 10]  # and the adapter one gets
+    duo = describe_adapter(out)["duo"]
+    assert duo["steps"] == 10 and duo["erased_target_met"] is False
+    assert duo["last_check_erased"] == pytest.approx(1 - 2 / CHECK_IMAGES)
+    assert any(m.startswith("warning: after all 10 steps the concept is still in 8% of the check images")
+               for m in messages)
+    plain = tmp_path / "plain10.safetensors"
+    train(_cfg(pair_dir, tiny_model, plain, steps=10))
     assert _same(out, plain)
 
 

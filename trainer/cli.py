@@ -20,7 +20,9 @@ class _TqdmProgress:
     def __call__(self, event):
         from tqdm import tqdm
 
-        if event.stage in ("train", "pairs") and event.total:
+        if event.message:  # above the bars (tqdm.write), so a step's note is not lost under them
+            tqdm.write(f"[{event.stage}] {event.message}", file=sys.stderr)
+        elif event.stage in ("train", "pairs") and event.total:
             bar = self.bars.get(event.stage)
             if bar is None:
                 bar = self.bars[event.stage] = tqdm(total=event.total, desc=event.stage, unit="step",
@@ -32,8 +34,6 @@ class _TqdmProgress:
             bar.refresh()
             if event.step >= event.total:
                 self.bars.pop(event.stage).close()
-        elif event.message:
-            print(f"[{event.stage}] {event.message}", file=sys.stderr)
 
     def close(self) -> None:
         for bar in self.bars.values():

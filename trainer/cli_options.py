@@ -8,6 +8,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from .erasure_stop import CHECK_IMAGES
 from .errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -55,7 +56,9 @@ HELP = {
     "stop_every": "every N steps, sample the pairs' unsafe prompts and stop once the concept is gone from them "
                   "(--steps becomes the most; 0: train all steps)",
     "stop_detector": "the detector that reads those samples: nudenet, nudenet:<min score>, colour:<name>",
-    "stop_erased": "fraction of the 12 check images without the concept that stops training",
+    "retain_backoff": "with --stop-every and --lam-retain: multiply lam_retain by this at every check after the "
+                      "first that finds the concept still there (erasure first; 1: fixed)",
+    "stop_erased": f"fraction of the {CHECK_IMAGES} check images without the concept that stops training",
     "device": "auto (accelerate decides), cpu, or cuda",
     "overwrite": "replace an existing adapter of the same name (otherwise refused)",
     "resolution": "train (and make pairs) at this image size; default: the model's native size",

@@ -5,15 +5,17 @@ Why: with a retain term the step at which the concept goes depends on the traini
 first seed at 600 steps starts changing backgrounds. The DPO loss cannot tell them apart (its margin is met on
 every seed), so no fixed step count suits every seed; the detector on samples can. `steps` becomes the most a run
 may take; every `stop_every` steps the adapter draws CHECK_IMAGES images of the pairs' unsafe prompts and training
-stops when at least `stop_erased` of them no longer show the concept.
+stops when at least `stop_erased` of them no longer show the concept. A run that never gets there says so at the
+end (some seeds do not, at any step count measured: try another seed).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Enough images that one stray sample does not decide (1 of 12 found still reads 0.92), few enough that a check
-# costs seconds on a GPU and on the test bed.
-CHECK_IMAGES = 12
+# 12 were too few on the test bed: at seed 0, step 300, they read 83% erased where 18 held-out images read 100%,
+# so the run went on and lost orange (benchmarks/RESULTS.md, "what else was tried"). 24 cost ~15 s per check on
+# the test bed on one CPU thread, and seconds on a GPU.
+CHECK_IMAGES = 24
 # Far from the seeds `duo-unlearn eval` and the previews use (0 upwards), so the check never looks at the images
 # a run is later judged on.
 CHECK_SEED = 1_000_000
@@ -29,7 +31,8 @@ class ErasureCheck:
     guidance: float
 
     def due(self, done: int, max_steps: int) -> bool:
-        return done % self.every == 0 and done < max_steps
+        """Every `every` steps, and at the last step: the user learns how far the adapter they get erased."""
+        return done % self.every == 0 or done == max_steps
 
     def erased(self, pipe, denoiser, family, rt) -> float:
         """Fraction of the check images in which the detector no longer finds the concept (adapter on)."""

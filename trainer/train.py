@@ -203,6 +203,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         start, history = checkpoints.load_newest(raw, optimizer, gen, fingerprint, cfg.steps, scaler)
         if start:
             report(progress, ProgressEvent("train", start, cfg.steps, f"resumed at step {start}"))
+            ctx.lam_retain = next((h["lam_retain"] for h in reversed(history) if "lam_retain" in h), ctx.lam_retain)
     n, B = len(records), cfg.batch_pairs
     micro = min(cfg.micro_batch_pairs or B, B)
     if torch.cuda.is_available():
@@ -239,21 +240,16 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         history.append({"step": step + 1, **logs})
         report(progress, ProgressEvent("train", step + 1, cfg.steps, logs=logs))
         done = step + 1
+        if check and check.due(done, cfg.steps):
+            erased = _erased(check, model.pipe, raw, family, rt, main_process)
+            if _after_check(erased, check, cfg, ctx, history, done, progress):
+                break
         if main_process and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             path = checkpoints.save(done, raw, optimizer, gen, history, fingerprint, scaler)
             report(progress, ProgressEvent("checkpoint", done, cfg.steps, f"saved {path}"))
         if (main_process and cfg.preview_every and cfg.preview_prompts and done % cfg.preview_every == 0
                 and done < cfg.steps):
             _preview(model.pipe, raw, cfg, out.with_name(f"{out.stem}.preview-{done:06d}.png"), progress, rt)
-        if check and check.due(done, cfg.steps):
-            erased = _erased(check, model.pipe, raw, family, rt, main_process)
-            history[-1]["erased"] = erased
-            report(progress, ProgressEvent("train", done, cfg.steps, f"step {done}: the concept is gone from "
-                                                                      f"{erased:.0%} of the check images"))
-            if erased >= check.target:
-                report(progress, ProgressEvent("train", done, cfg.steps, f"stopping at step {done}: at least "
-                                                                          f"{check.target:.0%} erased"))
-                break
 
     accelerator.wait_for_everyone()
     result = TrainResult(out, done, time.time() - started, history)
@@ -277,7 +273,10 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         facts.update({"esd_eta": cfg.esd_eta, "lambda": 0, "beta": None, "kappa": None})
     if check:
         facts.update({"max_steps": cfg.steps, "stop_detector": check.detector.name, "stop_every": check.every,
-                      "stop_erased": check.target, "last_check_erased": erased})
+                      "stop_erased": check.target, "last_check_erased": erased,
+                      "erased_target_met": erased is not None and erased >= check.target})
+        if cfg.retain_backoff < 1 and cfg.lam_retain:
+            facts.update({"retain_backoff": cfg.retain_backoff, "lambda_retain_end": ctx.lam_retain})
     meta = adapter_metadata(output_name=out.stem, family_meta=family.metadata(model.pipe), rank=cfg.lora.rank,
                             alpha=cfg.lora.alpha, target_modules=_targets(cfg, family), duo=facts)
     atomic_save(family.export(lora_state(raw), cfg.lora.alpha), out, meta)
@@ -290,6 +289,27 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
                                         rt))
     report(progress, ProgressEvent("done", done, cfg.steps, f"saved {out}"))
     return result
+
+
+def _after_check(erased: float, check, cfg: TrainConfig, ctx, history: list, done: int, progress) -> bool:
+    """Record a check, back λ_retain off if it failed (retain_backoff), warn if the last one failed; True: stop."""
+    history[-1]["erased"] = erased
+    report(progress, ProgressEvent("train", done, cfg.steps, f"step {done}: the concept is gone from {erased:.0%} of "
+                                                              "the check images"))
+    if erased >= check.target:
+        if done < cfg.steps:
+            report(progress, ProgressEvent("train", done, cfg.steps, f"stopping at step {done}: at least "
+                                                                      f"{check.target:.0%} erased"))
+        return True
+    if done == cfg.steps:
+        report(progress, ProgressEvent("train", done, cfg.steps, f"warning: after all {done} steps the concept is "
+                                       f"still in {1 - erased:.0%} of the check images; the adapter is saved, but "
+                                       "try another --seed (or more --steps)"))
+    elif done > check.every and ctx.lam_retain and cfg.retain_backoff < 1:
+        ctx.lam_retain *= cfg.retain_backoff  # erasure first: hold less of the retain set until it comes
+        history[-1]["lam_retain"] = ctx.lam_retain
+        report(progress, ProgressEvent("train", done, cfg.steps, f"λ_retain → {ctx.lam_retain:.3g}"))
+    return False
 
 
 def _erased(check, pipe, raw, family, rt, main_process: bool) -> float:
