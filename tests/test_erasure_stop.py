@@ -13,21 +13,7 @@ from duo_unlearn.trainer.errors import UserError
 from duo_unlearn.trainer.export import describe_adapter
 from duo_unlearn.trainer.train import train
 from duo_unlearn.trainer.unlearn import UnlearnConfig, plan
-
-
-class ScriptedDetector:
-    """Finds the concept in `found[k]` of the images at the k-th check (then none); records what it was shown."""
-
-    name = "scripted"
-    threshold = 0.5
-
-    def __init__(self, found: list[int]):
-        self.found, self.shown = list(found), []
-
-    def scores(self, images):
-        self.shown.append(len(images))
-        hits = self.found[len(self.shown) - 1] if len(self.shown) <= len(self.found) else 0
-        return [1.0] * hits + [0.0] * (len(images) - hits)
+from tiny_models import ScriptedDetector
 
 
 def _use(monkeypatch, detector):

@@ -92,3 +92,18 @@ def write_pair_dataset(folder: Path, n: int = 6, size: int = 16, seed: int = 0) 
                                  "unsafe_prompt": "a red square", "safe_prompt": "a blue square", "seed": i}))
     (folder / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     return folder
+
+
+class ScriptedDetector:
+    """Finds the concept in `found[k]` of the images at the k-th check (then none); records what it was shown."""
+
+    name = "scripted"
+    threshold = 0.5
+
+    def __init__(self, found: list[int]):
+        self.found, self.shown = list(found), []
+
+    def scores(self, images):
+        self.shown.append(len(images))
+        hits = self.found[len(self.shown) - 1] if len(self.shown) <= len(self.found) else 0
+        return [1.0] * hits + [0.0] * (len(images) - hits)

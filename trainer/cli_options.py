@@ -56,8 +56,6 @@ HELP = {
     "stop_every": "every N steps, sample the pairs' unsafe prompts and stop once the concept is gone from them "
                   "(--steps becomes the most; 0: train all steps)",
     "stop_detector": "the detector that reads those samples: nudenet, nudenet:<min score>, colour:<name>",
-    "retain_backoff": "with --stop-every and --lam-retain: multiply lam_retain by this at every check after the "
-                      "first that finds the concept still there (erasure first; 1: fixed)",
     "stop_erased": f"fraction of the {CHECK_IMAGES} check images without the concept that stops training",
     "device": "auto (accelerate decides), cpu, or cuda",
     "overwrite": "replace an existing adapter of the same name (otherwise refused)",

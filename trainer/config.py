@@ -67,7 +67,6 @@ class TrainConfig:
     stop_every: int = 0  # >0: every N steps sample the unsafe prompts, stop once the concept is gone (erasure_stop)
     stop_detector: str = "none"  # what tells whether the concept is still in those samples
     stop_erased: float = 0.85  # fraction of the check images without the concept that stops training
-    retain_backoff: float = 1.0  # λ_retain is multiplied by this at every failed check after the first (1: fixed)
     seed: int = 0
     device: str = "auto"
     overwrite: bool = False  # replace an existing adapter file of the same name
@@ -137,8 +136,6 @@ class TrainConfig:
         self.runtime_config().validate()
         if not (isinstance(self.stop_erased, (int, float)) and 0 < self.stop_erased <= 1):
             raise UserError(f"stop_erased must be a fraction in (0, 1], got {self.stop_erased!r}")
-        if not (isinstance(self.retain_backoff, (int, float)) and 0 < self.retain_backoff <= 1):
-            raise UserError(f"retain_backoff must be a factor in (0, 1], got {self.retain_backoff!r}")
         if self.stop_every and (self.stop_detector or "none").strip().lower() == "none":
             raise UserError("stop_every needs stop_detector: the detector that tells whether the concept is still "
                             "in the samples (nudenet, colour:<name>)")

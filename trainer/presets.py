@@ -46,7 +46,6 @@ class Preset:
     lam_retain: float = 0.0
     stop_every: int = 0  # >0: `steps` is the most; training stops once `detector` finds the concept gone
     stop_erased: float = 0.85
-    retain_backoff: float = 1.0  # λ_retain × this at each failed erasure check after the first
     families: dict = field(default_factory=dict)  # family → the fields that differ on it ([<name>.families.<f>])
 
     def for_family(self, family: str | None) -> "Preset":
@@ -56,8 +55,7 @@ class Preset:
 
 
 _PER_FAMILY = {"num_pairs", "strength", "beta", "kappa", "lr", "lam", "steps", "sample_steps", "guidance",
-               "edit_region", "num_retain", "lam_retain", "stop_every", "stop_erased",
-               "retain_backoff"}  # recipe numbers, not prompts or the concept itself
+               "edit_region", "num_retain", "lam_retain", "stop_every", "stop_erased"}  # recipe numbers, not prompts or the concept itself
 
 
 def _family_tables(name: str, tables: dict) -> dict:

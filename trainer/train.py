@@ -203,7 +203,6 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         start, history = checkpoints.load_newest(raw, optimizer, gen, fingerprint, cfg.steps, scaler)
         if start:
             report(progress, ProgressEvent("train", start, cfg.steps, f"resumed at step {start}"))
-            ctx.lam_retain = next((h["lam_retain"] for h in reversed(history) if "lam_retain" in h), ctx.lam_retain)
     n, B = len(records), cfg.batch_pairs
     micro = min(cfg.micro_batch_pairs or B, B)
     if torch.cuda.is_available():
@@ -275,8 +274,6 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         facts.update({"max_steps": cfg.steps, "stop_detector": check.detector.name, "stop_every": check.every,
                       "stop_erased": check.target, "last_check_erased": erased,
                       "erased_target_met": erased is not None and erased >= check.target})
-        if cfg.retain_backoff < 1 and cfg.lam_retain:
-            facts.update({"retain_backoff": cfg.retain_backoff, "lambda_retain_end": ctx.lam_retain})
     meta = adapter_metadata(output_name=out.stem, family_meta=family.metadata(model.pipe), rank=cfg.lora.rank,
                             alpha=cfg.lora.alpha, target_modules=_targets(cfg, family), duo=facts)
     atomic_save(family.export(lora_state(raw), cfg.lora.alpha), out, meta)
@@ -292,7 +289,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
 
 
 def _after_check(erased: float, check, cfg: TrainConfig, ctx, history: list, done: int, progress) -> bool:
-    """Record a check, back λ_retain off if it failed (retain_backoff), warn if the last one failed; True: stop."""
+    """Record a check and say what it found (a warning if the last one still finds the concept); True: stop."""
     history[-1]["erased"] = erased
     report(progress, ProgressEvent("train", done, cfg.steps, f"step {done}: the concept is gone from {erased:.0%} of "
                                                               "the check images"))
@@ -305,10 +302,6 @@ def _after_check(erased: float, check, cfg: TrainConfig, ctx, history: list, don
         report(progress, ProgressEvent("train", done, cfg.steps, f"warning: after all {done} steps the concept is "
                                        f"still in {1 - erased:.0%} of the check images; the adapter is saved, but "
                                        "try another --seed (or more --steps)"))
-    elif done > check.every and ctx.lam_retain and cfg.retain_backoff < 1:
-        ctx.lam_retain *= cfg.retain_backoff  # erasure first: hold less of the retain set until it comes
-        history[-1]["lam_retain"] = ctx.lam_retain
-        report(progress, ProgressEvent("train", done, cfg.steps, f"λ_retain → {ctx.lam_retain:.3g}"))
     return False
 
 

@@ -42,7 +42,6 @@ class UnlearnConfig:
     lam_retain: float | None = None  # weight of the retain-set term (None: the preset's; 0: off)
     stop_every: int | None = None  # check erasure every N steps (None: the preset's; 0: train all steps)
     stop_erased: float | None = None  # erased fraction of the check images that stops training (None: preset's)
-    retain_backoff: float | None = None  # λ_retain × this at each failed check after the first (None: preset's)
     condition: str = "empty"  # the paper's: both images on the empty prompt; "unsafe": both on the unsafe prompt
     rank: int = 32
     batch_pairs: int = 4
@@ -152,8 +151,7 @@ def _stop_rule(cfg: UnlearnConfig, preset: Preset, detector: str) -> dict:
             raise UserError("--stop-every needs a detector for the concept (--detector nudenet, colour:<name>)")
         every = 0  # the preset's rule, on a run whose detector was turned off: train all steps
     return {"stop_every": every, "stop_detector": detector if every else "none",
-            "stop_erased": _given(cfg.stop_erased, preset.stop_erased),
-            "retain_backoff": _given(cfg.retain_backoff, preset.retain_backoff)}
+            "stop_erased": _given(cfg.stop_erased, preset.stop_erased)}
 
 
 def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=None) -> list[UnlearnResult]:
