@@ -196,10 +196,12 @@ def same_recipe(adapter: Path, cfg) -> bool:
 
     if not adapter.exists():
         return False
+    from duo_unlearn.trainer.erasure_stop import planned_steps, same_stop_rule
+
     facts = describe_adapter(adapter)["duo"]
-    facts["max_steps"] = facts.get("max_steps", facts.get("steps"))  # a run that may stop early records both
-    want = {"method": cfg.method, "max_steps": cfg.steps, "lr": cfg.learning_rate,
-            "stop_every": cfg.stop_every or None, "stop_erased": cfg.stop_erased if cfg.stop_every else None}
+    if planned_steps(facts) != cfg.steps or not same_stop_rule(facts, cfg):
+        return False
+    want = {"method": cfg.method, "lr": cfg.learning_rate}
     if cfg.method == "duo":
         want |= {"lambda": cfg.preservation_weight, "lambda_retain": cfg.lam_retain, "condition": cfg.condition}
         if cfg.kappa is None:

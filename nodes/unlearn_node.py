@@ -5,6 +5,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..trainer.erasure_stop import planned_steps, same_stop_rule
 from ..trainer.errors import UserError
 from ..trainer.testbed import TESTBED_FAMILIES, TESTBEDS, available_testbeds
 from . import host
@@ -162,8 +163,10 @@ def _same_training(path: Path, p, preset_name: str, model_spec: str, resolution:
     except Exception:  # unreadable or not safetensors: not ours to reuse
         return False
     model_name = model_spec if model_spec in TESTBEDS else Path(model_spec).stem
-    want = {"preset": preset_name, "concept": p.concept.name, "steps": p.train.steps,
-            "seed": p.train.seed, "base_model": model_name, "method": p.train.method}
+    if planned_steps(facts) != p.train.steps or not same_stop_rule(facts, p.train):
+        return False
+    want = {"preset": preset_name, "concept": p.concept.name, "seed": p.train.seed, "base_model": model_name,
+            "method": p.train.method}
     if p.train.kappa is None:
         want["beta"] = p.train.beta
     elif abs(float(facts.get("kappa") or 0) - p.train.kappa) > 1e-3:  # β was derived from κ on the pairs

@@ -103,3 +103,22 @@ def test_unlearn_reads_the_samples_with_the_detector_that_gated_the_pairs():
     for asked in (dict(preset="testbed-red", detector="none"), dict(preset="violence", model="testbed")):
         with pytest.raises(UserError, match="--stop-every needs a detector"):
             plan(UnlearnConfig(stop_every=50, **asked))
+
+
+def test_comfyui_reuses_an_adapter_that_stopped_early_and_not_one_of_another_rule(tmp_path, monkeypatch):
+    from duo_unlearn.nodes import unlearn_node
+
+    out = tmp_path / "duo_red.safetensors"
+    _, [p] = plan(UnlearnConfig(preset="testbed-red", out=str(out)))
+    facts = {"preset": "testbed-red", "concept": "red", "kappa": p.train.kappa, "seed": 0, "base_model": "testbed",
+             "method": "duo", "lambda_retain": p.train.lam_retain, "retain_images": p.pairs.num_retain,
+             "unsafe_prompts": [], "safe_prompts": [], "steps": 300, "max_steps": p.train.steps,
+             "stop_every": p.train.stop_every, "stop_erased": p.train.stop_erased}
+    out.write_bytes(b"")
+    monkeypatch.setattr(unlearn_node, "read_facts", lambda path: {"facts": facts})
+    assert unlearn_node._same_training(out, p, "testbed-red", "testbed")  # stopped at 300 of at most 900: this run
+    facts["stop_erased"] = 0.95
+    assert not unlearn_node._same_training(out, p, "testbed-red", "testbed")
+    for key in ("max_steps", "stop_every", "stop_erased"):  # the preset before the rule: a fixed 300 steps
+        facts.pop(key)
+    assert not unlearn_node._same_training(out, p, "testbed-red", "testbed")

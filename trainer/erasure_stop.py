@@ -53,6 +53,18 @@ class ErasureCheck:
         return 1.0 - found / len(images)
 
 
+def planned_steps(facts: dict):
+    """The steps a run was asked for, from an adapter's duo.* facts: a run that may stop early records both."""
+    return facts.get("max_steps", facts.get("steps"))
+
+
+def same_stop_rule(facts: dict, cfg) -> bool:
+    """Whether an adapter's facts record the erasure check a TrainConfig asks for (or, like it, none)."""
+    if not cfg.stop_every:
+        return not facts.get("stop_every")
+    return facts.get("stop_every") == cfg.stop_every and facts.get("stop_erased") == cfg.stop_erased
+
+
 def erasure_check(cfg, records) -> ErasureCheck | None:
     """The check a TrainConfig asks for (None: train all `steps`), its prompts taken from the pair records."""
     from .detectors import make_detector
