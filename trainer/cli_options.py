@@ -53,8 +53,8 @@ HELP = {
     "preview_steps": "sampling steps of the preview images",
     "preview_guidance": "guidance scale of the preview images",
     "seed": "random seed (same seed and config on CPU: same adapter)",
-    "stop_every": "every N steps, sample the pairs' unsafe prompts and stop once the concept is gone from them "
-                  "(--steps becomes the most; 0: train all steps)",
+    "stop_every": "every N steps, sample the pairs' unsafe prompts (as the previews: --preview-steps, "
+                  "--preview-guidance) and stop once the concept is gone from them (--steps becomes the most; 0: off)",
     "stop_detector": "the detector that reads those samples: nudenet, nudenet:<min score>, colour:<name>",
     "stop_erased": f"fraction of the {CHECK_IMAGES} check images without the concept that stops training",
     "device": "auto (accelerate decides), cpu, or cuda",
