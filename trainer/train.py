@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .checkpoints import CheckpointFolder
 from .config import TrainConfig
+from .erasure_stop import erasure_check
 from .errors import UserError
 from .export import adapter_metadata, atomic_save, check_writable
 from .families import get_family
@@ -19,7 +20,6 @@ from .latent_cache import build_cache
 from .lora import add_lora, lora_state, remove_lora
 from .models import LoadedModel, load_model, refuse_inside_model
 from .pair_dataset import read_pairs
-from .erasure_stop import erasure_check
 from .retain_set import read_retain
 from .reward_scale import beta_for, full_swap_margin
 from .progress import ProgressCallback, ProgressEvent, report
@@ -241,7 +241,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         done = step + 1
         if check and check.due(done, cfg.steps):
             erased = _erased(check, model.pipe, raw, family, rt, main_process)
-            if _after_check(erased, check, cfg, ctx, history, done, progress):
+            if _after_check(erased, check, cfg, history, done, progress):
                 break
         if main_process and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
             path = checkpoints.save(done, raw, optimizer, gen, history, fingerprint, scaler)
@@ -288,7 +288,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     return result
 
 
-def _after_check(erased: float, check, cfg: TrainConfig, ctx, history: list, done: int, progress) -> bool:
+def _after_check(erased: float, check, cfg: TrainConfig, history: list, done: int, progress) -> bool:
     """Record a check and say what it found (a warning if the last one still finds the concept); True: stop."""
     history[-1]["erased"] = erased
     report(progress, ProgressEvent("train", done, cfg.steps, f"step {done}: the concept is gone from {erased:.0%} of "
