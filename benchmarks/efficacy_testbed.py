@@ -67,9 +67,13 @@ def recipe(facts: dict) -> str:
     if facts.get("edit_region") == "concept":
         extra += ", region twins"
     steps = f"{facts.get('steps')} steps"
-    if facts.get("stop_every"):
-        steps += (f" (of at most {facts.get('max_steps')}: stopped when {facts.get('stop_detector')} found red in "
-                  f"≤ {1 - facts.get('stop_erased'):.0%} of the check images, checked every {facts['stop_every']})")
+    if facts.get("stop_every") and facts.get("erased_target_met"):
+        steps += (f" (stopped by the erasure check: {facts.get('stop_detector')} found red in ≤ "
+                  f"{1 - facts.get('stop_erased'):.0%} of its images; at most {facts.get('max_steps')}, checked every "
+                  f"{facts['stop_every']})")
+    elif facts.get("stop_every"):
+        steps += (f" (the erasure check never passed: red in {1 - facts.get('last_check_erased'):.0%} of its images "
+                  "at the end)")
     return (f"β {facts.get('beta'):g}, λ {facts.get('lambda'):.3g}, lr {facts.get('lr'):.3g}, "
             f"{steps}{extra}")
 
