@@ -40,8 +40,8 @@ def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
             PREVIOUS | {"edit_region": "concept"}),
            ("duo_preset", "the preset now: v1 + retain set (base-model images of the other colours) and β from κ; "
                           "SD 1.x: 135 images, λ_retain 1.25, κ 6.2 (β ≈ 10), until red is gone from the erasure "
-                          "check's 24 samples (at most 900 steps); SDXL: 45 images, λ_retain 0.5, κ 3 (β ≈ 5.4), 450 "
-                          "steps; SD3: no retain set, κ 9.6 (β ≈ 10)", {}),
+                          "check's 24 samples (at most 900 steps); SDXL: 45 images, λ_retain 0.5, κ 3 (β ≈ 5.4), "
+                          "450 steps; SD3: no retain set, κ 9.6 (β ≈ 10)", {}),
            ("duo_preset_r45", "preset with the previous retain set: 45 images (one seed per prompt), λ_retain 1",
             {"num_retain": 45, "lam_retain": 1.0}),
            ("duo_preset_cond_unsafe", "preset + both pair images on the unsafe prompt (`--condition unsafe`)",

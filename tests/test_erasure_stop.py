@@ -122,3 +122,28 @@ def test_comfyui_reuses_an_adapter_that_stopped_early_and_not_one_of_another_rul
     for key in ("max_steps", "stop_every", "stop_erased"):  # the preset before the rule: a fixed 300 steps
         facts.pop(key)
     assert not unlearn_node._same_training(out, p, "testbed-red", "testbed")
+
+
+def test_on_an_accelerator_the_check_draws_four_images_at_a_time_with_the_same_seeds(monkeypatch):
+    import contextlib
+    from types import SimpleNamespace
+
+    from duo_unlearn.trainer import previews, runtime
+    from duo_unlearn.trainer.erasure_stop import CHECK_SEED, DEVICE_BATCH, ErasureCheck
+
+    calls = []
+
+    def fake_generate(pipe, prompts, seed, steps, guidance):
+        calls.append((len(prompts), seed))
+        return [None] * len(prompts)
+
+    monkeypatch.setattr(previews, "generate_images", fake_generate)
+    monkeypatch.setattr(runtime, "place", lambda pipe, rt: None)  # no GPU here: nothing is moved
+    family = SimpleNamespace(text_modules=lambda pipe: [])
+    for device, expected in (("cuda", [(DEVICE_BATCH, CHECK_SEED + lo) for lo in range(0, CHECK_IMAGES, DEVICE_BATCH)]),
+                             ("cpu", [(CHECK_IMAGES, CHECK_SEED)])):
+        calls.clear()
+        check = ErasureCheck(ScriptedDetector([3]), ["a red square"] * CHECK_IMAGES, 10, 0.85, 2, 5.0)
+        rt = SimpleNamespace(device=torch.device(device), autocast=contextlib.nullcontext)
+        assert check.erased(None, torch.nn.Linear(1, 1), family, rt) == pytest.approx(1 - 3 / CHECK_IMAGES)
+        assert calls == expected

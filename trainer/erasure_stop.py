@@ -1,12 +1,12 @@
 """Stop training once the concept is gone from the adapter's own samples, instead of after a fixed step count.
 
 Why: with a retain term the step at which the concept goes depends on the training seed (benchmarks/RESULTS.md,
-"what else was tried"): on the test bed one seed has red gone at 300 steps, another keeps it until ~900, and the
-first seed at 600 steps starts changing backgrounds. The DPO loss cannot tell them apart (its margin is met on
-every seed), so no fixed step count suits every seed; the detector on samples can. `steps` becomes the most a run
-may take; every `stop_every` steps the adapter draws CHECK_IMAGES images of the pairs' unsafe prompts and training
-stops when at least `stop_erased` of them no longer show the concept. A run that never gets there says so at the
-end (some seeds do not, at any step count measured: try another seed).
+"what else was tried"): on the test bed one seed has red gone at 300 steps, another not before ~900, a third not
+even then, and the first seed at 600 steps starts changing backgrounds. The DPO loss cannot tell them apart (its
+margin is met on every seed), so no fixed step count suits every seed; the detector on samples can. `steps` becomes
+the most a run may take; every `stop_every` steps the adapter draws CHECK_IMAGES images of the pairs' unsafe
+prompts, and training stops when at least `stop_erased` of them no longer show the concept. A run that never gets
+there says so at the end (some seeds do not, at any step count measured: try another seed).
 """
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ CHECK_IMAGES = 24
 # Far from the seeds `duo-unlearn eval` and the previews use (0 upwards), so the check never looks at the images
 # a run is later judged on.
 CHECK_SEED = 1_000_000
+# On an accelerator the images are drawn 4 at a time: with guidance that is 8 denoiser rows, as many as a training
+# step's 4 pairs, so a check never needs more memory than training does. The CPU draws all at once (memory is not
+# the limit there, and the test-bed figures in RESULTS.md were measured so).
+DEVICE_BATCH = 4
 
 
 @dataclass
@@ -43,8 +47,12 @@ class ErasureCheck:
         denoiser.eval()
         place(pipe, rt)  # the text encoders come back from the CPU for sampling
         try:
+            batch = len(self.prompts) if rt.device.type == "cpu" else DEVICE_BATCH
+            images = []
             with rt.autocast():
-                images = generate_images(pipe, self.prompts, CHECK_SEED, self.sample_steps, self.guidance)
+                for lo in range(0, len(self.prompts), batch):  # image i keeps seed CHECK_SEED + i in any batch
+                    images += generate_images(pipe, self.prompts[lo:lo + batch], CHECK_SEED + lo,
+                                              self.sample_steps, self.guidance)
         finally:
             for module in family.text_modules(pipe):  # back where training keeps them (the prompts are cached)
                 module.to("cpu")

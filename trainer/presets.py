@@ -55,7 +55,8 @@ class Preset:
 
 
 _PER_FAMILY = {"num_pairs", "strength", "beta", "kappa", "lr", "lam", "steps", "sample_steps", "guidance",
-               "edit_region", "num_retain", "lam_retain", "stop_every", "stop_erased"}  # recipe numbers, not prompts or the concept itself
+               "edit_region", "num_retain", "lam_retain", "stop_every",
+               "stop_erased"}  # recipe numbers, not prompts or the concept itself
 
 
 def _family_tables(name: str, tables: dict) -> dict:
