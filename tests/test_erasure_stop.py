@@ -133,7 +133,7 @@ def test_on_an_accelerator_the_check_draws_four_images_at_a_time_with_the_same_s
 
     calls = []
 
-    def fake_generate(pipe, prompts, seed, steps, guidance):
+    def fake_generate(pipe, prompts, seed, steps, guidance, negative_prompt=None):
         calls.append((len(prompts), seed))
         return [None] * len(prompts)
 

@@ -40,7 +40,7 @@ class ErasureCheck:
 
     def erased(self, pipe, denoiser, family, rt) -> float:
         """Fraction of the check images in which the detector no longer finds the concept (adapter on)."""
-        from .previews import generate_images
+        from .evaluate.run import generate
         from .runtime import place
 
         was_training = denoiser.training
@@ -48,11 +48,8 @@ class ErasureCheck:
         place(pipe, rt)  # the text encoders come back from the CPU for sampling
         try:
             batch = len(self.prompts) if rt.device.type == "cpu" else DEVICE_BATCH
-            images = []
-            with rt.autocast():
-                for lo in range(0, len(self.prompts), batch):  # image i keeps seed CHECK_SEED + i in any batch
-                    images += generate_images(pipe, self.prompts[lo:lo + batch], CHECK_SEED + lo,
-                                              self.sample_steps, self.guidance)
+            with rt.autocast():  # image i has seed CHECK_SEED + i in any batch
+                images = generate(pipe, self.prompts, 1, CHECK_SEED, self.sample_steps, self.guidance, batch=batch)
         finally:
             for module in family.text_modules(pipe):  # back where training keeps them (the prompts are cached)
                 module.to("cpu")
