@@ -66,7 +66,8 @@ def test_pairs_with_edit_region_concept_keep_the_rest_of_the_unsafe_image(tmp_pa
         assert not (u[:, : w // 4] == s[:, : w // 4]).all()  # the region itself was repainted
 
 
-def test_edit_region_needs_a_detector(tmp_path, tiny_model):
+@pytest.mark.parametrize("detector", ["none", " None ", ""])
+def test_edit_region_needs_a_detector(tmp_path, tiny_model, detector):
     with pytest.raises(UserError, match="needs a detector"):
         generate_pairs(PairConfig(out=str(tmp_path / "d"), model=str(tiny_model), unsafe_prompts=("a",),
-                                  safe_prompts=("b",), edit_region="concept"))
+                                  safe_prompts=("b",), edit_region="concept", detector=detector))

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .atomic import write_text_atomic
-from .detectors import make_detector
+from .detectors import make_detector, no_detector
 from .errors import UserError
 from .models import refuse_inside_model
 from .pair_dataset import INDEX, PairRecord
@@ -80,7 +80,7 @@ class PairConfig:
         if self.edit_region not in ("image", "concept"):
             raise UserError(f"edit_region must be 'image' (SDEdit repaints all, the paper's twins) or 'concept', "
                             f"got {self.edit_region!r}")
-        if self.edit_region == "concept" and self.detector in (None, "", "none"):
+        if self.edit_region == "concept" and no_detector(self.detector):
             raise UserError("edit_region 'concept' needs a detector that finds the concept (nudenet, colour:<name>)")
         if not (isinstance(self.num_retain, int) and self.num_retain >= 0):
             raise UserError(f"num_retain must be 0 or a positive integer, got {self.num_retain!r}")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import LoraConfig, TrainConfig
+from .detectors import no_detector
 from .errors import UserError
 from .export import check_writable
 from .families import get_family
@@ -146,7 +147,7 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
 def _stop_rule(cfg: UnlearnConfig, preset: Preset, detector: str) -> dict:
     """The erasure check (erasure_stop) reads samples with the detector that gated the pairs."""
     every = _given(cfg.stop_every, preset.stop_every)
-    if every and (detector or "none").strip().lower() == "none":
+    if every and no_detector(detector):
         if cfg.stop_every:  # asked for by name: say why it cannot run
             raise UserError("--stop-every needs a detector for the concept (--detector nudenet, colour:<name>)")
         every = 0  # the preset's rule, on a run whose detector was turned off: train all steps

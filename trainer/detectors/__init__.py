@@ -7,10 +7,15 @@ from .base import Detector, concept_regions, detect
 DETECTOR_NAMES = ("none", "nudenet", "nudenet:<min score>", "colour:<colour>")
 
 
+def no_detector(spec: str | None) -> bool:
+    """Whether a detector setting means "no detector" (unset, empty, or "none" in any case)."""
+    return (spec or "none").strip().lower() == "none"
+
+
 def make_detector(spec: str | None) -> Detector | None:
-    spec = (spec or "none").strip().lower()
-    if spec == "none":
+    if no_detector(spec):
         return None
+    spec = spec.strip().lower()
     if spec == "nudenet" or spec.startswith("nudenet:"):
         from .nudenet_detector import NudeNetDetector
         if spec == "nudenet":
