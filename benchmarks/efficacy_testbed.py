@@ -205,6 +205,8 @@ def same_recipe(adapter: Path, cfg) -> bool:
     facts = describe_adapter(adapter)["duo"]
     if planned_steps(facts) != cfg.steps or not same_stop_rule(facts, cfg):
         return False
+    if bool(facts.get("shared_t")) != cfg.shared_t:  # adapters from before the option drew t per image
+        return False
     want = {"method": cfg.method, "lr": cfg.learning_rate}
     if cfg.method == "duo":
         want |= {"lambda": cfg.preservation_weight, "lambda_retain": cfg.lam_retain, "condition": cfg.condition}

@@ -76,3 +76,21 @@ def test_duo_step_lowers_the_safe_twins_error_and_rewards_it():
     chosen, rejected = rewards[-1]
     assert chosen > 0 and rejected == 0  # the winner's implicit reward rose; the loser's could not move
     assert out.logs["pref_acc"] == 1.0 and out.loss.item() < 0.69
+
+
+class Uniform(Identity):
+    def draw_t(self, n, t_min, t_max, gen):
+        return torch.randint(t_min, t_max, (n,), generator=gen)
+
+
+def test_shared_t_puts_both_images_of_a_pair_at_one_timestep():
+    """Official DUO draws a timestep per image; `shared_t` (Diffusion-DPO) draws one per pair."""
+    ctx = _context(OnlySafeCanImprove())
+    ctx.process, ctx.t_range = Uniform(), (0, 1000)
+    idx = torch.arange(4)
+    own = METHODS["duo"].draw(ctx, idx, torch.Generator().manual_seed(0))
+    assert not torch.equal(own["t_win"], own["t_lose"])
+    ctx.shared_t = True
+    shared = METHODS["duo"].draw(ctx, idx, torch.Generator().manual_seed(0))
+    assert torch.equal(shared["t_win"], shared["t_lose"])
+    assert len(set(shared["t_win"].tolist())) > 1  # still one draw per pair, not one per batch

@@ -107,3 +107,16 @@ def test_a_wrong_family_table_is_one_clear_error(tmp_path, monkeypatch, table, m
     _use_presets(monkeypatch, tmp_path, FAMILY_PRESET.split("[fam.families.sdxl]")[0] + table)
     with pytest.raises(UserError, match=message):
         plan(UnlearnConfig(preset="fam", out=str(tmp_path / "a.safetensors")))
+
+
+@pytest.mark.parametrize("flags, expected", [([], True), (["--no-shared-t"], False), (["--shared-t"], True)])
+def test_shared_t_comes_from_the_preset_unless_the_command_line_says(tmp_path, monkeypatch, flags, expected):
+    from duo_unlearn.trainer.cli import build_parser
+    from duo_unlearn.trainer.cli_options import build_config
+
+    (_, (default,)) = plan(UnlearnConfig(out=str(tmp_path / "b.safetensors")))  # testbed-red: the official draw
+    assert default.train.shared_t is False
+    _use_presets(monkeypatch, tmp_path, FAMILY_PRESET.replace("lam_retain = 1.0\n", "lam_retain = 1.0\nshared_t = true\n"))
+    args = build_parser().parse_args(["unlearn", "--preset", "fam", "--out", str(tmp_path / "a.safetensors"), *flags])
+    (_, (p,)) = plan(build_config(UnlearnConfig, args))
+    assert p.train.shared_t is expected

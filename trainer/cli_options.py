@@ -38,6 +38,8 @@ HELP = {
                       "attn1.to_q,k,v,out for SD 1.x/2.x/SDXL, attention to_q,k,v,out for SD3)",
     "t_min": "lowest timestep drawn for the pairs",
     "t_max": "timesteps are drawn in [t_min, t_max)",
+    "shared_t": "draw one timestep per pair for both its images (Diffusion-DPO) instead of one per image (the "
+                "official DUO code)",
     "weight_decay": "AdamW weight decay",
     "grad_clip": "gradient norm clip (0: off)",
     "condition": "'empty' (official), 'prompt' (each image on its own prompt) or 'unsafe' (both images of a pair on the unsafe prompt)",
@@ -82,8 +84,6 @@ HELP.update({
     "preview": "save the base-vs-unlearned preview grid",
     "edit_region": "safe twins: 'image' (SDEdit repaints everything, the paper's) or 'concept' (only the "
                    "detector's region changes; the rest is the unsafe image's)",
-    "edit_region": "safe twins: 'image' (SDEdit repaints everything, the paper's) or 'concept' (only the "
-                   "detector's region changes; the rest is the unsafe image's)",
     "retain_prompts": "a prompt whose images must stay as they are (the retain set; repeat the flag)",
     "num_retain": "retain-set images made with the pairs (base-model images of the retain prompts; 0: none)",
     "lam_retain": "weight of output preservation on the retain set's noised images (0: off, the paper's DUO)",
@@ -123,7 +123,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
             parser.add_argument(_REPEATED[name], dest=name, action="append", default=None,
                                 metavar="FILE" if name == "adapters" else "PROMPT",
                                 help=text)
-        elif isinstance(default, bool):
+        elif isinstance(default, bool) or kind is bool:  # `bool | None`: unset means the preset's
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif isinstance(default, tuple):
             parser.add_argument(flag, default=None, help=f"{text} (default: {_LIST_SEPARATOR.get(name, ',').join(default) or 'none'})")

@@ -49,6 +49,7 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     t_min: int = 0
     t_max: int = 750
+    shared_t: bool = False  # True: x⁺ and x⁻ of a pair at one timestep (Diffusion-DPO); official DUO draws each its own
     weight_decay: float = 1e-2
     grad_clip: float = 1.0
     condition: str = "empty"  # "prompt": each image on its own prompt; "unsafe": both on the unsafe prompt

@@ -46,6 +46,7 @@ class Preset:
     lam_retain: float = 0.0
     stop_every: int = 0  # >0: `steps` is the most; training stops once `detector` finds the concept gone
     stop_erased: float = 0.85
+    shared_t: bool = False  # x⁺ and x⁻ of a pair at one timestep (official DUO: each its own)
     families: dict = field(default_factory=dict)  # family → the fields that differ on it ([<name>.families.<f>])
 
     def for_family(self, family: str | None) -> "Preset":
@@ -55,7 +56,7 @@ class Preset:
 
 
 _PER_FAMILY = {"num_pairs", "strength", "beta", "kappa", "lr", "lam", "steps", "sample_steps", "guidance",
-               "edit_region", "num_retain", "lam_retain", "stop_every",
+               "edit_region", "num_retain", "lam_retain", "stop_every", "shared_t",
                "stop_erased"}  # recipe numbers, not prompts or the concept itself
 
 

@@ -192,7 +192,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         accelerator.backward(scaler.scale(loss) if scaler else loss)
 
     ctx = StepContext(family=family, process=process, denoiser=wrapped, raw=raw, cache=cache,
-                      t_range=(cfg.t_min, cfg.t_max), beta=cfg.beta, lam=lam, lam_retain=cfg.lam_retain,
+                      t_range=(cfg.t_min, cfg.t_max), shared_t=cfg.shared_t, beta=cfg.beta, lam=lam, lam_retain=cfg.lam_retain,
                       esd_eta=cfg.esd_eta, autocast=rt.autocast, backward=backward, half=rt.half)
     method = METHODS[cfg.method]
 
@@ -262,7 +262,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         "kappa": round(kappa, 4), "swap_margin": round(m_swap, 6),
         "lambda": lam, "lambda_retain": cfg.lam_retain, "retain_images": cache.retain_size(), "lr": lr,
         "steps": done, "batch_pairs": cfg.batch_pairs, "pairs": n,
-        "t_range": [cfg.t_min, cfg.t_max], "condition": cfg.condition, "seed": cfg.seed,
+        "t_range": [cfg.t_min, cfg.t_max], "shared_t": cfg.shared_t, "condition": cfg.condition, "seed": cfg.seed,
         "resolution": cache.resolution,
         "unsafe_prompts": sorted({r.unsafe_prompt for r in records}),
         "safe_prompts": sorted({r.safe_prompt for r in records}),

@@ -43,6 +43,7 @@ class UnlearnConfig:
     lam_retain: float | None = None  # weight of the retain-set term (None: the preset's; 0: off)
     stop_every: int | None = None  # check erasure every N steps (None: the preset's; 0: train all steps)
     stop_erased: float | None = None  # erased fraction of the check images that stops training (None: preset's)
+    shared_t: bool | None = None  # x⁺ and x⁻ of a pair at one timestep (None: the preset's)
     condition: str = "empty"  # the paper's: both images on the empty prompt; "unsafe": both on the unsafe prompt
     rank: int = 32
     batch_pairs: int = 4
@@ -136,7 +137,7 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             preview_guidance=preset.guidance, device=cfg.device, overwrite=cfg.overwrite,
             mixed_precision=cfg.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing,
             resolution=cfg.resolution, micro_batch_pairs=cfg.micro_batch_pairs,
-            lam_retain=lam_retain if cfg.method == "duo" else 0.0,
+            lam_retain=lam_retain if cfg.method == "duo" else 0.0, shared_t=_given(cfg.shared_t, preset.shared_t),
             **_stop_rule(cfg, preset, pair_cfg.detector))
         pair_cfg.validate()
         train_cfg.validate()

@@ -18,6 +18,7 @@ class StepContext:
     raw: Any  # the unwrapped peft-carrying module, for toggling the adapter
     cache: LatentCache
     t_range: tuple[int, int]
+    shared_t: bool = False  # the pair's two images at one timestep
     beta: float = 0.0
     lam: float = 0.0
     lam_retain: float = 0.0  # weight of output preservation on the retain set (0: off)

@@ -14,7 +14,9 @@ def duo_draw(ctx: StepContext, idx, gen) -> dict:
     z_lose = ctx.cache.sample("unsafe", idx, gen)
     z_win = ctx.cache.sample("safe", idx, gen)
     noise = torch.randn(z_lose.shape, generator=gen).to(z_lose.device)  # one draw per pair, shared by both
-    t = ctx.process.draw_t(2 * len(idx), *ctx.t_range, gen).to(z_lose.device)
+    t = ctx.process.draw_t(len(idx) if ctx.shared_t else 2 * len(idx), *ctx.t_range, gen).to(z_lose.device)
+    if ctx.shared_t:
+        t = torch.cat([t, t])
     out = {"idx": idx, "z_lose": z_lose, "z_win": z_win, "noise": noise, "t_lose": t[:len(idx)],
            "t_win": t[len(idx):]}
     if ctx.lam_retain and ctx.cache.retain_size():
