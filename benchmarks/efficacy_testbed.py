@@ -200,12 +200,13 @@ def same_recipe(adapter: Path, cfg) -> bool:
 
     if not adapter.exists():
         return False
+    from duo_unlearn.trainer.config import same_timestep_draw
     from duo_unlearn.trainer.erasure_stop import planned_steps, same_stop_rule
 
     facts = describe_adapter(adapter)["duo"]
     if planned_steps(facts) != cfg.steps or not same_stop_rule(facts, cfg):
         return False
-    if bool(facts.get("shared_t")) != cfg.shared_t:  # adapters from before the option drew t per image
+    if not same_timestep_draw(facts, cfg):
         return False
     want = {"method": cfg.method, "lr": cfg.learning_rate}
     if cfg.method == "duo":

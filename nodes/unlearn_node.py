@@ -5,6 +5,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..trainer.config import same_timestep_draw
 from ..trainer.erasure_stop import planned_steps, same_stop_rule
 from ..trainer.errors import UserError
 from ..trainer.testbed import TESTBED_FAMILIES, TESTBEDS, available_testbeds
@@ -165,7 +166,7 @@ def _same_training(path: Path, p, preset_name: str, model_spec: str, resolution:
     model_name = model_spec if model_spec in TESTBEDS else Path(model_spec).stem
     if planned_steps(facts) != p.train.steps or not same_stop_rule(facts, p.train):
         return False
-    if bool(facts.get("shared_t")) != p.train.shared_t:  # adapters from before the option drew t per image
+    if not same_timestep_draw(facts, p.train):
         return False
     want = {"preset": preset_name, "concept": p.concept.name, "seed": p.train.seed, "base_model": model_name,
             "method": p.train.method}

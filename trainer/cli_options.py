@@ -123,7 +123,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
             parser.add_argument(_REPEATED[name], dest=name, action="append", default=None,
                                 metavar="FILE" if name == "adapters" else "PROMPT",
                                 help=text)
-        elif isinstance(default, bool) or kind is bool:  # `bool | None`: unset means the preset's
+        elif kind is bool:  # also `bool | None`, where unset means the preset's
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif isinstance(default, tuple):
             parser.add_argument(flag, default=None, help=f"{text} (default: {_LIST_SEPARATOR.get(name, ',').join(default) or 'none'})")
