@@ -200,21 +200,14 @@ def same_recipe(adapter: Path, cfg) -> bool:
 
     if not adapter.exists():
         return False
-    from duo_unlearn.trainer.config import same_timestep_draw
-    from duo_unlearn.trainer.erasure_stop import planned_steps, same_stop_rule
+    from duo_unlearn.trainer.same_schedule import same_schedule
 
     facts = describe_adapter(adapter)["duo"]
-    if planned_steps(facts) != cfg.steps or not same_stop_rule(facts, cfg):
-        return False
-    if not same_timestep_draw(facts, cfg):
+    if not same_schedule(facts, cfg):
         return False
     want = {"method": cfg.method, "lr": cfg.learning_rate}
     if cfg.method == "duo":
         want |= {"lambda": cfg.preservation_weight, "lambda_retain": cfg.lam_retain, "condition": cfg.condition}
-        if cfg.kappa is None:
-            want["beta"] = cfg.beta
-        elif abs(float(facts.get("kappa") or 0) - cfg.kappa) > 1e-3:
-            return False
     return all(facts.get(k) == v for k, v in want.items())
 
 

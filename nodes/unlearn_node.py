@@ -5,9 +5,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..trainer.config import same_timestep_draw
-from ..trainer.erasure_stop import planned_steps, same_stop_rule
 from ..trainer.errors import UserError
+from ..trainer.same_schedule import same_schedule
 from ..trainer.testbed import TESTBED_FAMILIES, TESTBEDS, available_testbeds
 from . import host
 from .facts import FAMILY_LABELS, read_facts, summary
@@ -164,16 +163,10 @@ def _same_training(path: Path, p, preset_name: str, model_spec: str, resolution:
     except Exception:  # unreadable or not safetensors: not ours to reuse
         return False
     model_name = model_spec if model_spec in TESTBEDS else Path(model_spec).stem
-    if planned_steps(facts) != p.train.steps or not same_stop_rule(facts, p.train):
-        return False
-    if not same_timestep_draw(facts, p.train):
+    if not same_schedule(facts, p.train):
         return False
     want = {"preset": preset_name, "concept": p.concept.name, "seed": p.train.seed, "base_model": model_name,
             "method": p.train.method}
-    if p.train.kappa is None:
-        want["beta"] = p.train.beta
-    elif abs(float(facts.get("kappa") or 0) - p.train.kappa) > 1e-3:  # β was derived from κ on the pairs
-        return False
     if resolution is not None:  # native (None) is whatever the model's size is: not known without loading it
         want["resolution"] = resolution
     if p.train.lam_retain:  # the preset's retain set (its weight, its size) shapes the adapter as much as β does

@@ -149,12 +149,6 @@ class TrainConfig:
         self.lora.validate()
 
 
-def same_timestep_draw(facts: dict, cfg: TrainConfig) -> bool:
-    """Whether an adapter's recorded facts drew its timesteps as `cfg` would (adapters from before `shared_t` drew
-    one per image)."""
-    return bool(facts.get("shared_t")) == cfg.shared_t
-
-
 def from_mapping(cls: type, data: dict[str, Any], where: str = "config"):
     """Build a (nested) dataclass from a dict such as a TOML table, refusing unknown keys by name."""
     fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -1,0 +1,41 @@
+"""The one rule by which the ComfyUI node and the efficacy benchmark reuse an adapter (trainer/same_schedule.py)."""
+import dataclasses
+
+import pytest
+
+from duo_unlearn.trainer.config import TrainConfig
+from duo_unlearn.trainer.same_schedule import same_schedule
+
+CFG = TrainConfig(kappa=5.0, steps=900, stop_every=150, stop_detector="colour:red", stop_erased=0.85)
+FACTS = {"steps": 300, "max_steps": 900, "stop_every": 150, "stop_erased": 0.85, "shared_t": False,
+         "beta": 9.0821, "kappa": 5.0}
+
+
+def test_an_adapter_that_stopped_early_holds_the_run_that_planned_its_steps():
+    assert same_schedule(FACTS, CFG)
+    assert same_schedule(FACTS | {"kappa": 5.0004}, CFG)  # κ is recorded rounded
+
+
+@pytest.mark.parametrize("change", [
+    {"max_steps": 600}, {"stop_every": 75}, {"stop_erased": 0.95}, {"shared_t": True}, {"kappa": 3.0},
+    {"kappa": None},
+])
+def test_any_other_schedule_is_not_reused(change):
+    assert not same_schedule(FACTS | change, CFG)
+
+
+def test_no_check_asked_means_none_recorded_and_all_steps_planned():
+    cfg = dataclasses.replace(CFG, stop_every=0)
+    facts = {k: v for k, v in FACTS.items() if k not in ("max_steps", "stop_every", "stop_erased")}
+    assert same_schedule(facts | {"steps": 900}, cfg)
+    assert not same_schedule(facts, cfg)  # 300 of 900 steps
+    assert not same_schedule(FACTS | {"steps": 900}, cfg)  # it stopped by a check this run would not make
+
+
+def test_a_given_beta_is_compared_as_beta_and_esd_has_none():
+    cfg = dataclasses.replace(CFG, kappa=None, beta=500.0, stop_every=0)
+    facts = {"steps": 900, "shared_t": False, "beta": 500.0, "kappa": 12.3}
+    assert same_schedule(facts, cfg)
+    assert not same_schedule(facts | {"beta": 250.0}, cfg)
+    esd = dataclasses.replace(cfg, method="esd")
+    assert same_schedule(facts | {"beta": None, "kappa": None}, esd)

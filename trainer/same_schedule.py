@@ -1,0 +1,24 @@
+"""Whether an adapter on disk was trained on the schedule a TrainConfig asks for, read from its duo.* facts.
+
+The ComfyUI node and the efficacy benchmark both skip retraining when an adapter already holds the run; they share
+this one rule so that a new schedule setting cannot be checked by one and forgotten by the other.
+"""
+from __future__ import annotations
+
+from .erasure_stop import planned_steps, same_stop_rule
+
+KAPPA_TOLERANCE = 1e-3  # κ is recorded rounded to 4 places
+
+
+def same_schedule(facts: dict, cfg) -> bool:
+    """Same planned steps, erasure check, timestep draw and preference strength (β as given, or κ when β is derived
+    from the pairs) as `cfg`, a TrainConfig."""
+    if planned_steps(facts) != cfg.steps or not same_stop_rule(facts, cfg):
+        return False
+    if bool(facts.get("shared_t")) != cfg.shared_t:  # adapters from before `shared_t` drew one t per image
+        return False
+    if cfg.method != "duo":
+        return True
+    if cfg.kappa is None:
+        return facts.get("beta") == cfg.beta
+    return abs(float(facts.get("kappa") or 0) - cfg.kappa) <= KAPPA_TOLERANCE
