@@ -8,4 +8,4 @@ install:
 test: install
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "note: Debian chromium could not be installed; the browser test will be skipped"
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=15
