@@ -53,6 +53,12 @@ def _float(value, name: str, positive: bool = True) -> float:
     return f
 
 
+def _optional(value, parse):
+    """A text field that may be left blank (the preset's value): None, else the parsed value."""
+    text = "" if value is None else str(value).strip()
+    return None if not text else parse(text)
+
+
 def _open_image(path):
     from PIL import Image
 
@@ -157,7 +163,7 @@ class TabController:
     def build_request(self, model, preset, concept, unsafe_text, safe_text, num_pairs, beta, steps, rank, out_name,
                       strength=None, lr=None, seed=0, batch_pairs=4, detector="", preview=True, overwrite=False,
                       config_dir="", device="auto", mixed_precision="auto", gradient_checkpointing="auto",
-                      resolution=0, micro_batch_pairs=0) -> Request:
+                      resolution=0, micro_batch_pairs=0, retain_text="", num_retain="", lam_retain="") -> Request:
         """Every check that can fail before anything is written; UserError says what to fix."""
         from ..trainer.unlearn import UnlearnConfig, plan
 
@@ -181,6 +187,21 @@ class TabController:
         from ..trainer.models import resolve_model_path
 
         resolve_model_path(model_spec)  # a missing model is said now, not after the job started
+        try:  # the recipe may differ per family; an undetectable family is the trainer's to refuse
+            family = self.backend.model_family(model_spec)
+        except Exception:  # noqa
+            family = None
+        retain = _lines(retain_text)
+        n_retain = _optional(num_retain, lambda v: _int(v, "Retain images", 0))
+        w_retain = _optional(lam_retain, lambda v: _float(v, "Retain weight", positive=False))
+        if w_retain is not None and w_retain < 0:
+            raise UserError(f"Retain weight must be 0 (off) or positive, got {lam_retain!r}")
+        if n_retain and not (retain or p.retain_prompts):
+            raise UserError("Retain images need retain prompts: write what must stay as it is under 'Retain "
+                            "prompts', one per line (this preset has none), or leave Retain images blank")
+        if w_retain and not (n_retain if n_retain is not None else p.for_family(family).num_retain):
+            raise UserError("A retain weight needs retain images: set 'Retain images' above 0 (with this preset "
+                            "and model there are none)")
         cfg = UnlearnConfig(
             preset=preset, out=str(out), model=model_spec, config_dir=(config_dir or "").strip() or None,
             concept=concept if not custom else (concept or "custom"),
@@ -196,7 +217,8 @@ class TabController:
             # gradio sends an emptied Number as 0: 0 means "the model's native size" / "as many as fit"
             resolution=None if resolution in (None, "", 0) else _int(resolution, "Resolution", 8),
             micro_batch_pairs=None if micro_batch_pairs in (None, "", 0) else _int(micro_batch_pairs,
-                                                                                     "Micro-batch pairs"))
+                                                                                     "Micro-batch pairs"),
+            retain_prompts=retain, num_retain=n_retain, lam_retain=w_retain)
         from ..trainer.runtime import RuntimeConfig
 
         RuntimeConfig(cfg.device, cfg.mixed_precision, cfg.gradient_checkpointing).validate()
@@ -216,10 +238,6 @@ class TabController:
                                 "name or tick 'Overwrite'")
         cfg.overwrite = bool(overwrite)  # the user ticked it knowingly; the trainer refuses otherwise
         on = self.backend.current_model_name(model_spec) or Path(model_spec).name
-        try:  # only a label: an undetectable family is the trainer's to refuse, with its own message
-            family = self.backend.model_family(model_spec)
-        except Exception:  # noqa
-            family = None
         on += f" — {family_label(family)}" if family else ""
         label = f"{name} ({', '.join(pl.concept.name for pl in plans)} on {on})"
         return Request(cfg, plans, outputs, label)
@@ -434,6 +452,14 @@ def build_tab(backend) -> dict:
                                             elem_id="duo_resolution")
                 c["micro_batch_pairs"] = gr.Number(label="Micro-batch pairs (0: all pairs of a step at once)",
                                                    value=0, precision=0, elem_id="duo_micro_batch")
+            with gr.Row():  # text boxes: blank is "the preset's", which a Number cannot say
+                c["retain_prompts"] = gr.Textbox(label="Retain prompts: what must stay as it is, one per line "
+                                                       "(blank: the preset's)", value="", lines=2,
+                                                 elem_id="duo_retain_prompts")
+                c["num_retain"] = gr.Textbox(label="Retain images (blank: the preset's; 0: none)", value="",
+                                             elem_id="duo_num_retain")
+                c["lam_retain"] = gr.Textbox(label="Retain weight λ_retain (blank: the preset's; 0: off)", value="",
+                                             elem_id="duo_lam_retain")
         with gr.Row():
             c["run"] = gr.Button("Unlearn concept", variant="primary", elem_id="duo_run")
             c["cancel"] = gr.Button("Cancel", elem_id="duo_cancel")
@@ -473,7 +499,8 @@ def build_tab(backend) -> dict:
     unlearn_inputs = [c[k] for k in ("model", "preset", "concept", "unsafe", "safe", "num_pairs", "beta", "steps",
                                      "rank", "out_name", "strength", "lr", "seed", "batch_pairs", "detector",
                                      "preview", "overwrite", "config_dir", "device", "mixed_precision",
-                                     "gradient_checkpointing", "resolution", "micro_batch_pairs")]
+                                     "gradient_checkpointing", "resolution", "micro_batch_pairs", "retain_prompts",
+                                     "num_retain", "lam_retain")]
 
     def on_preset(preset):
         try:

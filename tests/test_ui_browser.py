@@ -12,7 +12,9 @@ import socket
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 
+from duo_unlearn.trainer.export import decode_duo
 from duo_unlearn.trainer.testbed import TESTBED_DIR
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -111,6 +113,12 @@ def test_unlearn_and_compare_in_the_browser(app):
             _fill(page, "duo_steps", 40 if tiny else 30)
             _fill(page, "duo_rank", 2)
             page.get_by_text("Advanced").click()
+            # the preset's 135 retain images are most of the pair time; the accordion's fields are mounted as it
+            # opens, and a value typed before that is lost: wait for it to hold
+            retain_box = page.locator("#duo_num_retain textarea, #duo_num_retain input").first
+            expect(retain_box).to_be_visible(timeout=15_000)
+            _fill(page, "duo_num_retain", 6)
+            expect(retain_box).to_have_value("6")
             if tiny:
                 _fill(page, "duo_detector", "none")
                 _fill(page, "duo_lr", 0.05)
@@ -124,6 +132,9 @@ def test_unlearn_and_compare_in_the_browser(app):
             expect(page.locator("#duo_preview_img img")).to_be_visible(timeout=30_000)
             expect(page.locator("#duo_notice")).not_to_contain_text("already running")  # cleared at the end
             assert (backend.lora_dir / "duo_red_e2e.safetensors").exists()
+            with safe_open(str(backend.lora_dir / "duo_red_e2e.safetensors"), "pt") as f:
+                facts = decode_duo(f.metadata())
+            assert facts["retain_images"] == 6
             bar = page.locator("#duo_bar").inner_html().replace(" ", "")
             assert "width:100" in bar and ("16a34a" in bar or "22,163,74" in bar), bar  # full and green
             _shot(page, "3_done_with_preview")
@@ -175,7 +186,8 @@ def test_a1111_script_runs_in_the_standalone_page(app, tiny_model, pair_dir):
             expect(page.locator("#duo_run")).to_be_visible(timeout=60_000)
             expect(page.locator("#duo_model_family")).to_contain_text("SD 1.x")
             page.get_by_text("Advanced").click()
-            for elem_id in ("duo_model", "duo_beta", "duo_mixed_precision", "duo_resolution", "duo_micro_batch"):
+            for elem_id in ("duo_model", "duo_beta", "duo_mixed_precision", "duo_resolution", "duo_micro_batch",
+                            "duo_num_retain"):
                 expect(page.locator(f"#{elem_id}")).to_have_attribute("title", re.compile(".{20,}"), timeout=15_000)
             page.locator("#duo_mixed_precision").hover()
             _shot(page, "6_hover_help_advanced")

@@ -49,6 +49,44 @@ def test_bad_input_gives_a_message_and_writes_nothing(ctl, tiny_model, tmp_path,
     assert written(ctl) == [] and not (tmp_path / "x.safetensors").exists()
 
 
+RUNTIME = ["auto", "auto", "auto", 0, 0]  # device, precision, checkpointing, resolution, micro-batch: defaults
+
+
+def retain_of(req):
+    plan = req.plans[0]
+    return plan.pairs.retain_prompts, plan.pairs.num_retain, plan.train.lam_retain
+
+
+def test_retain_fields_reach_the_plan_and_blank_means_the_preset(ctl, tiny_model):
+    from duo_unlearn.trainer.presets import get_preset
+
+    preset = get_preset("testbed-red").for_family("sd1")
+    assert preset.num_retain and preset.lam_retain  # else this test shows nothing
+    assert retain_of(ctl.build_request(*inputs(tiny_model), *RUNTIME, "", " ", "")) == \
+        (preset.retain_prompts, preset.num_retain, preset.lam_retain)
+    mine = ctl.build_request(*inputs(tiny_model), *RUNTIME, "a orange square\n\n a blue circle ", " 6 ", "0.5")
+    assert retain_of(mine) == (("a orange square", "a blue circle"), 6, 0.5)
+    off = ctl.build_request(*inputs(tiny_model), *RUNTIME, "", "0", "")
+    assert retain_of(off)[1:] == (0, 0.0)  # no retain set: its weight goes with it
+    assert off.cfg.pairs_dir != mine.cfg.pairs_dir  # other retain settings: other pairs, not a resume
+
+
+@pytest.mark.parametrize("preset, retain, n, lam, message", [
+    ("testbed-red", "", "-1", "", "Retain images must be a whole number of at least 0"),
+    ("testbed-red", "", "many", "", "Retain images must be a whole number"),
+    ("testbed-red", "", "", "-1", "Retain weight must be 0 .off. or positive"),
+    ("testbed-red", "", "", "x", "Retain weight must be a number"),
+    ("custom", "", "4", "", "Retain images need retain prompts"),
+    ("testbed-red", "", "0", "1", "A retain weight needs retain images"),
+    ("custom", "a orange square", "", "1", "A retain weight needs retain images"),
+])
+def test_bad_retain_fields_give_a_message_and_write_nothing(ctl, tiny_model, preset, retain, n, lam, message):
+    over = dict(preset=preset, concept="custom") if preset == "custom" else {}
+    with pytest.raises(UserError, match=message):
+        ctl.start(*inputs(tiny_model, **over), *RUNTIME, retain, n, lam)
+    assert ctl.backend.runner.job is None and written(ctl) == []
+
+
 def test_preset_prompts_are_used_when_left_as_shown(ctl, tiny_model):
     choices, concept, unsafe, safe, pairs, beta, _ = ctl.preset_fields("testbed-red")
     req = ctl.build_request(*inputs(tiny_model, unsafe=unsafe, safe=safe))
