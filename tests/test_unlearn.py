@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from safetensors.torch import load_file
 
@@ -120,3 +122,33 @@ def test_shared_t_comes_from_the_preset_unless_the_command_line_says(tmp_path, m
     args = build_parser().parse_args(["unlearn", "--preset", "fam", "--out", str(tmp_path / "a.safetensors"), *flags])
     (_, (p,)) = plan(build_config(UnlearnConfig, args))
     assert p.train.shared_t is expected
+
+
+def test_target_modules_reach_the_adapter(tmp_path, tiny_model):
+    out = tmp_path / "xattn.safetensors"
+    code = main(["unlearn", "--preset", "custom", "--model", str(tiny_model), "--out", str(out),
+                 "--unsafe-prompt", "a red square", "--safe-prompt", "a blue square", "--num-pairs", "2",
+                 "--steps", "2", "--rank", "4", "--no-preview", "--condition", "unsafe",
+                 "--target-modules", "attn2.to_k, attn2.to_v"])
+    assert code == 0
+    modules = {k.split(".")[0] for k in load_file(str(out))}
+    assert modules and all(m.endswith(("attn2_to_k", "attn2_to_v")) for m in modules)
+    assert {m[-4:] for m in modules} == {"to_k", "to_v"}
+    args = json.loads(describe_adapter(out)["metadata"]["ss_network_args"])
+    assert args["target_modules"] == ["attn2.to_k", "attn2.to_v"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--target-modules", "attn9.to_q"], "no module of the model matches target(s) attn9.to_q"),
+    (["--target-modules", "attn2.to_k", "--rank", "4096"], "is larger than any targeted layer allows"),
+])
+def test_bad_target_modules_are_refused_before_any_pair_is_made(tmp_path, tiny_model, capsys, flags, message):
+    out = tmp_path / "bad.safetensors"
+    code = main(["unlearn", "--preset", "custom", "--model", str(tiny_model), "--out", str(out),
+                 "--unsafe-prompt", "a red square", "--safe-prompt", "a blue square", "--num-pairs", "2",
+                 "--steps", "2", "--no-preview", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert [line for line in err.splitlines() if "error" in line] == [err.strip().splitlines()[-1]]
+    assert message in err.strip().splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []  # no pairs folder, no adapter

@@ -21,15 +21,20 @@ def _check_rank(denoiser, targets, rank: int) -> None:
                         f"allows {sides[widest]}); choose --rank {sides[widest]} or less")
 
 
-def add_lora(denoiser, rank: int, alpha: float, targets) -> list:
-    """A fresh adapter on the frozen denoiser; returns the trainable parameters (float32)."""
-    from peft import LoraConfig
-
+def check_targets(denoiser, targets, rank: int) -> None:
+    """Every target names a module of this model and the rank fits them; checked before any work is done."""
     names = [n for n, _ in denoiser.named_modules()]
     missing = [t for t in targets if not any(n.endswith(t) for n in names)]
     if missing:
         raise UserError(f"no module of the model matches target(s) {', '.join(missing)}")
     _check_rank(denoiser, targets, rank)
+
+
+def add_lora(denoiser, rank: int, alpha: float, targets) -> list:
+    """A fresh adapter on the frozen denoiser; returns the trainable parameters (float32)."""
+    from peft import LoraConfig
+
+    check_targets(denoiser, targets, rank)
     remove_lora(denoiser)
     denoiser.requires_grad_(False)
     denoiser.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",

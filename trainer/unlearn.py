@@ -46,6 +46,7 @@ class UnlearnConfig:
     shared_t: bool | None = None  # x⁺ and x⁻ of a pair at one timestep (None: the preset's)
     condition: str = "empty"  # the paper's: both images on the empty prompt; "unsafe": both on the unsafe prompt
     rank: int = 32
+    target_modules: tuple[str, ...] = ()  # LoRA on these module name suffixes (empty: the family's default)
     batch_pairs: int = 4
     seed: int = 0
     preview: bool = True
@@ -132,7 +133,8 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             method=cfg.method, condition=cfg.condition, beta=cfg.beta if cfg.beta is not None else preset.beta,
             kappa=cfg.kappa if cfg.kappa is not None else (preset.kappa if cfg.beta is None else None),
             lr=_given(cfg.lr, preset.lr if same_beta else None), lam=_given(cfg.lam, preset.lam if same_beta else None),
-            steps=_given(cfg.steps, preset.steps) or 1000, batch_pairs=cfg.batch_pairs, lora=LoraConfig(rank=cfg.rank, alpha=float(cfg.rank)),
+            steps=_given(cfg.steps, preset.steps) or 1000, batch_pairs=cfg.batch_pairs,
+            lora=LoraConfig(rank=cfg.rank, alpha=float(cfg.rank), target_modules=tuple(cfg.target_modules)),
             seed=cfg.seed, preview_prompts=previews if cfg.preview else (), preview_steps=preset.sample_steps,
             preview_guidance=preset.guidance, device=cfg.device, overwrite=cfg.overwrite,
             mixed_precision=cfg.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing,
@@ -158,7 +160,7 @@ def _stop_rule(cfg: UnlearnConfig, preset: Preset, detector: str) -> dict:
 
 def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=None) -> list[UnlearnResult]:
     """Run every concept of the plan on one loaded model; each adapter is trained from the base model."""
-    from .lora import remove_lora
+    from .lora import check_targets, remove_lora
     from .models import load_model, refuse_inside_model
     from .train import train
 
@@ -169,6 +171,10 @@ def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=
     for p in plans:
         refuse_inside_model(p.train.out, model.source)
         refuse_inside_model(p.pairs.out, model.source)
+    family = get_family(model.family)
+    for p in plans:  # a mistyped --target-modules is said before minutes of pair making, not after
+        check_targets(family.denoiser(model.pipe), p.train.lora.target_modules or family.default_targets,
+                      p.train.lora.rank)
     results = []
     for k, p in enumerate(plans):
         started = time.time()
@@ -183,7 +189,7 @@ def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=
         try:
             result = train(p.train, progress, model=model, facts=facts)
         finally:
-            remove_lora(get_family(model.family).denoiser(model.pipe))  # the next concept starts from the base
+            remove_lora(family.denoiser(model.pipe))  # the next concept starts from the base
         results.append(UnlearnResult(p.concept.name, result.adapter, stats,
                                      result.previews[0] if result.previews else None, time.time() - started))
     return results
