@@ -34,8 +34,8 @@ HELP = {
     "batch_pairs": "pairs per step",
     "rank": "LoRA rank",
     "alpha": "LoRA alpha (scale = alpha / rank)",
-    "target_modules": "comma-separated module suffixes to adapt (default: the family's: self-attention "
-                      "attn1.to_q,k,v,out for SD 1.x/2.x/SDXL, attention to_q,k,v,out for SD3)",
+    "target_modules": "comma-separated module suffixes to adapt (none: the family's self-attention, "
+                      "attn1.to_q,k,v,out on SD 1.x/2.x/SDXL, attention to_q,k,v,out on SD3)",
     "t_min": "lowest timestep drawn for the pairs",
     "t_max": "timesteps are drawn in [t_min, t_max)",
     "shared_t": "draw one timestep per pair for both its images (Diffusion-DPO) instead of one per image (the "
