@@ -9,6 +9,7 @@ linked package (it lies outside the venv), it installs a different version in th
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -45,6 +46,7 @@ def _stamp() -> str:
     return hashlib.sha256(("\n".join(COMFY_REQUIREMENTS) + pack_reqs + sys.version + linked).encode()).hexdigest()[:16]
 
 
+@functools.cache  # read for the stamp and again for the links: one metadata walk per run
 def _torch_closure() -> list:
     """The installed distributions torch and torchvision need, themselves included. Extras count where a requirement
     names them: torch's CUDA build needs cuda-toolkit[cudart,cufft,…], whose parts are its extras' requirements."""

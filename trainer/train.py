@@ -77,7 +77,8 @@ def _checkpointing(rt, denoiser, cfg: TrainConfig, resolution: int, params) -> b
     return rt.checkpointing(estimate)
 
 
-def _targets(cfg: TrainConfig, family) -> tuple[str, ...]:
+def lora_targets(cfg: TrainConfig, family) -> tuple[str, ...]:
+    """The modules the LoRA goes on: the config's, else the family's default."""
     return tuple(cfg.lora.target_modules) or tuple(family.default_targets)
 
 
@@ -146,7 +147,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
                             retain)
         for module in family.text_modules(pipe):  # cached: the text encoders wait on the CPU (T5: gigabytes)
             module.to("cpu")
-        params = add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, _targets(cfg, family))
+        params = add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, lora_targets(cfg, family))
         checkpointing = _checkpointing(rt, denoiser, cfg, resolution, params)
         if checkpointing:
             report(progress, ProgressEvent("load", message="gradient checkpointing on"))
@@ -197,7 +198,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     method = METHODS[cfg.method]
 
     checkpoints = CheckpointFolder(cfg.checkpoint_path)
-    fingerprint = _fingerprint(cfg, model, _targets(cfg, family))
+    fingerprint = _fingerprint(cfg, model, lora_targets(cfg, family))
     start, history = 0, []
     if cfg.resume:
         start, history = checkpoints.load_newest(raw, optimizer, gen, fingerprint, cfg.steps, scaler)
@@ -275,7 +276,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
                       "stop_erased": check.target, "last_check_erased": erased,
                       "erased_target_met": erased is not None and erased >= check.target})
     meta = adapter_metadata(output_name=out.stem, family_meta=family.metadata(model.pipe), rank=cfg.lora.rank,
-                            alpha=cfg.lora.alpha, target_modules=_targets(cfg, family), duo=facts)
+                            alpha=cfg.lora.alpha, target_modules=lora_targets(cfg, family), duo=facts)
     atomic_save(family.export(lora_state(raw), cfg.lora.alpha), out, meta)
     result.seconds = time.time() - started
     if torch.cuda.is_available():

@@ -162,19 +162,18 @@ def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=
     """Run every concept of the plan on one loaded model; each adapter is trained from the base model."""
     from .lora import check_targets, remove_lora
     from .models import load_model, refuse_inside_model
-    from .train import train
+    from .train import lora_targets, train
 
     preset, plans = plan(cfg)
     for p in plans:  # every name checked before the first pair is made
         check_writable(p.train.out, overwrite=cfg.overwrite)
     model = model or load_model(plans[0].pairs.model, cfg.config_dir)
+    family = get_family(model.family)
     for p in plans:
         refuse_inside_model(p.train.out, model.source)
         refuse_inside_model(p.pairs.out, model.source)
-    family = get_family(model.family)
-    for p in plans:  # a mistyped --target-modules is said before minutes of pair making, not after
-        check_targets(family.denoiser(model.pipe), p.train.lora.target_modules or family.default_targets,
-                      p.train.lora.rank)
+        # a mistyped --target-modules is said before minutes of pair making, not after
+        check_targets(family.denoiser(model.pipe), lora_targets(p.train, family), p.train.lora.rank)
     results = []
     for k, p in enumerate(plans):
         started = time.time()
