@@ -46,6 +46,12 @@ def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
             {"num_retain": 45, "lam_retain": 1.0}),
            ("duo_preset_cond_unsafe", "preset + both pair images on the unsafe prompt (`--condition unsafe`)",
             {"condition": "unsafe"}),
+           ("duo_preset_kv", "preset with the LoRA on the cross-attention keys and values instead of self-attention "
+                             "(`--target-modules attn2.to_k,attn2.to_v`), both pair images on the unsafe prompt (keys "
+                             "and values see only the prompt), lr 2e-4, λ_retain 100: the specific, text-side recipe "
+                             "(RESULTS.md, tenth session)",
+            {"target_modules": ("attn2.to_k", "attn2.to_v"), "condition": "unsafe", "lr": 2e-4,
+             "lam_retain": 100.0}),
            ("duo_preset_lam0", "the preset without λ (no output preservation, no retain term): DUO without λ",
             {"lam": 0.0, "lam_retain": 0.0})]
     for beta in betas:
@@ -66,6 +72,8 @@ def recipe(facts: dict) -> str:
         extra += f", λ_retain {facts['lambda_retain']:.3g} on {facts.get('retain_images')} retain images"
     if facts.get("edit_region") == "concept":
         extra += ", region twins"
+    if facts.get("condition") == "unsafe":
+        extra += ", both images on the unsafe prompt"
     steps = f"{facts.get('steps')} steps"
     if facts.get("stop_every") and facts.get("erased_target_met"):
         steps += (f" (stopped by the erasure check: {facts.get('stop_detector')} found red in ≤ "
