@@ -420,6 +420,42 @@ def _no_safety_warning(env: Env, out, err):
 
 
 
+# the twelfth session's audit: config values of the wrong type, argparse, ui, info, κ with β, resolution
+
+def _toml(text: str, command: str = "train"):
+    def setup(env: Env):
+        (env.tmp / "c.toml").write_text(text)
+        if command == "eval":
+            return ["eval", "--model", str(env.model), "--out", str(env.tmp / "ev"), "--config", str(env.tmp / "c.toml")]
+        (env.tmp / "out.safetensors").write_bytes(b"an adapter the user already has")  # kept: nothing is trained
+        argv = env.train() if "overwrite" in text else env.train("--overwrite")
+        for key in (ln.split("=")[0].strip() for ln in text.splitlines() if "=" in ln):  # flags would win
+            flag = "--" + key.replace("_", "-")
+            if flag in argv and key != "overwrite":
+                del argv[argv.index(flag):argv.index(flag) + 2]
+        return [*argv, "--config", str(env.tmp / "c.toml")]
+    return setup
+
+
+def _toml_no_pairs(env: Env):
+    (env.tmp / "c.toml").write_text("pairs = 5\n")
+    return ["train", "--model", str(env.model), "--out", str(env.tmp / "out.safetensors"),
+            "--config", str(env.tmp / "c.toml")]
+
+
+def _not_a_lora(env: Env):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"foo.weight": torch.zeros(2, 2)}, str(env.tmp / "model.safetensors"))
+    return ["info", str(env.tmp / "model.safetensors")]
+
+
+def _pairs_is_a_file(env: Env):
+    (env.tmp / "pairs.txt").write_text("not a folder")
+    return env.train(pairs=env.tmp / "pairs.txt")
+
+
 CASES: dict[str, Case] = {
     # 2. data loss
     "checkpoint_dir_is_a_users_folder": Case("data loss", _ckpt_dir_user_folder, "adapter written", 0, False,
@@ -492,6 +528,26 @@ CASES: dict[str, Case] = {
     "pairs_help_calls_out_a_folder": Case("smaller", _pairs_help, "--out", 0, check=_out_is_a_folder),
     "no_safety_checker_warning": Case("smaller", _quiet_loaders, "adapter written", 0, False, ("out.safetensors",),
                                       _no_safety_warning),
+    # 8. the twelfth session's audit
+    "toml_bool_as_string": Case("audit", _toml('overwrite = "no"\n'), "overwrite must be true or false"),
+    "toml_steps_not_whole": Case("audit", _toml("steps = 2.7\n"), "steps must be a whole number"),
+    "toml_steps_bool": Case("audit", _toml("steps = true\n"), "steps must be a whole number"),
+    "toml_rank_string": Case("audit", _toml('[lora]\nrank = "big"\n'), "rank must be a whole number"),
+    "toml_pairs_number": Case("audit", _toml_no_pairs, "pairs must be a string"),
+    "toml_preview_prompts_number": Case("audit", _toml("preview_prompts = 3\npreview_every = 1\n"),
+                                        "preview_prompts must be a list of strings"),
+    "eval_toml_attacks_number": Case("audit", _toml("attacks = 5\n", "eval"), "attacks must be a list of strings"),
+    "eval_toml_seed_string": Case("audit", _toml('seed = "x"\n', "eval"), "seed must be a whole number"),
+    "flag_not_an_int": Case("audit", lambda e: e.train("--steps", "abc"), "invalid int value"),
+    "unknown_command": Case("audit", lambda e: ["frobnicate"], "invalid choice"),
+    "ui_port_out_of_range": Case("audit", lambda e: ["ui", "--port", "99999"], "a port is 1 to 65535"),
+    "ui_host_unknown": Case("audit", lambda e: ["ui", "--host", "999.1.1.1"], "no such address"),
+    "info_not_a_lora": Case("audit", _not_a_lora, "holds no LoRA modules"),
+    "info_on_a_folder": Case("audit", lambda e: ["info", str(e.tmp)], "is a folder, not an adapter file"),
+    "config_is_a_folder": Case("audit", lambda e: [*e.train(), "--config", str(e.tmp)], "is a folder, not a config"),
+    "pairs_is_a_file": Case("audit", _pairs_is_a_file, "is a file, not a pairs folder"),
+    "kappa_and_beta": Case("audit", lambda e: e.train("--kappa", "5", "--beta", "100"), "not both"),
+    "resolution_too_large": Case("audit", lambda e: e.train("--resolution", "100000"), "over 4096"),
 }
 
 OUTCOMES: dict[str, dict] = {}

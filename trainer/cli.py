@@ -128,8 +128,25 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {port}")
+    return port
+
+
 def cmd_ui(args) -> int:
+    import socket
+
     from ..extension.app import serve
+
+    try:  # an address no resolver knows would make the server retry binding forever
+        socket.getaddrinfo(args.host, None)
+    except (socket.gaierror, UnicodeError):
+        raise UserError(f"--host {args.host}: no such address or host name (e.g. 127.0.0.1, or 0.0.0.0 for every network)") from None
 
     serve(host=args.host, port=args.port, lora_dir=args.lora_dir, work_dir=args.work_dir, model=args.model,
           share=args.share)
@@ -154,6 +171,14 @@ def cmd_testbed_train(args, rest) -> int:
     return testbed_main(rest)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags get one line, as every other bad input does (argparse would print the usage first); --help
+    still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"duo-unlearn: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .cli_options import add_dataclass_flags
     from .config import TrainConfig
@@ -161,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluate.run import HELP as EVAL_HELP, EvalConfig
     from .unlearn import UnlearnConfig
 
-    parser = argparse.ArgumentParser(prog="duo-unlearn", description="DUO concept unlearning for Stable Diffusion.")
+    parser = _Parser(prog="duo-unlearn", description="DUO concept unlearning for Stable Diffusion.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("train", help="train a DUO adapter on a pair dataset",
                        description="Train a DUO LoRA on a pair dataset. Every flag can also come from --config.")
@@ -185,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="serve the Gradio tab (Unlearn concept, Compare adapters) in a browser",
                        description="Serve the tab that A1111/Forge show, standalone, with the test bed preselected.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=None, help="port (default: gradio's, 7860 or the next free one)")
+    p.add_argument("--port", type=_port, default=None, help="port (default: gradio's, 7860 or the next free one)")
     p.add_argument("--lora-dir", default=None, help="folder the adapters are saved in and listed from "
                                                       "(default ~/duo-unlearn/loras)")
     p.add_argument("--work-dir", default=None, help="folder for pair datasets (default <lora-dir>/.duo-unlearn)")

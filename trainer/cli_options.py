@@ -135,7 +135,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
 def load_toml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file not found: {path}")
+        raise UserError(f"{path} is a folder, not a config file" if path.is_dir() else f"config file not found: {path}")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -157,6 +157,8 @@ def build_config(cls, args: argparse.Namespace, toml: dict | None = None):
             data.setdefault(parent, {})[name] = value
         else:
             data[name] = value
+    if data.get("kappa") is not None and data.get("beta") is not None:  # κ sets β: one of them would be ignored
+        raise UserError("give --beta or --kappa (β = κ / the pairs' full-swap margin), not both")
     try:
         return from_mapping(cls, data)
     except TypeError as e:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,8 @@ from .detectors import no_detector
 from .errors import UserError
 
 CONDITIONS = ("empty", "prompt", "unsafe")
+# Flux, the largest family supported, is trained at up to 2048 px; 100000 px once filled 24 GB before failing.
+MAX_RESOLUTION = 4096
 
 
 @dataclass
@@ -127,6 +131,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and value > 0):
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
+        if self.resolution is not None and self.resolution > MAX_RESOLUTION:
+            raise UserError(f"resolution {self.resolution} is over {MAX_RESOLUTION}: no supported model trains that "
+                            "large, and the images alone would not fit in memory")
         if self.resolution is not None and self.resolution % 8:
             raise UserError(f"resolution must be a multiple of 8, got {self.resolution}")
         if not (math.isfinite(self.preview_guidance) and self.preview_guidance >= 0):
@@ -149,12 +156,40 @@ class TrainConfig:
         self.lora.validate()
 
 
+def _typed(where: str, name: str, hint, value):
+    """`value` as the field's type, or a UserError naming the setting: TOML gives strings, numbers and booleans
+    as written, and a dataclass takes anything, so "no" would count as true for a bool and 2.7 steps would fail
+    deep inside training."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    kinds = [k for k in typing.get_args(hint) if k is not type(None)] if union else [hint]
+    if value is None and len(kinds) < len(typing.get_args(hint)):
+        return None
+    kind = kinds[0] if len(kinds) == 1 else None
+    if typing.get_origin(kind) is tuple:
+        items = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        item_kind = typing.get_args(kind)[0]
+        if item_kind is str and not all(isinstance(i, str) for i in items):
+            raise UserError(f"{where}: {name} must be a list of strings, got {value!r}")
+        return items
+    checks = {bool: (lambda v: isinstance(v, bool), "true or false"),
+              int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+              float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+              str: (lambda v: isinstance(v, str), "a string")}
+    if kind in checks:
+        ok, wanted = checks[kind]
+        if not ok(value):
+            raise UserError(f"{where}: {name} must be {wanted}, got {value!r}")
+        return float(value) if kind is float else value
+    return value
+
+
 def from_mapping(cls: type, data: dict[str, Any], where: str = "config"):
-    """Build a (nested) dataclass from a dict such as a TOML table, refusing unknown keys by name."""
+    """Build a (nested) dataclass from a dict such as a TOML table, refusing unknown keys and wrong types by name."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise UserError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
         default = getattr(cls(), name) if name != "pairs" else ""
@@ -162,8 +197,6 @@ def from_mapping(cls: type, data: dict[str, Any], where: str = "config"):
             if not isinstance(value, dict):
                 raise UserError(f"{where}: [{name}] must be a table")
             kwargs[name] = from_mapping(type(default), value, f"{where} [{name}]")
-        elif isinstance(default, tuple):
-            kwargs[name] = tuple(value) if isinstance(value, (list, tuple)) else (value,)
         else:
-            kwargs[name] = value
+            kwargs[name] = _typed(where, name, hints[name], value)
     return cls(**kwargs)

@@ -128,7 +128,7 @@ def read_metadata(path: str | Path) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"adapter not found: {path}")
+        raise UserError(f"{path} is a folder, not an adapter file" if path.is_dir() else f"adapter not found: {path}")
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
@@ -180,6 +180,8 @@ def describe_adapter(path: str | Path) -> dict:
             keys = list(f.keys())
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path} is not a safetensors file: {e}") from None
+    if not any("lora" in k.lower() for k in keys):
+        raise UserError(f"{path} holds no LoRA modules (is it a full model or an embedding rather than a LoRA?)")
     modules = sorted({k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in keys})
     duo = decode_duo(metadata)
     kohya = all(k.startswith(("lora_unet_", "lora_te_")) and k.endswith(KOHYA_SUFFIXES) for k in keys)

@@ -64,7 +64,7 @@ def read_pairs(folder: str | Path) -> list[PairRecord]:
     except OSError as e:  # e.g. a name longer than the file system allows
         raise UserError(f"cannot read the pairs folder {folder}: {e.strerror or e}") from None
     if not found:
-        raise UserError(f"pairs folder not found: {folder}")
+        raise UserError(f"{folder} is a file, not a pairs folder" if folder.exists() else f"pairs folder not found: {folder}")
     index = folder / INDEX
     if not index.is_file():
         raise UserError(f"{folder} has no {INDEX}: not a pair dataset (make one with `duo-unlearn pairs`)")

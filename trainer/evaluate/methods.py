@@ -35,7 +35,7 @@ def adapter_method(path: str | Path, weight: float = 1.0, taken: set[str] | None
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"adapter not found: {path}")
+        raise UserError(f"{path} is a folder, not an adapter file" if path.is_dir() else f"adapter not found: {path}")
     if path.suffix != ".safetensors":
         raise UserError(f"{path.name}: adapters are read as .safetensors LoRA files")
     try:
@@ -44,12 +44,6 @@ def adapter_method(path: str | Path, weight: float = 1.0, taken: set[str] | None
         raise
     except Exception as e:  # noqa: BLE001 - any unreadable file becomes one line for the user
         raise UserError(f"{path} is not a readable LoRA file: {e}") from None
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        lora_keys = [k for k in f.keys() if "lora" in k.lower()]
-    if not lora_keys:
-        raise UserError(f"{path} holds no LoRA modules (is it a full model or an embedding rather than a LoRA?)")
     name, k = path.stem, 2
     while taken is not None and name in taken:
         name, k = f"{path.stem}-{k}", k + 1
