@@ -47,6 +47,8 @@ def make_app(lora_dir: str | Path | None = None, work_dir: str | Path | None = N
     from .backends import StandaloneBackend
     from .tab import create_blocks
 
+    if work_dir is not None and Path(work_dir).expanduser().is_file():
+        raise UserError(f"--work-dir {work_dir} is a file; pair datasets need a folder")
     lora_dir = Path(lora_dir or DEFAULT_LORA_DIR).expanduser()
     try:
         lora_dir.mkdir(parents=True, exist_ok=True)

@@ -547,6 +547,10 @@ CASES: dict[str, Case] = {
     "config_is_a_folder": Case("audit", lambda e: [*e.train(), "--config", str(e.tmp)], "is a folder, not a config"),
     "pairs_is_a_file": Case("audit", _pairs_is_a_file, "is a file, not a pairs folder"),
     "kappa_and_beta": Case("audit", lambda e: e.train("--kappa", "5", "--beta", "100"), "not both"),
+    "preview_every_without_prompts": Case("audit", lambda e: e.train("--preview-every", "1"), "needs preview prompts"),
+    "ui_work_dir_is_a_file": Case("audit", lambda e: (e.tmp / "w.txt").write_text("x") and
+                                  ["ui", "--work-dir", str(e.tmp / "w.txt"), "--lora-dir", str(e.tmp / "loras")],
+                                  "is a file"),
     "resolution_too_large": Case("audit", lambda e: e.train("--resolution", "100000"), "over 4096"),
 }
 

@@ -151,6 +151,8 @@ class TrainConfig:
         for name in ("checkpoint_every", "preview_every", "stop_every", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.preview_every and not self.preview_prompts:
+            raise UserError("preview_every needs preview prompts to draw (--preview-prompts \"a|b\")")
         if not str(self.out).endswith(".safetensors"):
             raise UserError(f"the adapter is written as safetensors: --out must end in .safetensors, got {self.out}")
         self.lora.validate()
