@@ -451,6 +451,16 @@ def _not_a_lora(env: Env):
     return ["info", str(env.tmp / "model.safetensors")]
 
 
+def _adapter_of_another_family(env: Env):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(2, 4)},
+              str(env.tmp / "xl.safetensors"), {"duo.family": "sdxl"})
+    return ["eval", "--model", str(env.model), "--adapter", str(env.tmp / "xl.safetensors"), "--attacks", "direct",
+            "--no-base", "--lpips-backbone", "random", "--out", str(env.tmp / "ev")]
+
+
 def _pairs_is_a_file(env: Env):
     (env.tmp / "pairs.txt").write_text("not a folder")
     return env.train(pairs=env.tmp / "pairs.txt")
@@ -551,6 +561,8 @@ CASES: dict[str, Case] = {
     "ui_work_dir_is_a_file": Case("audit", lambda e: (e.tmp / "w.txt").write_text("x") and
                                   ["ui", "--work-dir", str(e.tmp / "w.txt"), "--lora-dir", str(e.tmp / "loras")],
                                   "is a file"),
+    "eval_adapter_of_another_family": Case("audit", _adapter_of_another_family, "trained for the sdxl family",
+                                           early=False, allowed=("ev", "ev/*")),
     "resolution_too_large": Case("audit", lambda e: e.train("--resolution", "100000"), "over 4096"),
 }
 

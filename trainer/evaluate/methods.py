@@ -53,14 +53,22 @@ def adapter_method(path: str | Path, weight: float = 1.0, taken: set[str] | None
 
 
 def load_adapters(pipe, methods: list[Method]) -> None:
+    from ..families import family_of, get_family
+
+    model_family = family_of(pipe)
     for k, m in enumerate(methods):
         if m.kind != ADAPTER:
             continue
+        recorded = m.facts.get("family")
+        # an SDXL adapter on an SD 1.x model would otherwise fail with peft's list of every missing module
+        if recorded and get_family(recorded).pipeline_class != model_family.pipeline_class:
+            raise UserError(f"{m.adapter.name} was trained for the {recorded} family; this model is {model_family.name}")
         m.adapter_name = f"eval_{k}"
         try:
             pipe.load_lora_weights(str(m.adapter), adapter_name=m.adapter_name)
         except (ValueError, KeyError, RuntimeError) as e:
             first = (str(e).strip().splitlines() or [""])[0]
+            first = first if len(first) <= 200 else first[:200] + "…"
             raise UserError(f"{m.adapter.name} does not fit this model ({type(e).__name__}: {first})") from None
 
 
