@@ -563,6 +563,8 @@ CASES: dict[str, Case] = {
                                   "is a file"),
     "eval_adapter_of_another_family": Case("audit", _adapter_of_another_family, "trained for the sdxl family",
                                            early=False, allowed=("ev", "ev/*")),
+    "pairs_custom_without_prompts": Case("audit", lambda e: ["pairs", "--preset", "custom", "--out", str(e.tmp / "p")],
+                                         "give --unsafe-prompt and --safe-prompt"),
     "resolution_too_large": Case("audit", lambda e: e.train("--resolution", "100000"), "over 4096"),
 }
 

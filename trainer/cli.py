@@ -75,6 +75,8 @@ def cmd_pairs(args) -> int:
     if args.preset and not (cfg.unsafe_prompts or cfg.safe_prompts):
         preset = get_preset(args.preset)
         concepts = [c for c in preset.concepts if not args.concept or c.name == args.concept]
+        if not preset.concepts:
+            raise UserError(f"preset {preset.name} has no prompts of its own: give --unsafe-prompt and --safe-prompt")
         if len(concepts) != 1:
             raise UserError(f"preset {preset.name} has concepts {', '.join(c.name for c in preset.concepts)}: "
                             "choose one with --concept")
