@@ -89,16 +89,3 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def swap_in(staging: Path, out: Path) -> None:
-    """Replace the folder `out` by the complete folder `staging`: an interrupted swap leaves the previous one
-    (kept as <out>.old until the new one is in place)."""
-    if out.exists():
-        backup = out.with_name(out.name + ".old")
-        shutil.rmtree(backup, ignore_errors=True)
-        out.rename(backup)
-        staging.rename(out)
-        shutil.rmtree(backup)
-    else:
-        staging.rename(out)

@@ -173,22 +173,14 @@ def cmd_testbed_train(args, rest) -> int:
     return testbed_main(rest)
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad flags get one line, as every other bad input does (argparse would print the usage first); --help
-    still shows the usage."""
-
-    def error(self, message: str):
-        self.exit(2, f"duo-unlearn: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_options import add_dataclass_flags
+    from .cli_options import OneLineParser, add_dataclass_flags
     from .config import TrainConfig
     from .pairs import PairConfig
     from .evaluate.run import HELP as EVAL_HELP, EvalConfig
     from .unlearn import UnlearnConfig
 
-    parser = _Parser(prog="duo-unlearn", description="DUO concept unlearning for Stable Diffusion.")
+    parser = OneLineParser(prog="duo-unlearn", description="DUO concept unlearning for Stable Diffusion.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("train", help="train a DUO adapter on a pair dataset",
                        description="Train a DUO LoRA on a pair dataset. Every flag can also come from --config.")

@@ -90,6 +90,14 @@ HELP.update({
 })
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag gets one line, as every other bad input does (argparse would print the usage above it); --help
+    still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"duo-unlearn: error: {message} (see {self.prog} --help)\n")
+
+
 def _scalar_type(hint) -> type:
     """int for `int | None`, float for `float`, str otherwise."""
     for kind in (bool, int, float):

@@ -60,7 +60,7 @@ def resolve_model_path(spec: str | Path) -> Path:
         if not (folder / "model_index.json").exists():
             family = f" --family {TESTBED_FAMILIES[str(spec)]}" if str(spec) != "testbed" else ""
             raise UserError(f"the bundled test-bed model {spec!r} is missing from {folder}; "
-                            f"rebuild it with `duo-unlearn testbed-train{family}`")
+                            f"rebuild it with `duo-unlearn testbed-train{family} --overwrite`")
         return folder
     path = Path(spec).expanduser()
     try:

@@ -1,5 +1,8 @@
 """Train the bundled test-bed model from scratch: `duo-unlearn testbed-train [--family sd1|sdxl|sd3] [--out DIR]`.
 
+An --out that already holds files (the bundled model, by default) is replaced only with --overwrite, and only once
+the new model is complete.
+
 `--family sdxl|sd3` trains the SDXL / SD3 test beds instead (`train_families.py`, from this one's parts).
 
 Three stages, all seeded: a VAE (32x32 RGB -> 16x16x4), then the UNet and the CLIP text encoder together on the
@@ -11,11 +14,14 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +30,9 @@ from . import TESTBED_DIR
 from .architecture import build_inference_scheduler, build_text_encoder, build_unet, build_vae, scheduler_kwargs
 from .shapes import make_dataset, vocabulary_words
 from .vocabulary import MAX_LENGTH, build_tokenizer
-from ..atomic import swap_in
+from ..atomic import disk_error
+from ..cli_options import OneLineParser
+from ..errors import UserError
 
 
 @dataclass
@@ -43,6 +51,60 @@ class TestbedTrainConfig:
     ema_decay: float = 0.999
     eval_every: int = 1_000  # 0: no evaluation during training
     log_every: int = 100
+    overwrite: bool = False  # replace an --out that already holds files
+
+
+def check_ranges(cfg, positive=(), zero_or_more=(), fraction=()) -> None:
+    """One line for the first setting out of its range, raised before any training so that a typo costs nothing.
+    positive: > 0; zero_or_more: >= 0; fraction: in [0, 1). Floats must be finite as well."""
+    if not 0 <= cfg.seed <= 2**64 - 3:  # torch seeds are 64-bit and the stages draw from seed + 1 and seed + 2
+        raise UserError(f"--seed must be from 0 to {2**64 - 3}, got {cfg.seed}")
+    for name in (*positive, *zero_or_more, *fraction):
+        value, flag = getattr(cfg, name), "--" + name.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number, got {value}")
+        if name in positive and not value > 0:
+            raise UserError(f"{flag} must be greater than 0, got {value}")
+        if name in zero_or_more and not value >= 0:
+            raise UserError(f"{flag} must be 0 or more, got {value}")
+        if name in fraction and not 0 <= value < 1:
+            raise UserError(f"{flag} must be at least 0 and below 1, got {value}")
+
+
+@contextmanager
+def output_folder(out: Path, overwrite: bool) -> Iterator[Path]:
+    """An empty folder to save the model into, which becomes `out` once the body returns; on any failure it is
+    removed and `out` is left as it was. Checked before any training: `out` must be a folder name, and one that
+    already holds files is replaced only with `overwrite`.
+
+    Everything temporary lives in one `<out>.<random>.partial` folder, the previous `out` included until the new
+    one is in place: no fixed name beside `out` (an `<out>.old` or `<out>.partial` of the user's) is touched."""
+    if out.name in ("", ".", ".."):
+        raise UserError(f"--out must end in a folder name, got {str(out)!r}")
+    if os.path.lexists(out) and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder: choose a folder name")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"--out {out} already holds files: pass --overwrite to replace them, or choose another folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".partial", dir=out.parent))
+        (work / "model").mkdir()
+    except OSError as e:
+        raise disk_error(out, e) from None
+    previous = work / "previous"
+    try:
+        yield work / "model"
+        try:
+            if os.path.lexists(out):
+                out.rename(previous)
+            (work / "model").rename(out)
+        except OSError as e:
+            if os.path.lexists(previous):
+                previous.rename(out)
+            raise disk_error(out, e) from None
+    finally:
+        if os.path.lexists(out) or not os.path.lexists(previous):  # else the user's old folder is only in there
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _lr_at(step: int, total: int, warmup: int) -> float:
@@ -136,16 +198,24 @@ def assemble_pipeline(vae, text_encoder, tokenizer, unet):
 
 
 def train_testbed(cfg: TestbedTrainConfig, log: Callable[[str], None] = print) -> Path:
+    check_ranges(cfg, positive=("images", "vae_steps", "vae_batch", "vae_lr", "unet_steps", "unet_batch", "unet_lr",
+                                "log_every"),
+                 zero_or_more=("kl_weight", "warmup", "eval_every"), fraction=("ema_decay",))
+    out = Path(cfg.out)
+    with output_folder(out, cfg.overwrite) as staging:
+        started = _train_into(staging, cfg, log)
+    log(f"saved {out} ({time.time() - started:.0f}s)")
+    return out
+
+
+def _train_into(staging: Path, cfg: TestbedTrainConfig, log: Callable[[str], None]) -> float:
+    """Returns when it started."""
     from diffusers import DDPMScheduler
 
     from .measure import prompt_following
 
     started = time.time()
     torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
 
     images, prompts, _ = make_dataset(cfg.images, cfg.seed)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -204,36 +274,35 @@ def train_testbed(cfg: TestbedTrainConfig, log: Callable[[str], None] = print) -
         "config": asdict(cfg), "seconds_total": time.time() - started, "seconds_vae": vae_seconds, "vae_check": vae_check,
         "threads": torch.get_num_threads(), "evaluations": history,
     }, indent=2))
-    swap_in(staging, out)
-    log(f"saved {out} ({time.time() - started:.0f}s)")
-    return out
+    return started
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
     import sys
 
+    from .train_families import FAMILIES, main as family_main
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    family = "sd1"
-    for i, arg in enumerate(argv):
-        if arg == "--family" and i + 1 < len(argv):
-            family = argv[i + 1]
-        elif arg.startswith("--family="):
-            family = arg.split("=", 1)[1]
-    if family != "sd1":
-        from .train_families import main as family_main
+    # The family decides which flags exist, so it is read first, on its own.
+    families = ("sd1", *FAMILIES)
+    pick = OneLineParser(prog="duo-unlearn testbed-train", add_help=False)
+    pick.add_argument("--family", choices=families, default="sd1")
+    if pick.parse_known_args(argv)[0].family != "sd1":
+        return family_main(argv)
 
-        return family_main(argv)  # its parser checks the family name
-    argv = [a for i, a in enumerate(argv) if a != "--family" and (i == 0 or argv[i - 1] != "--family")]
-
-    p = argparse.ArgumentParser(prog="duo-unlearn testbed-train", description=__doc__.splitlines()[0],
-                                epilog="--family sdxl|sd3: the SDXL / SD3 test beds (see --family sdxl --help)")
+    p = OneLineParser(prog="duo-unlearn testbed-train", description=__doc__.splitlines()[0],
+                      epilog="--family sdxl|sd3: the SDXL / SD3 test beds (see --family sdxl --help)")
+    p.add_argument("--family", choices=families, default="sd1", help="which test bed (default sd1)")
     defaults = TestbedTrainConfig()
     for f in defaults.__dataclass_fields__.values():
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
-                       default=getattr(defaults, f.name))
-    args = p.parse_args(argv)
-    train_testbed(TestbedTrainConfig(**{k: v for k, v in vars(args).items()}))
+        if f.name == "overwrite":
+            p.add_argument("--overwrite", action="store_true", help="replace an --out that already holds files")
+        else:
+            p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
+                           default=getattr(defaults, f.name))
+    args = vars(p.parse_args(argv))
+    del args["family"]
+    train_testbed(TestbedTrainConfig(**args))
     return 0
 
 

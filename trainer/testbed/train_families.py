@@ -5,12 +5,12 @@ means) with its tokenizer; see `architecture_families` for what is reused and ho
 CLIP encoders train; the VAE is the SD 1.x test bed's (for SD3 with a shift and scale of its own, as SD3's VAE
 has). The result is a standard StableDiffusionXLPipeline / StableDiffusion3Pipeline folder.
 
-The SD 1.x test bed (`trainer/testbed/model`) must exist: it is the starting point.
+The SD 1.x test bed (`trainer/testbed/model`) must exist: it is the starting point. As for SD 1.x, an --out that
+already holds files (the bundled folder of the family, by default) is replaced only with --overwrite.
 """
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,9 +21,10 @@ import torch.nn.functional as F
 
 from . import TESTBED_DIR, TESTBEDS
 from .shapes import IMAGE_SIZE, make_dataset
-from .train import Ema, _encode_means, _lr_at
+from .train import Ema, _encode_means, _lr_at, check_ranges, output_folder
+from ..cli_options import OneLineParser
 from .vocabulary import MAX_LENGTH
-from ..atomic import swap_in
+from ..errors import UserError
 
 FAMILIES = ("sdxl", "sd3")
 # The committed runs. SDXL: 433 steps (where its 25-min budget ended on a loaded 2-core machine; a fixed step count
@@ -50,14 +51,14 @@ class FamilyTrainConfig:
     minutes: float = 0.0  # a wall-clock budget: the cosine follows max(step share, time share); stops at either end
     t5_lengths: str = "77,256,256"  # SD3: how many zero T5 tokens, drawn per step (each the pipeline may use)
     log_every: int = 20
+    overwrite: bool = False  # replace an --out that already holds files
 
 
 def _load_sd1(folder: Path = TESTBED_DIR):
     from diffusers import StableDiffusionPipeline
 
     if not (folder / "model_index.json").exists():
-        raise SystemExit(f"duo-unlearn: error: the SD 1.x test bed is missing from {folder}: train it first "
-                         "(`duo-unlearn testbed-train`)")
+        raise UserError(f"the SD 1.x test bed is missing from {folder}: train it first (`duo-unlearn testbed-train`)")
     return StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
 
 
@@ -118,14 +119,29 @@ def add_zero_t5(folder: Path) -> None:
 
 
 def train_family_testbed(cfg: FamilyTrainConfig, log: Callable[[str], None] = print) -> Path:
+    if cfg.family not in FAMILIES:
+        raise UserError(f"--family must be one of sd1, {', '.join(FAMILIES)}, got {cfg.family!r}")
+    check_ranges(cfg, positive=("images", "batch", "log_every"),
+                 zero_or_more=("steps", "lr", "text_lr", "warmup", "threads", "minutes"), fraction=("ema_decay",))
+    parts = cfg.t5_lengths.split(",")
+    if not all(x.strip().isdecimal() and int(x) > 0 for x in parts):
+        raise UserError(f"--t5-lengths must be whole numbers above 0, comma-separated, got {cfg.t5_lengths!r}")
+    t5_lengths = [int(x) for x in parts]
+    out = Path(cfg.out or TESTBEDS[_NAMES[cfg.family]])
+    with output_folder(out, cfg.overwrite) as staging:
+        started = _train_into(staging, cfg, t5_lengths, log)
+    log(f"saved {out} ({time.time() - started:.0f}s)")
+    return out
+
+
+def _train_into(staging: Path, cfg: FamilyTrainConfig, t5_lengths: list[int], log: Callable[[str], None]) -> float:
+    """Returns when it started."""
     from diffusers import DDPMScheduler
 
     from .architecture import scheduler_kwargs
     from .architecture_families import (build_sd3_transformer, build_sdxl_unet, clip_from_testbed,
                                         warm_start_sdxl_unet)
 
-    if cfg.family not in FAMILIES:
-        raise SystemExit(f"duo-unlearn: error: --family must be one of sd1, {', '.join(FAMILIES)}")
     for key, value in RECIPES[cfg.family].items():
         if not getattr(cfg, key):
             setattr(cfg, key, value)
@@ -133,10 +149,6 @@ def train_family_testbed(cfg: FamilyTrainConfig, log: Callable[[str], None] = pr
         torch.set_num_threads(cfg.threads)
     started = time.time()
     torch.manual_seed(cfg.seed)
-    out = Path(cfg.out or TESTBEDS[_NAMES[cfg.family]])
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
 
     sd1 = _load_sd1()
     vae, tokenizer = sd1.vae, sd1.tokenizer
@@ -174,7 +186,6 @@ def train_family_testbed(cfg: FamilyTrainConfig, log: Callable[[str], None] = pr
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     losses: list[float] = []
     train_started = time.time()
-    t5_lengths = [int(x) for x in cfg.t5_lengths.split(",")]
     budget = cfg.minutes * 60
     steps_done = 0
     for step in range(cfg.steps):
@@ -226,23 +237,20 @@ def train_family_testbed(cfg: FamilyTrainConfig, log: Callable[[str], None] = pr
         "seconds_training": time.time() - train_started, "threads": torch.get_num_threads(),
         "loss_every_50": [sum(losses[i:i + 50]) / len(losses[i:i + 50]) for i in range(0, len(losses), 50)],
     }, indent=2))
-    swap_in(staging, out)
-    log(f"saved {out} ({time.time() - started:.0f}s)")
-    return out
+    return started
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="duo-unlearn testbed-train --family sdxl|sd3",
-                                description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="duo-unlearn testbed-train --family sdxl|sd3", description=__doc__.splitlines()[0])
     defaults = FamilyTrainConfig()
     for f in defaults.__dataclass_fields__.values():
         if f.name == "family":
             p.add_argument("--family", choices=FAMILIES, required=True)
-            continue
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
-                       default=getattr(defaults, f.name))
+        elif f.name == "overwrite":
+            p.add_argument("--overwrite", action="store_true", help="replace an --out that already holds files")
+        else:
+            p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
+                           default=getattr(defaults, f.name))
     args = p.parse_args(argv)
     train_family_testbed(FamilyTrainConfig(**vars(args)))
     return 0
