@@ -389,7 +389,8 @@ def main(argv=None) -> int:
             print("LPIPS: the pretrained alexnet trunk is not available offline; using a seeded random trunk")
     cfg = EvalConfig(model=args.model, preset="testbed-red", adapters=tuple(str(a) for a in adapters.values()),
                      images_per_prompt=args.images_per_prompt, pairs=str(work / "pairs_image"),
-                     ci_steps=args.ci_steps, lpips_backbone=backbone, out=str(work / "report"), attacks=attacks,
+                     ci_steps=args.ci_steps, lpips_backbone=backbone, out=str(work / "report"), overwrite=True,
+                     attacks=attacks,
                      fid_features=None if args.fid == "none" else args.fid)
     t = time.time()
     saved = work / "report" / "report.json"

@@ -105,7 +105,8 @@ class DUOUnlearn:
             unsafe_prompts=_lines(unsafe_prompts), safe_prompts=_lines(safe_prompts),
             num_pairs=num_pairs or None, steps=steps or None, beta=beta or None, seed=seed, preview=True,
             device=host.training_device(), mixed_precision=mixed_precision or "auto",
-            gradient_checkpointing=gradient_checkpointing or "auto", resolution=int(resolution or 0) or None)
+            gradient_checkpointing=gradient_checkpointing or "auto", resolution=int(resolution or 0) or None,
+            overwrite=bool(overwrite))  # checked below against a differently trained file; the trainer checks it too
         preset_obj, plans = plan(cfg)  # every bad input is reported here, before anything is unloaded or written
         adapters = [Path(p.train.out) for p in plans]
         for path in adapters:

@@ -89,6 +89,10 @@ def test_unlearn_node_passes_runtime_widgets_into_the_config(tmp_path, monkeypat
         DUOUnlearn().unlearn(**args)  # a graph saved before the widgets existed: the defaults
     cfg = seen["cfg"]
     assert (cfg.mixed_precision, cfg.gradient_checkpointing, cfg.resolution) == ("auto", "auto", None)
+    assert cfg.overwrite is False
+    with pytest.raises(RuntimeError, match="stop here"):
+        DUOUnlearn().unlearn(**{**args, "overwrite": True})  # the switch reaches the trainer, which checks it again
+    assert seen["cfg"].overwrite is True
     same = DUOUnlearn.IS_CHANGED(**args, resolution=0)
     assert same == DUOUnlearn.IS_CHANGED(**args, resolution=0) != DUOUnlearn.IS_CHANGED(**args, resolution=64)
 

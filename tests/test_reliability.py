@@ -565,6 +565,8 @@ CASES: dict[str, Case] = {
                                            early=False, allowed=("ev", "ev/*")),
     "pairs_custom_without_prompts": Case("audit", lambda e: ["pairs", "--preset", "custom", "--out", str(e.tmp / "p")],
                                          "give --unsafe-prompt and --safe-prompt"),
+    "train_preview_exists": Case("audit", lambda e: (e.tmp / "out.preview.png").write_bytes(b"the user's") and
+                                 e.train("--preview-prompts", "a red square"), "out.preview.png already exists"),
     "resolution_too_large": Case("audit", lambda e: e.train("--resolution", "100000"), "over 4096"),
 }
 

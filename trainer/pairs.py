@@ -181,6 +181,19 @@ def _locked(folder: Path):
         os.close(fd)  # closing releases the lock
 
 
+def check_pair_folder(out: str | Path) -> None:
+    """Pairs go into fixed names (unsafe/00000.png, contact_sheet.png, ...) and a folder is resumed, not emptied:
+    only a pair dataset (it has dataset.json), an empty folder or a new one is written into, so a folder of the
+    user's own files is refused before anything in it is replaced. An atomic write's leftover temp file (a kill
+    before dataset.json was in place) does not count."""
+    folder = Path(out)
+    if not folder.is_dir() or (folder / SETTINGS).exists():
+        return
+    if any(not (f.name.startswith(".") and f.name.endswith(".tmp")) for f in folder.iterdir()):
+        raise UserError(f"{folder} holds files but no pair dataset ({SETTINGS}); give a new or empty folder "
+                        "for the pairs")
+
+
 def _make_folder(cfg: PairConfig) -> Path:
     folder = Path(cfg.out)
     try:
@@ -221,7 +234,8 @@ def generate_pairs(cfg: PairConfig, progress: ProgressCallback | None = None, mo
     folder = _make_folder(cfg)
     if model is not None:
         refuse_inside_model(folder, model.source)
-    with _locked(folder):
+    with _locked(folder):  # a run holding the folder is said first: its own files are not the user's
+        check_pair_folder(folder)
         done = _check_settings(cfg, folder)
         _make_subfolders(folder)
         return _generate(cfg, progress, model, detector, folder, done)
@@ -307,10 +321,13 @@ def _retain_blocks(cfg: PairConfig, pipe, folder: Path, progress) -> None:
 
 
 def _retrying(progress, cfg: PairConfig, finished: int, attempt: int, count: int, what: str) -> None:
-    """Retries until success can take long: say so, and give the host its chance to cancel."""
+    """Retries until success can take long, and never end where the detector cannot find the concept in what the
+    model draws (nudenet on the shapes test bed): say so, say how to cap them, and give the host its chance to
+    cancel."""
     if attempt:
+        cap = "" if cfg.max_retries >= 0 else " (retrying until the detector agrees: --max-retries N caps it)"
         report(progress, ProgressEvent("pairs", finished, cfg.num_pairs, f"retrying {count} {what}, "
-                                                                           f"attempt {attempt + 1}"))
+                                                                           f"attempt {attempt + 1}{cap}"))
 
 
 def _attempts(cfg: PairConfig):

@@ -40,6 +40,22 @@ def grid(rows: list[list[Image.Image]], row_labels: list[str], col_labels: list[
     return sheet
 
 
+def preview_path(adapter: str | Path) -> Path:
+    """The base-vs-unlearned sheet training writes beside an adapter at the end."""
+    adapter = Path(adapter)
+    return adapter.with_name(adapter.stem + ".preview.png")
+
+
+def refuse_existing_preview(adapter: str | Path, overwrite: bool) -> None:
+    """The preview is written after training: a file of that name is refused before it, not replaced then."""
+    from .errors import UserError
+
+    path = preview_path(adapter)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists; choose another --out, pass --overwrite to replace it, "
+                        "or leave the preview out")
+
+
 def save_png(image: Image.Image, path: Path) -> Path:
     """Atomic PNG write (temp name + rename)."""
     import os

@@ -3,7 +3,8 @@
 Policy
 ------
 - device "auto": the first CUDA GPU, else Apple MPS, else the CPU. "cuda", "cuda:N" and "mps" are refused with one
-  line when torch cannot see that device, instead of failing later inside a kernel.
+  line when torch cannot see that device, when the stage's config is validated (RuntimeConfig.validate), instead of
+  after the model loads or inside a kernel.
 - mixed_precision "auto": on CUDA bf16 where the card supports it (Ampere and newer), else fp16; fp32 ("no") on the
   CPU and on MPS. fp16 on the CPU is refused (accelerate refuses it too, and CPU fp16 kernels are slow or missing);
   bf16 on the CPU only when asked for by name.
@@ -59,7 +60,11 @@ class RuntimeConfig:
     gradient_checkpointing: str | bool = "auto"
 
     def validate(self) -> None:
-        """Spelling only; what the machine has is checked by resolve()."""
+        """Spelling, and whether this machine has the device and precision asked for: a stage's config checks it
+        before a folder is made or a model loads, not minutes later when the model is placed."""
+        resolve(self)
+
+    def check_spelling(self) -> None:
         device = str(self.device).strip().lower()
         if not _DEVICE.match(device):
             raise UserError(f"device must be one of {DEVICE_CHOICES}, got {self.device!r}")
@@ -149,7 +154,7 @@ def resolve(cfg: RuntimeConfig) -> Runtime:
     """Decide the device and the dtypes for this machine, refusing what it cannot do with one clear line."""
     import torch
 
-    cfg.validate()
+    cfg.check_spelling()
     asked = str(cfg.device).strip().lower()
     if asked == "auto":
         asked = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"

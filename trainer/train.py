@@ -22,6 +22,7 @@ from .models import LoadedModel, load_model, refuse_inside_model
 from .pair_dataset import read_pairs
 from .retain_set import read_retain
 from .reward_scale import beta_for, full_swap_margin
+from .previews import preview_path, refuse_existing_preview
 from .progress import ProgressCallback, ProgressEvent, report
 from .runtime import place, resolve
 from .steps import METHODS, StepContext, micro_batch
@@ -123,6 +124,8 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
         raise UserError(f"--lam-retain needs a retain set in {cfg.pairs} (retain.jsonl): make the pairs with "
                         "--retain-prompt and --num-retain")
     out = check_writable(cfg.out, overwrite=cfg.overwrite)
+    if cfg.preview_prompts:
+        refuse_existing_preview(out, cfg.overwrite)
     check = erasure_check(cfg, records)  # a wrong detector name is refused before the model loads
     model = model or load_model(cfg.model, cfg.config_dir)
     refuse_inside_model(out, model.source)
@@ -283,7 +286,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         result.peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20
     checkpoints.remove_spent()  # the adapter is complete: this run's intermediate states are spent
     if cfg.preview_prompts:
-        result.previews.append(_preview(model.pipe, raw, cfg, out.with_name(out.stem + ".preview.png"), progress,
+        result.previews.append(_preview(model.pipe, raw, cfg, preview_path(out), progress,
                                         rt))
     report(progress, ProgressEvent("done", done, cfg.steps, f"saved {out}"))
     return result

@@ -10,8 +10,9 @@ from .detectors import no_detector
 from .errors import UserError
 from .export import check_writable
 from .families import get_family
-from .pairs import PairConfig, PairStats, generate_pairs
+from .pairs import PairConfig, PairStats, check_pair_folder, generate_pairs
 from .presets import Concept, Preset, get_preset
+from .previews import refuse_existing_preview
 from .progress import ProgressCallback, ProgressEvent, report
 from .testbed import TESTBED_NAME
 
@@ -31,6 +32,7 @@ class UnlearnConfig:
     num_pairs: int | None = None
     strength: float | None = None
     detector: str | None = None
+    max_retries: int = -1  # as pairs': -1 retries each image until the detector agrees (the official script)
     method: str = "duo"  # "esd": the ESD baseline, on the same pairs
     beta: float | None = None
     kappa: float | None = None  # β from the pairs: κ / full-swap margin (None: the preset's, unless --beta)
@@ -55,7 +57,7 @@ class UnlearnConfig:
     gradient_checkpointing: str = "auto"
     resolution: int | None = None  # pairs and training at this size; None: the model's native size
     micro_batch_pairs: int | None = None
-    overwrite: bool = False  # replace existing adapters of the same names
+    overwrite: bool = False  # replace existing adapters (and their previews) of the same names
 
 
 @dataclass
@@ -118,8 +120,9 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             safe_prompts=concept.safe_prompts, num_pairs=cfg.num_pairs if cfg.num_pairs is not None else preset.num_pairs,
             strength=cfg.strength if cfg.strength is not None else preset.strength,
             guidance=preset.guidance, sample_steps=preset.sample_steps,
-            detector=cfg.detector or preset.detector, seed=cfg.seed, resolution=cfg.resolution, device=cfg.device,
-            mixed_precision=cfg.mixed_precision, edit_region=cfg.edit_region or preset.edit_region,
+            detector=cfg.detector or preset.detector, max_retries=cfg.max_retries, seed=cfg.seed,
+            resolution=cfg.resolution, device=cfg.device, mixed_precision=cfg.mixed_precision,
+            edit_region=cfg.edit_region or preset.edit_region,
             retain_prompts=tuple(cfg.retain_prompts) or preset.retain_prompts,
             num_retain=_given(cfg.num_retain, preset.num_retain) if cfg.method == "duo" else 0)
         lam_retain = _given(cfg.lam_retain, preset.lam_retain if pair_cfg.num_retain else 0.0)
@@ -165,8 +168,11 @@ def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=
     from .train import lora_targets, train
 
     preset, plans = plan(cfg)
-    for p in plans:  # every name checked before the first pair is made
+    for p in plans:  # every name checked before the model loads and the first pair is made
         check_writable(p.train.out, overwrite=cfg.overwrite)
+        if p.train.preview_prompts:
+            refuse_existing_preview(p.train.out, cfg.overwrite)
+        check_pair_folder(p.pairs.out)
     model = model or load_model(plans[0].pairs.model, cfg.config_dir)
     family = get_family(model.family)
     for p in plans:

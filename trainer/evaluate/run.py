@@ -63,6 +63,7 @@ HELP = {  # `duo-unlearn eval` flag help (names shared with other commands mean 
                   "a local folder holding a CLIP model and its processor, e.g. openai/clip-vit-large-patch14",
     "grid_columns": "images per row in the grids",
     "out": "report folder: report.json, plot.png, grid_*.png",
+    "overwrite": "replace the report, plot and grids of an earlier evaluation in --out (otherwise refused)",
     "batch_size": "images generated per batch",
     "device": "auto, cpu, cuda, cuda:N or mps",
     "mixed_precision": "auto (bf16/fp16 on a GPU, fp32 on the CPU), no, fp16 or bf16",
@@ -113,6 +114,7 @@ class EvalConfig:
     clip_model: str | None = None  # a local CLIP folder; None: no CLIP score
     grid_columns: int = 8
     out: str = "duo_eval"
+    overwrite: bool = False  # replace report.json, plot.png and grids already in out
     batch_size: int = 16
     device: str = "auto"
     mixed_precision: str = "auto"  # half-precision sampling on a GPU, fp32 on the CPU
@@ -239,6 +241,21 @@ def plan(cfg: EvalConfig) -> Plan:
                 cfg.guidance if cfg.guidance is not None else preset.guidance)
 
 
+def report_files(cfg: EvalConfig, p: Plan) -> list[Path]:
+    """Every file evaluate() writes into cfg.out: the report, the plot, a grid per image set."""
+    grids = ["unrelated", *(a for a in cfg.attacks if a != "prompts" or p.attack_prompts)]
+    out = Path(cfg.out)
+    return [out / "report.json", out / "plot.png", *(out / f"grid_{name}.png" for name in grids)]
+
+
+def _check_out(cfg: EvalConfig, p: Plan) -> None:
+    """An earlier evaluation's files are not replaced unless asked for, and that is said before any model loads."""
+    taken = [f.name for f in report_files(cfg, p) if f.exists()]
+    if taken and not cfg.overwrite:
+        raise UserError(f"{cfg.out} already holds {', '.join(taken)}; choose another --out or pass --overwrite "
+                        "to replace them")
+
+
 TOKEN_ATTACKS = ("concept_inversion", "ring_a_bell", "unlearndiffatk")  # on the CLIP encoders' token embeddings
 
 
@@ -305,6 +322,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
 
     started = time.time()
     p = plan(cfg)
+    _check_out(cfg, p)
     _check_family_attacks(cfg, model.family if model else detect_family(resolve_model_path(cfg.model)))
     rt = resolve(RuntimeConfig(cfg.device, cfg.mixed_precision))
     detector = make_detector(p.detector_spec)
