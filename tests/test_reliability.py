@@ -567,6 +567,9 @@ CASES: dict[str, Case] = {
                                          "give --unsafe-prompt and --safe-prompt"),
     "train_preview_exists": Case("audit", lambda e: (e.tmp / "out.preview.png").write_bytes(b"the user's") and
                                  e.train("--preview-prompts", "a red square"), "out.preview.png already exists"),
+    "pairs_resolution_too_large": Case("audit", lambda e: ["pairs", "--preset", "testbed-red", "--model", str(e.model),
+                                                           "--resolution", "100000", "--out", str(e.tmp / "p")],
+                                       "over 4096"),
     "resolution_too_large": Case("audit", lambda e: e.train("--resolution", "100000"), "over 4096"),
 }
 

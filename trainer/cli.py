@@ -230,6 +230,11 @@ _USER_ERRNOS = {errno.ENAMETOOLONG, errno.ENOSPC, errno.EDQUOT, errno.EROFS, err
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    # bitsandbytes (imported by peft) warns on every run about optional CPU kernels it could not load: a line
+    # above every error and result that says nothing about the user's input
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv and argv[0] == "testbed-train":

@@ -18,6 +18,7 @@ from pathlib import Path
 from .atomic import write_text_atomic
 from .detectors import make_detector, no_detector
 from .errors import UserError
+from .config import MAX_RESOLUTION
 from .models import refuse_inside_model
 from .pair_dataset import INDEX, PairRecord
 from .previews import save_png
@@ -60,6 +61,9 @@ class PairConfig:
         if self.resolution is not None and not (isinstance(self.resolution, int) and self.resolution > 0
                                                 and self.resolution % 8 == 0):
             raise UserError(f"resolution must be a positive multiple of 8, got {self.resolution!r}")
+        if self.resolution is not None and self.resolution > MAX_RESOLUTION:
+            raise UserError(f"resolution {self.resolution} is over {MAX_RESOLUTION}: no supported model draws that "
+                            "large, and the images alone would not fit in memory")
         if not self.out:
             raise UserError("no output folder for the pairs (--out DIR)")
         if not [p for p in self.unsafe_prompts if p.strip()]:
