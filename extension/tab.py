@@ -165,6 +165,7 @@ class TabController:
                       config_dir="", device="auto", mixed_precision="auto", gradient_checkpointing="auto",
                       resolution=0, micro_batch_pairs=0, retain_text="", num_retain="", lam_retain="") -> Request:
         """Every check that can fail before anything is written; UserError says what to fix."""
+        from ..trainer.previews import preview_path
         from ..trainer.unlearn import UnlearnConfig, plan
 
         if preset not in self.presets:
@@ -236,6 +237,9 @@ class TabController:
             if path.exists() and not overwrite:
                 raise UserError(f"An adapter named {path.name} already exists in the LoRA folder; choose another "
                                 "name or tick 'Overwrite'")
+            if cfg.preview and preview_path(path).exists() and not overwrite:
+                raise UserError(f"A preview named {preview_path(path).name} already exists in the LoRA folder; "
+                                "choose another name, tick 'Overwrite', or untick the preview")
         cfg.overwrite = bool(overwrite)  # the user ticked it knowingly; the trainer refuses otherwise
         on = self.backend.current_model_name(model_spec) or Path(model_spec).name
         on += f" — {family_label(family)}" if family else ""

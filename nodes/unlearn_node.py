@@ -95,6 +95,7 @@ class DUOUnlearn:
     def unlearn(self, ckpt_name, preset, concept, unsafe_prompts, safe_prompts, num_pairs, steps, beta, seed,
                 lora_name, overwrite, config_dir="", mixed_precision="auto", gradient_checkpointing="auto",
                 resolution=0):
+        from ..trainer.previews import preview_path
         from ..trainer.unlearn import UnlearnConfig, plan, unlearn
 
         model_spec, config = _model_and_configs(ckpt_name, (config_dir or "").strip())
@@ -118,6 +119,10 @@ class DUOUnlearn:
             if existing and not overwrite:
                 raise UserError(f"{', '.join(existing)} already exists in models/loras and was trained differently; "
                                 "choose another lora_name or switch overwrite on")
+            previews = [preview_path(p).name for p in adapters if preview_path(p).exists()]
+            if previews and not overwrite:  # the trainer would refuse too, but in the CLI's words
+                raise UserError(f"{', '.join(previews)} already exists in models/loras; choose another lora_name "
+                                "or switch overwrite on")
             host.free_gpu()
             import torch
 

@@ -93,6 +93,14 @@ def test_unlearn_node_passes_runtime_widgets_into_the_config(tmp_path, monkeypat
     with pytest.raises(RuntimeError, match="stop here"):
         DUOUnlearn().unlearn(**{**args, "overwrite": True})  # the switch reaches the trainer, which checks it again
     assert seen["cfg"].overwrite is True
+    (loras / "duo_x.preview.png").write_bytes(b"mine")  # left beside a deleted adapter: refused in the node's words
+    from duo_unlearn.trainer.errors import UserError
+
+    with pytest.raises(UserError, match="duo_x.preview.png already exists in models/loras; .*switch overwrite on"):
+        DUOUnlearn().unlearn(**args)
+    with pytest.raises(RuntimeError, match="stop here"):
+        DUOUnlearn().unlearn(**{**args, "overwrite": True})
+    (loras / "duo_x.preview.png").unlink()
     same = DUOUnlearn.IS_CHANGED(**args, resolution=0)
     assert same == DUOUnlearn.IS_CHANGED(**args, resolution=0) != DUOUnlearn.IS_CHANGED(**args, resolution=64)
 

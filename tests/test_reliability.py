@@ -571,6 +571,8 @@ CASES: dict[str, Case] = {
                                                            "--resolution", "100000", "--out", str(e.tmp / "p")],
                                        "over 4096"),
     "resolution_too_large": Case("audit", lambda e: e.train("--resolution", "100000"), "over 4096"),
+    # argparse before 3.13 took "-1e-3" for a flag
+    "negative_exponent_number": Case("audit", lambda e: e.train("--lr", "-1e-3"), "lr must be a positive number"),
 }
 
 OUTCOMES: dict[str, dict] = {}

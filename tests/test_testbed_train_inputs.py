@@ -46,6 +46,9 @@ def _leftovers(folder: Path) -> list[str]:
     (["--vae-lr", "nan"], "--vae-lr"),
     (["--vae-lr", "inf"], "--vae-lr"),
     (["--vae-lr", "-0.001"], "--vae-lr"),
+    (["--vae-lr", "-1e-3"], "--vae-lr"),  # not read as a flag
+    (["--images", "1000000"], "--images must be at most"),
+    (["--family", "sd3", "--images", "400000"], "--images must be at most"),
     (["--unet-lr", "0"], "--unet-lr"),
     (["--kl-weight", "-1"], "--kl-weight"),
     (["--warmup", "-1"], "--warmup"),

@@ -219,3 +219,19 @@ def test_cancel_during_the_preview_says_the_adapter_is_complete(ctl, tiny_model)
     assert job.state == "cancelled"
     assert (ctl.backend.lora_dir / "late.safetensors").exists()
     assert "`late.safetensors` had been saved complete" in frames[-1][0]
+
+
+@pytest.mark.parametrize("preview, overwrite, refused", [(True, False, True), (False, False, False),
+                                                         (True, True, False)])
+def test_an_earlier_preview_is_refused_in_the_tabs_words(ctl, tiny_model, preview, overwrite, refused):
+    """A preview PNG left beside a deleted adapter would be replaced at the end of training: the tab says so before
+    it starts, naming its own controls rather than the CLI's flags."""
+    ctl.backend.lora_dir.mkdir(parents=True, exist_ok=True)
+    (ctl.backend.lora_dir / "duo_red.preview.png").write_bytes(b"mine")
+    args = inputs(tiny_model, preview=preview, overwrite=overwrite)
+    if refused:
+        with pytest.raises(UserError, match=r"duo_red.preview.png already exists .*tick 'Overwrite', or untick"):
+            ctl.build_request(*args)
+    else:
+        assert [p.name for p in ctl.build_request(*args).outputs] == ["duo_red.safetensors"]
+    assert (ctl.backend.lora_dir / "duo_red.preview.png").read_bytes() == b"mine"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import typing
 from pathlib import Path
@@ -93,6 +94,13 @@ HELP.update({
 class OneLineParser(argparse.ArgumentParser):
     """A bad flag gets one line, as every other bad input does (argparse would print the usage above it); --help
     still shows the usage."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse before 3.13 reads "-1e-3" (and "-inf") as a flag, so "--vae-lr -1e-3" got "expected one
+        # argument" instead of the range check's message
+        self._negative_number_matcher = re.compile(r"^-(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|inf|nan)$",
+                                                   re.IGNORECASE)
 
     def error(self, message: str):
         self.exit(2, f"duo-unlearn: error: {message} (see {self.prog} --help)\n")

@@ -329,7 +329,8 @@ def _retrying(progress, cfg: PairConfig, finished: int, attempt: int, count: int
     model draws (nudenet on the shapes test bed): say so, say how to cap them, and give the host its chance to
     cancel."""
     if attempt:
-        cap = "" if cfg.max_retries >= 0 else " (retrying until the detector agrees: --max-retries N caps it)"
+        cap = "" if cfg.max_retries >= 0 else (" (no retry cap: until the detector agrees or the job is cancelled; "
+                                                 "--max-retries N caps it on the command line)")
         report(progress, ProgressEvent("pairs", finished, cfg.num_pairs, f"retrying {count} {what}, "
                                                                            f"attempt {attempt + 1}{cap}"))
 

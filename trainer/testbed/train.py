@@ -54,6 +54,9 @@ class TestbedTrainConfig:
     overwrite: bool = False  # replace an --out that already holds files
 
 
+MAX_IMAGES = 300_000  # ten times the default: about 4.5 GB of pixels
+
+
 def check_ranges(cfg, positive=(), zero_or_more=(), fraction=()) -> None:
     """One line for the first setting out of its range, raised before any training so that a typo costs nothing.
     positive: > 0; zero_or_more: >= 0; fraction: in [0, 1). Floats must be finite as well."""
@@ -69,6 +72,8 @@ def check_ranges(cfg, positive=(), zero_or_more=(), fraction=()) -> None:
             raise UserError(f"{flag} must be 0 or more, got {value}")
         if name in fraction and not 0 <= value < 1:
             raise UserError(f"{flag} must be at least 0 and below 1, got {value}")
+    if cfg.images > MAX_IMAGES:  # the whole data set is drawn into memory first, ~15 kB an image
+        raise UserError(f"--images must be at most {MAX_IMAGES} (the data set is held in memory), got {cfg.images}")
 
 
 @contextmanager
