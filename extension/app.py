@@ -47,6 +47,12 @@ def make_app(lora_dir: str | Path | None = None, work_dir: str | Path | None = N
     from .backends import StandaloneBackend
     from .tab import create_blocks
 
+    for flag, folder in (("--lora-dir", lora_dir), ("--work-dir", work_dir)):
+        if folder is not None and not str(folder).strip():  # else "" would quietly mean the default folder
+            raise UserError(f"{flag} is empty: give a folder, or leave the flag out for the default")
+    from ..trainer.models import detect_family, resolve_model_path
+
+    detect_family(resolve_model_path(model))  # a mistyped --model is said now, not at the first click
     if work_dir is not None and Path(work_dir).expanduser().is_file():
         raise UserError(f"--work-dir {work_dir} is a file; pair datasets need a folder")
     lora_dir = Path(lora_dir or DEFAULT_LORA_DIR).expanduser()
@@ -63,6 +69,12 @@ def serve(host: str = "127.0.0.1", port: int | None = None, lora_dir: str | Path
     """Build and launch; with block=False returns (blocks, backend, url) and keeps serving in the background."""
     blocks, backend = make_app(lora_dir, work_dir, model)
     print(f"duo-unlearn ui: adapters are saved in {backend.lora_dir}, pairs in {backend.work_dir}", flush=True)
-    _, url, _ = blocks.launch(server_name=host, server_port=port, share=share, inbrowser=False,
-                              prevent_thread_lock=not block, show_error=True, quiet=False)
+    try:
+        _, url, _ = blocks.launch(server_name=host, server_port=port, share=share, inbrowser=False,
+                                  prevent_thread_lock=not block, show_error=True, quiet=False)
+    except OSError as e:  # gradio: "Cannot find empty port in range", or the address is not this machine's
+        if "empty port" in str(e):  # gradio's own text goes on about launch() and environment variables
+            raise UserError(f"no free port on {host}" + (f": {port} is taken by another program" if port else "")
+                            + "; choose another --port") from None
+        raise UserError(f"cannot serve on {host}:{port or 'auto'}: {e.strerror or e}") from None
     return blocks, backend, url

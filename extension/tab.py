@@ -33,13 +33,18 @@ def _lines(text: str | None) -> tuple[str, ...]:
     return tuple(line.strip() for line in (text or "").splitlines() if line.strip())
 
 
-def _int(value, name: str, minimum: int = 1) -> int:
+SEED_MAX = 2**32 - 1  # as A1111's seed field; the pair images derive their own seeds from it
+
+
+def _int(value, name: str, minimum: int = 1, maximum: int | None = None) -> int:
     try:
         f = float(value)
     except (TypeError, ValueError):
         raise UserError(f"{name} must be a whole number, got {value!r}") from None
     if not f.is_integer() or f < minimum:
         raise UserError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
+    if maximum is not None and f > maximum:
+        raise UserError(f"{name} must be a whole number from {minimum} to {maximum}, got {value!r}")
     return int(f)
 
 
@@ -210,7 +215,7 @@ class TabController:
             safe_prompts=safe if custom or not p.concepts else (),
             num_pairs=_int(num_pairs, "Number of pairs"), beta=_float(beta, "β (beta)"), steps=_int(steps, "Steps"),
             rank=_int(rank, "Rank"), strength=None if strength in (None, "", 0) else _float(strength, "SDEdit strength"),
-            lr=None if lr in (None, "", 0) else _float(lr, "Learning rate"), seed=_int(seed, "Seed", 0),
+            lr=None if lr in (None, "", 0) else _float(lr, "Learning rate"), seed=_int(seed, "Seed", 0, SEED_MAX),
             batch_pairs=_int(batch_pairs, "Pairs per step"), detector=(detector or "").strip() or None,
             preview=bool(preview), device=(device or "").strip() or "auto",
             mixed_precision=(mixed_precision or "").strip() or "auto",
@@ -349,7 +354,7 @@ class TabController:
         names = [a.name for a, _ in chosen]
         if len(set(names)) != len(names):
             raise UserError("The same adapter is picked twice; pick each once and set its weight")
-        seed, steps, guidance = _int(seed, "Seed", 0), _int(steps, "Steps"), _float(guidance, "Guidance", False)
+        seed, steps, guidance = _int(seed, "Seed", 0, SEED_MAX), _int(steps, "Steps"), _float(guidance, "Guidance", False)
         model = (model or "").strip() or self.backend.default_model()
         job = self.backend.runner.run_here("compare", "comparing", self.backend.compare, model, chosen, prompt,
                                            negative, seed, steps, guidance)

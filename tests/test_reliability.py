@@ -443,6 +443,19 @@ def _toml_no_pairs(env: Env):
             "--config", str(env.tmp / "c.toml")]
 
 
+def _unlearn(env: Env) -> list[str]:
+    return ["unlearn", "--model", str(env.model), "--preset", "testbed-red", "--no-preview",
+            "--out", str(env.tmp / "u.safetensors")]
+
+
+def _deep_pairs_line(env: Env):
+    argv = env.train()
+    pairs = Path(argv[argv.index("--pairs") + 1])
+    with open(pairs / "pairs.jsonl", "a") as f:
+        f.write("[" * 100_000 + "]" * 100_000 + "\n")
+    return argv
+
+
 def _not_a_lora(env: Env):
     import torch
     from safetensors.torch import save_file
@@ -571,6 +584,32 @@ CASES: dict[str, Case] = {
                                                            "--resolution", "100000", "--out", str(e.tmp / "p")],
                                        "over 4096"),
     "resolution_too_large": Case("audit", lambda e: e.train("--resolution", "100000"), "over 4096"),
+    # the thirteenth session's audit
+    "seed_over_64_bits": Case("audit", lambda e: e.train("--seed", "99999999999999999999"),
+                              "seed must be a whole number from 0 to"),
+    "toml_seed_over_64_bits": Case("audit", _toml("seed = 99999999999999999999\n"), "seed must be a whole number"),
+    "pairs_seed_over_range": Case("audit", lambda e: ["pairs", "--preset", "testbed-red", "--model", str(e.model),
+                                                      "--seed", "99999999999999999999", "--out", str(e.tmp / "p")],
+                                  "seed must be a whole number from 0 to 4294967295"),
+    "unlearn_seed_over_range": Case("audit", lambda e: [*_unlearn(e), "--seed", str(2**40)], "seed must be"),
+    "unlearn_zero_steps": Case("audit", lambda e: [*_unlearn(e), "--steps", "0"], "steps must be a positive"),
+    "unlearn_pairs_dir_is_out": Case("audit", lambda e: [*_unlearn(e), "--pairs-dir", str(e.tmp / "u.safetensors")],
+                                     "both name"),
+    "weight_decay_nan": Case("audit", lambda e: e.train("--weight-decay", "nan"), "weight_decay must be zero or"),
+    "grad_clip_nan": Case("audit", lambda e: e.train("--grad-clip", "nan"), "grad_clip must be zero or positive"),
+    "toml_lora_string_with_rank_flag": Case("audit", _toml('lora = "x"\n'), "[lora] must be a table"),
+    "toml_lora_array_with_rank_flag": Case("audit", _toml("[[lora]]\nrank = 2\n"), "[lora] must be a table"),
+    "checkpoint_dir_is_a_file": Case("audit", lambda e: (e.tmp / "ck.txt").write_text("notes") and
+                                     e.train("--checkpoint-every", "1", "--checkpoint-dir", str(e.tmp / "ck.txt")),
+                                     "is a file; checkpoints need a folder"),
+    "target_is_a_block": Case("audit", lambda e: e.train("--target-modules", "attn1"),
+                              "names Attention modules", early=False),
+    "pairs_unknown_concept": Case("audit", lambda e: ["pairs", "--preset", "testbed-red", "--concept", "bogus",
+                                                      "--out", str(e.tmp / "p")], "no concept 'bogus'"),
+    "pairs_jsonl_nested_too_deep": Case("audit", _deep_pairs_line, "not JSON", early=False),
+    "ui_model_typo": Case("audit", lambda e: ["ui", "--model", "testbd", "--lora-dir", str(e.tmp / "loras")],
+                          "model not found: testbd"),
+    "ui_lora_dir_empty": Case("audit", lambda e: ["ui", "--lora-dir", ""], "--lora-dir is empty"),
     # argparse before 3.13 took "-1e-3" for a flag
     "negative_exponent_number": Case("audit", lambda e: e.train("--lr", "-1e-3"), "lr must be a positive number"),
 }
@@ -677,3 +716,23 @@ def test_catalogue_counts():
         by_section[c.section] = by_section.get(c.section, 0) + 1
     print(f"\nreliability catalogue: {json.dumps(counts)}\nper section: {json.dumps(by_section)}")
     assert counts["cases"] == sum(by_section.values())
+
+
+def test_ui_on_a_taken_port_says_so(tmp_path, capsys):
+    """gradio's own error is a traceback about launch() and environment variables."""
+    import socket
+
+    from duo_unlearn.extension.app import serve
+    from duo_unlearn.trainer.errors import UserError
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        try:
+            with pytest.raises(UserError, match=f"{port} is taken by another program; choose another --port"):
+                serve(port=port, lora_dir=tmp_path / "loras", block=False)
+        finally:
+            import gradio
+
+            gradio.close_all()

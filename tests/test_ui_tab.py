@@ -235,3 +235,9 @@ def test_an_earlier_preview_is_refused_in_the_tabs_words(ctl, tiny_model, previe
     else:
         assert [p.name for p in ctl.build_request(*args).outputs] == ["duo_red.safetensors"]
     assert (ctl.backend.lora_dir / "duo_red.preview.png").read_bytes() == b"mine"
+
+
+def test_a_seed_past_32_bits_is_refused_by_name(ctl, tiny_model):
+    with pytest.raises(UserError, match="Seed must be a whole number from 0 to 4294967295"):
+        ctl.build_request(*inputs(tiny_model, seed=2**40))
+    assert written(ctl) == []

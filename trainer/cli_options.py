@@ -170,7 +170,10 @@ def build_config(cls, args: argparse.Namespace, toml: dict | None = None):
         if isinstance(default, tuple) and isinstance(value, str):
             value = [v.strip() for v in value.split(_LIST_SEPARATOR.get(name, ",")) if v.strip()]
         if parent:
-            data.setdefault(parent, {})[name] = value
+            table = data.setdefault(parent, {})
+            if not isinstance(table, dict):  # `lora = "x"` in the file: say so, as without the flag
+                raise UserError(f"config: [{parent}] must be a table")
+            table[name] = value
         else:
             data[name] = value
     if data.get("kappa") is not None and data.get("beta") is not None:  # κ sets β: one of them would be ignored

@@ -149,13 +149,26 @@ class TrainConfig:
             raise UserError("stop_every needs stop_detector: the detector that tells whether the concept is still "
                             "in the samples (nudenet, colour:<name>)")
         for name in ("checkpoint_every", "preview_every", "stop_every", "weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name} must not be negative, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):  # a NaN grad_clip would turn clipping off unnoticed
+                raise UserError(f"{name} must be zero or positive, got {value}")
+        check_seed("seed", self.seed)
+        check_seed("preview_seed", self.preview_seed)
+        if self.checkpoint_every and self.checkpoint_path.exists() and not self.checkpoint_path.is_dir():
+            raise UserError(f"checkpoint_dir {self.checkpoint_path} is a file; checkpoints need a folder")
         if self.preview_every and not self.preview_prompts:
             raise UserError("preview_every needs preview prompts to draw (--preview-prompts \"a|b\")")
         if not str(self.out).endswith(".safetensors"):
             raise UserError(f"the adapter is written as safetensors: --out must end in .safetensors, got {self.out}")
         self.lora.validate()
+
+
+MAX_SEED = 2**63 - 1  # torch takes a signed 64-bit seed; images within a run add their index to it
+
+
+def check_seed(name: str, seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{name} must be a whole number from 0 to {MAX_SEED}, got {seed}")
 
 
 def _typed(where: str, name: str, hint, value):

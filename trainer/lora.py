@@ -27,7 +27,25 @@ def check_targets(denoiser, targets, rank: int) -> None:
     missing = [t for t in targets if not any(n.endswith(t) for n in names)]
     if missing:
         raise UserError(f"no module of the model matches target(s) {', '.join(missing)}")
+    _check_layer_kinds(denoiser, targets)
     _check_rank(denoiser, targets, rank)
+
+
+def _check_layer_kinds(denoiser, targets) -> None:
+    """peft wraps linear and convolution layers only; a block name (attn1) or a norm would fail inside peft with a
+    module repr as long as the block, so it is said here with the layers to name instead."""
+    import torch
+
+    for t in targets:
+        found = [(n, m) for n, m in denoiser.named_modules() if n == t or n.endswith("." + t)]
+        wrong = [(n, m) for n, m in found if not isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+        if wrong:
+            name, module = wrong[0]
+            layers = [n[len(name) + 1:] for n, m in denoiser.named_modules()
+                      if n.startswith(name + ".") and isinstance(m, torch.nn.Linear)][:4]
+            hint = f" (its layers: {', '.join(layers)})" if layers else ""
+            raise UserError(f"target {t!r} names {type(module).__name__} modules ({name}), which LoRA cannot wrap: "
+                            f"name linear or convolution layers instead{hint}")
 
 
 def add_lora(denoiser, rank: int, alpha: float, targets) -> list:

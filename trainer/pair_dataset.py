@@ -78,7 +78,7 @@ def read_pairs(folder: str | Path) -> list[PairRecord]:
             continue
         try:
             data = json.loads(line)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise UserError(f"{index}, line {n}: not JSON ({e})") from None
         record = _record(data, n, index)
         for rel in (record.unsafe, record.safe):

@@ -90,6 +90,8 @@ class PairConfig:
             raise UserError(f"num_retain must be 0 or a positive integer, got {self.num_retain!r}")
         if self.num_retain and not [p for p in self.retain_prompts if p.strip()]:
             raise UserError("a retain set needs prompts: give --retain-prompt (one or more) or set --num-retain 0")
+        if not 0 <= self.seed <= MAX_PAIR_SEED:
+            raise UserError(f"seed must be a whole number from 0 to {MAX_PAIR_SEED}, got {self.seed}")
         if not (isinstance(self.max_retries, int) and self.max_retries >= -1):
             raise UserError(f"max_retries must be -1 (until success) or a count >= 0, got {self.max_retries!r}")
 
@@ -123,6 +125,9 @@ class PairStats:
     seconds: float = 0.0
     contact_sheet: Path | None = None
     skipped_reasons: dict = field(default_factory=dict)
+
+
+MAX_PAIR_SEED = 2**32 - 1  # image_seed multiplies the run seed by 64 million: torch's 64-bit seeds hold that
 
 
 def image_seed(base: int, i: int, attempt: int, safe: bool) -> int:
@@ -161,7 +166,7 @@ def _read_ids(path: Path) -> list[dict]:
             text = text[: text.rfind("\n") + 1]
             write_text_atomic(path, text)
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise UserError(f"{path} is damaged ({type(e).__name__}); use a new folder") from None
     if not all(isinstance(r, dict) and isinstance(r.get("id"), str) for r in rows):
         raise UserError(f"{path} holds lines that are not pair records; use a new folder")
@@ -220,7 +225,7 @@ def _check_settings(cfg: PairConfig, folder: Path) -> set[str]:
     if settings_file.exists():
         try:
             old = json.loads(settings_file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise UserError(f"{settings_file} is damaged ({type(e).__name__}); use a new folder") from None
         if not isinstance(old, dict) or old.get("settings") != cfg.settings():
             raise UserError(f"{folder} holds pairs made with other settings; use a new folder "

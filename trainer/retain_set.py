@@ -45,7 +45,7 @@ def read_retain(folder: str | Path) -> list[RetainRecord]:
             data = json.loads(line)
             record = RetainRecord(id=str(data["id"]), image=data["image"], prompt=data["prompt"],
                                   seed=data.get("seed"))
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, RecursionError, KeyError, TypeError):
             raise UserError(f"{index}, line {n}: not a retain record (id, image, prompt)") from None
         if not isinstance(record.image, str) or not isinstance(record.prompt, str):
             raise UserError(f"{index}, line {n}: 'image' and 'prompt' must be text")

@@ -115,6 +115,8 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
         adapter = out if len(concepts) == 1 else out.with_name(f"{out.stem}_{concept.name}.safetensors")
         pairs_root = Path(cfg.pairs_dir) if cfg.pairs_dir else out.with_name(f"{out.stem}_pairs")
         pairs_dir = pairs_root if len(concepts) == 1 else pairs_root / concept.name
+        if pairs_dir.resolve() == adapter.resolve():  # the pairs would take the adapter's name as their folder
+            raise UserError(f"--pairs-dir and --out both name {adapter}: the pairs need a folder of their own")
         pair_cfg = PairConfig(
             out=str(pairs_dir), model=model, config_dir=cfg.config_dir, unsafe_prompts=concept.unsafe_prompts,
             safe_prompts=concept.safe_prompts, num_pairs=cfg.num_pairs if cfg.num_pairs is not None else preset.num_pairs,
@@ -136,7 +138,7 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             method=cfg.method, condition=cfg.condition, beta=cfg.beta if cfg.beta is not None else preset.beta,
             kappa=cfg.kappa if cfg.kappa is not None else (preset.kappa if cfg.beta is None else None),
             lr=_given(cfg.lr, preset.lr if same_beta else None), lam=_given(cfg.lam, preset.lam if same_beta else None),
-            steps=_given(cfg.steps, preset.steps) or 1000, batch_pairs=cfg.batch_pairs,
+            steps=_given(cfg.steps, preset.steps or 1000), batch_pairs=cfg.batch_pairs,
             lora=LoraConfig(rank=cfg.rank, alpha=float(cfg.rank), target_modules=tuple(cfg.target_modules)),
             seed=cfg.seed, preview_prompts=previews if cfg.preview else (), preview_steps=preset.sample_steps,
             preview_guidance=preset.guidance, device=cfg.device, overwrite=cfg.overwrite,
