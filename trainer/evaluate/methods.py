@@ -44,12 +44,43 @@ def adapter_method(path: str | Path, weight: float = 1.0, taken: set[str] | None
         raise
     except Exception as e:  # noqa: BLE001 - any unreadable file becomes one line for the user
         raise UserError(f"{path} is not a readable LoRA file: {e}") from None
+    _check_weights(path)
     name, k = path.stem, 2
     while taken is not None and name in taken:
         name, k = f"{path.stem}-{k}", k + 1
     if taken is not None:
         taken.add(name)
     return Method(name, ADAPTER, path, weight, facts=info.get("duo", {}))
+
+
+NAMES_READ = "kohya (lora_unet_…, lora_te_…) or diffusers (unet.…, transformer.…) LoRA names"
+PEFT_PREFIX = "base_model.model."
+BFL_PREFIXES = tuple(PEFT_PREFIX + block for block in ("double_blocks.", "single_blocks."))
+
+
+def _check_weights(path: Path) -> None:
+    """Refuse, before any model loads, a PEFT-format file (diffusers would load none of it and every image would
+    be the base model's) and an adapter with NaN or inf weights (its images are noise, which DSR counts as the
+    concept gone)."""
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            # diffusers' Flux loader does read BFL-layout LoRAs (double_blocks, single_blocks) under this prefix
+            if keys and all(k.startswith(PEFT_PREFIX) and not k.startswith(BFL_PREFIXES) for k in keys):
+                raise UserError(f"{path} holds PEFT-format names ({PEFT_PREFIX}…), which this loader does not "
+                                f"read: expected {NAMES_READ}")
+            for key in keys:
+                tensor = f.get_tensor(key)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise UserError(f"{path} holds NaN or infinite weights ({key}): its images would be noise, "
+                                    "which DSR counts as the concept gone")
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unreadable tensor becomes one line for the user
+        raise UserError(f"{path} is not a readable LoRA file: {e}") from None
 
 
 def load_adapters(pipe, methods: list[Method]) -> None:
@@ -70,6 +101,9 @@ def load_adapters(pipe, methods: list[Method]) -> None:
             first = (str(e).strip().splitlines() or [""])[0]
             first = first if len(first) <= 200 else first[:200] + "…"
             raise UserError(f"{m.adapter.name} does not fit this model ({type(e).__name__}: {first})") from None
+        loaded = {a for names in pipe.get_list_adapters().values() for a in names}
+        if m.adapter_name not in loaded:  # diffusers skips names it does not know, with only a logged warning
+            raise UserError(f"{m.adapter} holds no modules this loader reads: expected {NAMES_READ}")
 
 
 @contextmanager

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+import string
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..config import check_seed
 from ..errors import UserError
 from ..progress import ProgressCallback, ProgressEvent, report
 from .methods import BASE, NEGATIVE, Method, activated, adapter_method, load_adapters
@@ -131,10 +133,21 @@ class EvalConfig:
             value = getattr(self, name)
             if not (isinstance(value, int) and value > 0):
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("ci_lr", "udatk_lr", "adapter_weight"):
+        # sample_steps None is the preset's value; 0 is not, and would have silently become it
+        if self.sample_steps is not None and not (isinstance(self.sample_steps, int) and self.sample_steps > 0):
+            raise UserError(f"sample_steps must be a positive integer, got {self.sample_steps!r}")
+        # rab_strength is η in target = E(neutral) + η·(concept direction): 0 or less does not point at the concept
+        for name in ("ci_lr", "udatk_lr", "adapter_weight", "rab_strength"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise UserError(f"{name} must be a positive number, got {value!r}")
+        # NaN would reach report.json, which JSON cannot hold; guidance 0 (no guidance) is allowed, as for pairs
+        if self.guidance is not None and not (isinstance(self.guidance, (int, float)) and math.isfinite(self.guidance)
+                                              and self.guidance >= 0):
+            raise UserError(f"guidance must be zero or positive, got {self.guidance!r}")
+        check_seed("seed", self.seed)  # concept inversion's images add 10_000_000, still within torch's 2**64 - 1
+        if not str(self.out).strip():  # '' would put the report and grids in the current folder
+            raise UserError(f"out must name the report folder (--out DIR), got {self.out!r}")
         if self.udatk_tokens > SD_PROMPT_TOKENS - 3:  # a smaller text encoder is checked once it is loaded
             raise UserError(f"udatk_tokens must leave room for the prompt: at most {SD_PROMPT_TOKENS - 3} of SD's "
                             f"{SD_PROMPT_TOKENS} prompt tokens, got {self.udatk_tokens}")
@@ -150,10 +163,22 @@ class EvalConfig:
             raise UserError("--fid-reference / --fid-inception-weights set up FID: give --fid-features too")
         if self.fid_inception_weights and self.fid_features != "inception":
             raise UserError("--fid-inception-weights is for --fid-features inception")
-        if self.ci_template is not None and "{}" not in self.ci_template:
-            raise UserError(f"ci_template must hold {{}} where the learnt token goes, got {self.ci_template!r}")
+        if self.ci_template is not None and not _one_token_field(self.ci_template):
+            raise UserError(f"ci_template must hold {{}} exactly once, where the learnt token goes, and no other "
+                            f"{{...}} field (write {{{{ or }}}} for a brace), got {self.ci_template!r}")
         if not self.base and self.negative_prompt == "" and not self.adapters:
             raise UserError("nothing to evaluate: give --adapter, or keep the base model / negative prompt")
+
+
+def _one_token_field(template: str) -> bool:
+    """True when template.format(token) fills exactly one bare {} and nothing else: "{x}" or a second "{}" would
+    fail with KeyError / IndexError only once concept inversion runs."""
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError:  # a lone { or }
+        return False
+    return fields == [("", "", None)]
 
 
 @dataclass
@@ -237,7 +262,7 @@ def plan(cfg: EvalConfig) -> Plan:
 
         read_pairs(cfg.pairs)
     return Plan(name, methods, direct, attack_prompts, source, unrelated, free, detector,
-                cfg.sample_steps or preset.sample_steps,
+                cfg.sample_steps if cfg.sample_steps is not None else preset.sample_steps,
                 cfg.guidance if cfg.guidance is not None else preset.guidance)
 
 
