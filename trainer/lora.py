@@ -38,7 +38,9 @@ def _check_layer_kinds(denoiser, targets) -> None:
 
     for t in targets:
         found = [(n, m) for n, m in denoiser.named_modules() if n == t or n.endswith("." + t)]
-        wrong = [(n, m) for n, m in found if not isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+        # a layer wrapped by an earlier job's adapter is checked by the layer it wraps
+        wrong = [(n, m) for n, m in found
+                 if not isinstance(getattr(m, "base_layer", m), (torch.nn.Linear, torch.nn.Conv2d))]
         if wrong:
             name, module = wrong[0]
             layers = [n[len(name) + 1:] for n, m in denoiser.named_modules()
