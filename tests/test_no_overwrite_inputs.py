@@ -13,6 +13,7 @@ from duo_unlearn.trainer.evaluate.run import EvalConfig, plan as eval_plan, repo
 from duo_unlearn.trainer.models import load_model
 from duo_unlearn.trainer.pairs import PairConfig, check_pair_folder, generate_pairs
 from duo_unlearn.trainer.unlearn import UnlearnConfig, plan
+from tiny_models import NeverDetector
 
 PNG = b"\x89PNG\r\n\x1a\n the user's own picture"
 
@@ -180,20 +181,10 @@ def test_unlearn_max_retries_reaches_the_pairs_with_the_pairs_default(tmp_path):
         plan(UnlearnConfig(out=out, max_retries=-2))
 
 
-class _Never:
-    """A detector that never finds the concept (nudenet on the shapes test bed)."""
-    name, threshold = "never", 0.5
-
-    def __init__(self):
-        self.calls = 0
-
-    def scores(self, images):
-        self.calls += len(images)
-        return [0.0] * len(images)
 
 
 def test_unlearn_max_retries_ends_a_detector_that_never_agrees(tmp_path, capsys, tiny_model, monkeypatch):
-    never = _Never()
+    never = NeverDetector()
     monkeypatch.setattr(pairs_module, "make_detector", lambda spec: never)
     code = main(["unlearn", "--preset", "custom", "--model", str(tiny_model), "--unsafe-prompt", "a red square",
                  "--safe-prompt", "a blue square", "--detector", "colour:red", "--num-pairs", "1", "--steps", "1",
@@ -204,7 +195,7 @@ def test_unlearn_max_retries_ends_a_detector_that_never_agrees(tmp_path, capsys,
     assert not (tmp_path / "u.safetensors").exists()
 
 
-class _AgreesOnThirdLook(_Never):
+class _AgreesOnThirdLook(NeverDetector):
     """Finds the concept on its third look only: the unsafe image is retried twice, then its twin passes at once."""
 
     def scores(self, images):

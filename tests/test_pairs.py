@@ -10,6 +10,7 @@ from duo_unlearn.trainer.errors import Cancelled, UserError
 from duo_unlearn.trainer.models import load_model
 from duo_unlearn.trainer.pair_dataset import read_pairs
 from duo_unlearn.trainer.pairs import PairConfig, generate_pairs
+from tiny_models import NeverDetector
 
 
 def _cfg(out, model, **kw):
@@ -66,26 +67,16 @@ def test_resuming_with_other_settings_is_refused(tmp_path, tiny_model, tiny_load
         generate_pairs(_cfg(tmp_path / "d", tiny_model, num_pairs=2, strength=0.5), model=tiny_loaded)
 
 
-class _Never:
-    """A detector that never finds the concept."""
-    name, threshold = "never", 0.5
-
-    def __init__(self):
-        self.calls = 0
-
-    def scores(self, images):
-        self.calls += len(images)
-        return [0.0] * len(images)
 
 
-class _Always(_Never):
+class _Always(NeverDetector):
     def scores(self, images):
         self.calls += len(images)
         return [1.0] * len(images)
 
 
 def test_gating_retries_are_bounded_and_skips_are_counted(tmp_path, tiny_model, tiny_loaded):
-    never = _Never()
+    never = NeverDetector()
     stats = generate_pairs(_cfg(tmp_path / "a", tiny_model, max_retries=2), model=tiny_loaded, detector=never)
     assert stats.made == 0 and stats.skipped == 6 and stats.unsafe_rejected == 6 * 3 and never.calls == 18
     assert stats.skipped_reasons == {"unsafe image never showed the concept": 6}

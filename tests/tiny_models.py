@@ -107,3 +107,15 @@ class ScriptedDetector:
         self.shown.append(len(images))
         hits = self.found[len(self.shown) - 1] if len(self.shown) <= len(self.found) else 0
         return [1.0] * hits + [0.0] * (len(images) - hits)
+
+
+class NeverDetector:
+    """A detector that never finds the concept (as nudenet on the shapes test bed); counts the images it saw."""
+    name, threshold = "never", 0.5
+
+    def __init__(self):
+        self.calls = 0
+
+    def scores(self, images):
+        self.calls += len(images)
+        return [0.0] * len(images)
