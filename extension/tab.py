@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ def _lines(text: str | None) -> tuple[str, ...]:
 
 
 SEED_MAX = 2**32 - 1  # as A1111's seed field; the pair images derive their own seeds from it
+# Beyond these a click would start a job of days or a model that cannot fit; the CLI keeps its own limits.
+MOST = {"Number of pairs": 4096, "Steps": 100_000, "Rank": 1024, "Pairs per step": 1024, "Micro-batch pairs": 1024,
+        "Retain images": 100_000}
 
 
 def _int(value, name: str, minimum: int = 1, maximum: int | None = None) -> int:
@@ -43,6 +47,7 @@ def _int(value, name: str, minimum: int = 1, maximum: int | None = None) -> int:
         raise UserError(f"{name} must be a whole number, got {value!r}") from None
     if not f.is_integer() or f < minimum:
         raise UserError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
+    maximum = MOST.get(name, maximum)
     if maximum is not None and f > maximum:
         raise UserError(f"{name} must be a whole number from {minimum} to {maximum}, got {value!r}")
     return int(f)
@@ -53,9 +58,23 @@ def _float(value, name: str, positive: bool = True) -> float:
         f = float(value)
     except (TypeError, ValueError):
         raise UserError(f"{name} must be a number, got {value!r}") from None
-    if f != f or (positive and f <= 0):
+    if not math.isfinite(f):  # "1e400" parses as inf
+        raise UserError(f"{name} must be a finite number, got {value!r}")
+    if positive and f <= 0:
         raise UserError(f"{name} must be a positive number, got {value!r}")
     return f
+
+
+def _refuse_other_family(chosen, family: str | None) -> None:
+    """An SD 1.x adapter on an SDXL model loads none of its modules: the images would be the base model's, with
+    only a note to say why."""
+    from ..trainer.families import get_family
+
+    for adapter, _ in chosen:
+        recorded = adapter.duo.get("family")
+        if family and recorded and get_family(recorded).pipeline_class != get_family(family).pipeline_class:
+            raise UserError(f"{adapter.name} was trained for {family_label(recorded)}, and this model is "
+                            f"{family_label(family)}: pick a model of its family")
 
 
 def _optional(value, parse):
@@ -193,9 +212,14 @@ class TabController:
         from ..trainer.models import resolve_model_path
 
         resolve_model_path(model_spec)  # a missing model is said now, not after the job started
-        try:  # the recipe may differ per family; an undetectable family is the trainer's to refuse
+        if (config_dir or "").strip() and Path(config_dir.strip()).expanduser().is_file():
+            raise UserError(f"Config folder {config_dir.strip()} is a file: give the folder that holds the model's "
+                            "diffusers configs, or leave it blank")
+        try:  # the recipe may differ per family
             family = self.backend.model_family(model_spec)
-        except Exception:  # noqa
+        except UserError:  # not a model at all (a folder of something else, a text file): said now
+            raise
+        except Exception:  # noqa - anything else is the trainer's to refuse when it loads the model
             family = None
         retain = _lines(retain_text)
         n_retain = _optional(num_retain, lambda v: _int(v, "Retain images", 0))
@@ -239,6 +263,8 @@ class TabController:
         for path in outputs:
             if path.resolve().parent != out.parent:
                 raise UserError(f"{path} would be written outside the LoRA folder")
+            if path.is_dir():
+                raise UserError(f"{path.name} is a folder in the LoRA folder; choose another name")
             if path.exists() and not overwrite:
                 raise UserError(f"An adapter named {path.name} already exists in the LoRA folder; choose another "
                                 "name or tick 'Overwrite'")
@@ -348,14 +374,24 @@ class TabController:
         chosen = []
         for name, weight in zip(slots[0::2], slots[1::2]):
             if name and name != NONE:
-                chosen.append((self.backend.find_adapter(name), _float(weight, f"weight of {name}", positive=False)))
+                w = _float(weight, f"Weight of {name}", positive=False)
+                if abs(w) > 10:  # the sliders stop at ±2; far past that an adapter only draws noise
+                    raise UserError(f"Weight of {name} must be from -10 to 10, got {weight!r}")
+                chosen.append((self.backend.find_adapter(name), w))
         if not chosen:
             raise UserError("Pick at least one adapter to compare with the base model")
         names = [a.name for a, _ in chosen]
         if len(set(names)) != len(names):
             raise UserError("The same adapter is picked twice; pick each once and set its weight")
         seed, steps, guidance = _int(seed, "Seed", 0, SEED_MAX), _int(steps, "Steps"), _float(guidance, "Guidance", False)
+        if guidance < 0:
+            raise UserError(f"Guidance must be 0 or more, got {guidance!r}")
         model = (model or "").strip() or self.backend.default_model()
+        try:
+            family = self.backend.model_family(model)
+        except Exception:  # noqa - an unreadable model is the comparison's own to report
+            family = None
+        _refuse_other_family(chosen, family)
         job = self.backend.runner.run_here("compare", "comparing", self.backend.compare, model, chosen, prompt,
                                            negative, seed, steps, guidance)
         if job.state != "done":

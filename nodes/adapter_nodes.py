@@ -1,6 +1,9 @@
 """ComfyUI nodes to load, stack and inspect DUO adapters. Thin: ComfyUI's own LoRA code does the patching."""
 from __future__ import annotations
 
+import math
+
+from ..trainer.errors import UserError
 from . import host
 from .facts import read_facts, summary
 
@@ -10,6 +13,9 @@ _SLOTS = 4
 
 def _apply(model, clip, lora_name: str, strength_model: float, strength_clip: float):
     """Exactly what core LoraLoader does with the file, so DUO's loaders give its pixels."""
+    for what, value in (("strength_model", strength_model), ("strength_clip", strength_clip)):
+        if not math.isfinite(value):  # a linked FLOAT can carry what the widget's range cannot
+            raise UserError(f"{what} of {lora_name} must be a finite number, got {value}")
     import comfy.sd
     import comfy.utils
 
@@ -62,7 +68,7 @@ class DUOApplyAdapter:
     def apply(self, model, clip, lora_name, strength_model, strength_clip):
         names = [n.strip() for n in lora_name.splitlines() if n.strip()]
         if not names:
-            raise ValueError("lora_name is empty: connect DUO Unlearn's lora_name output")
+            raise UserError("lora_name is empty: connect DUO Unlearn's lora_name output")
         for name in names:
             if strength_model != 0 or strength_clip != 0:
                 model, clip = _apply(model, clip, name, strength_model, strength_clip)
@@ -131,7 +137,7 @@ class DUOCompareImages:
         import torch
 
         if base.shape != unlearned.shape:
-            raise ValueError(f"base {tuple(base.shape)} and unlearned {tuple(unlearned.shape)} images differ in "
+            raise UserError(f"base {tuple(base.shape)} and unlearned {tuple(unlearned.shape)} images differ in "
                              "size or batch: sample both with the same latent")
         gap = torch.ones_like(base[:, :, : max(2, base.shape[2] // 64)])
         side_by_side = torch.cat([base, gap, unlearned], dim=2)

@@ -99,6 +99,10 @@ class DUOUnlearn:
         from ..trainer.unlearn import UnlearnConfig, plan, unlearn
 
         model_spec, config = _model_and_configs(ckpt_name, (config_dir or "").strip())
+        if preset == "custom":  # named by the node's widgets, not the CLI's flags the trainer would name
+            for widget, text in (("unsafe_prompts", unsafe_prompts), ("safe_prompts", safe_prompts)):
+                if not _lines(text):
+                    raise UserError(f"{widget} is empty: the custom preset needs at least one prompt, one per line")
         out = _adapter_path(lora_name)
         cfg = UnlearnConfig(
             preset=preset, out=str(out), model=model_spec, config_dir=config,
@@ -146,11 +150,16 @@ def _adapter_path(lora_name: str) -> Path:
 def _model_and_configs(ckpt_name: str, config_dir: str) -> tuple[str, str | None]:
     """The trainer's model spec and, for a single file, a diffusers config folder (given, or found)."""
     if ckpt_name in TESTBEDS:  # resolved (or said missing, with the command that trains it) by the trainer
+        if config_dir and Path(config_dir).is_file():
+            raise UserError(f"config_dir {config_dir} is a file; a test bed needs none, leave it empty")
         return ckpt_name, None
     from ..trainer.models import detect_family
 
     path = host.checkpoint_path(ckpt_name)
     if config_dir:
+        if Path(config_dir).is_file():
+            raise UserError(f"config_dir {config_dir} is a file: give the folder that holds the model's diffusers "
+                            "configs, or leave it empty")
         if not (Path(config_dir) / "model_index.json").exists():
             raise UserError(f"config_dir {config_dir} is not a diffusers model folder (no model_index.json)")
         return str(path), config_dir

@@ -154,3 +154,34 @@ def test_unlearn_node_lists_the_test_beds_by_name_and_trains_on_them(tmp_path, m
     facts["lambda_retain"] = plans[0].train.lam_retain
     facts["kappa"] = 50.0  # the preset's κ changed since: trained differently, not reused
     assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
+
+
+def test_node_inputs_a_widget_or_link_can_carry_are_refused_by_the_widgets_name(tmp_path, monkeypatch):
+    """Custom prompts left empty, a config_dir that is a file, an empty lora_name link, images of two sizes and a
+    non-finite strength on a link: one UserError naming the widget (the CLI's flags mean nothing in a graph)."""
+    import torch
+
+    import duo_unlearn.trainer.unlearn as unlearn_mod
+    from duo_unlearn.nodes import adapter_nodes, host
+    from duo_unlearn.nodes.unlearn_node import DUOUnlearn
+    from duo_unlearn.trainer.errors import UserError
+
+    _cpu_host(monkeypatch, host, tmp_path)
+    monkeypatch.setattr(unlearn_mod, "unlearn", lambda *a, **k: pytest.fail("training started"))
+    args = dict(ckpt_name="testbed", preset="custom", concept="", unsafe_prompts=" \n \n", safe_prompts="a blue square",
+                num_pairs=2, steps=2, beta=0.0, seed=0, lora_name="duo_x", overwrite=False, config_dir="")
+    with pytest.raises(UserError, match="unsafe_prompts is empty") as caught:
+        DUOUnlearn().unlearn(**args)
+    assert "--" not in str(caught.value)
+    with pytest.raises(UserError, match="safe_prompts is empty"):
+        DUOUnlearn().unlearn(**{**args, "unsafe_prompts": "a red square", "safe_prompts": ""})
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="config_dir .*notes.txt is a file"):
+        DUOUnlearn().unlearn(**{**args, "preset": "testbed-red", "config_dir": str(tmp_path / "notes.txt")})
+
+    with pytest.raises(UserError, match="lora_name is empty"):
+        adapter_nodes.DUOApplyAdapter().apply(None, None, "  \n", 1.0, 1.0)
+    with pytest.raises(UserError, match="differ in size"):
+        adapter_nodes.DUOCompareImages().compare(torch.zeros(1, 8, 8, 3), torch.zeros(1, 16, 16, 3))
+    with pytest.raises(UserError, match="strength_model of duo_x must be a finite number"):
+        adapter_nodes.DUOLoraStack().stack(None, None, lora_1="duo_x", strength_1=float("nan"))

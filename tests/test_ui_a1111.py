@@ -130,25 +130,37 @@ def test_training_frees_the_gpu_and_compare_uses_txt2img(webui, tmp_path, tiny_m
         assert {c["thread"] for c in processing.calls} == {"forge-main-thread"}
 
 
+def _failing_trainer(monkeypatch):
+    """Training that fails once the job runs (a bad detector is refused on the click now, before any job)."""
+    import duo_unlearn.trainer.unlearn as unlearn_mod
+
+    def fails(cfg, progress=None, model=None):
+        raise UserError("the detector colour:nosuchcolour could not be built")
+
+    monkeypatch.setattr(unlearn_mod, "unlearn", fails)
+
+
 @pytest.mark.slow
-def test_the_host_model_comes_back_when_training_fails(webui, tmp_path):
+def test_the_host_model_comes_back_when_training_fails(webui, tmp_path, monkeypatch):
     from modules import sd_models, shared
 
+    _failing_trainer(monkeypatch)
     ctl = _tab()[0][0].duo_components["controller"]
-    job = ctl.start(*_inputs(detector="colour:nosuchcolour"))
+    job = ctl.start(*_inputs())
     assert job.wait(60) and job.state == "failed" and "nosuchcolour" in job.error
     assert [e[0] for e in _host_moves(webui)] == EXPECTED_MOVES[webui]
     assert shared.sd_model.device == ("cuda" if webui == "a1111" else "cpu")  # Forge reloads on its next generation
     assert list((tmp_path / "MyLoras").iterdir()) == []
 
 
-def test_training_waits_for_a_running_generation(webui, tmp_path):
+def test_training_waits_for_a_running_generation(webui, tmp_path, monkeypatch):
     from modules import call_queue, sd_models
 
+    _failing_trainer(monkeypatch)
     ctl = _tab()[0][0].duo_components["controller"]
     call_queue.queue_lock.acquire()  # the web UI is generating
     try:
-        job = ctl.start(*_inputs(detector="colour:nosuchcolour"))
+        job = ctl.start(*_inputs())
         assert not job.wait(0.5) and _host_moves(webui) == []
         assert "waiting for the web UI" in job.summary()
     finally:

@@ -174,10 +174,17 @@ def test_cancel_mid_run_and_second_click(ctl, tiny_model):
         again.cfg.pairs_dir
 
 
-def test_a_failing_job_shows_its_message(ctl, tiny_model):
-    job, frames = run_to_end(ctl, *inputs(tiny_model, detector="colour:nosuchcolour", out_name="bad"))
+def test_a_failing_job_shows_its_message(ctl, tiny_model, monkeypatch):
+    """A failure only the running job finds (a bad detector is refused on the click now): its line is shown."""
+    import duo_unlearn.trainer.unlearn as unlearn_mod
+
+    def fails(cfg, progress=None, model=None):
+        raise UserError("the disk filled up while writing nosuchfile")
+
+    monkeypatch.setattr(unlearn_mod, "unlearn", fails)
+    job, frames = run_to_end(ctl, *inputs(tiny_model, out_name="bad"))
     assert job.state == "failed"
-    assert frames[-1][0].startswith("**Failed**") and "nosuchcolour" in frames[-1][0]
+    assert frames[-1][0].startswith("**Failed**") and "nosuchfile" in frames[-1][0]
     assert written(ctl) == []
 
 
@@ -241,3 +248,69 @@ def test_a_seed_past_32_bits_is_refused_by_name(ctl, tiny_model):
     with pytest.raises(UserError, match="Seed must be a whole number from 0 to 4294967295"):
         ctl.build_request(*inputs(tiny_model, seed=2**40))
     assert written(ctl) == []
+
+
+@pytest.mark.parametrize("over, runtime, retain, message", [
+    (dict(num_pairs=10**9), {}, {}, "Number of pairs must be a whole number from 1 to 4096"),
+    (dict(steps=10**12), {}, {}, "Steps must be a whole number from 1 to 100000"),
+    (dict(rank=10**9), {}, {}, "Rank must be a whole number from 1 to 1024"),
+    (dict(batch_pairs=10**6), {}, {}, "Pairs per step must be a whole number from 1 to 1024"),
+    ({}, {}, dict(n="999999999"), "Retain images must be a whole number from 0 to 100000"),
+    (dict(beta="1e400"), {}, {}, r"β \(beta\) must be a finite number, got '1e400'"),
+    (dict(lr="inf"), {}, {}, "Learning rate must be a finite number"),
+    ({}, {}, dict(lam="inf"), "Retain weight must be a finite number"),
+    ({}, dict(device="cuda"), {}, "set the device to cpu or auto"),
+    (dict(detector="nudenett"), {}, {}, "unknown detector 'nudenett'"),
+    (dict(detector="colour:chartreuse"), {}, {}, "unknown colour 'chartreuse'"),
+    (dict(model="<text file>"), {}, {}, "unsupported model file type"),
+    (dict(model="<plain folder>"), {}, {}, "not a diffusers model folder"),
+    (dict(config_dir="<text file>"), {}, {}, "Config folder .* is a file"),
+    (dict(out_name="taken"), {}, {}, "taken.safetensors is a folder in the LoRA folder"),
+])
+def test_gui_values_are_refused_on_click_in_the_tabs_words(ctl, tiny_model, tmp_path, over, runtime, retain, message):
+    """What a click would otherwise start (a job of days, a model that is not one) or fail at later, and numbers
+    past what the boxes mean: one message before the job starts, naming the box, not a CLI flag."""
+    (tmp_path / "notes.txt").write_text("not a model")
+    (tmp_path / "plain").mkdir()
+    ctl.backend.lora_dir.mkdir(parents=True, exist_ok=True)
+    (ctl.backend.lora_dir / "taken.safetensors").mkdir()
+    stand_in = {"<text file>": str(tmp_path / "notes.txt"), "<plain folder>": str(tmp_path / "plain")}
+    over = {k: stand_in.get(v, v) for k, v in over.items()}
+    run = dict(zip(["device", "mixed_precision", "gradient_checkpointing", "resolution", "micro_batch_pairs"],
+                   RUNTIME), **runtime)
+    ret = dict(dict(text="", n="", lam=""), **retain)
+    with pytest.raises(UserError, match=message) as caught:
+        ctl.build_request(*inputs(tiny_model, **over), *run.values(), *ret.values())
+    assert "--" not in str(caught.value) and "\n" not in str(caught.value)
+    assert ctl.backend.runner.job is None
+    assert written(ctl) == []
+
+
+def _adapter_for(lora_dir, name: str, family: str):
+    """A DUO adapter file as the Compare tab lists it, recorded for `family`."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_file({f"{key}.lora_down.weight": torch.zeros(2, 8), f"{key}.lora_up.weight": torch.zeros(8, 2),
+               f"{key}.alpha": torch.tensor(2.0)}, str(lora_dir / f"{name}.safetensors"),
+              metadata={"duo.family": json.dumps(family), "duo.concept": json.dumps("red")})
+
+
+@pytest.mark.parametrize("weight, guidance, message", [
+    ("inf", 5.0, "Weight of xl_red must be a finite number"),
+    ("1e400", 5.0, "Weight of xl_red must be a finite number"),
+    ("nan", 5.0, "Weight of xl_red must be a finite number"),
+    (-1e9, 5.0, "Weight of xl_red must be from -10 to 10"),
+    (1.0, "inf", "Guidance must be a finite number"),
+    (1.0, -1, "Guidance must be 0 or more"),
+    (1.0, 5.0, "xl_red was trained for SDXL, and this model is SD 1.x: pick a model of its family"),
+])
+def test_compare_refuses_what_cannot_draw(ctl, tiny_model, weight, guidance, message):
+    _adapter_for(ctl.backend.lora_dir, "xl_red", "sdxl")
+    with pytest.raises(UserError, match=message):
+        ctl.compare(str(tiny_model), "a red square", "", 0, 2, guidance, "xl_red", weight, NONE, 1.0, NONE, 1.0,
+                    NONE, 1.0)

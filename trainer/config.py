@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .detectors import no_detector
+from .detectors import check_detector, no_detector
 from .errors import UserError
 
 CONDITIONS = ("empty", "prompt", "unsafe")
@@ -145,6 +145,7 @@ class TrainConfig:
         self.runtime_config().validate()
         if not (isinstance(self.stop_erased, (int, float)) and 0 < self.stop_erased <= 1):
             raise UserError(f"stop_erased must be a fraction in (0, 1], got {self.stop_erased!r}")
+        check_detector(self.stop_detector)
         if self.stop_every and no_detector(self.stop_detector):
             raise UserError("stop_every needs stop_detector: the detector that tells whether the concept is still "
                             "in the samples (nudenet, colour:<name>)")

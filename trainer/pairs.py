@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .atomic import write_text_atomic
-from .detectors import make_detector, no_detector
+from .detectors import check_detector, make_detector, no_detector
 from .errors import UserError
 from .config import MAX_RESOLUTION
 from .models import refuse_inside_model
@@ -90,6 +90,7 @@ class PairConfig:
             raise UserError(f"num_retain must be 0 or a positive integer, got {self.num_retain!r}")
         if self.num_retain and not [p for p in self.retain_prompts if p.strip()]:
             raise UserError("a retain set needs prompts: give --retain-prompt (one or more) or set --num-retain 0")
+        check_detector(self.detector)  # a typo is said now, not once the model has loaded
         if not 0 <= self.seed <= MAX_PAIR_SEED:
             raise UserError(f"seed must be a whole number from 0 to {MAX_PAIR_SEED}, got {self.seed}")
         if not (isinstance(self.max_retries, int) and self.max_retries >= -1):

@@ -162,7 +162,7 @@ def resolve(cfg: RuntimeConfig) -> Runtime:
         if not torch.cuda.is_available():
             build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
             raise UserError(f"device {cfg.device} was asked for, but torch sees no CUDA GPU (torch "
-                            f"{torch.__version__}, {build}); use --device cpu or auto")
+                            f"{torch.__version__}, {build}); set the device to cpu or auto")
         count = torch.cuda.device_count()
         index = int(asked.split(":")[1]) if ":" in asked else torch.cuda.current_device()
         if index >= count:
@@ -172,7 +172,7 @@ def resolve(cfg: RuntimeConfig) -> Runtime:
         name = torch.cuda.get_device_name(index)
     elif asked == "mps":
         if not _mps_available():
-            raise UserError("device mps was asked for, but torch sees no Apple GPU; use --device cpu or auto")
+            raise UserError("device mps was asked for, but torch sees no Apple GPU; set the device to cpu or auto")
         device, name = torch.device("mps"), "Apple GPU"
     else:
         device, name = torch.device("cpu"), ""

@@ -12,21 +12,38 @@ def no_detector(spec: str | None) -> bool:
     return (spec or "none").strip().lower() == "none"
 
 
+def check_detector(spec: str | None) -> None:
+    """The spelling of a detector setting, checked with the other settings: building NudeNet loads its model."""
+    if no_detector(spec):
+        return
+    spec = spec.strip().lower()
+    if spec == "nudenet" or spec.startswith("nudenet:"):
+        _nudenet_threshold(spec)
+    else:
+        make_detector(spec)
+
+
+def _nudenet_threshold(spec: str) -> float | None:
+    if spec == "nudenet":
+        return None  # the official gating: any finding of the four classes
+    try:
+        threshold = float(spec.split(":", 1)[1])
+    except ValueError:
+        threshold = -1.0
+    if not 0 < threshold <= 1:
+        raise UserError(f"nudenet:<min score> needs a score in (0, 1], got {spec!r}")
+    return threshold
+
+
 def make_detector(spec: str | None) -> Detector | None:
     if no_detector(spec):
         return None
     spec = spec.strip().lower()
     if spec == "nudenet" or spec.startswith("nudenet:"):
+        threshold = _nudenet_threshold(spec)
         from .nudenet_detector import NudeNetDetector
-        if spec == "nudenet":
-            return NudeNetDetector()  # the official gating: any finding of the four classes
-        try:
-            threshold = float(spec.split(":", 1)[1])
-        except ValueError:
-            threshold = -1.0
-        if not 0 < threshold <= 1:
-            raise UserError(f"nudenet:<min score> needs a score in (0, 1], got {spec!r}")
-        return NudeNetDetector(threshold=threshold)
+
+        return NudeNetDetector() if threshold is None else NudeNetDetector(threshold=threshold)
     if spec.startswith(("colour:", "color:")):
         from .colour import ColourDetector
         try:
@@ -36,4 +53,4 @@ def make_detector(spec: str | None) -> Detector | None:
     raise UserError(f"unknown detector {spec!r}; detectors: {', '.join(DETECTOR_NAMES)}")
 
 
-__all__ = ["Detector", "concept_regions", "detect", "make_detector", "DETECTOR_NAMES"]
+__all__ = ["Detector", "check_detector", "concept_regions", "detect", "make_detector", "DETECTOR_NAMES"]
