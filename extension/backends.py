@@ -117,6 +117,11 @@ class Backend:
         for a in self.list_adapters():
             if a.name == name:
                 return a
+        present = [p for p in self.lora_dir.rglob(f"*{ADAPTER_EXT}") if p.stem == name] \
+            if self.lora_dir.is_dir() else []
+        if present:  # listed earlier, unreadable now: "not there" would send the user looking for it
+            raise UserError(f"{present[0]} cannot be read as a DUO adapter (damaged, still being written, or "
+                            "without DUO metadata)")
         raise UserError(f"adapter {name!r} is not in {self.lora_dir} (press Refresh)")
 
     # -- work --

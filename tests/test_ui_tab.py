@@ -314,3 +314,14 @@ def test_compare_refuses_what_cannot_draw(ctl, tiny_model, weight, guidance, mes
     with pytest.raises(UserError, match=message):
         ctl.compare(str(tiny_model), "a red square", "", 0, 2, guidance, "xl_red", weight, NONE, 1.0, NONE, 1.0,
                     NONE, 1.0)
+
+
+def test_compare_says_a_damaged_adapter_is_damaged_not_missing(ctl, tiny_model):
+    _adapter_for(ctl.backend.lora_dir, "red", "sd1")
+    path = ctl.backend.lora_dir / "red.safetensors"
+    assert ctl.backend.find_adapter("red").path == path
+    path.write_bytes(path.read_bytes()[:-20])  # the header intact, the tensor data cut short
+    with pytest.raises(UserError, match="red.safetensors cannot be read as a DUO adapter"):
+        ctl.compare(str(tiny_model), "a red square", "", 0, 2, 5.0, "red", 1.0, NONE, 1.0, NONE, 1.0, NONE, 1.0)
+    with pytest.raises(UserError, match="'gone' is not in"):
+        ctl.compare(str(tiny_model), "a red square", "", 0, 2, 5.0, "gone", 1.0, NONE, 1.0, NONE, 1.0, NONE, 1.0)
