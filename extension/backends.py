@@ -119,9 +119,15 @@ class Backend:
                 return a
         present = [p for p in self.lora_dir.rglob(f"*{ADAPTER_EXT}") if p.stem == name] \
             if self.lora_dir.is_dir() else []
-        if present:  # listed earlier, unreadable now: "not there" would send the user looking for it
-            raise UserError(f"{present[0]} cannot be read as a DUO adapter (damaged, still being written, or "
-                            "without DUO metadata)")
+        if present:  # "not there" would send the user looking for a file that is there
+            try:
+                plain = not decode_duo(read_header(present[0]))
+            except (OSError, ValueError):
+                plain = False
+            if plain:
+                raise UserError(f"{present[0].name} is a LoRA without DUO metadata: Compare lists DUO adapters only "
+                                "(apply other LoRAs in the prompt)")
+            raise UserError(f"{present[0]} cannot be read as a DUO adapter (damaged, or still being written)")
         raise UserError(f"adapter {name!r} is not in {self.lora_dir} (press Refresh)")
 
     # -- work --

@@ -141,8 +141,12 @@ def test_adapters_are_found_by_their_duo_metadata(tmp_path):
     assert set(names) == {"red", "gun"}
     assert names["red"].duo["beta"] == 500 and names["red"].row()["rank"] == "4"
     assert read_header(lora / "red.safetensors")["ss_network_dim"] == "4"
-    with pytest.raises(UserError, match="not in"):
+    with pytest.raises(UserError, match="plain_style.safetensors is a LoRA without DUO metadata"):
         backend.find_adapter("plain_style")
+    with pytest.raises(UserError, match="broken.safetensors cannot be read as a DUO adapter"):
+        backend.find_adapter("broken")
+    with pytest.raises(UserError, match="'gone' is not in"):
+        backend.find_adapter("gone")
 
 
 def _load_install():

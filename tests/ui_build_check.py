@@ -54,6 +54,9 @@ def fake_training_backend(lora_dir: Path):
     from duo_unlearn.trainer.progress import ProgressEvent, report
 
     class FakeTraining(StandaloneBackend):
+        def model_family(self, spec):  # the stand-in model below is no model: the tab would refuse it on the click
+            return "sd1"
+
         def run_unlearn(self, cfg, progress=None):
             for i in range(600):
                 report(progress, ProgressEvent("train", i + 1, 600, logs={"loss": 1.0 / (i + 1)}))
