@@ -36,8 +36,7 @@ def _lines(text: str | None) -> tuple[str, ...]:
 
 SEED_MAX = 2**32 - 1  # as A1111's seed field; the pair images derive their own seeds from it
 # Beyond these a click would start a job of days or a model that cannot fit; the CLI keeps its own limits.
-MOST = {"Number of pairs": 4096, "Steps": 100_000, "Rank": 1024, "Pairs per step": 1024, "Micro-batch pairs": 1024,
-        "Retain images": 100_000}
+MOST_PAIRS, MOST_STEPS, MOST_RANK, MOST_BATCH, MOST_RETAIN = 4096, 100_000, 1024, 1024, 100_000
 
 
 def _int(value, name: str, minimum: int = 1, maximum: int | None = None) -> int:
@@ -47,7 +46,6 @@ def _int(value, name: str, minimum: int = 1, maximum: int | None = None) -> int:
         raise UserError(f"{name} must be a whole number, got {value!r}") from None
     if not f.is_integer() or f < minimum:
         raise UserError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
-    maximum = MOST.get(name, maximum)
     if maximum is not None and f > maximum:
         raise UserError(f"{name} must be a whole number from {minimum} to {maximum}, got {value!r}")
     return int(f)
@@ -222,7 +220,7 @@ class TabController:
         except Exception:  # noqa - anything else is the trainer's to refuse when it loads the model
             family = None
         retain = _lines(retain_text)
-        n_retain = _optional(num_retain, lambda v: _int(v, "Retain images", 0))
+        n_retain = _optional(num_retain, lambda v: _int(v, "Retain images", 0, MOST_RETAIN))
         w_retain = _optional(lam_retain, lambda v: _float(v, "Retain weight", positive=False))
         if w_retain is not None and w_retain < 0:
             raise UserError(f"Retain weight must be 0 (off) or positive, got {lam_retain!r}")
@@ -237,17 +235,18 @@ class TabController:
             concept=concept if not custom else (concept or "custom"),
             unsafe_prompts=unsafe if custom or not p.concepts else (),
             safe_prompts=safe if custom or not p.concepts else (),
-            num_pairs=_int(num_pairs, "Number of pairs"), beta=_float(beta, "β (beta)"), steps=_int(steps, "Steps"),
-            rank=_int(rank, "Rank"), strength=None if strength in (None, "", 0) else _float(strength, "SDEdit strength"),
+            num_pairs=_int(num_pairs, "Number of pairs", 1, MOST_PAIRS), beta=_float(beta, "β (beta)"),
+            steps=_int(steps, "Steps", 1, MOST_STEPS), rank=_int(rank, "Rank", 1, MOST_RANK),
+            strength=None if strength in (None, "", 0) else _float(strength, "SDEdit strength"),
             lr=None if lr in (None, "", 0) else _float(lr, "Learning rate"), seed=_int(seed, "Seed", 0, SEED_MAX),
-            batch_pairs=_int(batch_pairs, "Pairs per step"), detector=(detector or "").strip() or None,
+            batch_pairs=_int(batch_pairs, "Pairs per step", 1, MOST_BATCH), detector=(detector or "").strip() or None,
             preview=bool(preview), device=(device or "").strip() or "auto",
             mixed_precision=(mixed_precision or "").strip() or "auto",
             gradient_checkpointing=(gradient_checkpointing or "").strip() or "auto",
             # gradio sends an emptied Number as 0: 0 means "the model's native size" / "as many as fit"
             resolution=None if resolution in (None, "", 0) else _int(resolution, "Resolution", 8),
-            micro_batch_pairs=None if micro_batch_pairs in (None, "", 0) else _int(micro_batch_pairs,
-                                                                                     "Micro-batch pairs"),
+            micro_batch_pairs=None if micro_batch_pairs in (None, "", 0)
+            else _int(micro_batch_pairs, "Micro-batch pairs", 1, MOST_BATCH),
             retain_prompts=retain, num_retain=n_retain, lam_retain=w_retain)
         from ..trainer.runtime import RuntimeConfig
 
@@ -383,7 +382,8 @@ class TabController:
         names = [a.name for a, _ in chosen]
         if len(set(names)) != len(names):
             raise UserError("The same adapter is picked twice; pick each once and set its weight")
-        seed, steps, guidance = _int(seed, "Seed", 0, SEED_MAX), _int(steps, "Steps"), _float(guidance, "Guidance", False)
+        seed, steps = _int(seed, "Seed", 0, SEED_MAX), _int(steps, "Steps", 1, MOST_STEPS)
+        guidance = _float(guidance, "Guidance", False)
         if guidance < 0:
             raise UserError(f"Guidance must be 0 or more, got {guidance!r}")
         model = (model or "").strip() or self.backend.default_model()

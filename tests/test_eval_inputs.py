@@ -5,7 +5,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from duo_unlearn.trainer import models
 from duo_unlearn.trainer.cli import main
 from duo_unlearn.trainer.config import MAX_SEED
 from duo_unlearn.trainer.errors import UserError
@@ -19,19 +18,8 @@ MODULE = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q" 
 WIDTH, RANK = 32, 2
 
 
-class ModelLoaded(Exception):
-    """Raised in place of loading a model: the refusal under test came too late."""
-
-
 class Generated(Exception):
     """Raised in place of generating images: the refusal under test came too late."""
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise ModelLoaded()
-    monkeypatch.setattr(models, "load_model", refuse)
 
 
 @pytest.fixture

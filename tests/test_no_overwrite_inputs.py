@@ -4,30 +4,17 @@ preview, a device or precision this machine lacks. And unlearn's pair making can
 import pytest
 import torch
 
-from duo_unlearn.trainer import models, runtime
+from duo_unlearn.trainer import runtime
 from duo_unlearn.trainer import pairs as pairs_module
-from duo_unlearn.trainer import train as train_module
 from duo_unlearn.trainer.cli import main
 from duo_unlearn.trainer.errors import UserError
 from duo_unlearn.trainer.evaluate.run import EvalConfig, plan as eval_plan, report_files
 from duo_unlearn.trainer.models import load_model
 from duo_unlearn.trainer.pairs import PairConfig, check_pair_folder, generate_pairs
 from duo_unlearn.trainer.unlearn import UnlearnConfig, plan
-from tiny_models import NeverDetector
+from tiny_models import ModelLoaded, NeverDetector
 
 PNG = b"\x89PNG\r\n\x1a\n the user's own picture"
-
-
-class ModelLoaded(Exception):
-    """Raised in place of loading a model: the refusal under test came too late, or the checks before it passed."""
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise ModelLoaded()
-    monkeypatch.setattr(models, "load_model", refuse)
-    monkeypatch.setattr(train_module, "load_model", refuse)
 
 
 @pytest.fixture

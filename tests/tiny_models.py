@@ -119,3 +119,8 @@ class NeverDetector:
     def scores(self, images):
         self.calls += len(images)
         return [0.0] * len(images)
+
+
+class ModelLoaded(Exception):
+    """Raised in place of loading a model (the `no_model` fixture): the refusal under test came too late, or the
+    checks before it passed."""

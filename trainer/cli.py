@@ -74,12 +74,9 @@ def cmd_pairs(args) -> int:
     cfg = build_config(PairConfig, args)
     if args.preset and not (cfg.unsafe_prompts or cfg.safe_prompts):
         preset = get_preset(args.preset)
-        concepts = [c for c in preset.concepts if not args.concept or c.name == args.concept]
         if not preset.concepts:
             raise UserError(f"preset {preset.name} has no prompts of its own: give --unsafe-prompt and --safe-prompt")
-        if args.concept and not concepts:
-            raise UserError(f"preset {preset.name} has no concept {args.concept!r}; "
-                            f"it has {', '.join(c.name for c in preset.concepts)}")
+        concepts = preset.concepts_named(args.concept)
         if len(concepts) != 1:
             raise UserError(f"preset {preset.name} has concepts {', '.join(c.name for c in preset.concepts)}: "
                             "choose one with --concept")

@@ -167,9 +167,9 @@ class TrainConfig:
 MAX_SEED = 2**63 - 1  # torch takes a signed 64-bit seed; images within a run add their index to it
 
 
-def check_seed(name: str, seed: int) -> None:
-    if not 0 <= seed <= MAX_SEED:
-        raise UserError(f"{name} must be a whole number from 0 to {MAX_SEED}, got {seed}")
+def check_seed(name: str, seed: int, most: int = MAX_SEED) -> None:
+    if not 0 <= seed <= most:
+        raise UserError(f"{name} must be a whole number from 0 to {most}, got {seed}")
 
 
 def _typed(where: str, name: str, hint, value):

@@ -8,12 +8,12 @@ from .errors import UserError
 ADAPTER_NAME = "duo"
 
 
-def _check_rank(denoiser, targets, rank: int) -> None:
+def _check_rank(modules: list, targets, rank: int) -> None:
     """A rank above every targeted layer's smaller side adds no capacity, only parameters: refuse it by name.
     (Narrower layers among wider ones are fine: peft keeps their update at full rank.)"""
     import torch
 
-    sides = {name: min(m.in_features, m.out_features) for name, m in denoiser.named_modules()
+    sides = {name: min(m.in_features, m.out_features) for name, m in modules
              if isinstance(m, torch.nn.Linear) and any(name.endswith(t) for t in targets)}
     if sides and rank > max(sides.values()):
         widest = max(sides, key=sides.get)
@@ -23,27 +23,26 @@ def _check_rank(denoiser, targets, rank: int) -> None:
 
 def check_targets(denoiser, targets, rank: int) -> None:
     """Every target names a module of this model and the rank fits them; checked before any work is done."""
-    names = [n for n, _ in denoiser.named_modules()]
-    missing = [t for t in targets if not any(n.endswith(t) for n in names)]
+    modules = list(denoiser.named_modules())
+    missing = [t for t in targets if not any(n.endswith(t) for n, _ in modules)]
     if missing:
         raise UserError(f"no module of the model matches target(s) {', '.join(missing)}")
-    _check_layer_kinds(denoiser, targets)
-    _check_rank(denoiser, targets, rank)
+    _check_layer_kinds(modules, targets)
+    _check_rank(modules, targets, rank)
 
 
-def _check_layer_kinds(denoiser, targets) -> None:
+def _check_layer_kinds(modules: list, targets) -> None:
     """peft wraps linear and convolution layers only; a block name (attn1) or a norm would fail inside peft with a
     module repr as long as the block, so it is said here with the layers to name instead."""
     import torch
 
     for t in targets:
-        found = [(n, m) for n, m in denoiser.named_modules() if n == t or n.endswith("." + t)]
         # a layer wrapped by an earlier job's adapter is checked by the layer it wraps
-        wrong = [(n, m) for n, m in found
-                 if not isinstance(getattr(m, "base_layer", m), (torch.nn.Linear, torch.nn.Conv2d))]
+        wrong = [(n, m) for n, m in modules if (n == t or n.endswith("." + t))
+                 and not isinstance(getattr(m, "base_layer", m), (torch.nn.Linear, torch.nn.Conv2d))]
         if wrong:
             name, module = wrong[0]
-            layers = [n[len(name) + 1:] for n, m in denoiser.named_modules()
+            layers = [n[len(name) + 1:] for n, m in modules
                       if n.startswith(name + ".") and isinstance(m, torch.nn.Linear)][:4]
             hint = f" (its layers: {', '.join(layers)})" if layers else ""
             raise UserError(f"target {t!r} names {type(module).__name__} modules ({name}), which LoRA cannot wrap: "

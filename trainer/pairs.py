@@ -18,7 +18,7 @@ from pathlib import Path
 from .atomic import write_text_atomic
 from .detectors import check_detector, make_detector, no_detector
 from .errors import UserError
-from .config import MAX_RESOLUTION
+from .config import MAX_RESOLUTION, check_seed
 from .models import refuse_inside_model
 from .pair_dataset import INDEX, PairRecord
 from .previews import save_png
@@ -91,8 +91,7 @@ class PairConfig:
         if self.num_retain and not [p for p in self.retain_prompts if p.strip()]:
             raise UserError("a retain set needs prompts: give --retain-prompt (one or more) or set --num-retain 0")
         check_detector(self.detector)  # a typo is said now, not once the model has loaded
-        if not 0 <= self.seed <= MAX_PAIR_SEED:
-            raise UserError(f"seed must be a whole number from 0 to {MAX_PAIR_SEED}, got {self.seed}")
+        check_seed("seed", self.seed, MAX_PAIR_SEED)
         if not (isinstance(self.max_retries, int) and self.max_retries >= -1):
             raise UserError(f"max_retries must be -1 (until success) or a count >= 0, got {self.max_retries!r}")
 

@@ -49,6 +49,14 @@ class Preset:
     shared_t: bool = False  # x⁺ and x⁻ of a pair at one timestep (official DUO: each its own)
     families: dict = field(default_factory=dict)  # family → the fields that differ on it ([<name>.families.<f>])
 
+    def concepts_named(self, name: str | None) -> list[Concept]:
+        """The preset's concepts, or the one called `name`; a name it does not have is refused with the ones it has."""
+        found = [c for c in self.concepts if not name or c.name == name]
+        if name and not found and self.concepts:
+            raise UserError(f"preset {self.name} has no concept {name!r}; "
+                            f"it has {', '.join(c.name for c in self.concepts)}")
+        return found
+
     def for_family(self, family: str | None) -> "Preset":
         """The recipe on one model family: the preset's shared fields, with that family's table over them."""
         overrides = self.families.get(family or "")

@@ -102,10 +102,7 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             raise UserError("no safe prompts: give --safe-prompt (one or more) for the custom preset")
         concepts = [Concept(cfg.concept or "custom", tuple(cfg.unsafe_prompts), tuple(cfg.safe_prompts))]
     elif cfg.concept:
-        concepts = [c for c in concepts if c.name == cfg.concept]
-        if not concepts:
-            raise UserError(f"preset {preset.name} has no concept {cfg.concept!r}; "
-                            f"it has {', '.join(c.name for c in preset.concepts)}")
+        concepts = preset.concepts_named(cfg.concept)
     out = Path(cfg.out)
     if out.suffix != ".safetensors":
         raise UserError(f"--out must be a .safetensors file name, got {cfg.out}")

@@ -202,10 +202,7 @@ def plan(cfg: EvalConfig) -> Plan:
 
     cfg.validate()
     preset = get_preset(cfg.preset)
-    concepts = [c for c in preset.concepts if not cfg.concept or c.name == cfg.concept]
-    if cfg.concept and not concepts and preset.concepts:
-        raise UserError(f"preset {preset.name} has no concept {cfg.concept!r}; "
-                        f"it has {', '.join(c.name for c in preset.concepts)}")
+    concepts = preset.concepts_named(cfg.concept)
     if len(concepts) > 1:
         raise UserError(f"preset {preset.name} has concepts {', '.join(c.name for c in concepts)}: "
                         "evaluate one at a time with --concept")
