@@ -156,6 +156,15 @@ def fail_with_enospc(path) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
+def fail_like_safetensors_on_full_disk(path) -> None:
+    """What safetensors' save_file really raises on a full disk: its own error class, not an OSError."""
+    import safetensors
+
+    with open(path, "wb") as f:
+        f.write(b"partial")
+    raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
 # section 2: data loss
 
 def _ckpt_dir_user_folder(env: Env):
@@ -285,6 +294,30 @@ def _enospc_adapter(env: Env):
 
     env.monkeypatch.setattr(safetensors.torch, "save_file", lambda tensors, f, *a, **k: fail_with_enospc(f))
     return env.train()
+
+
+def _safetensors_enospc(env: Env, *extra):
+    import safetensors.torch
+
+    env.monkeypatch.setattr(safetensors.torch, "save_file",
+                            lambda tensors, f, *a, **k: fail_like_safetensors_on_full_disk(f))
+    return env.train(*extra)
+
+
+def _read_only_checkpoint_dir(env: Env):
+    """A folder that takes no new files (as root, permission bits do not stop writes: the probe is refused here)."""
+    import tempfile
+
+    ck = env.tmp / "ck"
+    ck.mkdir()
+    real = tempfile.mkstemp
+
+    def mkstemp(*a, dir=None, **k):
+        if dir is not None and Path(dir) == ck:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*a, dir=dir, **k)
+    env.monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    return env.train("--checkpoint-every", "1", "--checkpoint-dir", str(ck))
 
 
 def _resume(*extra, damage: str | None = None):
@@ -617,6 +650,15 @@ CASES: dict[str, Case] = {
     "ui_lora_dir_empty": Case("audit", lambda e: ["ui", "--lora-dir", ""], "--lora-dir is empty"),
     # argparse before 3.13 took "-1e-3" for a flag
     "negative_exponent_number": Case("audit", lambda e: e.train("--lr", "-1e-3"), "lr must be a positive number"),
+    # the permissions and full-disk audit (non-root user, tmpfs): safetensors' own error class on a full disk
+    "disk_full_at_adapter_safetensors_error": Case("audit", _safetensors_enospc, "disk is full", early=False),
+    "disk_full_at_checkpoint_safetensors_error": Case("audit", lambda e: _safetensors_enospc(e, "--checkpoint-every",
+                                                                                             "1"),
+                                                      "disk is full", early=False),
+    "checkpoint_dir_read_only": Case("audit", _read_only_checkpoint_dir, "cannot write"),
+    "preview_name_is_a_folder": Case("audit", lambda e: (e.tmp / "out.preview.png").mkdir() or
+                                     e.train("--preview-prompts", "a red square", "--overwrite"),
+                                     "is a folder, and the preview is written under that name"),
 }
 
 OUTCOMES: dict[str, dict] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -17,10 +18,22 @@ from typing import Callable, Iterator
 from .errors import UserError
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def wrapped_os_error(e: BaseException) -> OSError | None:
+    """The OS error inside a library's own exception: safetensors (Rust) raises SafetensorError with "… (os error
+    28)" in its text instead of an OSError, so a full disk would otherwise escape as a traceback."""
+    if isinstance(e, OSError):
+        return e
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code))
 
 
 def disk_error(path: Path, e: OSError) -> UserError:
@@ -47,14 +60,14 @@ def atomic_path(path: str | Path, mode: int = 0o666) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
-        os.chmod(tmp, mode & ~_umask())
+        os.chmod(tmp, mode & ~current_umask())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
-        raise disk_error(path, e) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        os_error = wrapped_os_error(e)
+        if os_error is None:
+            raise
+        raise disk_error(path, os_error) from None
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -68,6 +81,33 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def follow_umask(folder: str | Path) -> None:
+    """Modes as for any file the user makes: safetensors writes 0600 whatever the umask, which would keep a model
+    made by one user from a web UI running as another."""
+    mask = current_umask()
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~mask)
+
+
+def remove_tree(path: str | Path) -> bool:
+    """shutil.rmtree that also empties read-only folders (a model copied from a read-only share keeps its 0555
+    folders, and without write permission on a folder its files cannot be unlinked); False if anything is left."""
+    def writable_then_retry(func, name, _exc_info):
+        for folder in (os.path.dirname(name), name):
+            if os.path.isdir(folder) and not os.path.islink(folder):
+                os.chmod(folder, 0o700)
+        func(name)
+
+    try:
+        shutil.rmtree(path, onerror=writable_then_retry)
+    except OSError:
+        pass
+    return not os.path.lexists(path)
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """A folder filled under a temporary name and renamed into place: complete or absent."""
@@ -79,13 +119,45 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise disk_error(path, e) from None
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os_error = wrapped_os_error(e)
+        if os_error is None:
+            raise
+        raise disk_error(path, os_error) from None
+
+
+def check_folder_writable(folder: str | Path) -> None:
+    """Said before the work, not after it: a folder that exists (or can be made) but takes no new files."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise disk_error(path, e) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise disk_error(folder, e) from None
+
+
+@contextmanager
+def staged_files(folder: str | Path) -> Iterator[Path]:
+    """A hidden folder inside `folder` to write a set of files into (a report with its plot and grids); they are
+    moved into `folder` once all are written, so a failure part way leaves the earlier set whole, not mixed."""
+    folder = Path(folder)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".staged.", suffix=".tmp", dir=folder))
+    except OSError as e:
+        raise disk_error(folder, e) from None
+    try:
+        yield stage
+        for f in sorted(stage.iterdir()):
+            try:
+                os.replace(f, folder / f.name)
+            except OSError as e:
+                raise disk_error(folder / f.name, e) from None
+    finally:
+        remove_tree(stage)

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .atomic import write_text_atomic
+from .atomic import disk_error, write_text_atomic
 from .detectors import check_detector, make_detector, no_detector
 from .errors import UserError
 from .config import MAX_RESOLUTION, check_seed
@@ -148,12 +148,22 @@ def _generators(seeds):
 
 
 def _append_lines(path: Path, lines: list[str]) -> None:
+    """All the lines or none: a write that fails part way (a full disk) is cut back off, so the index never holds
+    half a block that a resumed run would then make and append again."""
     if not lines:
         return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in lines))
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            start = f.tell()
+            try:
+                f.write("".join(line + "\n" for line in lines))
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                f.truncate(start)
+                raise
+    except OSError as e:
+        raise disk_error(path, e) from None
 
 
 def _read_ids(path: Path) -> list[dict]:
@@ -272,7 +282,7 @@ def _generate(cfg: PairConfig, progress, model, detector, folder: Path, done: se
     report(progress, ProgressEvent("pairs", stats.kept_existing, cfg.num_pairs,
                                    f"sampling on device {rt.device}, weights {rt.frozen_dtype}"))
     edit = get_family(model.family).img2img(pipe)  # same modules: no second copy of the model
-    _blocks(cfg, todo_blocks, pipe, edit, detector, stats, progress, folder)
+    _blocks(cfg, todo_blocks, pipe, edit, detector, stats, progress, folder, done)
     _retain_blocks(cfg, pipe, folder, progress)
     return _finish(stats, folder, started)
 
@@ -283,11 +293,15 @@ def _finish(stats: PairStats, folder: Path, started: float) -> PairStats:
     return stats
 
 
-def _blocks(cfg: PairConfig, todo_blocks, pipe, edit, detector, stats: PairStats, progress, folder: Path) -> None:
+def _blocks(cfg: PairConfig, todo_blocks, pipe, edit, detector, stats: PairStats, progress, folder: Path,
+            done: set[str]) -> None:
     finished = stats.kept_existing
     report(progress, ProgressEvent("pairs", finished, cfg.num_pairs, f"pairs in {folder}"))
     for block in todo_blocks:
         records, skipped = _make_block(cfg, block, pipe, edit, detector, stats, progress, finished)
+        # a block is made whole (its draws are seeded per block); pairs of it already indexed are not added again
+        records = [r for r in records if r["record"].id not in done]
+        skipped = [s for s in skipped if s["id"] not in done]
         for r in records:  # images first (each atomically), the index lines last
             save_png(r.pop("unsafe_image"), folder / r["record"].unsafe)
             save_png(r.pop("safe_image"), folder / r["record"].safe)

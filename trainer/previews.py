@@ -51,21 +51,19 @@ def refuse_existing_preview(adapter: str | Path, overwrite: bool) -> None:
     from .errors import UserError
 
     path = preview_path(adapter)
+    if path.is_dir():  # not even --overwrite replaces a folder
+        raise UserError(f"{path} is a folder, and the preview is written under that name: rename the folder, "
+                        "or leave the preview out")
     if path.exists() and not overwrite:
         raise UserError(f"{path} already exists; choose another --out, pass --overwrite to replace it, "
                         "or leave the preview out")
 
 
 def save_png(image: Image.Image, path: Path) -> Path:
-    """Atomic PNG write (temp name + rename)."""
-    import os
+    """The PNG complete or absent, as every file the project writes (atomic.py)."""
+    from .atomic import write_atomic
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def comparison_sheet(base: list, adapted: list, prompts: list[str]) -> Image.Image:

@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..atomic import check_folder_writable, staged_files
 from ..config import check_seed
 from ..errors import UserError
 from ..progress import ProgressCallback, ProgressEvent, report
@@ -360,6 +361,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the report folder {out}: {e.strerror or e}") from None
+    check_folder_writable(out)  # a read-only folder is said now, not after the whole evaluation
     model = model or load_model(cfg.model, cfg.config_dir)
     pipe = model.pipe
     family = get_family(model.family)
@@ -462,10 +464,8 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
                 grids.setdefault("unlearndiffatk", {})[m.name] = imgs
         results[m.name] = res
 
-    files = {"report": str(out / "report.json"), "plot": str(out / "plot.png"), "grids": {}}
-    for name, rows in grids.items():
-        path = save_png(image_grid(rows, columns=cfg.grid_columns), out / f"grid_{name}.png")
-        files["grids"][name] = str(path)
+    files = {"report": str(out / "report.json"), "plot": str(out / "plot.png"),
+             "grids": {name: str(out / f"grid_{name}.png") for name in grids}}
     attack_info = {n: a.as_dict() for n, a in attacks.items()}
     if "concept_inversion" in cfg.attacks:
         attack_info["concept_inversion"] = {
@@ -498,8 +498,11 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
         "files": files,
         "seconds": round(time.time() - started, 1),
     }
-    plot(result, out / "plot.png", f"{model.name} / {p.concept}: DSR vs prior preservation")
-    write_json(result, out / "report.json")
+    with staged_files(out) as stage:  # an --overwrite that fails part way keeps the earlier report whole
+        for name, rows in grids.items():
+            save_png(image_grid(rows, columns=cfg.grid_columns), stage / f"grid_{name}.png")
+        plot(result, stage / "plot.png", f"{model.name} / {p.concept}: DSR vs prior preservation")
+        write_json(result, stage / "report.json")
     report(progress, ProgressEvent("done", len(p.methods), len(p.methods), f"report in {out}"))
     return result
 

@@ -15,7 +15,7 @@ import copy
 import json
 import math
 import os
-import shutil
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -30,7 +30,7 @@ from . import TESTBED_DIR
 from .architecture import build_inference_scheduler, build_text_encoder, build_unet, build_vae, scheduler_kwargs
 from .shapes import make_dataset, vocabulary_words
 from .vocabulary import MAX_LENGTH, build_tokenizer
-from ..atomic import disk_error
+from ..atomic import current_umask, disk_error, follow_umask, remove_tree, wrapped_os_error
 from ..cli_options import OneLineParser
 from ..errors import UserError
 
@@ -98,8 +98,16 @@ def output_folder(out: Path, overwrite: bool) -> Iterator[Path]:
         raise disk_error(out, e) from None
     previous = work / "previous"
     try:
-        yield work / "model"
         try:
+            yield work / "model"
+        except Exception as e:  # a full disk while saving: one line (safetensors' error is not an OSError)
+            os_error = wrapped_os_error(e)
+            if os_error is None:
+                raise
+            raise disk_error(out, os_error) from None
+        try:
+            follow_umask(work / "model")
+            os.chmod(work / "model", 0o777 & ~current_umask())
             if os.path.lexists(out):
                 out.rename(previous)
             (work / "model").rename(out)
@@ -109,7 +117,8 @@ def output_folder(out: Path, overwrite: bool) -> Iterator[Path]:
             raise disk_error(out, e) from None
     finally:
         if os.path.lexists(out) or not os.path.lexists(previous):  # else the user's old folder is only in there
-            shutil.rmtree(work, ignore_errors=True)
+            if not remove_tree(work):
+                print(f"note: could not remove the temporary folder {work}; delete it by hand", file=sys.stderr)
 
 
 def _lr_at(step: int, total: int, warmup: int) -> float:
@@ -283,8 +292,6 @@ def _train_into(staging: Path, cfg: TestbedTrainConfig, log: Callable[[str], Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    import sys
-
     from .train_families import FAMILIES, main as family_main
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,140 @@
+"""A full disk or a folder that refuses writes part way: what was there stays whole, nothing half-written is left,
+and the user gets one line. Found by running the CLI as a non-root user on tiny tmpfs mounts; simulated here (the
+suite runs as root, where permission bits do not stop writes)."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from duo_unlearn.trainer import atomic, pairs
+from duo_unlearn.trainer.errors import UserError
+from duo_unlearn.trainer.models import load_model
+from duo_unlearn.trainer.pair_dataset import read_pairs
+from duo_unlearn.trainer.pairs import PairConfig, generate_pairs
+
+
+def _safetensors_full_disk(*_args, **_kwargs):
+    import safetensors
+
+    raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def test_a_library_error_around_an_os_error_is_one_line(tmp_path):
+    target = tmp_path / "a.safetensors"
+    target.write_bytes(b"the user's adapter")
+    with pytest.raises(UserError, match="the disk is full: could not write"):
+        atomic.write_atomic(target, _safetensors_full_disk)
+    assert target.read_bytes() == b"the user's adapter"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]  # no temp file left
+    with pytest.raises(ValueError, match="not an I/O error"):  # anything else is not dressed up as a disk error
+        atomic.write_atomic(target, lambda tmp: (_ for _ in ()).throw(ValueError("not an I/O error")))
+
+
+def test_a_full_disk_while_a_folder_is_written_leaves_no_folder(tmp_path):
+    with pytest.raises(UserError, match="the disk is full"):
+        with atomic.atomic_dir(tmp_path / "step-000001") as tmp:
+            (tmp / "state.pt").write_bytes(b"x")
+            _safetensors_full_disk()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_testbed_train_keeps_the_old_model_when_saving_fails(tmp_path):
+    from duo_unlearn.trainer.testbed.train import output_folder
+
+    old = tmp_path / "model"
+    old.mkdir()
+    (old / "model_index.json").write_text("{}")
+    with pytest.raises(UserError, match="the disk is full"):
+        with output_folder(old, overwrite=True) as staging:
+            (staging / "unet").mkdir()
+            _safetensors_full_disk()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert (old / "model_index.json").read_text() == "{}"
+
+
+def test_remove_tree_empties_a_folder_it_was_refused(tmp_path, monkeypatch):
+    """A copied model with a read-only folder: unlinking its files is refused until the folder is writable again."""
+    tree = tmp_path / "previous" / "vae"
+    tree.mkdir(parents=True)
+    (tree / "config.json").write_text("{}")
+    real_unlink, refused = os.unlink, []
+
+    def unlink(path, *a, **k):
+        if str(path).endswith("config.json") and not refused:
+            refused.append(path)
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_unlink(path, *a, **k)
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert atomic.remove_tree(tmp_path / "previous")
+    assert refused and not (tmp_path / "previous").exists()
+
+
+def test_staged_files_all_or_none(tmp_path):
+    (tmp_path / "report.json").write_text("old report")
+    (tmp_path / "grid_direct.png").write_text("old grid")
+    with pytest.raises(RuntimeError):
+        with atomic.staged_files(tmp_path) as stage:
+            (stage / "grid_direct.png").write_text("new grid")
+            raise RuntimeError("the plot failed")
+    assert (tmp_path / "grid_direct.png").read_text() == "old grid"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid_direct.png", "report.json"]
+    with atomic.staged_files(tmp_path) as stage:
+        (stage / "grid_direct.png").write_text("new grid")
+        (stage / "report.json").write_text("new report")
+    assert (tmp_path / "grid_direct.png").read_text() == "new grid"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid_direct.png", "report.json"]
+
+
+def test_an_index_append_that_fails_is_cut_back(tmp_path, monkeypatch):
+    index = tmp_path / "pairs.jsonl"
+    index.write_text('{"id": "00000"}\n')
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(pairs.os, "fsync", full)
+    with pytest.raises(UserError, match="the disk is full: could not write .*pairs.jsonl"):
+        pairs._append_lines(index, ['{"id": "00001"}', '{"id": "00002"}'])
+    assert index.read_text() == '{"id": "00000"}\n'
+
+
+def _cfg(out, model):
+    return PairConfig(out=str(out), model=str(model), unsafe_prompts=("a red square",),
+                      safe_prompts=("a blue square",), num_pairs=4, batch_size=4, sample_steps=2, seed=3)
+
+
+def test_a_torn_block_is_completed_without_duplicates(tmp_path, tiny_model):
+    """A full disk tore the index inside a block: the rerun makes the block again and adds only what is missing."""
+    model = load_model(tiny_model)
+    folder = tmp_path / "p"
+    generate_pairs(_cfg(folder, tiny_model), model=model)
+    lines = (folder / "pairs.jsonl").read_text().splitlines(keepends=True)
+    assert len(lines) == 4
+    (folder / "pairs.jsonl").write_text("".join(lines[:2]) + lines[2][:20])
+    stats = generate_pairs(_cfg(folder, tiny_model), model=model)
+    assert stats.kept_existing == 2 and stats.made == 2
+    assert (folder / "pairs.jsonl").read_text() == "".join(lines)
+    assert [r.id for r in read_pairs(folder)] == ["00000", "00001", "00002", "00003"]
+    assert json.loads(lines[3])["id"] == "00003"
+
+
+def test_a_trained_test_bed_is_readable_like_any_file(tmp_path):
+    """safetensors writes 0600 whatever the umask; the finished model folder follows the umask instead."""
+    from duo_unlearn.trainer.testbed.train import output_folder
+
+    old = os.umask(0o022)
+    try:
+        with output_folder(tmp_path / "model", overwrite=False) as staging:
+            (staging / "unet").mkdir()
+            weights = staging / "unet" / "diffusion_pytorch_model.safetensors"
+            weights.write_bytes(b"weights")
+            os.chmod(weights, 0o600)
+    finally:
+        os.umask(old)
+    done = tmp_path / "model"
+    assert oct(os.stat(done / "unet" / "diffusion_pytorch_model.safetensors").st_mode & 0o777) == "0o644"
+    assert oct(os.stat(done / "unet").st_mode & 0o777) == "0o755"
+    assert oct(os.stat(done).st_mode & 0o777) == "0o755"
