@@ -89,13 +89,21 @@ def test_staged_files_all_or_none(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid_direct.png", "report.json"]
 
 
-def test_an_index_append_that_fails_is_cut_back(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fails", ["write", "fsync"])
+def test_an_index_append_that_fails_is_cut_back(tmp_path, monkeypatch, fails):
+    """The disk fills after part of the block is on it (write), or when it is flushed (fsync)."""
     index = tmp_path / "pairs.jsonl"
     index.write_text('{"id": "00000"}\n')
+    real_write = os.write
 
-    def full(_fd):
+    def write(fd, data):
+        if len(data) > 10:
+            return real_write(fd, bytes(data[:10]))
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(pairs.os, "fsync", full)
+
+    def fsync(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(pairs.os, fails, {"write": write, "fsync": fsync}[fails])
     with pytest.raises(UserError, match="the disk is full: could not write .*pairs.jsonl"):
         pairs._append_lines(index, ['{"id": "00001"}', '{"id": "00002"}'])
     assert index.read_text() == '{"id": "00000"}\n'

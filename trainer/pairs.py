@@ -152,16 +152,22 @@ def _append_lines(path: Path, lines: list[str]) -> None:
     half a block that a resumed run would then make and append again."""
     if not lines:
         return
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
     try:
-        with open(path, "a", encoding="utf-8") as f:
-            start = f.tell()
+        # unbuffered: a buffered file would try to flush again on the way out and leave the partial block in place
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            start = os.fstat(fd).st_size
             try:
-                f.write("".join(line + "\n" for line in lines))
-                f.flush()
-                os.fsync(f.fileno())
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
             except OSError:
-                f.truncate(start)
+                os.ftruncate(fd, start)
                 raise
+        finally:
+            os.close(fd)
     except OSError as e:
         raise disk_error(path, e) from None
 
