@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import atomic_dir, disk_error
-from .errors import UserError
+from .errors import UserError, refuse_unreadable
 from .lora import lora_state, set_lora_state
 
 MARKER = ".duo-checkpoints"  # written into a checkpoint folder that duo-unlearn created, so it may remove it
@@ -78,6 +78,9 @@ class CheckpointFolder:
         if not found:
             return 0, []
         step, path = found[-1]
+        # a file this user may not read is not damage: deleting the newest good checkpoint would lose its steps
+        for name in ("state.pt", "lora.safetensors", "history.json"):
+            refuse_unreadable(path / name)
         try:
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
             theirs = state.get("fingerprint")
@@ -97,6 +100,7 @@ class CheckpointFolder:
             raise
         except (OSError, EOFError, KeyError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError,
                 json.JSONDecodeError) as e:
+            refuse_unreadable(path, e)
             raise UserError(f"cannot resume from {path}: the checkpoint is damaged or from another model "
                             f"({type(e).__name__}); delete it to resume from an earlier one") from None
         self.created.append(path)

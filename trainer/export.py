@@ -7,7 +7,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, refuse_unreadable
 
 KOHYA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 
@@ -138,6 +138,7 @@ def read_metadata(path: str | Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError) as e:
+        refuse_unreadable(path, e)  # neither damage nor absence, whatever safetensors says
         raise UserError(f"{path} is not a safetensors file: {e}") from None
 
 
@@ -150,6 +151,7 @@ def read_adapter(path: str | Path) -> tuple[dict, dict]:
     try:
         return load_file(str(path)), metadata
     except (SafetensorError, OSError) as e:
+        refuse_unreadable(path, e)  # neither damage nor absence, whatever safetensors says
         raise UserError(f"{path} is not a safetensors file: {e}") from None
 
 
@@ -179,6 +181,7 @@ def describe_adapter(path: str | Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
     except (SafetensorError, OSError) as e:
+        refuse_unreadable(path, e)  # neither damage nor absence, whatever safetensors says
         raise UserError(f"{path} is not a safetensors file: {e}") from None
     if not any("lora" in k.lower() for k in keys):
         raise UserError(f"{path} holds no LoRA modules (is it a full model or an embedding rather than a LoRA?)")

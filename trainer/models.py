@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, refuse_unreadable
 from .testbed import TESTBED_FAMILIES, TESTBEDS, available_testbeds
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
@@ -151,6 +151,7 @@ def family_from_folder(folder: Path) -> str:
 def checkpoint_keys(path: Path) -> list[str]:
     """The state-dict keys of a checkpoint file, read once per file version: loading asks for them twice
     (the family, then the file's own options), and a .ckpt read is seconds."""
+    refuse_unreadable(path)  # asked each time: a cached answer would outlive a chmod
     stat = path.stat()
     return list(_checkpoint_keys(str(path), stat.st_mtime_ns, stat.st_size))
 
@@ -166,6 +167,7 @@ def _checkpoint_keys(name: str, mtime_ns: int, size: int) -> tuple[str, ...]:
             with safe_open(str(path), framework="pt") as f:
                 return tuple(f.keys())
         except (SafetensorError, OSError) as e:
+            refuse_unreadable(path, e)
             raise UserError(f"{path} is not a readable safetensors file: {e}") from None
     import pickle
 
@@ -174,6 +176,7 @@ def _checkpoint_keys(name: str, mtime_ns: int, size: int) -> tuple[str, ...]:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        refuse_unreadable(path, e)
         raise UserError(f"{path} could not be read as a weights-only checkpoint ({type(e).__name__}); "
                         "convert it to .safetensors, or check that it is a Stable Diffusion checkpoint") from None
     while isinstance(state, dict) and "state_dict" in state:
@@ -284,6 +287,7 @@ def load_model(spec: str | Path, config_dir: str | Path | None = None, dtype=Non
             pipe = family.pipeline_cls().from_pretrained(
                 str(path), dtype=dtype, local_files_only=True, use_safetensors=True, **kwargs)
         except (OSError, ValueError, EnvironmentError) as e:
+            _refuse_unreadable_part(e, path)
             raise UserError(f"could not load the diffusers folder {path}: {str(e).splitlines()[0]}") from None
     else:
         pipe = _load_single_file(path, config_dir, dtype, family, kwargs)
@@ -313,18 +317,24 @@ def _hub_offline() -> bool:
 
 
 def _load_single_file(path: Path, config_dir, dtype, family, family_kwargs: dict):
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
     kwargs = dict(dtype=dtype, **family_kwargs)
     if config_dir is not None:
         config_dir = Path(config_dir)
         if not (config_dir / "model_index.json").exists():
             raise UserError(f"--config-dir {config_dir} is not a diffusers model folder (no model_index.json)")
+        _refuse_missing_tokenizers(config_dir, family_kwargs)
         kwargs["config"] = str(config_dir)
     # Online users get the family's configs (a few kB, no weights) fetched by diffusers; offline users, or anyone
     # naming a config folder, must not wait on a network that is not there.
     offline = config_dir is not None or _hub_offline()
     try:
-        return family.pipeline_cls().from_single_file(str(path), local_files_only=offline, **kwargs)
+        pipe = family.pipeline_cls().from_single_file(str(path), local_files_only=offline, **kwargs)
+    except SingleFileComponentError as e:  # a file with the key names of a full model, but not all its weights
+        raise UserError(_missing_component(path, e)) from None
     except (OSError, ValueError) as e:
+        _refuse_unreadable_part(e, path, *([config_dir] if config_dir is not None else []))
         if config_dir is not None:
             raise UserError(f"could not load {path.name} with the configs in {config_dir}: {e}") from None
         where = ("are not in the local Hugging Face cache (HF_HUB_OFFLINE is set)" if offline
@@ -337,3 +347,74 @@ def _load_single_file(path: Path, config_dir, dtype, family, family_kwargs: dict
     except (KeyError, IndexError, RuntimeError) as e:  # keys that do not fit the family's layout
         raise UserError(f"could not convert {path.name} to a diffusers model ({type(e).__name__}: {e}); "
                         "is it a complete Stable Diffusion checkpoint?") from None
+    if config_dir is not None:
+        _refuse_empty_tokenizers(pipe, config_dir, family_kwargs)
+    return pipe
+
+
+def _refuse_unreadable_part(e: BaseException, *places: Path) -> None:
+    """One line when a loader failed on a file of `places` that this user may not read. diffusers and transformers
+    put that file in their own text (safetensors words it "No such file or directory"), so it is found again: the
+    error's own file name, else the longest path under `places` that the message names, else `places` themselves."""
+    text = str(e)
+    named = []
+    for place in places:
+        try:
+            named += [p for p in place.rglob("*") if str(p) in text]
+        except OSError:  # a place that cannot be listed is checked itself below
+            pass
+    for candidate in sorted(named, key=lambda p: len(str(p)), reverse=True) + list(places):
+        refuse_unreadable(candidate, e)
+
+
+def _missing_component(path: Path, e: Exception) -> str:
+    """diffusers' SingleFileComponentError as one line; its text ends in code to paste, of no use on a command line."""
+    import re
+
+    text = str(e)
+    cls = re.search(r"Failed to load (\w+)", text)
+    name = re.search(r"^(\w+) = ", text, re.MULTILINE)
+    part = (f"the {name.group(1)} ({cls.group(1)})" if name and cls else f"the {cls.group(1)}" if cls
+            else "a component's")
+    return (f"{path.name} is missing parts of a full model: {part} weights are not in it; give a checkpoint that "
+            "holds the whole model (UNet, VAE and text encoders), or its diffusers folder")
+
+
+def _tokenizer_folders(config_dir: Path, passed: dict) -> list[Path]:
+    """The tokenizer folders model_index.json names: a single-file load reads its tokenizers from --config-dir only,
+    except those the family passes itself (`passed`: SD3 without T5 gives tokenizer_3=None)."""
+    index = config_dir / "model_index.json"
+    refuse_unreadable(index)
+    try:
+        components = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{index} is not valid JSON: {e}") from None
+    if not isinstance(components, dict):
+        return []  # not a pipeline index at all: diffusers' own error says so
+    return [config_dir / name for name, spec in components.items()
+            if name.startswith("tokenizer") and isinstance(spec, list) and None not in spec and name not in passed]
+
+
+def _refuse_missing_tokenizers(config_dir: Path, passed: dict) -> None:
+    """transformers builds a tokenizer with no vocabulary from an unreadable or empty folder instead of failing; the
+    run would then stop at its first prompt with an OverflowError (model_max_length left at a 1e30 sentinel). An
+    unreadable vocabulary file fails inside the tokenizers library with a bare Exception instead."""
+    for folder in _tokenizer_folders(config_dir, passed):
+        refuse_unreadable(folder)
+        files = sorted(folder.iterdir()) if folder.is_dir() else []
+        if not files:
+            raise UserError(f"--config-dir {config_dir} has no tokenizer files in {folder}: copy the {folder.name}/ "
+                            "folder of the model's diffusers repository there")
+        for f in files:
+            refuse_unreadable(f)
+
+
+def _refuse_empty_tokenizers(pipe, config_dir: Path, passed: dict) -> None:
+    """The loaded tokenizers, checked for a vocabulary: a folder of files that are not a tokenizer's (a stray README)
+    leaves one with nothing but its special tokens, just as an empty folder does."""
+    for folder in _tokenizer_folders(config_dir, passed):
+        tokenizer = getattr(pipe, folder.name, None)
+        if tokenizer is None or len(tokenizer) > len(set(tokenizer.all_special_tokens)):
+            continue
+        raise UserError(f"--config-dir {config_dir}: the tokenizer in {folder} has no vocabulary; copy the "
+                        f"{folder.name}/ folder of the model's diffusers repository there")
