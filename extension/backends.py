@@ -12,6 +12,7 @@ import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from ..trainer.errors import UserError
 from ..trainer.export import decode_duo
@@ -48,6 +49,36 @@ class AdapterInfo:
                 "rank": self.metadata.get("ss_network_dim", "?")}
 
 
+class Unreadable(NamedTuple):
+    """A file or subfolder of the LoRA folder that a listing could not read."""
+    path: Path
+    reason: str  # "permission denied", or the system's words
+    folder: bool
+
+
+def why(error: OSError) -> str:
+    """The reason in a few words: "permission denied" for EACCES/EPERM, else the system's words."""
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    return error.strerror or str(error) or type(error).__name__
+
+
+def cannot_read(path: Path | str, error: OSError, what: str = "") -> str:
+    """One line: `path` cannot be read, and why."""
+    return f"{what}{path} cannot be read ({why(error)})"
+
+
+def open_error(path: Path) -> OSError | None:
+    """Why the file cannot be opened for reading (an unreadable file, or one in an unreadable folder), or None."""
+    try:
+        with open(path, "rb"):
+            return None
+    except FileNotFoundError:  # gone since it was listed: nothing to say about it
+        return None
+    except OSError as e:
+        return e
+
+
 def read_header(path: Path) -> dict:
     """The safetensors metadata only: no tensor is read (trainer.export.read_metadata, as everywhere)."""
     from ..trainer.export import read_metadata
@@ -68,7 +99,8 @@ class Backend:
         self.lora_dir = Path(lora_dir).expanduser()
         self.work_dir = Path(work_dir).expanduser() if work_dir else self.lora_dir / ".duo-unlearn"
         self.runner = JobRunner()
-        self._headers: dict[Path, tuple[float, dict]] = {}
+        self._headers: dict[Path, tuple[float, dict, int]] = {}  # path -> (mtime, metadata, ctime_ns)
+        self.unreadable: list[Unreadable] = []  # what the last listing could not read
 
     # -- model --
     def default_model(self) -> str:
@@ -88,38 +120,72 @@ class Backend:
         return detect_family(resolve_model_path(spec))
 
     # -- adapters --
+    def _adapter_files(self) -> tuple[list[Path], list[tuple[Path, OSError]]]:
+        """(the .safetensors files under the LoRA folder, the subfolders that cannot be listed with the error);
+        a LoRA folder that cannot be read is a UserError, not an empty folder."""
+        what = "The LoRA folder "
+        try:
+            if not self.lora_dir.is_dir():
+                return [], []
+        except OSError as e:  # a parent folder that cannot be entered
+            raise UserError(cannot_read(self.lora_dir, e, what)) from None
+        files: list[Path] = []
+        errors: list[OSError] = []
+        for root, _dirs, names in os.walk(self.lora_dir, onerror=errors.append):  # symlinked folders not followed
+            files += [Path(root, n) for n in names if n.endswith(ADAPTER_EXT)]
+        top = os.fspath(self.lora_dir)
+        for e in errors:
+            if e.filename in (None, top):
+                raise UserError(cannot_read(self.lora_dir, e, what))
+        return files, [(Path(e.filename), e) for e in errors if not isinstance(e, FileNotFoundError)]
+
     def list_adapters(self) -> list[AdapterInfo]:
-        """DUO adapters (files with duo.* metadata) under the LoRA folder, newest first."""
+        """DUO adapters (files with duo.* metadata) under the LoRA folder, newest first. The files and subfolders
+        that cannot be read go to self.unreadable (the table says so); an unreadable LoRA folder is a UserError."""
         found = []
-        if not self.lora_dir.is_dir():
-            return found
-        work = self.work_dir.resolve() if self.work_dir.exists() else None
-        for path in self.lora_dir.rglob(f"*{ADAPTER_EXT}"):
-            if work is not None and work in path.resolve().parents:
+        files, denied = self._adapter_files()
+        try:
+            work = self.work_dir.resolve() if self.work_dir.exists() else None
+        except OSError:  # a work folder that cannot be reached: nothing of it gets listed anyway
+            work = None
+
+        def in_work(path: Path) -> bool:
+            return work is not None and (work == path.resolve() or work in path.resolve().parents)
+
+        unreadable = [Unreadable(path, why(e), True) for path, e in denied if not in_work(path)]
+        for path in sorted(files):
+            if in_work(path):
                 continue
             if path.name.startswith("."):  # temp files of an atomic write
                 continue
             try:
-                mtime = path.stat().st_mtime
+                st = path.stat()
                 cached = self._headers.get(path)
-                meta = cached[1] if cached and cached[0] == mtime else read_header(path)
-                self._headers[path] = (mtime, meta)
-            except (OSError, ValueError):
+                fresh = cached and cached[0] == st.st_mtime and cached[2] == st.st_ctime_ns  # chmod changes ctime
+                meta = cached[1] if fresh else read_header(path)
+                self._headers[path] = (st.st_mtime, meta, st.st_ctime_ns)
+            except (OSError, ValueError) as e:
+                error = e if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else open_error(path)
+                if error is not None:  # not listed, and not hidden either: the table names it
+                    unreadable.append(Unreadable(path, why(error), False))
                 continue
             duo = decode_duo(meta)
             if duo:
                 found.append(AdapterInfo(path.stem, path, duo, {k: v for k, v in meta.items()
                                                                 if not k.startswith("duo.")}))
         found.sort(key=lambda a: (-self._headers[a.path][0], a.name))
+        self.unreadable = unreadable
         return found
 
     def find_adapter(self, name: str) -> AdapterInfo:
         for a in self.list_adapters():
             if a.name == name:
                 return a
-        present = [p for p in self.lora_dir.rglob(f"*{ADAPTER_EXT}") if p.stem == name] \
-            if self.lora_dir.is_dir() else []
+        present = [p for p in self._adapter_files()[0] if p.stem == name]
         if present:  # "not there" would send the user looking for a file that is there
+            error = open_error(present[0])
+            if error is not None:
+                raise UserError(cannot_read(present[0], error))
             try:
                 plain = not decode_duo(read_header(present[0]))
             except (OSError, ValueError):
@@ -128,6 +194,10 @@ class Backend:
                 raise UserError(f"{present[0].name} is a LoRA without DUO metadata: Compare lists DUO adapters only "
                                 "(apply other LoRAs in the prompt)")
             raise UserError(f"{present[0]} cannot be read as a DUO adapter (damaged, or still being written)")
+        folders = [u for u in self.unreadable if u.folder]
+        if folders:  # it may be in there
+            raise UserError(f"adapter {name!r} is not in {self.lora_dir}, or it is in {folders[0].path}, which cannot "
+                            f"be read ({folders[0].reason})")
         raise UserError(f"adapter {name!r} is not in {self.lora_dir} (press Refresh)")
 
     # -- work --

@@ -353,15 +353,33 @@ class TabController:
 
     # -- Compare adapters --
     def adapter_table(self) -> str:
-        adapters = self.backend.list_adapters()
+        try:
+            adapters = self.backend.list_adapters()
+        except UserError as e:  # an unreadable LoRA folder: said, not shown as an empty one
+            return f"⚠️ {_esc(str(e))}"
+        note = self._unreadable_note()
         if not adapters:
+            if note:  # "none yet" would be wrong: some files could not be looked at
+                return f"No readable DUO adapter in `{self.backend.lora_dir}`.\n\n{note}"
             return f"No DUO adapter in `{self.backend.lora_dir}` yet: make one with *Unlearn concept*."
         head = "| adapter | concept | β | steps | pairs | base model | rank |\n|---|---|---|---|---|---|---|\n"
         rows = "".join("| " + " | ".join(_esc(str(v)) for v in a.row().values()) + " |\n" for a in adapters)
-        return f"DUO adapters in `{self.backend.lora_dir}`:\n\n" + head + rows
+        return f"DUO adapters in `{self.backend.lora_dir}`:\n\n" + head + rows + (f"\n{note}" if note else "")
+
+    def _unreadable_note(self, most: int = 3) -> str:
+        """One line naming what the last listing could not read (permission denied …), or ""."""
+        unreadable = getattr(self.backend, "unreadable", None) or []
+        if not unreadable:
+            return ""
+        shown = ", ".join(f"`{u.path}`{'/' if u.folder else ''} ({_esc(u.reason)})" for u in unreadable[:most])
+        more = f" and {len(unreadable) - most} more" if len(unreadable) > most else ""
+        return f"⚠️ Not listed, cannot be read: {shown}{more}"
 
     def adapter_names(self) -> list[str]:
-        return [NONE] + [a.name for a in self.backend.list_adapters()]
+        try:
+            return [NONE] + [a.name for a in self.backend.list_adapters()]
+        except UserError:  # the table says why
+            return [NONE]
 
     def compare(self, model, prompt, negative, seed, steps, guidance, *slots):
         """slots: name1, weight1, name2, weight2, … → (base, adapted, note)."""
