@@ -146,3 +146,23 @@ def test_a_trained_test_bed_is_readable_like_any_file(tmp_path):
     assert oct(os.stat(done / "unet" / "diffusion_pytorch_model.safetensors").st_mode & 0o777) == "0o644"
     assert oct(os.stat(done / "unet").st_mode & 0o777) == "0o755"
     assert oct(os.stat(done).st_mode & 0o777) == "0o755"
+
+
+def test_a_folder_to_be_made_is_probed_where_it_would_be_made(tmp_path, monkeypatch):
+    """The check makes nothing: a run refused later (an unreadable input) leaves no empty report folder behind."""
+    import tempfile
+
+    atomic.check_folder_writable(tmp_path / "report" / "inner")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        atomic.check_folder_writable(tmp_path / "notes.txt" / "report")
+    real = tempfile.mkstemp
+
+    def refused(*a, dir=None, **k):
+        if Path(dir) == tmp_path:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*a, dir=dir, **k)
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(UserError, match=f"cannot write {tmp_path}: Permission denied"):
+        atomic.check_folder_writable(tmp_path / "report")

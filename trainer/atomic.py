@@ -132,10 +132,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 def check_folder_writable(folder: str | Path) -> None:
-    """Said before the work, not after it: a folder that exists (or can be made) but takes no new files."""
+    """Said before the work, not after it: a folder that takes no new files. One not there yet is not made (a run
+    that fails would leave it behind, empty): the folder it would be made in is probed instead."""
     folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"cannot write into {folder}: it is a file, not a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
         os.close(fd)
         os.unlink(probe)
@@ -149,6 +153,7 @@ def staged_files(folder: str | Path) -> Iterator[Path]:
     moved into `folder` once all are written, so a failure part way leaves the earlier set whole, not mixed."""
     folder = Path(folder)
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=".staged.", suffix=".tmp", dir=folder))
     except OSError as e:
         raise disk_error(folder, e) from None

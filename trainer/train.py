@@ -105,14 +105,6 @@ def _accumulate(method, ctx, draw, B: int, micro: int, backward, step: int) -> d
     return logs
 
 
-def _check_checkpoint_folder(folder: Path) -> None:
-    """A read-only checkpoint folder is said before training, not at the first checkpoint. A folder not there yet
-    is left for the run to make (with its marker, so that the run may remove it), and its parent is probed."""
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    check_folder_writable(folder)
-
-
 def _finite(loss, step: int) -> None:
     if not math.isfinite(loss.item()):
         raise UserError(f"the loss became {loss.item()} at step {step}: training diverged (learning rate "
@@ -135,8 +127,8 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     out = check_writable(cfg.out, overwrite=cfg.overwrite)
     if cfg.preview_prompts:
         refuse_existing_preview(out, cfg.overwrite)
-    if cfg.checkpoint_every:
-        _check_checkpoint_folder(cfg.checkpoint_path)
+    if cfg.checkpoint_every:  # a read-only checkpoint folder is said now, not at the first checkpoint
+        check_folder_writable(cfg.checkpoint_path)
     check = erasure_check(cfg, records)  # a wrong detector name is refused before the model loads
     model = model or load_model(cfg.model, cfg.config_dir)
     refuse_inside_model(out, model.source)

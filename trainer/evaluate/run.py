@@ -357,11 +357,8 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
         quality = Quality(cfg.fid_features, cfg.fid_reference, cfg.fid_inception_weights, cfg.clip_model,
                           cfg.batch_size, rt.device)
     out = Path(cfg.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the report folder {out}: {e.strerror or e}") from None
-    check_folder_writable(out)  # a read-only folder is said now, not after the whole evaluation
+    # a read-only folder is said now, not after the whole evaluation; the folder itself is made with the report
+    check_folder_writable(out)
     model = model or load_model(cfg.model, cfg.config_dir)
     pipe = model.pipe
     family = get_family(model.family)
