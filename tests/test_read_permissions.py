@@ -96,18 +96,10 @@ def model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpointed(tmp_path_factory, model, pair_dir) -> Path:
     """A 4-step run at rank 2 with a checkpoint every step (the last at step 3), kept as an interrupted run keeps them."""
-    from duo_unlearn.trainer.checkpoints import CheckpointFolder
+    from tiny_models import interrupted_run
 
     root = tmp_path_factory.mktemp("perm_ckpt")
-    keep = CheckpointFolder.remove_spent
-    CheckpointFolder.remove_spent = lambda self: None
-    try:
-        code = main(["train", "--pairs", str(pair_dir), "--model", str(model), "--out", str(root / "a.safetensors"),
-                     "--steps", "4", "--rank", "2", "--batch-pairs", "2", "--checkpoint-every", "1",
-                     "--checkpoint-dir", str(root / "ck")])
-    finally:
-        CheckpointFolder.remove_spent = keep
-    assert code == 0 and (root / "ck" / "step-000003" / "state.pt").exists()
+    assert (interrupted_run(root, model, pair_dir, every=1) / "step-000003" / "state.pt").exists()
     return root
 
 

@@ -48,20 +48,11 @@ def model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpointed(tmp_path_factory, model, pair_dir) -> Path:
     """A checkpoint folder left by a 4-step run at rank 2 (checkpoint at step 2), as an interrupted run leaves it."""
-    from duo_unlearn.trainer.checkpoints import CheckpointFolder
+    from tiny_models import interrupted_run
 
-    root = tmp_path_factory.mktemp("rel_ckpt")
-    keep = CheckpointFolder.remove_spent
-    CheckpointFolder.remove_spent = lambda self: None
-    try:
-        code = main(["train", "--pairs", str(pair_dir), "--model", str(model), "--out", str(root / "a.safetensors"),
-                     "--steps", "4", "--rank", "2", "--batch-pairs", "2", "--checkpoint-every", "2",
-                     "--checkpoint-dir", str(root / "ck")])
-    finally:
-        CheckpointFolder.remove_spent = keep
-    assert code == 0 and (root / "ck" / "step-000002" / "state.pt").exists()
-    (root / "a.safetensors").unlink()
-    return root / "ck"
+    ck = interrupted_run(tmp_path_factory.mktemp("rel_ckpt"), model, pair_dir, every=2)
+    assert (ck / "step-000002" / "state.pt").exists()
+    return ck
 
 
 # -- snapshots --

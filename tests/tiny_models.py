@@ -124,3 +124,22 @@ class NeverDetector:
 class ModelLoaded(Exception):
     """Raised in place of loading a model (the `no_model` fixture): the refusal under test came too late, or the
     checks before it passed."""
+
+
+def interrupted_run(root: Path, model: Path, pairs: Path, every: int) -> Path:
+    """The checkpoint folder (root/ck) of a 4-step run at rank 2 that checkpointed every `every` steps, kept as an
+    interrupted run keeps them; the finished adapter is removed."""
+    from duo_unlearn.trainer.checkpoints import CheckpointFolder
+    from duo_unlearn.trainer.cli import main
+
+    keep = CheckpointFolder.remove_spent
+    CheckpointFolder.remove_spent = lambda self: None
+    try:
+        code = main(["train", "--pairs", str(pairs), "--model", str(model), "--out", str(root / "a.safetensors"),
+                     "--steps", "4", "--rank", "2", "--batch-pairs", "2", "--checkpoint-every", str(every),
+                     "--checkpoint-dir", str(root / "ck")])
+    finally:
+        CheckpointFolder.remove_spent = keep
+    assert code == 0
+    (root / "a.safetensors").unlink()
+    return root / "ck"
