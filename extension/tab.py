@@ -66,11 +66,11 @@ def _float(value, name: str, positive: bool = True) -> float:
 def _refuse_other_family(chosen, family: str | None) -> None:
     """An SD 1.x adapter on an SDXL model loads none of its modules: the images would be the base model's, with
     only a note to say why."""
-    from ..trainer.families import get_family
+    from ..trainer.families import loads_on
 
     for adapter, _ in chosen:
         recorded = adapter.duo.get("family")
-        if family and recorded and get_family(recorded).pipeline_class != get_family(family).pipeline_class:
+        if family and recorded and not loads_on(recorded, family):
             raise UserError(f"{adapter.name} was trained for {family_label(recorded)}, and this model is "
                             f"{family_label(family)}: pick a model of its family")
 

@@ -149,17 +149,15 @@ def _adapter_path(lora_name: str) -> Path:
 
 def _model_and_configs(ckpt_name: str, config_dir: str) -> tuple[str, str | None]:
     """The trainer's model spec and, for a single file, a diffusers config folder (given, or found)."""
+    if config_dir and Path(config_dir).is_file():
+        raise UserError(f"config_dir {config_dir} is a file: give the folder that holds the model's diffusers "
+                        "configs, or leave it empty")
     if ckpt_name in TESTBEDS:  # resolved (or said missing, with the command that trains it) by the trainer
-        if config_dir and Path(config_dir).is_file():
-            raise UserError(f"config_dir {config_dir} is a file; a test bed needs none, leave it empty")
         return ckpt_name, None
     from ..trainer.models import detect_family
 
     path = host.checkpoint_path(ckpt_name)
     if config_dir:
-        if Path(config_dir).is_file():
-            raise UserError(f"config_dir {config_dir} is a file: give the folder that holds the model's diffusers "
-                            "configs, or leave it empty")
         if not (Path(config_dir) / "model_index.json").exists():
             raise UserError(f"config_dir {config_dir} is not a diffusers model folder (no model_index.json)")
         return str(path), config_dir

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
 
 from .errors import UserError
 
@@ -34,6 +34,14 @@ def wrapped_os_error(e: BaseException) -> OSError | None:
         return None
     code = int(found.group(1))
     return OSError(code, os.strerror(code))
+
+
+def raise_as_disk_error(path: Path, e: BaseException) -> NoReturn:
+    """Inside an except block: a failed write as one line (disk_error), anything else raised on unchanged."""
+    os_error = wrapped_os_error(e)
+    if os_error is None:
+        raise e
+    raise disk_error(path, os_error) from None
 
 
 def disk_error(path: Path, e: OSError) -> UserError:
@@ -64,10 +72,7 @@ def atomic_path(path: str | Path, mode: int = 0o666) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        os_error = wrapped_os_error(e)
-        if os_error is None:
-            raise
-        raise disk_error(path, os_error) from None
+        raise_as_disk_error(path, e)
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -125,10 +130,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        os_error = wrapped_os_error(e)
-        if os_error is None:
-            raise
-        raise disk_error(path, os_error) from None
+        raise_as_disk_error(path, e)
 
 
 def check_folder_writable(folder: str | Path) -> None:

@@ -84,7 +84,7 @@ def _check_weights(path: Path) -> None:
 
 
 def load_adapters(pipe, methods: list[Method]) -> None:
-    from ..families import family_of, get_family
+    from ..families import family_of, loads_on
 
     model_family = family_of(pipe)
     for k, m in enumerate(methods):
@@ -92,7 +92,7 @@ def load_adapters(pipe, methods: list[Method]) -> None:
             continue
         recorded = m.facts.get("family")
         # an SDXL adapter on an SD 1.x model would otherwise fail with peft's list of every missing module
-        if recorded and get_family(recorded).pipeline_class != model_family.pipeline_class:
+        if recorded and not loads_on(recorded, model_family.name):
             raise UserError(f"{m.adapter.name} was trained for the {recorded} family; this model is {model_family.name}")
         m.adapter_name = f"eval_{k}"
         try:

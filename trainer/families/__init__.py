@@ -32,8 +32,14 @@ def family_of(pipe) -> Family:
     raise UserError(f"{type(pipe).__name__} is not the pipeline of a family this version knows")
 
 
+def loads_on(recorded: str, model_family: str) -> bool:
+    """An adapter trained for `recorded` loads on a model of `model_family`: the same pipeline (SD 1.x and 2.x share
+    one; an SD 1.x adapter on SDXL would load none of its modules)."""
+    return get_family(recorded).pipeline_class == get_family(model_family).pipeline_class
+
+
 def trainable_families() -> tuple[str, ...]:
     return tuple(sorted(_FAMILIES))
 
 
-__all__ = ["Conditioning", "DDPMProcess", "Family", "FlowMatchProcess", "NoiseProcess", "family_of", "get_family", "register", "trainable_families"]
+__all__ = ["Conditioning", "DDPMProcess", "Family", "FlowMatchProcess", "NoiseProcess", "family_of", "get_family", "loads_on", "register", "trainable_families"]

@@ -30,7 +30,7 @@ from . import TESTBED_DIR
 from .architecture import build_inference_scheduler, build_text_encoder, build_unet, build_vae, scheduler_kwargs
 from .shapes import make_dataset, vocabulary_words
 from .vocabulary import MAX_LENGTH, build_tokenizer
-from ..atomic import current_umask, disk_error, follow_umask, remove_tree, wrapped_os_error
+from ..atomic import current_umask, disk_error, follow_umask, raise_as_disk_error, remove_tree
 from ..cli_options import OneLineParser
 from ..errors import UserError
 
@@ -101,10 +101,7 @@ def output_folder(out: Path, overwrite: bool) -> Iterator[Path]:
         try:
             yield work / "model"
         except Exception as e:  # a full disk while saving: one line (safetensors' error is not an OSError)
-            os_error = wrapped_os_error(e)
-            if os_error is None:
-                raise
-            raise disk_error(out, os_error) from None
+            raise_as_disk_error(out, e)
         try:
             follow_umask(work / "model")
             os.chmod(work / "model", 0o777 & ~current_umask())
