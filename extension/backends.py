@@ -17,6 +17,7 @@ from typing import NamedTuple
 from ..trainer.errors import UserError
 from ..trainer.export import decode_duo
 from ..trainer.progress import ProgressEvent, report
+from ..trainer.runtime import no_text_encoder_lora_note
 from .jobs import JobRunner
 
 ADAPTER_EXT = ".safetensors"
@@ -296,7 +297,8 @@ class StandaloneBackend(Backend):
             for k, (info, weight) in enumerate(adapters):
                 name = f"duo_cmp_{k}"
                 try:
-                    pipe.load_lora_weights(str(info.path), adapter_name=name)
+                    with no_text_encoder_lora_note():
+                        pipe.load_lora_weights(str(info.path), adapter_name=name)
                 except (ValueError, KeyError, RuntimeError) as e:
                     raise UserError(f"{info.name} could not be loaded onto {model.name}: {e}") from None
                 names.append(name)

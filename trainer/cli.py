@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "(default ~/duo-unlearn/loras)")
     p.add_argument("--work-dir", default=None, help="folder for pair datasets (default <lora-dir>/.duo-unlearn)")
     p.add_argument("--model", default="testbed", help="model preselected in the tab (default: the SD 1.x test bed; "
-                                                         "testbed-xl: the SDXL one)")
+                                                         "testbed-xl: the SDXL one, testbed-sd3: the SD3 one)")
     p.add_argument("--share", action="store_true", default=False,
                    help="also open a public gradio share link (off unless given)")
     p.set_defaults(func=cmd_ui)

@@ -20,7 +20,7 @@ else:  # pragma: no cover
 HELP = {
     "pairs": "pair dataset folder (unsafe/, safe/, pairs.jsonl)",
     "model": "base model: diffusers folder, .safetensors/.ckpt checkpoint, or a bundled test bed by name "
-             "(testbed: SD 1.x, testbed-xl: SDXL)",
+             "(testbed: SD 1.x, testbed-xl: SDXL, testbed-sd3: SD3)",
     "out": "adapter file to write (.safetensors, kohya LoRA format)",
     "config_dir": "diffusers config folder for a single-file checkpoint when its configs cannot be downloaded",
     "concept": "name of the concept being unlearned (recorded in the adapter metadata)",

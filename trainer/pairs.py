@@ -25,7 +25,7 @@ from .previews import save_png
 from .progress import ProgressCallback, ProgressEvent, report
 from .twin_region import keep_outside_concept
 from .retain_set import RETAIN_INDEX, RetainRecord, retain_prompt, retain_seed
-from .runtime import RuntimeConfig
+from .runtime import RuntimeConfig, quiet_diffusers
 
 SKIPPED = "skipped.jsonl"
 SETTINGS = "dataset.json"
@@ -392,11 +392,12 @@ def _make_block(cfg: PairConfig, block: list[int], pipe, edit, detector, stats: 
         if not pending:
             break
         _retrying(progress, cfg, finished, attempt, len(pending), "safe twin(s) still showing the concept")
-        images = edit(prompt=[cfg.prompts_for(i)[1] for i in pending],
-                      negative_prompt=[cfg.prompts_for(i)[0] for i in pending],
-                      image=[unsafe[i][0] for i in pending], strength=cfg.strength,
-                      generator=_generators([image_seed(cfg.seed, i, attempt, True) for i in pending]),
-                      **gen_kwargs).images
+        with quiet_diffusers():
+            images = edit(prompt=[cfg.prompts_for(i)[1] for i in pending],
+                          negative_prompt=[cfg.prompts_for(i)[0] for i in pending],
+                          image=[unsafe[i][0] for i in pending], strength=cfg.strength,
+                          generator=_generators([image_seed(cfg.seed, i, attempt, True) for i in pending]),
+                          **gen_kwargs).images
         if cfg.edit_region == "concept":
             images = keep_outside_concept(detector, [unsafe[i][0] for i in pending], images)
         scores = detector.scores(images) if detector else [None] * len(images)

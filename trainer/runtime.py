@@ -22,6 +22,7 @@ Policy
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -268,16 +269,50 @@ def use_sdpa(module) -> int:
     return count
 
 
+@contextlib.contextmanager
+def quiet_diffusers():
+    """diffusers warns on every dtype cast of a model about "modules kept in float32" even when there are none
+    (SDXL's img2img casts the VAE twice per call): a line per batch that tells the user nothing."""
+    from diffusers.utils import logging as diffusers_logging
+
+    before = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(before)
+
+
+class _DropTextEncoderNote:
+    def filter(self, record) -> bool:
+        return not record.getMessage().startswith("No LoRA keys associated to")
+
+
+@contextlib.contextmanager
+def no_text_encoder_lora_note():
+    """diffusers' load_lora_weights warns, per text encoder, that a LoRA file holds no text-encoder keys. DUO trains
+    the denoiser only, so every DUO adapter would print that paragraph; its other warnings (keys it could not place)
+    still show."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("diffusers.loaders.lora_base", "diffusers.loaders.peft")]
+    note = _DropTextEncoderNote()
+    for logger in loggers:
+        logger.addFilter(note)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(note)
+
+
 def components_to(pipe, device, dtype, vae_dtype=None) -> None:
     """Move every torch module of a diffusers pipeline to one device and dtype. LoRA weights still attached (peft's
     `lora_*` parameters) stay fp32 whatever the dtype: they are what training updates, and a resumed run must find
     them in full precision. (requires_grad cannot tell them apart: a freshly loaded model has it on everywhere.)"""
     import torch
-    from diffusers.utils import logging as diffusers_logging
 
-    quiet = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # else a note per cast about modules kept in float32 (there are none)
-    try:
+    with quiet_diffusers():
         for name, component in pipe.components.items():
             if isinstance(component, torch.nn.Module):
                 target = vae_dtype if (name == "vae" and vae_dtype is not None) else dtype
@@ -285,8 +320,6 @@ def components_to(pipe, device, dtype, vae_dtype=None) -> None:
                     component.to(device=device)  # quantised weights keep their storage; only the device changes
                 else:
                     component.to(device=device, dtype=target)
-    finally:
-        diffusers_logging.set_verbosity(quiet)
     for component in pipe.components.values():
         if not isinstance(component, torch.nn.Module):
             continue

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..runtime import no_text_encoder_lora_note
 
 BASE, NEGATIVE, ADAPTER = "base", "negative_prompt", "adapter"
 
@@ -96,7 +97,8 @@ def load_adapters(pipe, methods: list[Method]) -> None:
             raise UserError(f"{m.adapter.name} was trained for the {recorded} family; this model is {model_family.name}")
         m.adapter_name = f"eval_{k}"
         try:
-            pipe.load_lora_weights(str(m.adapter), adapter_name=m.adapter_name)
+            with no_text_encoder_lora_note():
+                pipe.load_lora_weights(str(m.adapter), adapter_name=m.adapter_name)
         except (ValueError, KeyError, RuntimeError) as e:
             first = (str(e).strip().splitlines() or [""])[0]
             first = first if len(first) <= 200 else first[:200] + "…"

@@ -20,7 +20,7 @@ SD_PROMPT_TOKENS = 77  # CLIP's context length: the token attacks optimise CLIP 
 ATTACKS = ("direct", "prompts", "concept_inversion", "ring_a_bell", "unlearndiffatk")
 HELP = {  # `duo-unlearn eval` flag help (names shared with other commands mean something else here)
     "model": "base model the adapters were trained on: diffusers folder, checkpoint file, or a bundled test bed "
-             "(testbed, testbed-xl)",
+             "(testbed, testbed-xl, testbed-sd3)",
     "preset": "preset giving the concept, prompts, detector and sampling settings (testbed-red, nudity, ...)",
     "concept": "which concept of the preset (also the negative prompt and the word attacks replace)",
     "adapters": "a LoRA adapter to evaluate (repeat the flag for several; all go on one plot)",
