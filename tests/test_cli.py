@@ -115,3 +115,14 @@ def test_console_script_help_and_error_exit_code(tmp_path):
     run = subprocess.run([sys.executable, "-m", "duo_unlearn.trainer.cli", "train", "--pairs", str(tmp_path / "x")],
                          capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "pairs folder not found" in run.stderr
+
+
+def test_the_cli_hides_library_notes_about_optional_backends(tmp_path, capsys):
+    """transformers without torchvision (a fresh `pip install .`) and bitsandbytes without its CPU kernels each print
+    a note on every run; the CLI keeps them out of what the user reads, and keeps the libraries' real errors."""
+    import logging
+
+    assert main(["info", str(tmp_path / "missing.safetensors")]) == 2
+    for name in ("transformers.utils.import_utils", "bitsandbytes"):
+        logger = logging.getLogger(name)
+        assert not logger.isEnabledFor(logging.WARNING) and logger.isEnabledFor(logging.ERROR)

@@ -32,6 +32,19 @@ def test_reference_pass_is_the_base_model_bit_for_bit(tiny_model, pair_dir, tmp_
     assert not torch.allclose(_unet_out(unet), base, atol=1e-6)
 
 
+def test_encoding_the_pairs_says_one_line_per_set_and_counts_every_image(tiny_model, tmp_path):
+    from tiny_models import write_pair_dataset
+
+    pairs = write_pair_dataset(tmp_path / "pairs", n=12)  # more than one batch of 8 per set
+    events = []
+    cfg = TrainConfig(pairs=str(pairs), model=str(tiny_model), out=str(tmp_path / "a.safetensors"), steps=1,
+                      beta=10, lr=1e-3, lam=0)
+    train(cfg, lambda e: events.append(e) if e.stage == "cache" else None)
+    lines = [e.message for e in events if e.message]
+    assert lines == ["encoding pair images: 12 unsafe", "encoding pair images: 12 safe"]
+    assert [(e.step, e.total) for e in events] == [(8, 12), (12, 12)] * 2
+
+
 @pytest.mark.slow
 def test_cpu_training_run_exports_a_kohya_lora_that_diffusers_loads(tiny_model, pair_dir, tmp_path):
     from diffusers import StableDiffusionPipeline

@@ -22,10 +22,11 @@ class _TqdmProgress:
 
         if event.message:  # above the bars (tqdm.write), so a step's note is not lost under them
             tqdm.write(f"[{event.stage}] {event.message}", file=sys.stderr)
-        elif event.stage in ("train", "pairs") and event.total:
+        elif event.stage in ("train", "pairs", "cache") and event.total:
             bar = self.bars.get(event.stage)
             if bar is None:
-                bar = self.bars[event.stage] = tqdm(total=event.total, desc=event.stage, unit="step",
+                bar = self.bars[event.stage] = tqdm(total=event.total, desc=event.stage,
+                                                    unit="image" if event.stage == "cache" else "step",
                                                     initial=event.step)
             bar.n = event.step
             if event.logs:
@@ -235,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     # bitsandbytes (imported by peft) warns on every run about optional CPU kernels it could not load: a line
     # above every error and result that says nothing about the user's input
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # transformers, without torchvision (which `pip install .` does not bring), says twice per run that it falls back
+    # to the PIL image processors: diffusers' pipelines import those classes, and no model here uses them
+    logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv and argv[0] == "testbed-train":

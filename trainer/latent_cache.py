@@ -50,7 +50,7 @@ def build_cache(pipe, family: Family, records: list[PairRecord], folder: Path, c
     vae = pipe.vae
     dtype = vae.dtype
 
-    def encode(paths):
+    def encode(paths, what):
         means, stds = [], []
         for i in range(0, len(paths), 8):
             x = torch.stack([load_image_tensor(inside_dataset(folder, p), resolution) for p in paths[i:i + 8]]).to(device, dtype)
@@ -58,11 +58,13 @@ def build_cache(pipe, family: Family, records: list[PairRecord], folder: Path, c
                 dist = vae.encode(x).latent_dist
             means.append(dist.mean.float())
             stds.append(dist.std.float())
-            report(progress, ProgressEvent("cache", i + len(x), len(paths), "encoding pair images"))
+            # one line per set, then only the count: a line per batch of 8 filled the terminal (25 on the test bed)
+            report(progress, ProgressEvent("cache", i + len(x), len(paths),
+                                           f"encoding pair images: {len(paths)} {what}" if i == 0 else ""))
         return torch.cat(means), torch.cat(stds)
 
-    um, us = encode([r.unsafe for r in records])
-    sm, ss = encode([r.safe for r in records])
+    um, us = encode([r.unsafe for r in records], "unsafe")
+    sm, ss = encode([r.safe for r in records], "safe")
     scaling, shift = family.latent_scale(vae)
     cache = LatentCache(um, us, sm, ss, scaling, shift, family.encode_prompts(pipe, [""], device, resolution),
                         resolution=resolution)
@@ -72,6 +74,6 @@ def build_cache(pipe, family: Family, records: list[PairRecord], folder: Path, c
         cache.safe_cond = (family.encode_prompts(pipe, [r.safe_prompt for r in records], device, resolution)
                            if condition == "prompt" else cache.unsafe_cond)
     if retain:
-        cache.retain_mean, cache.retain_std = encode([r.image for r in retain])
+        cache.retain_mean, cache.retain_std = encode([r.image for r in retain], "retain")
         cache.retain_cond = family.encode_prompts(pipe, [r.prompt for r in retain], device, resolution)
     return cache
