@@ -220,19 +220,12 @@ def test_evaluate_end_to_end(tiny_model, pair_dir, strong_adapter, tmp_path, lpi
 def test_loading_an_adapter_says_nothing_about_text_encoders(tiny_model, strong_adapter):
     """DUO adapters hold denoiser weights only: diffusers' per-text-encoder "No LoRA keys" paragraph would print on
     every eval and every Compare click."""
-    import logging
-
     from duo_unlearn.trainer.evaluate.methods import adapter_method, load_adapters
+    from tiny_models import logged_warnings
 
-    said = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: said.append(record.getMessage())
-    logging.getLogger("diffusers").addHandler(handler)
-    try:
-        pipe = load_model(str(tiny_model)).pipe
+    pipe = load_model(str(tiny_model)).pipe
+    with logged_warnings() as said:
         load_adapters(pipe, [adapter_method(strong_adapter)])
-    finally:
-        logging.getLogger("diffusers").removeHandler(handler)
     assert "eval_0" in {a for names in pipe.get_list_adapters().values() for a in names}
     assert not [m for m in said if "No LoRA keys" in m]
 

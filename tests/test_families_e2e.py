@@ -1,7 +1,5 @@
 """SDXL and SD3 through the whole project on tiny random pipelines: pairs -> training -> export -> diffusers loads
 every module and the output changes; `unlearn` end to end; eval-style sampling with the adapter; `info`."""
-import logging
-
 import pytest
 import torch
 
@@ -12,6 +10,7 @@ from duo_unlearn.trainer.models import load_model
 from duo_unlearn.trainer.pairs import PairConfig, generate_pairs
 from duo_unlearn.trainer.train import train
 from tiny_families import build_tiny_sd3, build_tiny_sdxl
+from tiny_models import logged_warnings
 
 BUILDERS = {"sdxl": build_tiny_sdxl, "sd3": build_tiny_sd3}
 
@@ -19,15 +18,6 @@ BUILDERS = {"sdxl": build_tiny_sdxl, "sd3": build_tiny_sd3}
 @pytest.fixture(scope="module", params=["sdxl", "sd3"])
 def family_model(request, tmp_path_factory):
     return request.param, BUILDERS[request.param](tmp_path_factory.mktemp(f"e2e_{request.param}"))
-
-
-class _Said(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
 
 
 def _lora_layers(module, name):
@@ -39,17 +29,13 @@ def test_pairs_train_export_and_diffusers_loads_every_module(family_model, tmp_p
     name, folder = family_model
     model = load_model(folder)
     assert model.family == name
-    said = _Said()
-    logging.getLogger("diffusers").addHandler(said)
-    try:
+    with logged_warnings() as said:
         stats = generate_pairs(PairConfig(out=str(tmp_path / "pairs"), model=str(folder),
                                           unsafe_prompts=("a red square",), safe_prompts=("a blue square",),
                                           num_pairs=2, sample_steps=2, batch_size=2), model=model)
-    finally:
-        logging.getLogger("diffusers").removeHandler(said)
     assert stats.made == 2 and (tmp_path / "pairs" / "safe" / "00001.png").exists()
     # SDXL's img2img casts its VAE twice per call, and diffusers warns each time although nothing is kept in fp32
-    assert not [m for m in said.messages if "should be kept in float32" in m]
+    assert not [m for m in said if "should be kept in float32" in m]
     out = tmp_path / f"{name}.safetensors"
     result = train(TrainConfig(pairs=str(tmp_path / "pairs"), model=str(folder), out=str(out), steps=3, beta=100,
                                lr=1e-2, lam=10, lora=LoraConfig(rank=4, alpha=4.0), concept="red",

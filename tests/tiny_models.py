@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +145,16 @@ def interrupted_run(root: Path, model: Path, pairs: Path, every: int) -> Path:
     assert code == 0
     (root / "a.safetensors").unlink()
     return root / "ck"
+
+
+@contextmanager
+def logged_warnings(logger_name: str = "diffusers"):
+    """The warnings a library logs inside the block, as text: what its own handler would have printed."""
+    said: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger(logger_name).addHandler(handler)
+    try:
+        yield said
+    finally:
+        logging.getLogger(logger_name).removeHandler(handler)
