@@ -16,9 +16,10 @@ from ..trainer.errors import Cancelled, UserError
 from ..trainer.progress import ProgressEvent
 
 STAGE_NAMES = {
-    "load": "loading the model", "pairs": "making pairs", "cache": "encoding pair images", "train": "training",
-    "checkpoint": "saving a checkpoint", "preview": "rendering the preview", "save": "writing the adapter",
-    "done": "done", "start": "starting", "compare": "generating",
+    "load": "loading the model", "pairs": "making pairs", "retain": "making the retain set",
+    "cache": "encoding pair images", "train": "training", "checkpoint": "saving a checkpoint",
+    "preview": "rendering the preview", "save": "writing the adapter", "done": "done", "start": "starting",
+    "compare": "generating",
 }
 
 

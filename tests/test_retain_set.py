@@ -46,7 +46,12 @@ def test_an_interrupted_retain_set_is_completed_identically(retain_pairs, tiny_m
     (part / RETAIN_INDEX).write_text("\n".join(lines[:2]) + "\n")  # as if stopped after the first block
     for r in read_retain(retain_pairs)[2:]:
         (part / r.image).unlink()
-    generate_pairs(_cfg(part, tiny_model), model=loaded)
+    events = []
+    generate_pairs(_cfg(part, tiny_model), events.append, model=loaded)
+    # its own stage, counted on the whole set; one line, which says what was already there
+    retain = [e for e in events if e.stage == "retain"]
+    assert [(e.step, e.total) for e in retain] == [(4, 5), (5, 5)]
+    assert [e.message for e in retain if e.message] == ["retain set: 5 images of the prompts to keep, 2 already made"]
     assert (part / RETAIN_INDEX).read_text() == (retain_pairs / RETAIN_INDEX).read_text()
     for r in read_retain(retain_pairs):
         assert (part / r.image).read_bytes() == (retain_pairs / r.image).read_bytes()

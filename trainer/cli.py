@@ -22,11 +22,11 @@ class _TqdmProgress:
 
         if event.message:  # above the bars (tqdm.write), so a step's note is not lost under them
             tqdm.write(f"[{event.stage}] {event.message}", file=sys.stderr)
-        elif event.stage in ("train", "pairs", "cache") and event.total:
+        elif event.stage in ("train", "pairs", "retain", "cache") and event.total:
             bar = self.bars.get(event.stage)
             if bar is None:
                 bar = self.bars[event.stage] = tqdm(total=event.total, desc=event.stage,
-                                                    unit="image" if event.stage == "cache" else "step",
+                                                    unit="image" if event.stage in ("retain", "cache") else "step",
                                                     initial=event.step)
             bar.n = event.step
             if event.logs:

@@ -345,8 +345,10 @@ def _retain_blocks(cfg: PairConfig, pipe, folder: Path, progress) -> None:
             save_png(im, folder / record.image)
             lines.append(record.to_json())
         _append_lines(folder / RETAIN_INDEX, lines)
-        report(progress, ProgressEvent("pairs", cfg.num_pairs, cfg.num_pairs,
-                                       f"retain set: {len(done) + b + len(block)}/{cfg.num_retain} images"))
+        # one line when the set starts, then only the count (a line per batch was 17 lines on the test bed)
+        report(progress, ProgressEvent("retain", len(done) + b + len(block), cfg.num_retain,
+                                       f"retain set: {cfg.num_retain} images of the prompts to keep"
+                                       + (f", {len(done)} already made" if done else "") if b == 0 else ""))
 
 
 def _retrying(progress, cfg: PairConfig, finished: int, attempt: int, count: int, what: str) -> None:

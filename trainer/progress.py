@@ -9,7 +9,7 @@ from .errors import Cancelled
 
 @dataclass
 class ProgressEvent:
-    stage: str  # "load", "pairs", "cache", "train", "checkpoint", "preview", "save", "done"
+    stage: str  # "load", "pairs", "retain", "cache", "train", "checkpoint", "preview", "save", "done"
     step: int = 0
     total: int = 0
     message: str = ""
