@@ -302,7 +302,7 @@ def _finish(stats: PairStats, folder: Path, started: float) -> PairStats:
 def _blocks(cfg: PairConfig, todo_blocks, pipe, edit, detector, stats: PairStats, progress, folder: Path,
             done: set[str]) -> None:
     finished = stats.kept_existing
-    report(progress, ProgressEvent("pairs", finished, cfg.num_pairs, f"pairs in {folder}"))
+    report(progress, ProgressEvent("pairs", finished, cfg.num_pairs))  # where: unlearn says so first, `pairs` last
     for block in todo_blocks:
         records, skipped = _make_block(cfg, block, pipe, edit, detector, stats, progress, finished)
         # a block is made whole (its draws are seeded per block); pairs of it already indexed are not added again
