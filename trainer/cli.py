@@ -10,6 +10,9 @@ from contextlib import contextmanager
 from .errors import Cancelled, UserError
 
 
+_BAR_UNITS = {"pairs": "step", "retain": "image", "cache": "image", "train": "step"}  # the stages drawn as bars
+
+
 class _TqdmProgress:
     """Progress bars per stage on stderr. close() ends the open ones, so that an error line printed after a failed
     run is the last thing on stderr (a bar left open would otherwise redraw itself after it, when collected)."""
@@ -22,12 +25,11 @@ class _TqdmProgress:
 
         if event.message:  # above the bars (tqdm.write), so a step's note is not lost under them
             tqdm.write(f"[{event.stage}] {event.message}", file=sys.stderr)
-        elif event.stage in ("train", "pairs", "retain", "cache") and event.total:
+        elif event.stage in _BAR_UNITS and event.total:
             bar = self.bars.get(event.stage)
             if bar is None:
                 bar = self.bars[event.stage] = tqdm(total=event.total, desc=event.stage,
-                                                    unit="image" if event.stage in ("retain", "cache") else "step",
-                                                    initial=event.step)
+                                                    unit=_BAR_UNITS[event.stage], initial=event.step)
             bar.n = event.step
             if event.logs:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in event.logs.items() if isinstance(v, (int, float))},

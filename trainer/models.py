@@ -320,11 +320,13 @@ def _load_single_file(path: Path, config_dir, dtype, family, family_kwargs: dict
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     kwargs = dict(dtype=dtype, **family_kwargs)
+    tokenizers = []  # the config folder's tokenizer folders, checked before the load and after it
     if config_dir is not None:
         config_dir = Path(config_dir)
         if not (config_dir / "model_index.json").exists():
             raise UserError(f"--config-dir {config_dir} is not a diffusers model folder (no model_index.json)")
-        _refuse_missing_tokenizers(config_dir, family_kwargs)
+        tokenizers = _tokenizer_folders(config_dir, family_kwargs)
+        _refuse_missing_tokenizers(config_dir, tokenizers)
         kwargs["config"] = str(config_dir)
     # Online users get the family's configs (a few kB, no weights) fetched by diffusers; offline users, or anyone
     # naming a config folder, must not wait on a network that is not there.
@@ -347,8 +349,7 @@ def _load_single_file(path: Path, config_dir, dtype, family, family_kwargs: dict
     except (KeyError, IndexError, RuntimeError) as e:  # keys that do not fit the family's layout
         raise UserError(f"could not convert {path.name} to a diffusers model ({type(e).__name__}: {e}); "
                         "is it a complete Stable Diffusion checkpoint?") from None
-    if config_dir is not None:
-        _refuse_empty_tokenizers(pipe, config_dir, family_kwargs)
+    _refuse_empty_tokenizers(pipe, config_dir, tokenizers)
     return pipe
 
 
@@ -395,11 +396,11 @@ def _tokenizer_folders(config_dir: Path, passed: dict) -> list[Path]:
             if name.startswith("tokenizer") and isinstance(spec, list) and None not in spec and name not in passed]
 
 
-def _refuse_missing_tokenizers(config_dir: Path, passed: dict) -> None:
+def _refuse_missing_tokenizers(config_dir: Path, tokenizers: list[Path]) -> None:
     """transformers builds a tokenizer with no vocabulary from an unreadable or empty folder instead of failing; the
     run would then stop at its first prompt with an OverflowError (model_max_length left at a 1e30 sentinel). An
     unreadable vocabulary file fails inside the tokenizers library with a bare Exception instead."""
-    for folder in _tokenizer_folders(config_dir, passed):
+    for folder in tokenizers:
         refuse_unreadable(folder)
         files = sorted(folder.iterdir()) if folder.is_dir() else []
         if not files:
@@ -409,10 +410,10 @@ def _refuse_missing_tokenizers(config_dir: Path, passed: dict) -> None:
             refuse_unreadable(f)
 
 
-def _refuse_empty_tokenizers(pipe, config_dir: Path, passed: dict) -> None:
+def _refuse_empty_tokenizers(pipe, config_dir: Path | None, tokenizers: list[Path]) -> None:
     """The loaded tokenizers, checked for a vocabulary: a folder of files that are not a tokenizer's (a stray README)
     leaves one with nothing but its special tokens, just as an empty folder does."""
-    for folder in _tokenizer_folders(config_dir, passed):
+    for folder in tokenizers:
         tokenizer = getattr(pipe, folder.name, None)
         if tokenizer is None or len(tokenizer) > len(set(tokenizer.all_special_tokens)):
             continue

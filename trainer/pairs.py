@@ -333,6 +333,8 @@ def _retain_blocks(cfg: PairConfig, pipe, folder: Path, progress) -> None:
     (folder / "retain").mkdir(exist_ok=True)
     size = {"height": cfg.resolution, "width": cfg.resolution} if cfg.resolution else {}
     prompts = [p for p in cfg.retain_prompts if p.strip()]
+    first = f"retain set: {cfg.num_retain} images of the prompts to keep"
+    first += f", {len(done)} already made" if done else ""
     for b in range(0, len(todo), cfg.batch_size):
         block = todo[b:b + cfg.batch_size]
         chunk = [retain_prompt(prompts, i, cfg.num_retain) for i in block]
@@ -346,9 +348,7 @@ def _retain_blocks(cfg: PairConfig, pipe, folder: Path, progress) -> None:
             lines.append(record.to_json())
         _append_lines(folder / RETAIN_INDEX, lines)
         # one line when the set starts, then only the count (a line per batch was 17 lines on the test bed)
-        report(progress, ProgressEvent("retain", len(done) + b + len(block), cfg.num_retain,
-                                       f"retain set: {cfg.num_retain} images of the prompts to keep"
-                                       + (f", {len(done)} already made" if done else "") if b == 0 else ""))
+        report(progress, ProgressEvent("retain", len(done) + b + len(block), cfg.num_retain, first if b == 0 else ""))
 
 
 def _retrying(progress, cfg: PairConfig, finished: int, attempt: int, count: int, what: str) -> None:
