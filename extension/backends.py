@@ -151,7 +151,10 @@ class Backend:
             work = None
 
         def in_work(path: Path) -> bool:
-            return work is not None and (work == path.resolve() or work in path.resolve().parents)
+            if work is None:
+                return False
+            resolved = path.resolve()  # follows links: one walk of the path, not two
+            return work == resolved or work in resolved.parents
 
         unreadable = [Unreadable(path, why(e), True) for path, e in denied if not in_work(path)]
         for path in sorted(files):

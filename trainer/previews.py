@@ -5,6 +5,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from .atomic import write_atomic
+
 
 def generate_images(pipe, prompts, seed: int, steps: int = 25, guidance: float = 7.5, negative_prompt=None):
     import torch
@@ -61,8 +63,6 @@ def refuse_existing_preview(adapter: str | Path, overwrite: bool) -> None:
 
 def save_png(image: Image.Image, path: Path) -> Path:
     """The PNG complete or absent, as every file the project writes (atomic.py)."""
-    from .atomic import write_atomic
-
     return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
 
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from ..atomic import write_atomic, write_text_atomic
+
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 def write_json(data: dict, path: Path) -> Path:
-    from ..atomic import write_text_atomic
-
     return write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
@@ -70,8 +70,6 @@ def _plot_matplotlib(points, methods, path: Path, title: str) -> Path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    from ..atomic import write_atomic
-
     try:
         return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
