@@ -26,7 +26,8 @@ class CheckpointFolder:
                 found.append((int(p.name[5:]), p))
         return sorted(found)
 
-    def save(self, step: int, denoiser, optimizer, gen, history, fingerprint: dict, scaler=None) -> Path:
+    def save(self, step: int, denoiser, optimizer, gen, history, fingerprint: dict, scaler=None,
+             schedule=None) -> Path:
         import torch
         from safetensors.torch import save_file
 
@@ -48,6 +49,7 @@ class CheckpointFolder:
                           str(tmp / "lora.safetensors"))
                 torch.save({"optimizer": optimizer.state_dict(), "rng": gen.get_state(), "step": step,
                             "scaler": scaler.state_dict() if scaler is not None else None,
+                            "lr_schedule": schedule.state_dict() if schedule is not None else None,
                             "fingerprint": fingerprint}, tmp / "state.pt")
                 (tmp / "history.json").write_text(json.dumps(history))
         except BaseException:
@@ -66,7 +68,7 @@ class CheckpointFolder:
         except OSError:
             pass
 
-    def load_newest(self, denoiser, optimizer, gen, fingerprint: dict, steps: int, scaler=None):
+    def load_newest(self, denoiser, optimizer, gen, fingerprint: dict, steps: int, scaler=None, schedule=None):
         """(step, history) of the newest checkpoint, or (0, []) when there is none."""
         import pickle
 
@@ -95,6 +97,8 @@ class CheckpointFolder:
             gen.set_state(state["rng"])
             if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
+            if schedule is not None:
+                _resume_schedule(schedule, state.get("lr_schedule"), int(state["step"]))
             history = json.loads((path / "history.json").read_text())
         except UserError:
             raise
@@ -114,3 +118,13 @@ class CheckpointFolder:
             shutil.rmtree(path, ignore_errors=True)
         self.created.clear()
         self._remove_if_empty()
+
+
+def _resume_schedule(schedule, saved: dict | None, step: int) -> None:
+    """The learning-rate schedule goes on from the checkpoint's step. Checkpoints from before schedules existed
+    hold none (their runs were constant): the new run's schedule is placed at that step."""
+    if saved is not None:
+        schedule.load_state_dict(saved)
+        return
+    schedule.load_state_dict({**schedule.state_dict(), "last_epoch": step - 1, "_step_count": step})
+    schedule.step()  # sets the optimiser's rate for the step the run goes on with

@@ -11,6 +11,7 @@ from typing import Any
 
 from .erasure_stop import CHECK_IMAGES
 from .errors import UserError
+from .lr_schedule import SCHEDULES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,6 +31,9 @@ HELP = {
     "kappa": "set beta from the pairs instead: beta = kappa / full-swap margin (5: the preference stops about where "
              "the model draws the twin; see benchmarks/RESULTS.md)",
     "lr": "learning rate (default 3e-4 * 100 / beta; esd: 1e-4)",
+    "lr_scheduler": f"learning-rate schedule over --steps: {', '.join(SCHEDULES)}",
+    "lr_warmup_steps": "steps the learning rate rises from 0 (needs a schedule with a warm-up, not constant)",
+    "lr_cycles": "cosine_with_restarts: the number of cosine cycles over --steps",
     "lam": "output-preservation weight lambda (default 1e6 * beta / 100; 0 disables it)",
     "steps": "optimisation steps",
     "batch_pairs": "pairs per step",

@@ -11,6 +11,7 @@ from typing import Any
 
 from .detectors import check_detector, no_detector
 from .errors import UserError
+from .lr_schedule import check_schedule
 
 CONDITIONS = ("empty", "prompt", "unsafe")
 # Flux, the largest family supported, is trained at up to 2048 px; 100000 px once filled 24 GB before failing.
@@ -46,6 +47,9 @@ class TrainConfig:
     beta: float = 500.0
     kappa: float | None = None  # given: β = κ / full-swap margin of the pairs (reward_scale.py), beta ignored
     lr: float | None = None  # None: 3e-4 * 100 / beta
+    lr_scheduler: str = "constant"  # the official recipe's; any of lr_schedule.SCHEDULES
+    lr_warmup_steps: int = 0
+    lr_cycles: int = 1  # cosine_with_restarts: how many cosine cycles over the run
     lam: float | None = None  # None: 1e6 * beta / 100
     lam_retain: float = 0.0  # output preservation on the pair folder's retain set (retain_set.py); 0: off
     steps: int = 1000
@@ -119,6 +123,7 @@ class TrainConfig:
         positive("batch_pairs", self.batch_pairs)
         if self.lr is not None:
             positive("lr", self.lr)
+        check_schedule(self.lr_scheduler, self.lr_warmup_steps, self.lr_cycles, self.steps)
         if self.lam is not None and not (math.isfinite(self.lam) and self.lam >= 0):
             raise UserError(f"lam must be zero or positive, got {self.lam!r}")
         if not (isinstance(self.lam_retain, (int, float)) and math.isfinite(self.lam_retain) and self.lam_retain >= 0):

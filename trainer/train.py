@@ -19,6 +19,7 @@ from .export import adapter_metadata, atomic_save, check_writable
 from .families import get_family
 from .latent_cache import build_cache
 from .lora import add_lora, lora_state, remove_lora
+from .lr_schedule import build_schedule
 from .models import LoadedModel, load_model, refuse_inside_model
 from .pair_dataset import read_pairs
 from .retain_set import read_retain
@@ -191,6 +192,8 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
                                                               "stops about at the swap; ≫5: well before it)"))
     lr, lam = cfg.learning_rate_for(family.lr_base), cfg.preservation_weight_for(family.lambda_base)
     optimizer = _optimizer(params, cfg, lr)
+    # not handed to accelerate: it would step the schedule once per process; each process steps its own once
+    schedule = build_schedule(optimizer, cfg.lr_scheduler, cfg.lr_warmup_steps, cfg.lr_cycles, cfg.steps)
     wrapped, optimizer = accelerator.prepare(denoiser, optimizer)
     raw = accelerator.unwrap_model(wrapped)
     scaler = _scaler(rt)
@@ -207,7 +210,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     fingerprint = _fingerprint(cfg, model, lora_targets(cfg, family))
     start, history = 0, []
     if cfg.resume:
-        start, history = checkpoints.load_newest(raw, optimizer, gen, fingerprint, cfg.steps, scaler)
+        start, history = checkpoints.load_newest(raw, optimizer, gen, fingerprint, cfg.steps, scaler, schedule)
         if start:
             report(progress, ProgressEvent("train", start, cfg.steps, f"resumed at step {start}"))
     n, B = len(records), cfg.batch_pairs
@@ -233,6 +236,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
                 micro = max(1, micro // 2)  # same draws, same loss: only the passes get smaller
                 report(progress, ProgressEvent("train", step, cfg.steps, f"out of memory: {micro} pair(s) per "
                                                                           "pass from now on"))
+        logs["lr"] = schedule.get_last_lr()[0]
         if scaler:
             scaler.unscale_(optimizer)
         if cfg.grad_clip > 0:
@@ -242,6 +246,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
             scaler.update()
         else:
             optimizer.step()
+        schedule.step()
         optimizer.zero_grad(set_to_none=True)
         history.append({"step": step + 1, **logs})
         report(progress, ProgressEvent("train", step + 1, cfg.steps, logs=logs))
@@ -251,7 +256,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
             if _after_check(erased, check, cfg, history, done, progress):
                 break
         if main_process and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            path = checkpoints.save(done, raw, optimizer, gen, history, fingerprint, scaler)
+            path = checkpoints.save(done, raw, optimizer, gen, history, fingerprint, scaler, schedule)
             report(progress, ProgressEvent("checkpoint", done, cfg.steps, f"saved {path}"))
         if (main_process and cfg.preview_every and cfg.preview_prompts and done % cfg.preview_every == 0
                 and done < cfg.steps):
@@ -268,7 +273,8 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         "method": cfg.method, "concept": cfg.concept or facts.get("concept", ""), "beta": cfg.beta,
         "kappa": round(kappa, 4), "swap_margin": round(m_swap, 6),
         "lambda": lam, "lambda_retain": cfg.lam_retain, "retain_images": cache.retain_size(), "lr": lr,
-        "steps": done, "batch_pairs": cfg.batch_pairs, "pairs": n,
+        "lr_scheduler": cfg.lr_scheduler, "lr_warmup_steps": cfg.lr_warmup_steps,
+        "lr_cycles": cfg.lr_cycles, "steps": done, "batch_pairs": cfg.batch_pairs, "pairs": n,
         "t_range": [cfg.t_min, cfg.t_max], "shared_t": cfg.shared_t, "condition": cfg.condition, "seed": cfg.seed,
         "resolution": cache.resolution,
         "unsafe_prompts": sorted({r.unsafe_prompt for r in records}),

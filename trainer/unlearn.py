@@ -38,6 +38,9 @@ class UnlearnConfig:
     kappa: float | None = None  # β from the pairs: κ / full-swap margin (None: the preset's, unless --beta)
     steps: int | None = None  # None: the preset's, else 1000
     lr: float | None = None
+    lr_scheduler: str = "constant"  # the official recipe's; lr_schedule.SCHEDULES
+    lr_warmup_steps: int = 0
+    lr_cycles: int = 1
     lam: float | None = None
     edit_region: str | None = None  # "image" or "concept" (None: the preset's)
     retain_prompts: tuple[str, ...] = ()  # prompts whose images must stay (default: the preset's)
@@ -136,6 +139,7 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             kappa=cfg.kappa if cfg.kappa is not None else (preset.kappa if cfg.beta is None else None),
             lr=_given(cfg.lr, preset.lr if same_beta else None), lam=_given(cfg.lam, preset.lam if same_beta else None),
             steps=_given(cfg.steps, preset.steps or 1000), batch_pairs=cfg.batch_pairs,
+            lr_scheduler=cfg.lr_scheduler, lr_warmup_steps=cfg.lr_warmup_steps, lr_cycles=cfg.lr_cycles,
             lora=LoraConfig(rank=cfg.rank, alpha=float(cfg.rank), target_modules=tuple(cfg.target_modules)),
             seed=cfg.seed, preview_prompts=previews if cfg.preview else (), preview_steps=preset.sample_steps,
             preview_guidance=preset.guidance, device=cfg.device, overwrite=cfg.overwrite,

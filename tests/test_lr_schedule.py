@@ -1,0 +1,96 @@
+"""Learning-rate schedules: what the CLI and config files accept, the rate each step trains at, the record in the
+adapter, and a resumed run going on with the schedule where it stopped."""
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from duo_unlearn.trainer.cli import main
+from duo_unlearn.trainer.config import TrainConfig
+from duo_unlearn.trainer.errors import Cancelled
+from duo_unlearn.trainer.lr_schedule import SCHEDULES
+from duo_unlearn.trainer.same_schedule import same_schedule
+from duo_unlearn.trainer.train import train
+
+
+def test_every_schedule_offered_is_one_diffusers_builds():
+    from diffusers.optimization import SchedulerType
+
+    assert set(SCHEDULES) <= {s.value for s in SchedulerType}
+    assert SCHEDULES[0] == "constant" == TrainConfig().lr_scheduler  # the official scripts' default
+
+
+@pytest.mark.parametrize("flags, expect", [
+    (["--lr-scheduler", "cosine_annealing"], "lr_scheduler must be one of constant, constant_with_warmup"),
+    (["--lr-warmup-steps", "2"], "lr_warmup_steps needs a schedule with a warm-up"),
+    (["--lr-scheduler", "cosine", "--lr-warmup-steps", "5"], "lr_warmup_steps must be a whole number from 0 to"),
+    (["--lr-scheduler", "cosine_with_restarts", "--lr-cycles", "0"], "lr_cycles must be a positive whole number"),
+])
+def test_a_bad_schedule_gets_one_line_and_exit_2(flags, expect, capsys, tmp_path, tiny_model, pair_dir):
+    out = tmp_path / "out.safetensors"
+    code = main(["train", "--pairs", str(pair_dir), "--model", str(tiny_model), "--out", str(out), "--steps", "5",
+                 *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and expect in err, err
+    assert not out.exists()
+
+
+def test_a_config_file_sets_the_schedule_and_unlearn_takes_it_too(capsys, tmp_path, tiny_model, pair_dir):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('lr_scheduler = "linear"\nlr_warmup_steps = 7\n')
+    code = main(["train", "--pairs", str(pair_dir), "--model", str(tiny_model), "--out",
+                 str(tmp_path / "o.safetensors"), "--steps", "5", "--config", str(cfg)])
+    assert code == 2 and "from 0 to steps - 1 (4), got 7" in capsys.readouterr().err  # read from the file
+    code = main(["unlearn", "--preset", "testbed-red", "--model", str(tiny_model), "--out",
+                 str(tmp_path / "u.safetensors"), "--steps", "3", "--lr-scheduler", "warm"])
+    assert code == 2 and "lr_scheduler must be one of" in capsys.readouterr().err
+
+
+def test_each_step_trains_at_the_scheduled_rate_and_the_adapter_records_the_schedule(tiny_model, pair_dir,
+                                                                                    tmp_path):
+    out = tmp_path / "linear.safetensors"
+    result = train(TrainConfig(pairs=str(pair_dir), model=str(tiny_model), out=str(out), steps=6, lr=1e-3,
+                               lr_scheduler="linear", lr_warmup_steps=2))
+    # diffusers' linear schedule: up from 0 over the warm-up, then down to 0 at the last step
+    assert [h["lr"] for h in result.history] == pytest.approx([0, 5e-4, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert (meta["duo.lr_scheduler"], meta["duo.lr_warmup_steps"], meta["duo.lr"]) == ("linear", "2", "0.001")
+
+    constant = train(TrainConfig(pairs=str(pair_dir), model=str(tiny_model), out=str(tmp_path / "c.safetensors"),
+                                 steps=3, lr=1e-3))
+    assert [h["lr"] for h in constant.history] == [1e-3] * 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("legacy", [False, True], ids=["checkpoint-with-schedule", "checkpoint-from-before"])
+def test_a_resumed_run_goes_on_with_the_schedule(legacy, tiny_model, pair_dir, tmp_path):
+    common = dict(pairs=str(pair_dir), model=str(tiny_model), steps=10, checkpoint_every=4, beta=5000, lr=1e-3,
+                  lam=1000, seed=3, lr_scheduler="cosine", lr_warmup_steps=2)
+    whole = train(TrainConfig(out=str(tmp_path / "whole.safetensors"), **common))
+
+    parted = tmp_path / "parted.safetensors"
+    with pytest.raises(Cancelled):
+        train(TrainConfig(out=str(parted), **common),
+              progress=lambda e: False if e.stage == "train" and e.step == 6 else None)
+    state_path = tmp_path / "parted.safetensors.checkpoints" / "step-000004" / "state.pt"
+    if legacy:  # a checkpoint written before schedules were saved: the run is placed at its step
+        state = torch.load(state_path, weights_only=True)
+        del state["lr_schedule"]
+        torch.save(state, state_path)
+    resumed = train(TrainConfig(out=str(parted), resume=True, **common))
+
+    assert [h["lr"] for h in resumed.history] == pytest.approx([h["lr"] for h in whole.history])
+    if not legacy:  # bit for bit: same rates, same draws
+        a, b = load_file(str(tmp_path / "whole.safetensors")), load_file(str(parted))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_adapter_trained_on_another_schedule_is_not_the_same_run():
+    cfg = TrainConfig(steps=300, beta=10.0)
+    facts = {"steps": 300, "beta": 10.0, "shared_t": False}  # an adapter from before schedules: constant
+    assert same_schedule(facts, cfg)
+    assert not same_schedule(facts, TrainConfig(steps=300, beta=10.0, lr_scheduler="cosine"))
+    cosine = {**facts, "lr_scheduler": "cosine", "lr_warmup_steps": 10, "lr_cycles": 1}
+    assert same_schedule(cosine, TrainConfig(steps=300, beta=10.0, lr_scheduler="cosine", lr_warmup_steps=10))
+    assert not same_schedule(cosine, TrainConfig(steps=300, beta=10.0, lr_scheduler="cosine", lr_warmup_steps=20))
