@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..trainer.errors import UserError
+from ..trainer.lr_schedule import SCHEDULES
 from .backends import family_label, testbeds_label
 from .jobs import Busy, format_seconds
 from .names import adapter_path, sanitise_name
@@ -73,6 +74,20 @@ def _refuse_other_family(chosen, family: str | None) -> None:
         if family and recorded and not loads_on(recorded, family):
             raise UserError(f"{adapter.name} was trained for {family_label(recorded)}, and this model is "
                             f"{family_label(family)}: pick a model of its family")
+
+
+def _lr_schedule(name, warmup, steps: int) -> tuple[str, int]:
+    """The schedule and warm-up boxes, checked in the tab's words (the trainer's messages name CLI settings)."""
+    name = (name or "").strip() or "constant"
+    if name not in SCHEDULES:
+        raise UserError(f"Learning-rate schedule must be one of {', '.join(SCHEDULES)}, got {name!r}")
+    warmup = _int(warmup or 0, "Warm-up steps", 0, MOST_STEPS)  # gradio sends an emptied Number as None or 0
+    if warmup and name == "constant":
+        raise UserError("Warm-up steps need a learning-rate schedule with a warm-up (any but constant), or set "
+                        "them to 0")
+    if warmup >= steps:
+        raise UserError(f"Warm-up steps ({warmup}) must be fewer than Steps ({steps})")
+    return name, warmup
 
 
 def _optional(value, parse):
@@ -185,7 +200,8 @@ class TabController:
     def build_request(self, model, preset, concept, unsafe_text, safe_text, num_pairs, beta, steps, rank, out_name,
                       strength=None, lr=None, seed=0, batch_pairs=4, detector="", preview=True, overwrite=False,
                       config_dir="", device="auto", mixed_precision="auto", gradient_checkpointing="auto",
-                      resolution=0, micro_batch_pairs=0, retain_text="", num_retain="", lam_retain="") -> Request:
+                      resolution=0, micro_batch_pairs=0, retain_text="", num_retain="", lam_retain="",
+                      lr_scheduler="constant", lr_warmup_steps=0) -> Request:
         """Every check that can fail before anything is written; UserError says what to fix."""
         from ..trainer.previews import preview_path
         from ..trainer.unlearn import UnlearnConfig, plan
@@ -230,6 +246,7 @@ class TabController:
         if w_retain and not (n_retain if n_retain is not None else p.for_family(family).num_retain):
             raise UserError("A retain weight needs retain images: set 'Retain images' above 0 (with this preset "
                             "and model there are none)")
+        schedule, warmup = _lr_schedule(lr_scheduler, lr_warmup_steps, _int(steps, "Steps", 1, MOST_STEPS))
         cfg = UnlearnConfig(
             preset=preset, out=str(out), model=model_spec, config_dir=(config_dir or "").strip() or None,
             concept=concept if not custom else (concept or "custom"),
@@ -247,7 +264,8 @@ class TabController:
             resolution=None if resolution in (None, "", 0) else _int(resolution, "Resolution", 8),
             micro_batch_pairs=None if micro_batch_pairs in (None, "", 0)
             else _int(micro_batch_pairs, "Micro-batch pairs", 1, MOST_BATCH),
-            retain_prompts=retain, num_retain=n_retain, lam_retain=w_retain)
+            retain_prompts=retain, num_retain=n_retain, lam_retain=w_retain, lr_scheduler=schedule,
+            lr_warmup_steps=warmup)
         from ..trainer.runtime import RuntimeConfig
 
         RuntimeConfig(cfg.device, cfg.mixed_precision, cfg.gradient_checkpointing).validate()
@@ -491,6 +509,10 @@ def build_tab(backend) -> dict:
                 # gradio sends an emptied Number as 0: 0 means "the preset's / the default"
                 c["strength"] = gr.Number(label="SDEdit strength (0: the preset's)", value=0, elem_id="duo_strength")
                 c["lr"] = gr.Number(label="Learning rate (0: the default)", value=0, elem_id="duo_lr")
+                c["lr_scheduler"] = gr.Dropdown(label="Learning-rate schedule", choices=list(SCHEDULES),
+                                                value="constant", elem_id="duo_lr_scheduler")
+                c["lr_warmup_steps"] = gr.Number(label="Warm-up steps", value=0, precision=0,
+                                                 elem_id="duo_lr_warmup")
                 c["seed"] = gr.Number(label="Seed", value=0, precision=0, elem_id="duo_seed")
                 c["batch_pairs"] = gr.Number(label="Pairs per step", value=4, precision=0, elem_id="duo_batch")
             with gr.Row():
@@ -563,7 +585,7 @@ def build_tab(backend) -> dict:
                                      "rank", "out_name", "strength", "lr", "seed", "batch_pairs", "detector",
                                      "preview", "overwrite", "config_dir", "device", "mixed_precision",
                                      "gradient_checkpointing", "resolution", "micro_batch_pairs", "retain_prompts",
-                                     "num_retain", "lam_retain")]
+                                     "num_retain", "lam_retain", "lr_scheduler", "lr_warmup_steps")]
 
     def on_preset(preset):
         try:

@@ -16,6 +16,8 @@
     duo_out_name: "Saved as <name>.safetensors in the LoRA folder; an existing file is kept unless you allow overwriting.",
     duo_strength: "SDEdit strength for the safe twins (0: the preset's).",
     duo_lr: "Learning rate (0: 3e-4·100/β).",
+    duo_lr_scheduler: "How the learning rate changes over the steps. constant is the official recipe; cosine and linear fall to 0 by the last step.",
+    duo_lr_warmup: "Steps over which the learning rate rises from 0 at the start (needs a schedule other than constant). 0 = none.",
     duo_seed: "Same seed and settings give the same pairs and, on CPU, the same adapter.",
     duo_batch: "Pairs per training step.",
     duo_detector: "Which detector gates the unsafe images: none, nudenet, colour:red …",

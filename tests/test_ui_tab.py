@@ -250,6 +250,25 @@ def test_a_seed_past_32_bits_is_refused_by_name(ctl, tiny_model):
     assert written(ctl) == []
 
 
+@pytest.mark.parametrize("schedule, warmup, message", [
+    ("cosine_annealing", 0, "Learning-rate schedule must be one of constant, constant_with_warmup"),
+    ("constant", 2, "Warm-up steps need a learning-rate schedule with a warm-up"),
+    ("cosine", 3, r"Warm-up steps \(3\) must be fewer than Steps \(3\)"),
+    ("cosine", -1, "Warm-up steps must be a whole number of at least 0"),
+    (None, None, None), ("cosine", 2, None),
+])
+def test_the_schedule_boxes_reach_the_plan_or_are_refused_in_the_tabs_words(ctl, tiny_model, schedule, warmup,
+                                                                            message):
+    args = [*inputs(tiny_model), *RUNTIME, "", "", "", schedule, warmup]
+    if message:
+        with pytest.raises(UserError, match=message) as caught:
+            ctl.build_request(*args)
+        assert "--" not in str(caught.value) and "lr_" not in str(caught.value)
+        return
+    train = ctl.build_request(*args).plans[0].train  # None: boxes emptied, the official constant rate
+    assert (train.lr_scheduler, train.lr_warmup_steps) == (schedule or "constant", warmup or 0)
+
+
 @pytest.mark.parametrize("over, runtime, retain, message", [
     (dict(num_pairs=10**9), {}, {}, "Number of pairs must be a whole number from 1 to 4096"),
     (dict(steps=10**12), {}, {}, "Steps must be a whole number from 1 to 100000"),
