@@ -246,14 +246,15 @@ class TabController:
         if w_retain and not (n_retain if n_retain is not None else p.for_family(family).num_retain):
             raise UserError("A retain weight needs retain images: set 'Retain images' above 0 (with this preset "
                             "and model there are none)")
-        schedule, warmup = _lr_schedule(lr_scheduler, lr_warmup_steps, _int(steps, "Steps", 1, MOST_STEPS))
+        n_steps = _int(steps, "Steps", 1, MOST_STEPS)
+        schedule, warmup = _lr_schedule(lr_scheduler, lr_warmup_steps, n_steps)
         cfg = UnlearnConfig(
             preset=preset, out=str(out), model=model_spec, config_dir=(config_dir or "").strip() or None,
             concept=concept if not custom else (concept or "custom"),
             unsafe_prompts=unsafe if custom or not p.concepts else (),
             safe_prompts=safe if custom or not p.concepts else (),
             num_pairs=_int(num_pairs, "Number of pairs", 1, MOST_PAIRS), beta=_float(beta, "β (beta)"),
-            steps=_int(steps, "Steps", 1, MOST_STEPS), rank=_int(rank, "Rank", 1, MOST_RANK),
+            steps=n_steps, rank=_int(rank, "Rank", 1, MOST_RANK),
             strength=None if strength in (None, "", 0) else _float(strength, "SDEdit strength"),
             lr=None if lr in (None, "", 0) else _float(lr, "Learning rate"), seed=_int(seed, "Seed", 0, SEED_MAX),
             batch_pairs=_int(batch_pairs, "Pairs per step", 1, MOST_BATCH), detector=(detector or "").strip() or None,
