@@ -56,6 +56,10 @@ def test_each_step_trains_at_the_scheduled_rate_and_the_adapter_records_the_sche
     with safe_open(str(out), "pt") as f:
         meta = f.metadata()
     assert (meta["duo.lr_scheduler"], meta["duo.lr_warmup_steps"], meta["duo.lr"]) == ("linear", "2", "0.001")
+    # and under kohya's names, which the hosts' metadata views show
+    assert (meta["ss_lr_scheduler"], meta["ss_lr_warmup_steps"], meta["ss_learning_rate"], meta["ss_unet_lr"],
+            meta["ss_steps"], meta["ss_max_train_steps"], meta["ss_seed"]) == ("linear", "2", "0.001", "0.001", "6",
+                                                                               "6", "0")
 
     constant = train(TrainConfig(pairs=str(pair_dir), model=str(tiny_model), out=str(tmp_path / "c.safetensors"),
                                  steps=3, lr=1e-3))

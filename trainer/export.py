@@ -77,6 +77,12 @@ def adapter_metadata(*, output_name: str, family_meta: dict, rank: int, alpha: f
         "modelspec.description": f"DUO unlearning of '{duo.get('concept', '')}'",
     }
     meta.update({k: str(v) for k, v in family_meta.items()})
+    # the training facts kohya's trainers record under these names, for the hosts' and model sites' metadata views
+    for ss_key, key in (("ss_learning_rate", "lr"), ("ss_unet_lr", "lr"), ("ss_lr_scheduler", "lr_scheduler"),
+                        ("ss_lr_warmup_steps", "lr_warmup_steps"), ("ss_steps", "steps"),
+                        ("ss_max_train_steps", "max_steps" if "max_steps" in duo else "steps"), ("ss_seed", "seed")):
+        if duo.get(key) is not None:
+            meta[ss_key] = str(duo[key])
     for key, value in duo.items():
         meta[f"duo.{key}"] = value if isinstance(value, str) else json.dumps(value)
     return meta
