@@ -11,8 +11,8 @@ KAPPA_TOLERANCE = 1e-3  # κ is recorded rounded to 4 places
 
 
 def same_schedule(facts: dict, cfg) -> bool:
-    """Same planned steps, erasure check, timestep draw, learning-rate schedule and preference strength (β as given, or κ when β is derived
-    from the pairs) as `cfg`, a TrainConfig."""
+    """Same planned steps, erasure check, timestep draw, learning-rate schedule and preference strength (β as
+    given, or κ when β is derived from the pairs) as `cfg`, a TrainConfig."""
     if planned_steps(facts) != cfg.steps or not same_stop_rule(facts, cfg):
         return False
     if bool(facts.get("shared_t")) != cfg.shared_t:  # adapters from before `shared_t` drew one t per image
