@@ -1,13 +1,10 @@
 """Learning-rate schedules: what the CLI and config files accept, the rate each step trains at, the record in the
-adapter, and a resumed run going on with the schedule where it stopped."""
+adapter (a resumed run going on with its schedule: test_train's resume test)."""
 import pytest
-import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from duo_unlearn.trainer.cli import main
 from duo_unlearn.trainer.config import TrainConfig
-from duo_unlearn.trainer.errors import Cancelled
 from duo_unlearn.trainer.lr_schedule import SCHEDULES
 from duo_unlearn.trainer.same_schedule import same_schedule
 from duo_unlearn.trainer.train import train
@@ -64,30 +61,6 @@ def test_each_step_trains_at_the_scheduled_rate_and_the_adapter_records_the_sche
     constant = train(TrainConfig(pairs=str(pair_dir), model=str(tiny_model), out=str(tmp_path / "c.safetensors"),
                                  steps=3, lr=1e-3))
     assert [h["lr"] for h in constant.history] == [1e-3] * 3
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("legacy", [False, True], ids=["checkpoint-with-schedule", "checkpoint-from-before"])
-def test_a_resumed_run_goes_on_with_the_schedule(legacy, tiny_model, pair_dir, tmp_path):
-    common = dict(pairs=str(pair_dir), model=str(tiny_model), steps=10, checkpoint_every=4, beta=5000, lr=1e-3,
-                  lam=1000, seed=3, lr_scheduler="cosine", lr_warmup_steps=2)
-    whole = train(TrainConfig(out=str(tmp_path / "whole.safetensors"), **common))
-
-    parted = tmp_path / "parted.safetensors"
-    with pytest.raises(Cancelled):
-        train(TrainConfig(out=str(parted), **common),
-              progress=lambda e: False if e.stage == "train" and e.step == 6 else None)
-    state_path = tmp_path / "parted.safetensors.checkpoints" / "step-000004" / "state.pt"
-    if legacy:  # a checkpoint written before schedules were saved: the run is placed at its step
-        state = torch.load(state_path, weights_only=True)
-        del state["lr_schedule"]
-        torch.save(state, state_path)
-    resumed = train(TrainConfig(out=str(parted), resume=True, **common))
-
-    assert [h["lr"] for h in resumed.history] == pytest.approx([h["lr"] for h in whole.history])
-    if not legacy:  # bit for bit: same rates, same draws
-        a, b = load_file(str(tmp_path / "whole.safetensors")), load_file(str(parted))
-        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_an_adapter_trained_on_another_schedule_is_not_the_same_run():

@@ -94,11 +94,15 @@ def test_v_prediction_model_trains(tiny_v_model, pair_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_ends_with_the_same_adapter(tiny_model, pair_dir, tmp_path):
+@pytest.mark.parametrize("schedule, legacy", [("constant", False), ("cosine", False), ("cosine", True)],
+                         ids=["constant", "cosine", "cosine-from-a-checkpoint-without-its-schedule"])
+def test_resume_ends_with_the_same_adapter(schedule, legacy, tiny_model, pair_dir, tmp_path):
+    """Bit for bit, with the learning rate of every step as the whole run's: a checkpoint carries the schedule, and
+    one written before schedules were saved places the schedule at its step."""
     common = dict(pairs=str(pair_dir), model=str(tiny_model), steps=12, checkpoint_every=5, beta=5000, lr=1e-3,
-                  lam=1000, seed=3)
+                  lam=1000, seed=3, lr_scheduler=schedule, lr_warmup_steps=2 if schedule != "constant" else 0)
     whole = tmp_path / "whole.safetensors"
-    train(TrainConfig(out=str(whole), **common))
+    whole_run = train(TrainConfig(out=str(whole), **common))
 
     parted = tmp_path / "parted.safetensors"
 
@@ -109,8 +113,14 @@ def test_resume_ends_with_the_same_adapter(tiny_model, pair_dir, tmp_path):
         train(TrainConfig(out=str(parted), **common), progress=stop_at_8)
     assert not parted.exists()  # no adapter from a cancelled run
     assert (tmp_path / "parted.safetensors.checkpoints" / "step-000005").is_dir()
-    train(TrainConfig(out=str(parted), resume=True, **common))
+    if legacy:
+        state_path = tmp_path / "parted.safetensors.checkpoints" / "step-000005" / "state.pt"
+        state = torch.load(state_path, weights_only=True)
+        del state["lr_schedule"]
+        torch.save(state, state_path)
+    resumed = train(TrainConfig(out=str(parted), resume=True, **common))
 
+    assert [h["lr"] for h in resumed.history] == pytest.approx([h["lr"] for h in whole_run.history])
     a, b = load_file(str(whole)), load_file(str(parted))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
