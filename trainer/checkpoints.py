@@ -27,7 +27,8 @@ class CheckpointFolder:
         return sorted(found)
 
     def save(self, step: int, denoiser, optimizer, gen, history, fingerprint: dict, scaler=None,
-             schedule=None) -> Path:
+             schedule=None, grown: list | None = None) -> Path:
+        """grown: the on-policy pairs added so far (LatentCache.grown), which a resumed run must draw from too."""
         import torch
         from safetensors.torch import save_file
 
@@ -50,7 +51,7 @@ class CheckpointFolder:
                 torch.save({"optimizer": optimizer.state_dict(), "rng": gen.get_state(), "step": step,
                             "scaler": scaler.state_dict() if scaler is not None else None,
                             "lr_schedule": schedule.state_dict() if schedule is not None else None,
-                            "fingerprint": fingerprint}, tmp / "state.pt")
+                            "fingerprint": fingerprint, "grown_pairs": grown or []}, tmp / "state.pt")
                 (tmp / "history.json").write_text(json.dumps(history))
         except BaseException:
             self._remove_if_empty()  # a first checkpoint that failed (disk full) leaves no empty folder behind
@@ -68,8 +69,10 @@ class CheckpointFolder:
         except OSError:
             pass
 
-    def load_newest(self, denoiser, optimizer, gen, fingerprint: dict, steps: int, scaler=None, schedule=None):
-        """(step, history) of the newest checkpoint, or (0, []) when there is none."""
+    def load_newest(self, denoiser, optimizer, gen, fingerprint: dict, steps: int, scaler=None, schedule=None,
+                    cache=None):
+        """(step, history) of the newest checkpoint, or (0, []) when there is none; its on-policy pairs go into
+        `cache`."""
         import pickle
 
         import torch
@@ -100,6 +103,8 @@ class CheckpointFolder:
             if schedule is not None:
                 _resume_schedule(schedule, state.get("lr_schedule"), int(state["step"]))
             history = json.loads((path / "history.json").read_text())
+            for grown in state.get("grown_pairs") or []:
+                cache.add_pairs(grown)
         except UserError:
             raise
         except (OSError, EOFError, KeyError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError,

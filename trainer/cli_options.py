@@ -64,6 +64,8 @@ HELP = {
                   "--preview-guidance) and stop once the concept is gone from them (--steps becomes the most; 0: off)",
     "stop_detector": "the detector that reads those samples: nudenet, nudenet:<min score>, colour:<name>",
     "stop_erased": f"fraction of the {CHECK_IMAGES} check images without the concept that stops training",
+    "on_policy_pairs": "at every erasure check, the check images that still show the concept become new pairs, each "
+                       "with a base-model SDEdit twin (needs --stop-every)",
     "device": "auto (accelerate decides), cpu, or cuda",
     "overwrite": "replace an existing adapter of the same name (otherwise refused)",
     "resolution": "train (and make pairs) at this image size; default: the model's native size",

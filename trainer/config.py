@@ -77,6 +77,7 @@ class TrainConfig:
     stop_every: int = 0  # >0: every N steps sample the unsafe prompts, stop once the concept is gone (erasure_stop)
     stop_detector: str = "none"  # what tells whether the concept is still in those samples
     stop_erased: float = 0.85  # fraction of the check images without the concept that stops training
+    on_policy_pairs: bool = False  # check images that still show the concept become pairs (on_policy_pairs.py)
     seed: int = 0
     device: str = "auto"
     overwrite: bool = False  # replace an existing adapter file of the same name
@@ -154,6 +155,11 @@ class TrainConfig:
         if self.stop_every and no_detector(self.stop_detector):
             raise UserError("stop_every needs stop_detector: the detector that tells whether the concept is still "
                             "in the samples (nudenet, colour:<name>)")
+        if self.on_policy_pairs and not self.stop_every:
+            raise UserError("on_policy_pairs takes its pairs from the erasure check's images: set stop_every (and "
+                            "stop_detector) too")
+        if self.on_policy_pairs and self.method != "duo":
+            raise UserError(f"on_policy_pairs adds DUO pairs; method {self.method!r} trains on no pairs of its own")
         for name in ("checkpoint_every", "preview_every", "stop_every", "weight_decay", "grad_clip"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):  # a NaN grad_clip would turn clipping off unnoticed

@@ -38,8 +38,11 @@ class ErasureCheck:
         """Every `every` steps, and at the last step: the user learns how far the adapter they get erased."""
         return done % self.every == 0 or done == max_steps
 
-    def erased(self, pipe, denoiser, family, rt) -> float:
-        """Fraction of the check images in which the detector no longer finds the concept (adapter on)."""
+    def erased(self, pipe, denoiser, family, rt, seed: int = CHECK_SEED, grow=None) -> float:
+        """Fraction of the check images in which the detector no longer finds the concept (adapter on).
+
+        grow(images, flagged, batch), when given, is handed the images and which of them still show the concept
+        while the model is placed for sampling (on_policy_pairs.py)."""
         from .evaluate.run import generate
         from .runtime import place
 
@@ -48,14 +51,17 @@ class ErasureCheck:
         place(pipe, rt)  # the text encoders come back from the CPU for sampling
         try:
             batch = len(self.prompts) if rt.device.type == "cpu" else DEVICE_BATCH
-            with rt.autocast():  # image i has seed CHECK_SEED + i in any batch
-                images = generate(pipe, self.prompts, 1, CHECK_SEED, self.sample_steps, self.guidance, batch=batch)
+            with rt.autocast():  # image i has seed `seed` + i in any batch
+                images = generate(pipe, self.prompts, 1, seed, self.sample_steps, self.guidance, batch=batch)
+            flagged = [score >= self.detector.threshold for score in self.detector.scores(images)]
+            if grow is not None:
+                with rt.autocast():
+                    grow(images, flagged, batch)
         finally:
             for module in family.text_modules(pipe):  # back where training keeps them (the prompts are cached)
                 module.to("cpu")
             denoiser.train(was_training)
-        found = sum(score >= self.detector.threshold for score in self.detector.scores(images))
-        return 1.0 - found / len(images)
+        return 1.0 - sum(flagged) / len(images)
 
 
 def planned_steps(facts: dict):
@@ -64,10 +70,12 @@ def planned_steps(facts: dict):
 
 
 def same_stop_rule(facts: dict, cfg) -> bool:
-    """Whether an adapter's facts record the erasure check a TrainConfig asks for (or, like it, none)."""
+    """Whether an adapter's facts record the erasure check a TrainConfig asks for (or, like it, none), with or
+    without on-policy pairs as it asks."""
     if not cfg.stop_every:
         return not facts.get("stop_every")
-    return facts.get("stop_every") == cfg.stop_every and facts.get("stop_erased") == cfg.stop_erased
+    return (facts.get("stop_every") == cfg.stop_every and facts.get("stop_erased") == cfg.stop_erased
+            and bool(facts.get("on_policy_pairs")) == cfg.on_policy_pairs)
 
 
 def erasure_check(cfg, records) -> ErasureCheck | None:

@@ -1,7 +1,7 @@
 """What training needs from the frozen VAE and text encoders, computed once: pair latents and conditioning."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .families import Conditioning, Family
@@ -26,8 +26,28 @@ class LatentCache:
     retain_std: object = None
     retain_cond: Conditioning | None = None  # each retain image's own prompt
 
+    grown: list = field(default_factory=list)  # on-policy pairs added during training (a checkpoint keeps them)
+
     def retain_size(self) -> int:
         return 0 if self.retain_mean is None else len(self.retain_mean)
+
+    def pair_count(self) -> int:
+        return len(self.unsafe_mean)
+
+    def add_pairs(self, grown: dict) -> None:
+        """Append pairs: posterior mean/std of their unsafe and safe images, and `source`, the pair each one takes
+        its conditioning rows from (a pair of the same unsafe prompt)."""
+        import torch
+
+        device = self.unsafe_mean.device
+        for name in ("unsafe_mean", "unsafe_std", "safe_mean", "safe_std"):
+            setattr(self, name, torch.cat([getattr(self, name), grown[name].to(device)]))
+        source = grown["source"]
+        unsafe, safe = self.unsafe_cond, self.safe_cond  # "unsafe" conditioning: one object for both
+        if unsafe is not None:
+            self.unsafe_cond = Conditioning.cat([unsafe, unsafe.rows(source)])
+            self.safe_cond = self.unsafe_cond if safe is unsafe else Conditioning.cat([safe, safe.rows(source)])
+        self.grown.append(grown)
 
     def sample(self, which: str, idx, gen):
         """z = (mean + std·ε − shift)·scaling for the pairs idx, ε from the CPU generator (same draws anywhere)."""
@@ -43,21 +63,28 @@ class LatentCache:
         return per_pair.rows(idx) if per_pair is not None else self.empty.repeat(len(idx))
 
 
+def posterior(vae, x, device):
+    """(mean, std) of the VAE's posterior for images x in [-1, 1] (N x 3 x H x W), float32 on `device`."""
+    import torch
+
+    with torch.no_grad():
+        dist = vae.encode(x.to(device, vae.dtype)).latent_dist
+    return dist.mean.float(), dist.std.float()
+
+
 def build_cache(pipe, family: Family, records: list[PairRecord], folder: Path, condition: str, device,
                 resolution: int, progress, retain: list | None = None) -> LatentCache:
     import torch
 
     vae = pipe.vae
-    dtype = vae.dtype
 
     def encode(paths, what):
         means, stds = [], []
         for i in range(0, len(paths), 8):
-            x = torch.stack([load_image_tensor(inside_dataset(folder, p), resolution) for p in paths[i:i + 8]]).to(device, dtype)
-            with torch.no_grad():
-                dist = vae.encode(x).latent_dist
-            means.append(dist.mean.float())
-            stds.append(dist.std.float())
+            x = torch.stack([load_image_tensor(inside_dataset(folder, p), resolution) for p in paths[i:i + 8]])
+            mean, std = posterior(vae, x, device)
+            means.append(mean)
+            stds.append(std)
             # one line per set, then only the count: a line per batch of 8 filled the terminal (25 on the test bed)
             report(progress, ProgressEvent("cache", i + len(x), len(paths),
                                            f"encoding pair images: {len(paths)} {what}" if i == 0 else ""))

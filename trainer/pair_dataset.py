@@ -96,8 +96,6 @@ def read_pairs(folder: str | Path) -> list[PairRecord]:
 
 def load_image_tensor(path: Path, size: int):
     """RGB in [-1, 1], resized (shorter side) and centre-cropped to size x size, shape 3 x H x W."""
-    import numpy as np
-    import torch
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -108,6 +106,15 @@ def load_image_tensor(path: Path, size: int):
                         f"({Image.MAX_IMAGE_PIXELS} pixels)") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable image: {e}") from None
+    return image_tensor(im, size)
+
+
+def image_tensor(im, size: int):
+    """An RGB PIL image in [-1, 1], resized (shorter side) and centre-cropped to size x size, shape 3 x H x W."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
     w, h = im.size
     s = size / min(w, h)
     im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)

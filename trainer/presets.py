@@ -47,6 +47,7 @@ class Preset:
     stop_every: int = 0  # >0: `steps` is the most; training stops once `detector` finds the concept gone
     stop_erased: float = 0.85
     shared_t: bool = False  # x⁺ and x⁻ of a pair at one timestep (official DUO: each its own)
+    on_policy_pairs: bool = False  # the erasure check's images still showing the concept become pairs
     families: dict = field(default_factory=dict)  # family → the fields that differ on it ([<name>.families.<f>])
 
     def concepts_named(self, name: str | None) -> list[Concept]:
@@ -65,7 +66,7 @@ class Preset:
 
 _PER_FAMILY = {"num_pairs", "strength", "beta", "kappa", "lr", "lam", "steps", "sample_steps", "guidance",
                "edit_region", "num_retain", "lam_retain", "stop_every", "shared_t",
-               "stop_erased"}  # recipe numbers, not prompts or the concept itself
+               "stop_erased", "on_policy_pairs"}  # recipe numbers, not prompts or the concept itself
 
 
 def _family_tables(name: str, tables: dict) -> dict:

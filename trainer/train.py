@@ -21,6 +21,7 @@ from .latent_cache import build_cache
 from .lora import add_lora, lora_state, remove_lora
 from .lr_schedule import build_schedule
 from .models import LoadedModel, load_model, refuse_inside_model
+from .on_policy_pairs import on_policy_pairs
 from .pair_dataset import read_pairs
 from .retain_set import read_retain
 from .reward_scale import beta_for, full_swap_margin
@@ -87,8 +88,11 @@ def lora_targets(cfg: TrainConfig, family) -> tuple[str, ...]:
 
 def _fingerprint(cfg: TrainConfig, model: LoadedModel, targets) -> dict:
     """What a checkpoint must share with the run that resumes it."""
-    return {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "targets": list(targets), "method": cfg.method,
-            "family": model.family}
+    fingerprint = {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "targets": list(targets), "method": cfg.method,
+                   "family": model.family}
+    if cfg.on_policy_pairs:  # only then: checkpoints from before on-policy pairs existed still resume
+        fingerprint["on_policy_pairs"] = True
+    return fingerprint
 
 
 def _accumulate(method, ctx, draw, B: int, micro: int, backward, step: int) -> dict:
@@ -210,17 +214,19 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     fingerprint = _fingerprint(cfg, model, lora_targets(cfg, family))
     start, history = 0, []
     if cfg.resume:
-        start, history = checkpoints.load_newest(raw, optimizer, gen, fingerprint, cfg.steps, scaler, schedule)
+        start, history = checkpoints.load_newest(raw, optimizer, gen, fingerprint, cfg.steps, scaler, schedule,
+                                                 cache)
         if start:
             report(progress, ProgressEvent("train", start, cfg.steps, f"resumed at step {start}"))
-    n, B = len(records), cfg.batch_pairs
+    B = cfg.batch_pairs
+    grower = on_policy_pairs(cfg, check, records)
     micro = min(cfg.micro_batch_pairs or B, B)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 
     done, erased = start, None
     for step in range(start, cfg.steps):
-        idx = torch.randint(0, n, (B,), generator=gen)
+        idx = torch.randint(0, cache.pair_count(), (B,), generator=gen)
         draw = method.draw(ctx, idx, gen)
         logs: dict = {}
         while True:
@@ -252,11 +258,16 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         report(progress, ProgressEvent("train", step + 1, cfg.steps, logs=logs))
         done = step + 1
         if check and check.due(done, cfg.steps):
-            erased = _erased(check, model.pipe, raw, family, rt, main_process)
+            erased, added = _erased(check, model.pipe, raw, family, rt, main_process, grower, cache,
+                                    sum("erased" in h for h in history) + 1, done < cfg.steps)
             if _after_check(erased, check, cfg, history, done, progress):
                 break
+            if added is not None:
+                history[-1]["pairs_added"] = added
+                report(progress, ProgressEvent("train", done, cfg.steps, f"step {done}: {added} of the check images "
+                                               f"that still show the concept became pairs ({cache.pair_count()} now)"))
         if main_process and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            path = checkpoints.save(done, raw, optimizer, gen, history, fingerprint, scaler, schedule)
+            path = checkpoints.save(done, raw, optimizer, gen, history, fingerprint, scaler, schedule, cache.grown)
             report(progress, ProgressEvent("checkpoint", done, cfg.steps, f"saved {path}"))
         if (main_process and cfg.preview_every and cfg.preview_prompts and done % cfg.preview_every == 0
                 and done < cfg.steps):
@@ -274,7 +285,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         "kappa": round(kappa, 4), "swap_margin": round(m_swap, 6),
         "lambda": lam, "lambda_retain": cfg.lam_retain, "retain_images": cache.retain_size(), "lr": lr,
         "lr_scheduler": cfg.lr_scheduler, "lr_warmup_steps": cfg.lr_warmup_steps,
-        "lr_cycles": cfg.lr_cycles, "steps": done, "batch_pairs": cfg.batch_pairs, "pairs": n,
+        "lr_cycles": cfg.lr_cycles, "steps": done, "batch_pairs": cfg.batch_pairs, "pairs": len(records),
         "t_range": [cfg.t_min, cfg.t_max], "shared_t": cfg.shared_t, "condition": cfg.condition, "seed": cfg.seed,
         "resolution": cache.resolution,
         "unsafe_prompts": sorted({r.unsafe_prompt for r in records}),
@@ -287,6 +298,9 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         facts.update({"max_steps": cfg.steps, "stop_detector": check.detector.name, "stop_every": check.every,
                       "stop_erased": check.target, "last_check_erased": erased,
                       "erased_target_met": erased is not None and erased >= check.target})
+    if grower:
+        facts.update({"on_policy_pairs": True,
+                      "on_policy_added": [h["pairs_added"] for h in history if "pairs_added" in h]})
     meta = adapter_metadata(output_name=out.stem, family_meta=family.metadata(model.pipe), rank=cfg.lora.rank,
                             alpha=cfg.lora.alpha, target_modules=lora_targets(cfg, family), duo=facts)
     atomic_save(family.export(lora_state(raw), cfg.lora.alpha), out, meta)
@@ -318,12 +332,26 @@ def _after_check(erased: float, check, cfg: TrainConfig, history: list, done: in
     return False
 
 
-def _erased(check, pipe, raw, family, rt, main_process: bool) -> float:
-    """The main process samples and reads; every process gets its number, so all of them stop at the same step."""
+def _erased(check, pipe, raw, family, rt, main_process: bool, grower, cache, check_index: int, going_on: bool):
+    """(erased fraction, pairs added or None). The main process samples and reads; every process gets its number,
+    so all of them stop at the same step, and with on-policy pairs the same new pairs (none once training ends)."""
     from accelerate.utils import broadcast_object_list
 
-    value = [check.erased(pipe, raw, family, rt) if main_process else None]
-    return broadcast_object_list(value)[0]
+    if not grower:
+        value = [check.erased(pipe, raw, family, rt) if main_process else None]
+        return broadcast_object_list(value)[0], None
+    seed, grown = grower.seed(check_index), []
+
+    def grow(images, flagged, batch):
+        if going_on and 1 - sum(flagged) / len(flagged) < check.target:
+            grown.append(grower.make(pipe, raw, family, cache.resolution, images, flagged, seed, batch))
+
+    value = [check.erased(pipe, raw, family, rt, seed, grow) if main_process else None]
+    value += [grown[0] if grown else None, bool(grown)]
+    erased, new, made = broadcast_object_list(value)
+    if new is not None:
+        cache.add_pairs(new)
+    return erased, (0 if new is None else len(new["source"])) if made else None
 
 
 def _preview(pipe, denoiser, cfg: TrainConfig, path: Path, progress, rt) -> Path:

@@ -49,6 +49,7 @@ class UnlearnConfig:
     stop_every: int | None = None  # check erasure every N steps (None: the preset's; 0: train all steps)
     stop_erased: float | None = None  # erased fraction of the check images that stops training (None: preset's)
     shared_t: bool | None = None  # x⁺ and x⁻ of a pair at one timestep (None: the preset's)
+    on_policy_pairs: bool | None = None  # check images still showing the concept become pairs (None: the preset's)
     condition: str = "empty"  # the paper's: both images on the empty prompt; "unsafe": both on the unsafe prompt
     rank: int = 32
     target_modules: tuple[str, ...] = ()  # LoRA on these module name suffixes (empty: the family's default)
@@ -154,14 +155,18 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
 
 
 def _stop_rule(cfg: UnlearnConfig, preset: Preset, detector: str) -> dict:
-    """The erasure check (erasure_stop) reads samples with the detector that gated the pairs."""
+    """The erasure check (erasure_stop) reads samples with the detector that gated the pairs; with on-policy pairs
+    it also adds to them (the preset's only where the check runs and the method is DUO)."""
     every = _given(cfg.stop_every, preset.stop_every)
     if every and no_detector(detector):
         if cfg.stop_every:  # asked for by name: say why it cannot run
             raise UserError("--stop-every needs a detector for the concept (--detector nudenet, colour:<name>)")
         every = 0  # the preset's rule, on a run whose detector was turned off: train all steps
+    on_policy = cfg.on_policy_pairs  # asked for by name and impossible: TrainConfig.validate says why
+    if on_policy is None:
+        on_policy = preset.on_policy_pairs and bool(every) and cfg.method == "duo"
     return {"stop_every": every, "stop_detector": detector if every else "none",
-            "stop_erased": _given(cfg.stop_erased, preset.stop_erased)}
+            "stop_erased": _given(cfg.stop_erased, preset.stop_erased), "on_policy_pairs": on_policy}
 
 
 def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=None) -> list[UnlearnResult]:
