@@ -41,7 +41,8 @@ def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
            ("duo_preset", "the preset now: v1 + retain set (base-model images of the other colours) and β from κ; "
                           "SD 1.x: 135 images, λ_retain 1.25, κ 6.2 (β ≈ 10), until red is gone from the erasure "
                           "check's 24 samples (at most 900 steps); SDXL: 45 images, λ_retain 0.5, κ 3 (β ≈ 5.4), "
-                          "450 steps; SD3: no retain set, κ 9.6 (β ≈ 10)", {}),
+                          "the erasure check every 75 steps (at most 450) with on-policy pairs (the check's images "
+                          "still red become pairs with a base-model twin); SD3: no retain set, κ 9.6 (β ≈ 10)", {}),
            ("duo_preset_r45", "preset with the previous retain set: 45 images (one seed per prompt), λ_retain 1",
             {"num_retain": 45, "lam_retain": 1.0}),
            ("duo_preset_cond_unsafe", "preset + both pair images on the unsafe prompt (`--condition unsafe`)",
@@ -51,7 +52,7 @@ def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
                              "and values see only the prompt), lr 2e-4, λ_retain 100, the erasure check every 150 "
                              "steps (as the SD 1.x preset): the specific, text-side recipe (RESULTS.md, tenth session)",
             {"target_modules": ("attn2.to_k", "attn2.to_v"), "condition": "unsafe", "lr": 2e-4,
-             "lam_retain": 100.0, "stop_every": 150}),
+             "lam_retain": 100.0, "stop_every": 150, "on_policy_pairs": False}),
            ("duo_preset_lam0", "the preset without λ (no output preservation, no retain term): DUO without λ",
             {"lam": 0.0, "lam_retain": 0.0})]
     for beta in betas:
@@ -74,6 +75,10 @@ def recipe(facts: dict) -> str:
         extra += ", region twins"
     if facts.get("condition") == "unsafe":
         extra += ", both images on the unsafe prompt"
+    if facts.get("on_policy_pairs"):
+        added = facts.get("on_policy_added") or []
+        extra += (f", on-policy pairs: {sum(added)} added at the checks ({', '.join(map(str, added))})" if added
+                  else ", on-policy pairs: none added")
     steps = f"{facts.get('steps')} steps"
     if facts.get("stop_every") and facts.get("erased_target_met"):
         steps += (f" (stopped by the erasure check: {facts.get('stop_detector')} found red in ≤ "
