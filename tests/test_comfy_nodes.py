@@ -141,10 +141,14 @@ def test_unlearn_node_lists_the_test_beds_by_name_and_trains_on_them(tmp_path, m
     assert seen["cfg"].model == "testbed-xl" and seen["cfg"].config_dir is None
     # an adapter already trained on testbed-xl with these settings is reused (its facts name the test bed)
     _, plans = plan(UnlearnConfig(preset="testbed-red", out=str(loras / "duo_xl.safetensors"), model="testbed-xl"))
-    facts = {"preset": "testbed-red", "concept": "red", "beta": 9.3, "kappa": plans[0].train.kappa,
-             "steps": plans[0].train.steps, "seed": 0, "base_model": "testbed-xl", "method": "duo",
-             "lambda_retain": plans[0].train.lam_retain, "retain_images": plans[0].pairs.num_retain,
+    t = plans[0].train
+    facts = {"preset": "testbed-red", "concept": "red", "beta": 9.3, "kappa": t.kappa, "steps": 225,
+             "seed": 0, "base_model": "testbed-xl", "method": "duo",
+             "lambda_retain": t.lam_retain, "retain_images": plans[0].pairs.num_retain,
              "unsafe_prompts": [], "safe_prompts": []}
+    if t.stop_every:  # the SDXL table's erasure check, recorded as train records it (stopped early here)
+        facts |= {"max_steps": t.steps, "stop_every": t.stop_every, "stop_erased": t.stop_erased,
+                  "on_policy_pairs": t.on_policy_pairs}
     (loras / "duo_xl.safetensors").write_bytes(b"")
     monkeypatch.setattr(unlearn_node, "read_facts", lambda path: {"facts": facts})
     assert _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
@@ -152,6 +156,10 @@ def test_unlearn_node_lists_the_test_beds_by_name_and_trains_on_them(tmp_path, m
     facts["lambda_retain"] = 1.25  # SD 1.x's retain weight, not the SDXL table's: trained differently
     assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
     facts["lambda_retain"] = plans[0].train.lam_retain
+    if t.stop_every:  # the same check without the on-policy pairs the preset asks for: trained differently
+        facts["on_policy_pairs"] = not t.on_policy_pairs
+        assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
+        facts["on_policy_pairs"] = t.on_policy_pairs
     facts["kappa"] = 50.0  # the preset's κ changed since: trained differently, not reused
     assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
 
