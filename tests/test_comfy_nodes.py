@@ -145,10 +145,10 @@ def test_unlearn_node_lists_the_test_beds_by_name_and_trains_on_them(tmp_path, m
     facts = {"preset": "testbed-red", "concept": "red", "beta": 9.3, "kappa": t.kappa, "steps": 225,
              "seed": 0, "base_model": "testbed-xl", "method": "duo",
              "lambda_retain": t.lam_retain, "retain_images": plans[0].pairs.num_retain,
-             "unsafe_prompts": [], "safe_prompts": []}
-    if t.stop_every:  # the SDXL table's erasure check, recorded as train records it (stopped early here)
-        facts |= {"max_steps": t.steps, "stop_every": t.stop_every, "stop_erased": t.stop_erased,
-                  "on_policy_pairs": t.on_policy_pairs}
+             "unsafe_prompts": [], "safe_prompts": [],  # the SDXL table's erasure check, as train records it
+             "max_steps": t.steps, "stop_every": t.stop_every, "stop_erased": t.stop_erased,
+             "on_policy_pairs": t.on_policy_pairs}
+    assert t.stop_every and t.on_policy_pairs  # what the SDXL table asks for, and what this test checks below
     (loras / "duo_xl.safetensors").write_bytes(b"")
     monkeypatch.setattr(unlearn_node, "read_facts", lambda path: {"facts": facts})
     assert _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
@@ -156,10 +156,9 @@ def test_unlearn_node_lists_the_test_beds_by_name_and_trains_on_them(tmp_path, m
     facts["lambda_retain"] = 1.25  # SD 1.x's retain weight, not the SDXL table's: trained differently
     assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
     facts["lambda_retain"] = plans[0].train.lam_retain
-    if t.stop_every:  # the same check without the on-policy pairs the preset asks for: trained differently
-        facts["on_policy_pairs"] = not t.on_policy_pairs
-        assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
-        facts["on_policy_pairs"] = t.on_policy_pairs
+    facts["on_policy_pairs"] = False  # the same check without the preset's on-policy pairs: trained differently
+    assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
+    facts["on_policy_pairs"] = True
     facts["kappa"] = 50.0  # the preset's κ changed since: trained differently, not reused
     assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .erasure_stop import CHECK_SEED
+
 TWIN_ATTEMPTS = 3  # a twin that still shows the concept is redrawn at another seed, at most this often, then dropped
 # Check k draws image i at CHECK_SEED + k·SEEDS_APART + i, its twin at that + TWIN_SEED + attempt·CHECK_IMAGES: no
 # seed is used twice in a run, and none is one the evaluation or the previews use.
 SEEDS_APART = 1000
 TWIN_SEED = 500
-PAPER_STRENGTH = 0.75  # for pair records that do not say theirs
 
 
 @dataclass
@@ -30,8 +31,6 @@ class OnPolicyPairs:
     guidance: float
 
     def seed(self, check_index: int) -> int:
-        from .erasure_stop import CHECK_SEED
-
         return CHECK_SEED + SEEDS_APART * check_index
 
     def make(self, pipe, denoiser, family, resolution: int, images, flagged, seed: int, batch: int) -> dict | None:
@@ -82,11 +81,13 @@ class OnPolicyPairs:
 
 def on_policy_pairs(cfg, check, records) -> OnPolicyPairs | None:
     """What a TrainConfig asks for (None: the pairs stay those of the dataset), for the check's images."""
+    from .pairs import PairConfig
+
     if not cfg.on_policy_pairs or check is None:
         return None
     by_prompt: dict[str, list[int]] = {}
     for j, r in enumerate(records):
         by_prompt.setdefault(r.unsafe_prompt, []).append(j)
     return OnPolicyPairs(check.detector, [by_prompt[p] for p in check.prompts], list(check.prompts),
-                         [r.safe_prompt for r in records], records[0].strength or PAPER_STRENGTH,
+                         [r.safe_prompt for r in records], records[0].strength or PairConfig.strength,  # older records: the default
                          check.sample_steps, check.guidance)
