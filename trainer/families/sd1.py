@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from .base import Conditioning, Family
 
+# The official recipe's targets. On the test bed neither half of the UNet's self-attention removes red alone, and
+# per-position layers (feed-forward) take orange with it (RESULTS.md, twenty-first session).
 SELF_ATTENTION = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
 
 
