@@ -41,8 +41,9 @@ def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
            ("duo_preset", "the preset now: v1 + retain set (base-model images of the other colours) and β from κ; "
                           "SD 1.x: 135 images, λ_retain 1.25, κ 6.2 (β ≈ 10), until red is gone from the erasure "
                           "check's 24 samples (at most 900 steps); SDXL: 45 images, λ_retain 0.5, κ 3 (β ≈ 5.4), "
-                          "the erasure check every 75 steps (at most 450) with on-policy pairs (the check's images "
-                          "still red become pairs with a base-model twin); SD3: no retain set, κ 9.6 (β ≈ 10)", {}),
+                          "the erasure check every 75 steps with on-policy pairs (the check's images still red "
+                          "become pairs with a base-model twin) until red is gone from 95% of them (at most 600 "
+                          "steps); SD3: no retain set, κ 9.6 (β ≈ 10)", {}),
            ("duo_preset_r45", "preset with the previous retain set: 45 images (one seed per prompt), λ_retain 1",
             {"num_retain": 45, "lam_retain": 1.0}),
            ("duo_preset_cond_unsafe", "preset + both pair images on the unsafe prompt (`--condition unsafe`)",
@@ -50,9 +51,10 @@ def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
            ("duo_preset_kv", "preset with the LoRA on the cross-attention keys and values instead of self-attention "
                              "(`--target-modules attn2.to_k,attn2.to_v`), both pair images on the unsafe prompt (keys "
                              "and values see only the prompt), lr 2e-4, λ_retain 100, the erasure check every 150 "
-                             "steps (as the SD 1.x preset): the specific, text-side recipe (RESULTS.md, tenth session)",
+                             "steps, stopping at 85% (as the SD 1.x preset): the specific, text-side recipe (RESULTS.md, "
+                             "tenth session)",
             {"target_modules": ("attn2.to_k", "attn2.to_v"), "condition": "unsafe", "lr": 2e-4,
-             "lam_retain": 100.0, "stop_every": 150, "on_policy_pairs": False}),
+             "lam_retain": 100.0, "stop_every": 150, "stop_erased": 0.85, "on_policy_pairs": False}),
            ("duo_preset_lam0", "the preset without λ (no output preservation, no retain term): DUO without λ",
             {"lam": 0.0, "lam_retain": 0.0})]
     for beta in betas:
