@@ -51,8 +51,8 @@ def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
            ("duo_preset_kv", "preset with the LoRA on the cross-attention keys and values instead of self-attention "
                              "(`--target-modules attn2.to_k,attn2.to_v`), both pair images on the unsafe prompt (keys "
                              "and values see only the prompt), lr 2e-4, λ_retain 100, the erasure check every 150 "
-                             "steps, stopping at 85% (as the SD 1.x preset): the specific, text-side recipe (RESULTS.md, "
-                             "tenth session)",
+                             "steps, stopping at 85% (as the SD 1.x preset): the specific, text-side recipe "
+                             "(RESULTS.md, tenth session)",
             {"target_modules": ("attn2.to_k", "attn2.to_v"), "condition": "unsafe", "lr": 2e-4,
              "lam_retain": 100.0, "stop_every": 150, "stop_erased": 0.85, "on_policy_pairs": False}),
            ("duo_preset_lam0", "the preset without λ (no output preservation, no retain term): DUO without λ",
