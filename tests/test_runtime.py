@@ -118,6 +118,28 @@ def test_runtime_checkpointing_asks_the_device_for_free_memory(cpu_only, monkeyp
     assert r.free_bytes() == 4 * GB
 
 
+def test_free_cuda_memory_stays_within_the_process_memory_fraction(monkeypatch):
+    """A host that caps this process (torch.cuda.set_per_process_memory_fraction) leaves only the cap to the job."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (100 * GB, 140 * GB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 6 * GB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 5 * GB)
+    fraction = {"value": 1.0}
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+    def get_fraction(device):
+        assert isinstance(device, int)  # torch refuses a bare "cuda" device here
+        return fraction["value"]
+
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", get_fraction, raising=False)
+    assert rt.free_memory_bytes("cuda") == 101 * GB  # free + cached but unused
+    fraction["value"] = 12 / 140  # a 12 GB card's worth
+    assert rt.free_memory_bytes("cuda") == 7 * GB  # (12 - 6 reserved) + 1 cached but unused
+    fraction["value"] = 4 / 140  # already past the cap: only the cached memory is left
+    assert rt.free_memory_bytes("cuda") == 1 * GB
+
+
 def test_the_memory_estimate_counts_each_term():
     sd15 = dict(denoiser_params=859_520_964, lora_params=1_594_368, latent_hw=(64, 64))
     one, two = estimate_training_bytes(batch_rows=3, **sd15), estimate_training_bytes(batch_rows=6, **sd15)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .families import Conditioning, Family
+from .errors import UserError
 from .pair_dataset import PairRecord, inside_dataset, load_image_tensor
 from .progress import ProgressEvent, report
 
@@ -72,22 +73,45 @@ def posterior(vae, x, device):
     return dist.mean.float(), dist.std.float()
 
 
+ENCODE_PIXELS = 4 * 512 * 512  # 4 images per VAE pass at 512 px, 1 at 1024: the encoder keeps 128 channels at full
+# resolution, 0.5 GiB per fp32 tensor for one 1024 px image, several tensors at a time
+
+
+def encode_batch(resolution: int) -> int:
+    """Images per VAE encoder pass: its activations grow with the pixels, so fewer as the resolution rises."""
+    return max(1, ENCODE_PIXELS // (resolution * resolution))
+
+
 def build_cache(pipe, family: Family, records: list[PairRecord], folder: Path, condition: str, device,
                 resolution: int, progress, retain: list | None = None) -> LatentCache:
     import torch
 
     vae = pipe.vae
 
+    per_pass = encode_batch(resolution)
+
     def encode(paths, what):
+        nonlocal per_pass
         means, stds = [], []
-        for i in range(0, len(paths), 8):
-            x = torch.stack([load_image_tensor(inside_dataset(folder, p), resolution) for p in paths[i:i + 8]])
-            mean, std = posterior(vae, x, device)
+        i = 0
+        while i < len(paths):
+            x = torch.stack([load_image_tensor(inside_dataset(folder, p), resolution)
+                             for p in paths[i:i + per_pass]])
+            try:
+                mean, std = posterior(vae, x, device)
+            except torch.OutOfMemoryError:
+                if per_pass == 1:
+                    raise UserError(f"out of GPU memory encoding one pair image at {resolution} px with the VAE: "
+                                    "set a smaller --resolution or free the GPU") from None
+                torch.cuda.empty_cache()
+                per_pass = max(1, per_pass // 2)  # the same images, fewer at a time
+                continue
             means.append(mean)
             stds.append(std)
-            # one line per set, then only the count: a line per batch of 8 filled the terminal (25 on the test bed)
+            # one line per set, then only the count: a line per batch filled the terminal (25 on the test bed)
             report(progress, ProgressEvent("cache", i + len(x), len(paths),
                                            f"encoding pair images: {len(paths)} {what}" if i == 0 else ""))
+            i += len(x)
         return torch.cat(means), torch.cat(stds)
 
     um, us = encode([r.unsafe for r in records], "unsafe")

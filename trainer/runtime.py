@@ -197,14 +197,20 @@ def resolve(cfg: RuntimeConfig) -> Runtime:
 # -- memory --
 
 def free_memory_bytes(device) -> int | None:
-    """Memory a job can still use on the device: CUDA's free memory plus what torch holds cached but unused (as
-    Forge counts it), the available RAM on the CPU; None where it cannot be known (MPS)."""
+    """Memory a job can still use on the device: CUDA's free memory (within the process's memory fraction, where one
+    is set) plus what torch holds cached but unused (as Forge counts it), the available RAM on the CPU; None where it
+    cannot be known (MPS)."""
     import torch
 
     device = torch.device(device)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+        free, total = torch.cuda.mem_get_info(device)
+        reserved = torch.cuda.memory_reserved(device)
+        index = device.index if device.index is not None else torch.cuda.current_device()  # it takes no bare "cuda"
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(index)
+        if fraction < 1.0:  # a host's cap on this process: the allocator refuses beyond it whatever the card has
+            free = min(free, max(0, int(fraction * total) - reserved))
+        return int(free + reserved - torch.cuda.memory_allocated(device))
     if device.type == "cpu":
         import psutil
 
