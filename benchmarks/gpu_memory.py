@@ -4,6 +4,7 @@
     python benchmarks/gpu_memory.py --tiny           # tiny configs on the CPU, in seconds (the test suite runs this)
     python benchmarks/gpu_memory.py --families sd1 --steps 6 --warmup 2 --out table.md
     python benchmarks/gpu_memory.py --families flux  # FLUX.1 [dev], 12B, NF4 transformer, 1024 px (needs bitsandbytes)
+    python benchmarks/gpu_memory.py --families sdxl,sd3 --card-gb 12 --only "defaults,bf16"  # a 12 GB card's run
 
 The components have the real architecture of each family (configs below, written out here: nothing is downloaded)
 and random weights: speed and memory do not depend on what the weights are. The pair dataset is written at the
@@ -18,6 +19,9 @@ memory, and project/official ratios at the same precision, plus the device name 
 Flux (no official DUO script to compare with) runs the project's variants only: its transformer is built in bf16 on
 the device, quantised in place to NF4 (families.flux.quantize_in_place, the trainer's CPU/single-file path) and the
 peak is counted from then on: what the issue's "<= 16 GB at 1024 px" target is measured against.
+--card-gb N adds "project defaults, N GB card": the components built in bf16 (as a host loads them in half precision),
+then the process capped at N GiB with torch.cuda.set_per_process_memory_fraction, so `auto` decides as it would on
+that card and the allocator refuses anything beyond it; what the trainer chose is in the note column.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,6 +197,7 @@ class Variant:
     label: str
     runner: str  # "project" or "official"
     settings: dict = field(default_factory=dict)
+    card_gb: float | None = None  # cap the process at this much GPU memory (project runs on CUDA only)
 
 
 @dataclass
@@ -203,14 +209,16 @@ class Measure:
     note: str = ""
 
 
-def project_variants(device_type: str, have_bnb: bool) -> list[Variant]:
+def project_variants(device_type: str, have_bnb: bool, card_gb: float | None = None) -> list[Variant]:
     from duo_unlearn.trainer.config import TrainConfig
 
     defaults = TrainConfig()
-    out = [Variant("project defaults", "project",
-                   {"mixed_precision": defaults.mixed_precision,
-                    "gradient_checkpointing": defaults.gradient_checkpointing,
-                    "use_8bit_adam": defaults.use_8bit_adam})]
+    default_settings = {"mixed_precision": defaults.mixed_precision,
+                        "gradient_checkpointing": defaults.gradient_checkpointing,
+                        "use_8bit_adam": defaults.use_8bit_adam}
+    out = [Variant("project defaults", "project", dict(default_settings))]
+    if card_gb and device_type == "cuda":
+        out.append(Variant(f"project defaults, {card_gb:g} GB card", "project", dict(default_settings), card_gb))
     for precision in precisions(device_type):
         for ckpt in (False, True):
             out.append(Variant(f"project {precision} ckpt {'on' if ckpt else 'off'}", "project",
@@ -423,13 +431,20 @@ def run_project(variant: Variant, family: dict, device, tmp: Path, pairs: Path, 
     from duo_unlearn.trainer.models import LoadedModel
     from duo_unlearn.trainer.train import train
 
-    pipe = BUILDERS[family.get("build", "sd1")](family, device, tmp)
+    import torch
+
+    with _default_dtype(torch.bfloat16 if variant.card_gb else None):
+        pipe = BUILDERS[family.get("build", "sd1")](family, device, tmp)
     source = tmp / "random-weights.safetensors"  # stands in for the checkpoint file the adapter's hash names
     source.write_bytes(b"random weights")
     name = family.get("family", "sd1")
     model = LoadedModel(pipe=pipe, family=name, name=f"random-{name}", source=source)
     _reset(device)
+    if variant.card_gb and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, variant.card_gb * GB / total), _index(device))
     stamps: list[float] = []
+    said: list[str] = []
 
     def clock(event):
         if event.stage == "train":
@@ -437,6 +452,9 @@ def run_project(variant: Variant, family: dict, device, tmp: Path, pairs: Path, 
             stamps.append(time.perf_counter())
         elif event.stage == "cache":
             stamps.clear()
+        message = getattr(event, "message", "") or ""
+        if "checkpointing on" in message or "out of memory" in message:
+            said.append(message)
 
     cfg = TrainConfig(pairs=str(pairs), model="random", out=str(tmp / f"{variant.runner}.safetensors"),
                       steps=warmup + steps, batch_pairs=PAIRS_PER_STEP, beta=BETA, device=device.type,
@@ -444,11 +462,41 @@ def run_project(variant: Variant, family: dict, device, tmp: Path, pairs: Path, 
                       **variant.settings)
     targets = get_family(name).default_targets if "family" in family else TARGETS
     cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules = RANK, ALPHA, tuple(targets)
-    train(cfg, progress=clock, model=model)
-    allocated, reserved = _peaks(device)
+    try:
+        train(cfg, progress=clock, model=model)
+        allocated, reserved = _peaks(device)
+    finally:
+        if variant.card_gb and device.type == "cuda":
+            torch.cuda.set_per_process_memory_fraction(1.0, _index(device))
     del model, pipe
     intervals = [b - a for a, b in zip(stamps, stamps[1:])][max(warmup - 1, 0):]
-    return Measure(variant, statistics.median(intervals), allocated, reserved)
+    note = "; ".join(dict.fromkeys(said)) if variant.card_gb else ""
+    return Measure(variant, statistics.median(intervals), allocated, reserved, note)
+
+
+def _index(device) -> int:
+    import torch
+
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+class _default_dtype:
+    """torch's default dtype for the block (None: unchanged): how the card-capped run builds in half precision."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __enter__(self):
+        import torch
+
+        self.before = torch.get_default_dtype()
+        if self.dtype is not None:
+            torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_default_dtype(self.before)
 
 
 def run_official(variant: Variant, family: dict, device, tmp: Path, pairs: Path, steps: int, warmup: int) -> Measure:
@@ -561,7 +609,8 @@ def table(results: list[Measure], family: str, family_cfg: dict, device_name: st
         return f"{v / GB:.2f}" if v is not None else "n/a"
 
     official = {m.variant.settings["mixed_precision"]: m for m in results if m.variant.runner == "official"}
-    rows = [f"### {family} at {family_cfg['resolution']} px, {PAIRS_PER_STEP} pairs/step, rank {RANK} — "
+    size = family_cfg.get("train_resolution") or family_cfg["resolution"]
+    rows = [f"### {family} at {size} px, {PAIRS_PER_STEP} pairs/step, rank {RANK} — "
             f"{device_name}, {datetime.date.today().isoformat()}",
             "",
             f"median of {steps} steps after warm-up; ratios against the official-style step at the same precision",
@@ -597,7 +646,11 @@ def main(argv=None) -> int:
     p.add_argument("--families", default="sd1", help=f"comma-separated, of: {', '.join(FAMILIES)}")
     p.add_argument("--steps", type=int, default=None, help="measured steps per run (default 5; 3 with --tiny)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--only", default="", help="run only variants whose label contains this text")
+    p.add_argument("--only", default="",
+                   help="run only variants whose label contains one of these comma-separated texts")
+    p.add_argument("--card-gb", type=float, default=None,
+                   help="also run the defaults capped at this much GPU memory, as on a card of that size (CUDA only)")
+    p.add_argument("--resolution", type=int, default=None, help="train at this resolution instead of the family's")
     p.add_argument("--out", default=None, help="also append the table to this markdown file")
     args = p.parse_args(argv)
     configs = TINY_FAMILIES if args.tiny else FAMILIES
@@ -618,10 +671,13 @@ def main(argv=None) -> int:
         have_bnb = False
     tables = []
     for name in families:
-        family = configs[name]
+        family = dict(configs[name])
+        if args.resolution:
+            family["train_resolution"] = args.resolution
         official = official_variants(device.type) if family.get("official", True) else []
-        variants = official + project_variants(device.type, have_bnb)
-        variants = [v for v in variants if args.only in v.label]
+        variants = official + project_variants(device.type, have_bnb, args.card_gb)
+        wanted = [w.strip() for w in args.only.split(",")] if args.only else [""]
+        variants = [v for v in variants if any(w in v.label for w in wanted)]
         results = []
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -632,6 +688,7 @@ def main(argv=None) -> int:
                 try:
                     m = run(v, family, device, tmp, pairs, steps, args.warmup)
                 except Exception as e:  # one variant failing (OOM, a missing kernel) must not hide the others
+                    traceback.print_exc()  # where it failed, in the log: the table keeps one line
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                     m = Measure(v, note=f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
