@@ -12,7 +12,7 @@ from duo_unlearn.trainer.pair_dataset import read_pairs
 
 
 def test_fewer_images_per_vae_pass_as_the_resolution_rises():
-    assert encode_batch(256) == 16 and encode_batch(512) == 4 and encode_batch(768) == 1
+    assert encode_batch(64) == 8 and encode_batch(256) == 8 and encode_batch(512) == 4 and encode_batch(768) == 1
     assert encode_batch(1024) == 1 and encode_batch(2048) == 1  # never below one image
 
 

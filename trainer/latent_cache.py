@@ -78,8 +78,9 @@ ENCODE_PIXELS = 4 * 512 * 512  # 4 images per VAE pass at 512 px, 1 at 1024: the
 
 
 def encode_batch(resolution: int) -> int:
-    """Images per VAE encoder pass: its activations grow with the pixels, so fewer as the resolution rises."""
-    return max(1, ENCODE_PIXELS // (resolution * resolution))
+    """Images per VAE encoder pass: its activations grow with the pixels, so fewer as the resolution rises (and at
+    most 8 at small sizes: progress is reported per pass)."""
+    return max(1, min(8, ENCODE_PIXELS // (resolution * resolution)))
 
 
 def build_cache(pipe, family: Family, records: list[PairRecord], folder: Path, condition: str, device,
