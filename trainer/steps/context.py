@@ -53,8 +53,8 @@ class StepContext:
 
         λ (5e6 in the official recipe) times the squared rounding difference of two half-precision passes
         (≈1e-5 in bf16) would swamp the DPO term, so these rows run in full precision. With half-precision frozen
-        weights that means upcasting them for these rows only, and backpropagating this term inside that
-        window (its gradient is added to the step's); the returned value is then detached.
+        weights that means upcasting them for these rows only, one layer at a time, and backpropagating this term
+        inside that window (its gradient is added to the step's); the returned value is then detached.
         """
         from ..loss import output_preservation
 
@@ -66,7 +66,7 @@ class StepContext:
             return output_preservation(pred, ref)
         import torch
 
-        with _upcast(half), _full_precision_kernels():
+        with _upcast_per_layer(half), _full_precision_kernels():
             cond = cond.to(dtype=torch.float32)
             pred = self.family.predict(self.denoiser, x.float(), t, cond)
             ref = self._reference_fp32(x.float(), t, cond)
@@ -88,17 +88,62 @@ def _half_frozen(module) -> list:
                                                                                            torch.bfloat16)]
 
 
+_UPCAST = object()  # marks a saved frozen weight that autograd gets back by upcasting its half original again
+
+
 @contextmanager
-def _upcast(params):
-    """Frozen half-precision weights as float32 for a moment (lossless both ways); LoRA weights are fp32 already."""
-    dtypes = [p.dtype for p in params]
-    for p in params:
-        p.data = p.data.float()
+def _upcast_per_layer(params):
+    """Frozen half-precision weights as float32 only while their own module runs, and again when backward needs them
+    (both lossless): the numbers of upcasting the whole model, with the float32 copy of one layer at a time instead
+    of the whole model's (SDXL's UNet: 10 GB in float32, on top of which a 12 GB card has no room for the pass)."""
+    import weakref
+
+    import torch
+
+    half = {id(p) for p in params}
+    live = {}  # storage address of a float32 copy -> (weak reference to it, its half-precision original)
+    swapped = {}
+
+    def upcast(module, args):
+        for name, p in list(module._parameters.items()):
+            if p is not None and id(p) in half:
+                up = p.detach().float()
+                key = up.untyped_storage().data_ptr()
+                live[key] = (weakref.ref(up), p)
+                module._parameters[name] = up  # for this call only: the module's own parameter is untouched
+                swapped.setdefault(module, []).append((name, p, key))
+
+    def restore(module, args, output):
+        for name, p, key in swapped.pop(module, ()):
+            module._parameters[name] = p
+            live.pop(key, None)  # ops save what they need while the module runs
+
+    def pack(t):
+        if t.dtype == torch.float32 and t.layout == torch.strided:
+            entry = live.get(t.untyped_storage().data_ptr())
+            if entry is not None and entry[0]() is not None:  # alive, so the address is not reused
+                return (_UPCAST, entry[1], t.size(), t.stride(), t.storage_offset())
+        return t
+
+    def unpack(saved):
+        if isinstance(saved, tuple) and saved[0] is _UPCAST:
+            _, p, size, stride, offset = saved
+            return p.detach().float().as_strided(size, stride, offset)
+        return saved
+
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+    handles = [register_module_forward_pre_hook(upcast), register_module_forward_hook(restore)]
     try:
-        yield
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield
     finally:
-        for p, dtype in zip(params, dtypes):
-            p.data = p.data.to(dtype)
+        for h in handles:
+            h.remove()
+        for module, names in swapped.items():  # a forward that raised midway
+            for name, p, _ in names:
+                module._parameters[name] = p
+        live.clear()
 
 
 @contextmanager

@@ -1,0 +1,102 @@
+"""The output-preservation rows under half-precision frozen weights: float32 numbers, one layer's float32 copy at a
+time (trainer/steps/context.py, _upcast_per_layer)."""
+import weakref
+from contextlib import contextmanager
+
+import pytest
+import torch
+from peft import LoraConfig
+
+from duo_unlearn.trainer.lora import adapters_disabled
+from duo_unlearn.trainer.models import load_model
+from duo_unlearn.trainer.steps.context import _full_precision_kernels, _half_frozen, _upcast_per_layer
+
+
+@contextmanager
+def _upcast_whole_model(params):
+    """The reference: every frozen weight float32 for the whole window."""
+    dtypes = [p.dtype for p in params]
+    for p in params:
+        p.data = p.data.float()
+    try:
+        yield
+    finally:
+        for p, dtype in zip(params, dtypes):
+            p.data = p.data.to(dtype)
+
+
+def _bf16_unet_with_lora(tiny_model):
+    unet = load_model(tiny_model).pipe.unet.to(torch.bfloat16)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    gen = torch.Generator().manual_seed(0)
+    for name, p in unet.named_parameters():
+        if ".lora_" in name:  # B != 0, so the adapter changes the output and the term has a gradient
+            p.data = (torch.randn(p.shape, generator=gen) * 0.05).float()
+            p.requires_grad_(True)
+    return unet
+
+
+def _inputs(unet):
+    gen = torch.Generator().manual_seed(1)
+    size = unet.config.sample_size
+    x = torch.randn(2, unet.config.in_channels, size, size, generator=gen)
+    cond = torch.randn(2, 4, unet.config.cross_attention_dim, generator=gen)
+    return x, torch.tensor([999, 999]), cond
+
+
+def _term(unet, upcaster):
+    half = _half_frozen(unet)
+    x, t, cond = _inputs(unet)
+    unet.zero_grad(set_to_none=True)
+    with upcaster(half), _full_precision_kernels():
+        pred = unet(x, t, cond).sample
+        with torch.no_grad(), adapters_disabled(unet):
+            ref = unet(x, t, cond).sample
+        loss = torch.nn.functional.mse_loss(pred, ref)
+        loss.backward()
+    grads = {n: p.grad.clone() for n, p in unet.named_parameters() if ".lora_" in n}
+    return loss.detach(), grads, pred.dtype
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_layer_at_a_time_gives_the_numbers_of_the_whole_model_upcast(tiny_model, checkpointing):
+    unet = _bf16_unet_with_lora(tiny_model)
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    loss, grads, dtype = _term(unet, _upcast_per_layer)
+    want_loss, want_grads, _ = _term(unet, _upcast_whole_model)
+    assert dtype == torch.float32 and loss > 0
+    assert torch.equal(loss, want_loss)
+    assert grads.keys() == want_grads.keys() and len(grads) > 0
+    for name in grads:
+        assert torch.equal(grads[name], want_grads[name]), name
+    # the model is as it was: the same parameter objects, still half precision
+    assert all(p.dtype == torch.bfloat16 for n, p in unet.named_parameters() if ".lora_" not in n)
+
+
+def test_float32_copies_of_frozen_weights_do_not_outlive_their_layer(tiny_model, monkeypatch):
+    """Autograd keeps what backward needs as a reference to the half weight, not the float32 copy: after the
+    forward, before backward, no copy is alive (the whole-model upcast keeps every one)."""
+    unet = _bf16_unet_with_lora(tiny_model)
+    half = _half_frozen(unet)
+    addresses = {p.data_ptr() for p in half}
+    copies = []
+    to_float = torch.Tensor.float
+
+    def watched(self, *a, **k):
+        out = to_float(self, *a, **k)
+        if self.dtype == torch.bfloat16 and self.data_ptr() in addresses:
+            copies.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "float", watched)
+    x, t, cond = _inputs(unet)
+    with _upcast_per_layer(half), _full_precision_kernels():
+        pred = unet(x, t, cond).sample
+        made = len(copies)
+        alive = sum(r() is not None for r in copies)
+        pred.float().square().mean().backward()
+    assert made >= len(half) // 2  # every layer's weights were upcast as it ran
+    assert alive == 0
+    assert any(p.grad is not None for n, p in unet.named_parameters() if ".lora_" in n)
