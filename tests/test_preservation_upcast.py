@@ -100,3 +100,19 @@ def test_float32_copies_of_frozen_weights_do_not_outlive_their_layer(tiny_model,
     assert made >= len(half) // 2  # every layer's weights were upcast as it ran
     assert alive == 0
     assert any(p.grad is not None for n, p in unet.named_parameters() if ".lora_" in n)
+
+
+def test_memory_benchmark_compares_both_strategies_on_the_tiny_shapes():
+    """benchmarks/preservation_memory.py --tiny: both strategies run in their own process and give the same loss."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "preservation_memory.py"
+    run = subprocess.run([sys.executable, str(script), "--tiny"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line for line in run.stdout.splitlines() if line.startswith(("| whole model", "| per layer"))]
+    assert len(rows) == 2
+    losses = {float(r.strip("|").split("|")[-1]) for r in rows}
+    assert len(losses) == 1 and losses.pop() > 0
+    assert "same loss from both strategies: True" in run.stdout
