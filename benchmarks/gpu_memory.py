@@ -597,7 +597,11 @@ def estimate_gb(family: dict, settings: dict) -> float | None:
     params -= lora
     half = settings.get("mixed_precision", "no") != "no"
     latent = family["resolution"] // 8
-    return estimate_training_bytes(params, lora, 3 * PAIRS_PER_STEP, (latent, latent), frozen_bytes=2 if half else 4,
+    from duo_unlearn.trainer.config import TrainConfig
+    from duo_unlearn.trainer.train import estimated_rows
+
+    rows = estimated_rows(TrainConfig(batch_pairs=PAIRS_PER_STEP), 2 if half else 4, 1e6 * BETA / 100)
+    return estimate_training_bytes(params, lora, rows, (latent, latent), frozen_bytes=2 if half else 4,
                                    activation_bytes=2 if half else 4,
                                    checkpointing=bool(settings.get("gradient_checkpointing")),
                                    optimizer_state_bytes=2 if settings.get("use_8bit_adam") else 8) / GB

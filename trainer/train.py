@@ -70,13 +70,23 @@ def _scaler(rt):
     return torch.amp.GradScaler("cuda") if rt.mixed_precision == "fp16" and rt.device.type == "cuda" else None
 
 
-def _checkpointing(rt, denoiser, cfg: TrainConfig, resolution: int, params) -> bool:
+def estimated_rows(cfg: TrainConfig, compute_bytes: int, lam: float) -> int:
+    """Rows of one pass that keep activations, in rows of the compute dtype: DUO's unsafe and safe rows, plus its
+    pure-noise rows when λ > 0, which run in float32 under half precision (StepContext.preservation)."""
+    pairs = min(cfg.micro_batch_pairs or cfg.batch_pairs, cfg.batch_pairs)
+    rows = 2 * pairs
+    if cfg.method == "duo" and lam:
+        rows += pairs * 4 // compute_bytes
+    return rows
+
+
+def _checkpointing(rt, denoiser, cfg: TrainConfig, resolution: int, params, lam: float) -> bool:
     from .runtime import estimate_training_bytes
 
     side = resolution // 8
     estimate = estimate_training_bytes(
         denoiser_params=sum(p.numel() for p in denoiser.parameters()), lora_params=sum(p.numel() for p in params),
-        batch_rows=2 * min(cfg.micro_batch_pairs or cfg.batch_pairs, cfg.batch_pairs), latent_hw=(side, side),
+        batch_rows=estimated_rows(cfg, rt.compute_dtype.itemsize, lam), latent_hw=(side, side),
         frozen_bytes=rt.frozen_dtype.itemsize, activation_bytes=rt.compute_dtype.itemsize)
     return rt.checkpointing(estimate)
 
@@ -159,7 +169,8 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
         for module in family.text_modules(pipe):  # cached: the text encoders wait on the CPU (T5: gigabytes)
             module.to("cpu")
         params = add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, lora_targets(cfg, family))
-        checkpointing = _checkpointing(rt, denoiser, cfg, resolution, params)
+        checkpointing = _checkpointing(rt, denoiser, cfg, resolution, params,
+                                       cfg.preservation_weight_for(family.lambda_base))
         if checkpointing:
             report(progress, ProgressEvent("load", message="gradient checkpointing on"))
         return _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, params, records, out,
