@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .families import Conditioning, Family
 from .errors import UserError
+from .families import Conditioning, Family
 from .pair_dataset import PairRecord, inside_dataset, load_image_tensor
 from .progress import ProgressEvent, report
 
@@ -88,7 +88,6 @@ def build_cache(pipe, family: Family, records: list[PairRecord], folder: Path, c
     import torch
 
     vae = pipe.vae
-
     per_pass = encode_batch(resolution)
 
     def encode(paths, what):
