@@ -41,3 +41,24 @@ def test_unknown_family_is_refused():
     run = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--families", "sd9"], capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 2 and "unknown family sd9; known: sd1" in run.stderr
+
+
+def test_the_card_capped_run_is_added_on_cuda_only_and_only_picks_labels(monkeypatch):
+    """--card-gb N adds one capped defaults run on a GPU (the CPU has no allocator cap); --only takes several labels."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_memory_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    capped = [v for v in module.project_variants("cuda", False, 12) if v.card_gb]
+    assert [(v.label, v.card_gb) for v in capped] == [("project defaults, 12 GB card", 12)]
+    assert capped[0].settings["mixed_precision"] == "auto" and capped[0].settings["gradient_checkpointing"] == "auto"
+    assert not [v for v in module.project_variants("cpu", False, 12) if v.card_gb]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--families", "sdxl", "--card-gb", "12", "--only",
+                          "no ckpt off,bf16 ckpt on", "--steps", "1", "--warmup", "1"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    labels = [line.split("|")[1].strip() for line in run.stdout.splitlines() if line.startswith("| project")]
+    assert labels == ["project no ckpt off", "project bf16 ckpt on"]
