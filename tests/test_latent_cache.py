@@ -53,5 +53,6 @@ def test_out_of_memory_at_one_image_per_pass_is_one_clear_error(tiny_model, pair
 
     monkeypatch.setattr(latent_cache, "posterior", none_fit)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    with pytest.raises(UserError, match="out of GPU memory encoding one pair image at 32 px"):
+    with pytest.raises(UserError, match="out of GPU memory encoding one pair image at 32 px") as caught:
         build_cache(model.pipe, get_family(model.family), records, pair_dir, "empty", "cpu", 32, None)
+    assert caught.value.__context__ is None  # the failed pass's tensors are not kept alive by the error

@@ -100,9 +100,11 @@ def build_cache(pipe, family: Family, records: list[PairRecord], folder: Path, c
             try:
                 mean, std = posterior(vae, x, device)
             except torch.OutOfMemoryError:
+                mean = None  # handled below, once the error no longer holds the failed pass's tensors
+            if mean is None:
                 if per_pass == 1:
                     raise UserError(f"out of GPU memory encoding one pair image at {resolution} px with the VAE: "
-                                    "set a smaller --resolution or free the GPU") from None
+                                    "set a smaller --resolution or free the GPU")
                 torch.cuda.empty_cache()
                 per_pass = max(1, per_pass // 2)  # the same images, fewer at a time
                 continue

@@ -245,14 +245,18 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
                 logs = _accumulate(method, ctx, draw, B, micro, backward, step + 1)
                 break
             except torch.OutOfMemoryError:
-                optimizer.zero_grad(set_to_none=True)
-                torch.cuda.empty_cache()
-                if micro == 1:
-                    raise UserError("out of GPU memory even at 1 pair per pass: set --gradient-checkpointing on, "
-                                    "--mixed-precision bf16 or fp16, or a smaller --resolution") from None
-                micro = max(1, micro // 2)  # same draws, same loss: only the passes get smaller
-                report(progress, ProgressEvent("train", step, cfg.steps, f"out of memory: {micro} pair(s) per "
-                                                                          "pass from now on"))
+                pass
+            # Handled after the except block: the error's traceback holds the failed pass's tensors, and an error
+            # raised inside the block would keep them (as its context) while the job puts the text encoders back
+            # on the GPU, which then ran out of memory instead of saying this line (SDXL capped at 12 GB).
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            if micro == 1:
+                raise UserError("out of GPU memory even at 1 pair per pass: set --gradient-checkpointing on, "
+                                "--mixed-precision bf16 or fp16, or a smaller --resolution")
+            micro = max(1, micro // 2)  # same draws, same loss: only the passes get smaller
+            report(progress, ProgressEvent("train", step, cfg.steps, f"out of memory: {micro} pair(s) per "
+                                                                      "pass from now on"))
         logs["lr"] = schedule.get_last_lr()[0]
         if scaler:
             scaler.unscale_(optimizer)
