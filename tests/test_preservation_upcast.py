@@ -1,7 +1,8 @@
 """The output-preservation rows under half-precision frozen weights: float32 numbers, one layer's float32 copy at a
 time (trainer/steps/context.py, _upcast_per_layer)."""
+import importlib.util
 import weakref
-from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,17 +13,17 @@ from duo_unlearn.trainer.models import load_model
 from duo_unlearn.trainer.steps.context import _full_precision_kernels, _half_frozen, _upcast_per_layer
 
 
-@contextmanager
-def _upcast_whole_model(params):
-    """The reference: every frozen weight float32 for the whole window."""
-    dtypes = [p.dtype for p in params]
-    for p in params:
-        p.data = p.data.float()
-    try:
-        yield
-    finally:
-        for p, dtype in zip(params, dtypes):
-            p.data = p.data.to(dtype)
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "preservation_memory.py"
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("preservation_memory_under_test", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_upcast_whole_model = _load_benchmark().upcast_whole_model  # the reference: every frozen weight float32 at once
 
 
 def _bf16_unet_with_lora(tiny_model):
@@ -106,10 +107,8 @@ def test_memory_benchmark_compares_both_strategies_on_the_tiny_shapes():
     """benchmarks/preservation_memory.py --tiny: both strategies run in their own process and give the same loss."""
     import subprocess
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "preservation_memory.py"
-    run = subprocess.run([sys.executable, str(script), "--tiny"], capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, str(BENCHMARK), "--tiny"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [line for line in run.stdout.splitlines() if line.startswith(("| whole model", "| per layer"))]
     assert len(rows) == 2
