@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,6 +245,20 @@ def precisions(device_type: str) -> list[str]:
 
 # -- building --
 
+@contextmanager
+def default_dtype(dtype):
+    """torch's default dtype for the block (None: unchanged): random weights built straight in half precision."""
+    import torch
+
+    before = torch.get_default_dtype()
+    if dtype is not None:
+        torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
 def build_pipeline(family: dict, device, folder: Path, seed: int = 0):
     """A StableDiffusionPipeline with the family's architecture and random weights, built on the device."""
     import torch
@@ -291,17 +306,11 @@ def build_flux_pipeline(family: dict, device, folder: Path, seed: int = 0):
         T5Tokenizer(vocab=vocab, extra_ids=0).save_pretrained(str(t5_dir))
     tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir), model_max_length=family["tokenizer_length"],
                                               bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=EOS)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            transformer = FluxTransformer2DModel(**family["transformer"])
-            vae = AutoencoderKL(**family["vae"])
-            text_encoder = CLIPTextModel(CLIPTextConfig(**family["text_encoder"]))
-            text_encoder_2 = T5EncoderModel(T5Config(**family["text_encoder_2"]))
-    finally:
-        torch.set_default_dtype(default)
+    with default_dtype(torch.bfloat16 if device.type == "cuda" else torch.float32), torch.device(device):
+        transformer = FluxTransformer2DModel(**family["transformer"])
+        vae = AutoencoderKL(**family["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**family["text_encoder"]))
+        text_encoder_2 = T5EncoderModel(T5Config(**family["text_encoder_2"]))
     if family.get("quantize"):
         quantize_in_place(transformer, family["quantize"])
     pipe = FluxPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(**family["scheduler"]),
@@ -433,7 +442,9 @@ def run_project(variant: Variant, family: dict, device, tmp: Path, pairs: Path, 
 
     import torch
 
-    with _default_dtype(torch.bfloat16 if variant.card_gb else None):
+    from duo_unlearn.trainer.runtime import cuda_index
+
+    with default_dtype(torch.bfloat16 if variant.card_gb else None):
         pipe = BUILDERS[family.get("build", "sd1")](family, device, tmp)
     source = tmp / "random-weights.safetensors"  # stands in for the checkpoint file the adapter's hash names
     source.write_bytes(b"random weights")
@@ -442,7 +453,7 @@ def run_project(variant: Variant, family: dict, device, tmp: Path, pairs: Path, 
     _reset(device)
     if variant.card_gb and device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, variant.card_gb * GB / total), _index(device))
+        torch.cuda.set_per_process_memory_fraction(min(1.0, variant.card_gb * GB / total), cuda_index(device))
     stamps: list[float] = []
     said: list[str] = []
 
@@ -452,9 +463,8 @@ def run_project(variant: Variant, family: dict, device, tmp: Path, pairs: Path, 
             stamps.append(time.perf_counter())
         elif event.stage == "cache":
             stamps.clear()
-        message = getattr(event, "message", "") or ""
-        if "checkpointing on" in message or "out of memory" in message:
-            said.append(message)
+        if "checkpointing on" in event.message or "out of memory" in event.message:
+            said.append(event.message)
 
     cfg = TrainConfig(pairs=str(pairs), model="random", out=str(tmp / f"{variant.runner}.safetensors"),
                       steps=warmup + steps, batch_pairs=PAIRS_PER_STEP, beta=BETA, device=device.type,
@@ -467,36 +477,11 @@ def run_project(variant: Variant, family: dict, device, tmp: Path, pairs: Path, 
         allocated, reserved = _peaks(device)
     finally:
         if variant.card_gb and device.type == "cuda":
-            torch.cuda.set_per_process_memory_fraction(1.0, _index(device))
+            torch.cuda.set_per_process_memory_fraction(1.0, cuda_index(device))
     del model, pipe
     intervals = [b - a for a, b in zip(stamps, stamps[1:])][max(warmup - 1, 0):]
     note = "; ".join(dict.fromkeys(said)) if variant.card_gb else ""
     return Measure(variant, statistics.median(intervals), allocated, reserved, note)
-
-
-def _index(device) -> int:
-    import torch
-
-    return device.index if device.index is not None else torch.cuda.current_device()
-
-
-class _default_dtype:
-    """torch's default dtype for the block (None: unchanged): how the card-capped run builds in half precision."""
-
-    def __init__(self, dtype):
-        self.dtype = dtype
-
-    def __enter__(self):
-        import torch
-
-        self.before = torch.get_default_dtype()
-        if self.dtype is not None:
-            torch.set_default_dtype(self.dtype)
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.set_default_dtype(self.before)
 
 
 def run_official(variant: Variant, family: dict, device, tmp: Path, pairs: Path, steps: int, warmup: int) -> Measure:

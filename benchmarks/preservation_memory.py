@@ -52,9 +52,8 @@ def one_pass(strategy: str, tiny: bool, size: int) -> dict:
 
     config = (gpu_memory.TINY_FAMILIES if tiny else gpu_memory.FAMILIES)["sdxl"]["unet"]
     torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)
-    unet = UNet2DConditionModel(**config)
-    torch.set_default_dtype(torch.float32)
+    with gpu_memory.default_dtype(torch.bfloat16):
+        unet = UNet2DConditionModel(**config)
     unet.add_adapter(LoraConfig(r=gpu_memory.RANK, lora_alpha=gpu_memory.ALPHA, init_lora_weights="gaussian",
                                 target_modules=list(gpu_memory.TARGETS)))
     gen = torch.Generator().manual_seed(1)

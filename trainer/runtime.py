@@ -196,6 +196,14 @@ def resolve(cfg: RuntimeConfig) -> Runtime:
 
 # -- memory --
 
+def cuda_index(device) -> int:
+    """The index of a CUDA device; "cuda" alone is the current one (the memory-fraction calls refuse it bare)."""
+    import torch
+
+    device = torch.device(device)
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def free_memory_bytes(device) -> int | None:
     """Memory a job can still use on the device: CUDA's free memory (within the process's memory fraction, where one
     is set) plus what torch holds cached but unused (as Forge counts it), the available RAM on the CPU; None where it
@@ -206,8 +214,7 @@ def free_memory_bytes(device) -> int | None:
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         reserved = torch.cuda.memory_reserved(device)
-        index = device.index if device.index is not None else torch.cuda.current_device()  # it takes no bare "cuda"
-        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(index)
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(cuda_index(device))
         if fraction < 1.0:  # a host's cap on this process: the allocator refuses beyond it whatever the card has
             free = min(free, max(0, int(fraction * total) - reserved))
         return int(free + reserved - torch.cuda.memory_allocated(device))
