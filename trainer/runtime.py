@@ -19,6 +19,9 @@ Policy
   IP-adapter processors. transformers >= 4.36 picks "sdpa" for CLIP on its own.
 - after any job every pipeline component is back on ONE device, the runtime device, in its frozen dtype (place()),
   so the next job on the same loaded model (the tab's second click, the next concept of a preset) finds it there.
+  The exception is a pipeline the device cannot hold whole (holds_whole(): Flux's T5 and NF4 transformer on a 16 GB
+  card): training then places it in turns (the text encoders for the cache, then the denoiser) and leaves the
+  text encoders on the CPU.
 """
 from __future__ import annotations
 
@@ -319,20 +322,26 @@ def no_text_encoder_lora_note():
             logger.removeFilter(note)
 
 
-def components_to(pipe, device, dtype, vae_dtype=None) -> None:
-    """Move every torch module of a diffusers pipeline to one device and dtype. LoRA weights still attached (peft's
-    `lora_*` parameters) stay fp32 whatever the dtype: they are what training updates, and a resumed run must find
-    them in full precision. (requires_grad cannot tell them apart: a freshly loaded model has it on everywhere.)"""
+def _quantized(module) -> bool:
+    return bool(getattr(module, "is_quantized", False) or getattr(module, "quantization_config", None))
+
+
+def components_to(pipe, device, dtype, vae_dtype=None, wait_on_cpu=()) -> None:
+    """Move every torch module of a diffusers pipeline to one device and dtype (those in `wait_on_cpu` to the CPU, in
+    the same dtype). LoRA weights still attached (peft's `lora_*` parameters) stay fp32 whatever the dtype: they are
+    what training updates, and a resumed run must find them in full precision. (requires_grad cannot tell them
+    apart: a freshly loaded model has it on everywhere.)"""
     import torch
 
     with quiet_diffusers():
         for name, component in pipe.components.items():
             if isinstance(component, torch.nn.Module):
                 target = vae_dtype if (name == "vae" and vae_dtype is not None) else dtype
-                if getattr(component, "is_quantized", False) or getattr(component, "quantization_config", None):
-                    component.to(device=device)  # quantised weights keep their storage; only the device changes
+                where = "cpu" if any(component is m for m in wait_on_cpu) else device
+                if _quantized(component):
+                    component.to(device=where)  # quantised weights keep their storage; only the device changes
                 else:
-                    component.to(device=device, dtype=target)
+                    component.to(device=where, dtype=target)
     for component in pipe.components.values():
         if not isinstance(component, torch.nn.Module):
             continue
@@ -341,10 +350,37 @@ def components_to(pipe, device, dtype, vae_dtype=None) -> None:
                 p.data = p.data.float()
 
 
-def place(pipe, runtime: Runtime) -> None:
+def bytes_to_place(pipe, runtime: Runtime) -> int:
+    """What moving the whole pipeline onto the runtime device would add there: the parameters and buffers not yet
+    on it, in the frozen dtype (quantised weights at their stored size)."""
+    import torch
+
+    device, total = torch.device(runtime.device), 0
+    for component in pipe.components.values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        keep = _quantized(component)
+        for t in list(component.parameters()) + list(component.buffers()):
+            if t.device.type == device.type and (device.index is None or t.device.index in (None, device.index)):
+                continue
+            size = t.element_size() if keep or not t.is_floating_point() else runtime.frozen_dtype.itemsize
+            total += t.numel() * size
+    return total
+
+
+def holds_whole(pipe, runtime: Runtime) -> bool:
+    """Whether the device can hold every component at once and still train (the headroom is the checkpointing
+    rule's). Unknown free memory (MPS) counts as yes: the job runs as it always did."""
+    free = free_memory_bytes(runtime.device)
+    return free is None or bytes_to_place(pipe, runtime) <= CHECKPOINT_HEADROOM * free
+
+
+def place(pipe, runtime: Runtime, wait_on_cpu=()) -> None:
     """Where every job starts and ends: all components on the runtime device in the frozen dtype (the VAE in
-    runtime.vae_dtype), SDPA attention. Call it when a job starts and in a `finally` when it ends."""
-    components_to(pipe, runtime.device, runtime.frozen_dtype, runtime.vae_dtype(getattr(pipe, "vae", None)))
+    runtime.vae_dtype), SDPA attention. Call it when a job starts and in a `finally` when it ends. Modules named in
+    `wait_on_cpu` go to the CPU instead, in the same dtype, for a pipeline the device cannot hold whole."""
+    components_to(pipe, runtime.device, runtime.frozen_dtype, runtime.vae_dtype(getattr(pipe, "vae", None)),
+                  wait_on_cpu)
     for name in ("unet", "transformer", "vae"):
         module = getattr(pipe, name, None)
         if module is not None:

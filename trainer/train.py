@@ -27,7 +27,7 @@ from .retain_set import read_retain
 from .reward_scale import beta_for, full_swap_margin
 from .previews import preview_path, refuse_existing_preview
 from .progress import ProgressCallback, ProgressEvent, report
-from .runtime import place, resolve
+from .runtime import holds_whole, place, resolve
 from .steps import METHODS, StepContext, micro_batch
 
 
@@ -150,8 +150,15 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     family = get_family(model.family)
     rt = resolve(cfg.runtime_config())
     pipe = model.pipe
-    place(pipe, rt)  # every component on the device, frozen weights in the runtime's dtype
+    denoiser = family.denoiser(pipe)
+    # A device that cannot hold every component at once (Flux's T5 beside its NF4 transformer on 16 GB) takes them
+    # in turns: the text encoders and VAE for the cache while the denoiser waits on the CPU, then the denoiser.
+    in_turns = not holds_whole(pipe, rt)
+    place(pipe, rt, wait_on_cpu=[denoiser] if in_turns else ())  # frozen weights in the runtime's dtype
     report(progress, ProgressEvent("load", message=f"loaded {model.name} ({model.family}); {rt.describe()}"))
+    if in_turns:
+        report(progress, ProgressEvent("load", message="the device cannot hold the whole model: the text encoders "
+                                                       "run first, then wait on the CPU while the denoiser trains"))
     accelerator = _accelerator(rt)
     device = rt.device
     torch.manual_seed(cfg.seed)
@@ -162,12 +169,13 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     resolution = cfg.resolution or min(family.recipe_resolution or native, native)  # a recipe never upscales
 
     condition = "prompt" if cfg.method == "esd" else cfg.condition  # ESD conditions on the concept's prompts
-    denoiser = family.denoiser(pipe)
     try:
         cache = build_cache(pipe, family, records, Path(cfg.pairs), condition, device, resolution, progress,
                             retain)
         for module in family.text_modules(pipe):  # cached: the text encoders wait on the CPU (T5: gigabytes)
             module.to("cpu")
+        if in_turns:
+            denoiser.to(device)  # already in the frozen dtype: place() cast it on the CPU
         params = add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, lora_targets(cfg, family))
         checkpointing = _checkpointing(rt, denoiser, cfg, resolution, params,
                                        cfg.preservation_weight_for(family.lambda_base))
@@ -181,7 +189,9 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     finally:
         if checkpointing_was_set(denoiser):
             denoiser.disable_gradient_checkpointing()
-        place(pipe, rt)  # every component back where the next job (preview, second concept, second click) expects
+        # every component back where the next job (preview, second concept, second click) expects; the text
+        # encoders stay on the CPU where they never fitted beside the denoiser
+        place(pipe, rt, wait_on_cpu=family.text_modules(pipe) if in_turns else ())
 
 
 def checkpointing_was_set(denoiser) -> bool:

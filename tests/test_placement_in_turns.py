@@ -1,0 +1,104 @@
+"""A pipeline the device cannot hold whole (Flux's T5 beside its NF4 transformer on a 16 GB card) is placed in turns:
+the text encoders and VAE for the cache while the denoiser waits on the CPU, then the denoiser. Simulated on the
+CPU, where every move is to the same device: what is checked is what each move asks for, and that training in
+turns makes the same adapter."""
+import torch
+from safetensors.torch import load_file
+
+from duo_unlearn.trainer import runtime
+from duo_unlearn.trainer import train as train_module
+from duo_unlearn.trainer.config import TrainConfig
+from duo_unlearn.trainer.models import load_model
+from duo_unlearn.trainer.runtime import Runtime, bytes_to_place, holds_whole, place
+from duo_unlearn.trainer.train import train
+
+
+def _cuda_bf16() -> Runtime:
+    # a runtime for a GPU this machine lacks: only its device and dtype are read, nothing is moved
+    return Runtime(device=torch.device("cuda", 0), frozen_dtype=torch.bfloat16, compute_dtype=torch.bfloat16,
+                   mixed_precision="bf16", gradient_checkpointing="auto")
+
+
+def _tensors(pipe):
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            yield from list(component.parameters()) + list(component.buffers())
+
+
+def test_bytes_to_place_counts_what_is_not_on_the_device_in_the_frozen_dtype(tiny_model):
+    pipe = load_model(tiny_model).pipe
+    expected = sum(t.numel() * (2 if t.is_floating_point() else t.element_size()) for t in _tensors(pipe))
+    assert expected > 0
+    assert bytes_to_place(pipe, _cuda_bf16()) == expected
+    cpu = Runtime(device=torch.device("cpu"), frozen_dtype=torch.float32, compute_dtype=torch.float32,
+                  mixed_precision="no", gradient_checkpointing="auto")
+    assert bytes_to_place(pipe, cpu) == 0  # already there
+
+
+def test_holds_whole_compares_with_free_memory_and_its_headroom(tiny_model, monkeypatch):
+    pipe = load_model(tiny_model).pipe
+    rt = _cuda_bf16()
+    need = bytes_to_place(pipe, rt)
+    monkeypatch.setattr(runtime, "free_memory_bytes", lambda device: int(need / runtime.CHECKPOINT_HEADROOM) + 1)
+    assert holds_whole(pipe, rt)
+    monkeypatch.setattr(runtime, "free_memory_bytes", lambda device: need)
+    assert not holds_whole(pipe, rt)
+    monkeypatch.setattr(runtime, "free_memory_bytes", lambda device: None)  # MPS: unknown, placed whole as before
+    assert holds_whole(pipe, rt)
+
+
+def test_waiting_on_the_cpu_still_casts_to_the_frozen_dtype(tiny_model):
+    pipe = load_model(tiny_model).pipe
+    rt = runtime.resolve(runtime.RuntimeConfig(device="cpu", mixed_precision="bf16"))
+    place(pipe, rt, wait_on_cpu=[pipe.unet])
+    assert {p.dtype for p in pipe.unet.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in pipe.unet.parameters()} == {"cpu"}
+
+
+def test_training_in_turns_moves_the_denoiser_after_the_cache_and_trains_the_same_adapter(
+        tiny_model, pair_dir, tmp_path, monkeypatch):
+    def cfg(name):
+        return TrainConfig(pairs=str(pair_dir), model=str(tiny_model), out=str(tmp_path / f"{name}.safetensors"),
+                           steps=3, beta=1000, lr=1e-3, lam=100, batch_pairs=4, device="cpu")
+
+    whole = train(cfg("whole"))
+
+    model = load_model(tiny_model)
+    pipe = model.pipe
+    events = []
+    real_place, real_cache, real_add_lora = train_module.place, train_module.build_cache, train_module.add_lora
+    names = {id(m): n for n, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+
+    def spy_place(p, rt, wait_on_cpu=()):
+        events.append(("place", sorted(names[id(m)] for m in wait_on_cpu)))
+        return real_place(p, rt, wait_on_cpu)
+
+    def spy_cache(*a, **k):
+        events.append(("cache",))
+        return real_cache(*a, **k)
+
+    def spy_add_lora(denoiser, *a, **k):
+        events.append(("lora",))
+        return real_add_lora(denoiser, *a, **k)
+
+    real_to = pipe.unet.to
+
+    def unet_to(*a, **k):
+        events.append(("unet.to", *map(str, a), *sorted(k)))
+        return real_to(*a, **k)
+
+    monkeypatch.setattr(train_module, "holds_whole", lambda p, rt: False)
+    monkeypatch.setattr(train_module, "place", spy_place)
+    monkeypatch.setattr(train_module, "build_cache", spy_cache)
+    monkeypatch.setattr(train_module, "add_lora", spy_add_lora)
+    monkeypatch.setattr(pipe.unet, "to", unet_to)
+    said = []
+    turns = train(cfg("turns"), lambda e: said.append(e.message), model=model)
+
+    assert events == [("place", ["unet"]), ("unet.to", "device", "dtype"),  # waits on the CPU, cast
+                      ("cache",), ("unet.to", "cpu"),  # to the runtime device (here the CPU) once the cache is made
+                      ("lora",), ("unet.to", "cpu"),  # accelerate's prepare: on its device already
+                      ("place", ["text_encoder"]), ("unet.to", "device", "dtype")]  # the text encoder stays out
+    assert any("cannot hold the whole model" in m for m in said)
+    ta, tb = load_file(str(whole.adapter)), load_file(str(turns.adapter))
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
