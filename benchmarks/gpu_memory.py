@@ -450,6 +450,11 @@ def run_project(variant: Variant, family: dict, device, tmp: Path, pairs: Path, 
     source.write_bytes(b"random weights")
     name = family.get("family", "sd1")
     model = LoadedModel(pipe=pipe, family=name, name=f"random-{name}", source=source)
+    if variant.card_gb:  # where a loader leaves them: all but a transformer quantised at load time on the CPU
+        denoiser = get_family(name).denoiser(pipe) if "family" in family else pipe.unet
+        for module in pipe.components.values():
+            if isinstance(module, torch.nn.Module) and module is not denoiser:
+                module.to("cpu")
     _reset(device)
     if variant.card_gb and device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
@@ -469,6 +474,7 @@ def run_project(variant: Variant, family: dict, device, tmp: Path, pairs: Path, 
     cfg = TrainConfig(pairs=str(pairs), model="random", out=str(tmp / f"{variant.runner}.safetensors"),
                       steps=warmup + steps, batch_pairs=PAIRS_PER_STEP, beta=BETA, device=device.type,
                       resolution=family.get("train_resolution"), overwrite=True,  # each variant replaces the last
+                      micro_batch_pairs=family.get("micro_batch_pairs"),
                       **variant.settings)
     targets = get_family(name).default_targets if "family" in family else TARGETS
     cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules = RANK, ALPHA, tuple(targets)
@@ -640,6 +646,8 @@ def main(argv=None) -> int:
     p.add_argument("--card-gb", type=float, default=None,
                    help="also run the defaults capped at this much GPU memory, as on a card of that size (CUDA only)")
     p.add_argument("--resolution", type=int, default=None, help="train at this resolution instead of the family's")
+    p.add_argument("--micro-batch-pairs", type=int, default=None,
+                   help="pairs per forward pass in the project's runs (default: all 4 at once)")
     p.add_argument("--out", default=None, help="also append the table to this markdown file")
     args = p.parse_args(argv)
     configs = TINY_FAMILIES if args.tiny else FAMILIES
@@ -663,6 +671,8 @@ def main(argv=None) -> int:
         family = dict(configs[name])
         if args.resolution:
             family["train_resolution"] = args.resolution
+        if args.micro_batch_pairs:
+            family["micro_batch_pairs"] = args.micro_batch_pairs
         official = official_variants(device.type) if family.get("official", True) else []
         variants = official + project_variants(device.type, have_bnb, args.card_gb)
         wanted = [w.strip() for w in args.only.split(",")] if args.only else [""]
@@ -682,7 +692,10 @@ def main(argv=None) -> int:
                         torch.cuda.empty_cache()
                     m = Measure(v, note=f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
                 results.append(m)
-                print(f"[{name}] {v.label}: {m.seconds if m.seconds is not None else 'failed'} s/step "
+                # the peaks too, so a run cut short by its time limit keeps what it measured
+                peaks = " ".join(f"{k} {b / GB:.2f} GB" for k, b in
+                                 (("allocated", m.peak_allocated), ("reserved", m.peak_reserved)) if b is not None)
+                print(f"[{name}] {v.label}: {m.seconds if m.seconds is not None else 'failed'} s/step {peaks} "
                       f"({time.perf_counter() - started:.1f} s) {m.note}", file=sys.stderr, flush=True)
         # the estimate's activation constant is SD 1.5's: meaningless for the tiny shapes
         tables.append(table(results, name, family, device_name, steps, estimate=not args.tiny and "unet" in family))
