@@ -12,7 +12,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..trainer.errors import Cancelled, UserError
+from ..trainer.errors import Cancelled, UserError, out_of_memory_line
 from ..trainer.progress import ProgressEvent
 
 STAGE_NAMES = {
@@ -159,8 +159,10 @@ class JobRunner:
         except UserError as e:
             job.state, job.error = "failed", str(e)
         except Exception as e:  # a bug or a host failure: keep the UI alive, show it, log the traceback
-            traceback.print_exc()
-            job.state, job.error = "failed", f"{type(e).__name__}: {e}"
+            line = out_of_memory_line(e)  # a card too small for the model: said, not a bug
+            if line is None:
+                traceback.print_exc()
+            job.state, job.error = "failed", line or f"{type(e).__name__}: {e}"
         finally:
             job.finished = time.time()
             job._done.set()

@@ -63,3 +63,45 @@ def test_out_of_memory_at_one_pair_is_one_line_and_lets_the_failed_pass_go(tiny_
     assert held and all(r() is None for r in held)
     assert not (tmp_path / "none.safetensors").exists()
     assert not any(".lora_" in n for n, _ in model.pipe.unet.named_parameters())  # the model as it was
+
+
+def _card_too_small(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.50 GiB. GPU 0 has a total capacity of "
+                                 "15.70 GiB of which 2.10 GiB is free.")
+
+
+def test_a_model_bigger_than_the_card_is_one_line_from_the_cli(tiny_model, tmp_path, monkeypatch, capsys):
+    from duo_unlearn.trainer import runtime
+    from duo_unlearn.trainer.cli import main
+
+    monkeypatch.setattr(runtime, "place", _card_too_small)  # where sampling pairs puts the whole model on the card
+    out = tmp_path / "pairs"
+    code = main(["pairs", "--model", str(tiny_model), "--out", str(out), "--unsafe-prompt", "a red circle",
+                 "--safe-prompt", "a blue circle", "--num-pairs", "2", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err  # above the line: only the model's loading bars
+    assert err.strip().splitlines()[-1] == (
+        "duo-unlearn: error: out of GPU memory asking for 9.50 GiB more: close what else uses the GPU, or try a "
+        "smaller resolution, mixed precision bf16 (or fp16), gradient checkpointing on, or the cpu device")
+
+
+def test_other_runtime_errors_keep_their_traceback(monkeypatch):
+    from duo_unlearn.trainer import runtime
+    from duo_unlearn.trainer.cli import main
+
+    def bug(*a, **k):
+        raise RuntimeError("a bug, not the card")
+
+    monkeypatch.setattr(runtime, "place", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["pairs", "--model", "testbed", "--out", "unused", "--unsafe-prompt", "a", "--safe-prompt", "b",
+              "--num-pairs", "1", "--device", "cpu"])
+
+
+def test_the_tab_says_out_of_memory_in_one_line_without_a_traceback(capsys):
+    from duo_unlearn.extension.jobs import JobRunner
+
+    job = JobRunner().run_here("unlearn", "x", lambda progress=None: _card_too_small())
+    assert job.state == "failed" and job.error.startswith("out of GPU memory asking for 9.50 GiB more: ")
+    assert "Traceback" not in capsys.readouterr().err

@@ -7,7 +7,7 @@ import json
 import sys
 from contextlib import contextmanager
 
-from .errors import Cancelled, UserError
+from .errors import Cancelled, UserError, out_of_memory_line
 
 
 _BAR_UNITS = {"pairs": "step", "retain": "image", "cache": "image", "train": "step"}  # the stages drawn as bars
@@ -272,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     except (Cancelled, KeyboardInterrupt):
         print("duo-unlearn: stopped; checkpoints (if any) are kept for --resume", file=sys.stderr)
         return 130
+    except RuntimeError as e:  # torch.OutOfMemoryError is one: a card too small for the model is said in one line
+        line = out_of_memory_line(e)
+        if line is None:
+            raise
+        print(f"duo-unlearn: error: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
