@@ -138,7 +138,8 @@ def test_on_an_accelerator_the_check_draws_four_images_at_a_time_with_the_same_s
         return [None] * len(prompts)
 
     monkeypatch.setattr(previews, "generate_images", fake_generate)
-    monkeypatch.setattr(runtime, "place", lambda pipe, rt: None)  # no GPU here: nothing is moved
+    # no GPU here: nothing is moved
+    monkeypatch.setattr(runtime, "placed_for_sampling", lambda pipe, rt, wait_after=(): contextlib.nullcontext())
     family = SimpleNamespace(text_modules=lambda pipe: [])
     for device, expected in (("cuda", [(DEVICE_BATCH, CHECK_SEED + lo) for lo in range(0, CHECK_IMAGES, DEVICE_BATCH)]),
                              ("cpu", [(CHECK_IMAGES, CHECK_SEED)])):

@@ -102,3 +102,74 @@ def test_training_in_turns_moves_the_denoiser_after_the_cache_and_trains_the_sam
     assert any("cannot hold the whole model" in m for m in said)
     ta, tb = load_file(str(whole.adapter)), load_file(str(turns.adapter))
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+class _OffloadSpy:
+    """Records, for every call of the denoiser, whether diffusers' model offload had hooked it, and checks that no
+    hook outlives its block."""
+
+    def __init__(self, pipe):
+        self.pipe, self.hooked = pipe, []
+        pipe.unet.register_forward_pre_hook(lambda m, a: self.hooked.append(hasattr(m, "_hf_hook")))
+
+    def hooks_left(self) -> list[str]:
+        return [n for n, m in self.pipe.components.items()
+                if isinstance(m, torch.nn.Module) and hasattr(m, "_hf_hook")]
+
+
+def _pair_images(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+def test_pairs_for_a_model_the_device_cannot_hold_whole_sample_with_model_offload_and_the_same_images(
+        tiny_model, tmp_path, monkeypatch):
+    from duo_unlearn.trainer.pairs import PairConfig, generate_pairs
+
+    def cfg(name):
+        return PairConfig(out=str(tmp_path / name), model=str(tiny_model), unsafe_prompts=("a red square",),
+                          safe_prompts=("a blue square",), num_pairs=2, batch_size=2, sample_steps=2, seed=3,
+                          device="cpu")
+
+    generate_pairs(cfg("whole"), model=load_model(tiny_model))
+    model = load_model(tiny_model)
+    spy = _OffloadSpy(model.pipe)
+    monkeypatch.setattr(runtime, "holds_whole", lambda p, rt: False)
+    generate_pairs(cfg("offload"), model=model)
+    assert spy.hooked and all(spy.hooked)  # every sampling step ran under the offload
+    assert spy.hooks_left() == []
+    whole, offload = _pair_images(tmp_path / "whole"), _pair_images(tmp_path / "offload")
+    assert {str(k) for k in whole} >= {"unsafe/00000.png", "unsafe/00001.png", "safe/00000.png", "safe/00001.png"}
+    assert whole == offload
+
+
+def test_training_in_turns_checks_and_previews_with_model_offload_and_changes_nothing(
+        tiny_model, pair_dir, tmp_path, monkeypatch):
+    from duo_unlearn.trainer import detectors
+    from duo_unlearn.trainer.erasure_stop import CHECK_IMAGES
+    from tiny_models import ScriptedDetector
+
+    # the concept found in every check image: the check at the last step, and the preview at step 2 before it
+    monkeypatch.setattr(detectors, "make_detector", lambda spec: ScriptedDetector(found=[CHECK_IMAGES]))
+
+    def cfg(name):
+        return TrainConfig(pairs=str(pair_dir), model=str(tiny_model), out=str(tmp_path / name / "a.safetensors"),
+                           steps=4, beta=1000, lr=1e-3, lam=100, batch_pairs=4, device="cpu", stop_every=4,
+                           stop_detector="colour:red", preview_prompts=("a red square",), preview_steps=2,
+                           preview_every=2)
+
+    whole = train(cfg("whole"))
+    model = load_model(tiny_model)
+    spy = _OffloadSpy(model.pipe)
+    monkeypatch.setattr(train_module, "holds_whole", lambda p, rt: False)
+    monkeypatch.setattr(runtime, "holds_whole", lambda p, rt: False)
+    turns = train(cfg("turns"), model=model)
+
+    # the training passes ran without hooks, the sampling of the check and both previews with them
+    assert spy.hooked.count(False) > 0 and spy.hooked.count(True) > 0
+    assert spy.hooks_left() == []
+    ta, tb = load_file(str(whole.adapter)), load_file(str(turns.adapter))
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert [p.name for p in whole.previews] == [p.name for p in turns.previews]
+    assert [p.read_bytes() for p in whole.previews] == [p.read_bytes() for p in turns.previews]
+    mid = "a.preview-000002.png"
+    assert (tmp_path / "whole" / mid).read_bytes() == (tmp_path / "turns" / mid).read_bytes()

@@ -278,18 +278,19 @@ def _generate(cfg: PairConfig, progress, model, detector, folder: Path, done: se
     todo_blocks = [blk for blk in todo_blocks if any(f"{i:05d}" not in done for i in blk)]
     if not todo_blocks and len(_read_ids(folder / RETAIN_INDEX)) >= cfg.num_retain:
         return _finish(stats, folder, started)
-    from .runtime import place, resolve
+    from .runtime import placed_for_sampling, resolve
 
     model = model or load_model(cfg.model, cfg.config_dir)
     refuse_inside_model(folder, model.source)
     rt = resolve(RuntimeConfig(cfg.device, cfg.mixed_precision))
     pipe = model.pipe
-    place(pipe, rt)
-    report(progress, ProgressEvent("pairs", stats.kept_existing, cfg.num_pairs,
-                                   f"sampling on device {rt.device}, weights {rt.frozen_dtype}"))
-    edit = get_family(model.family).img2img(pipe)  # same modules: no second copy of the model
-    _blocks(cfg, todo_blocks, pipe, edit, detector, stats, progress, folder, done)
-    _retain_blocks(cfg, pipe, folder, progress)
+    family = get_family(model.family)
+    with placed_for_sampling(pipe, rt, wait_after=family.text_modules(pipe)):
+        report(progress, ProgressEvent("pairs", stats.kept_existing, cfg.num_pairs,
+                                       f"sampling on device {rt.device}, weights {rt.frozen_dtype}"))
+        edit = family.img2img(pipe)  # same modules: no second copy of the model
+        _blocks(cfg, todo_blocks, pipe, edit, detector, stats, progress, folder, done)
+        _retain_blocks(cfg, pipe, folder, progress)
     return _finish(stats, folder, started)
 
 

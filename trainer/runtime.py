@@ -21,7 +21,8 @@ Policy
   so the next job on the same loaded model (the tab's second click, the next concept of a preset) finds it there.
   The exception is a pipeline the device cannot hold whole (holds_whole(): Flux's T5 and NF4 transformer on a 16 GB
   card): training then places it in turns (the text encoders for the cache, then the denoiser) and leaves the
-  text encoders on the CPU.
+  text encoders on the CPU; pairs, previews and the erasure check sample it with diffusers' model offload
+  (placed_for_sampling()).
 """
 from __future__ import annotations
 
@@ -373,6 +374,26 @@ def holds_whole(pipe, runtime: Runtime) -> bool:
     rule's). Unknown free memory (MPS) counts as yes: the job runs as it always did."""
     free = free_memory_bytes(runtime.device)
     return free is None or bytes_to_place(pipe, runtime) <= CHECKPOINT_HEADROOM * free
+
+
+@contextlib.contextmanager
+def placed_for_sampling(pipe, runtime: Runtime, wait_after=()):
+    """The pipeline placed to sample with for the block: whole on the device where it fits (place()); else with
+    diffusers' model offload, each model on the device only while it runs (T5-XXL, then the denoiser, then the VAE),
+    and afterwards placed with `wait_after` (the text encoders) on the CPU, as training in turns leaves it."""
+    if holds_whole(pipe, runtime):
+        place(pipe, runtime)
+        yield
+        return
+    modules = [m for m in pipe.components.values() if hasattr(m, "parameters")]
+    place(pipe, runtime, wait_on_cpu=modules)  # cast on the CPU: the offload moves them as they are
+    with quiet_diffusers():
+        pipe.enable_model_cpu_offload(device=runtime.device)
+    try:
+        yield
+    finally:
+        pipe.remove_all_hooks()
+        place(pipe, runtime, wait_on_cpu=wait_after)
 
 
 def place(pipe, runtime: Runtime, wait_on_cpu=()) -> None:

@@ -27,7 +27,7 @@ from .retain_set import read_retain
 from .reward_scale import beta_for, full_swap_margin
 from .previews import preview_path, refuse_existing_preview
 from .progress import ProgressCallback, ProgressEvent, report
-from .runtime import holds_whole, place, resolve
+from .runtime import holds_whole, place, placed_for_sampling, resolve
 from .steps import METHODS, StepContext, micro_batch
 
 
@@ -296,7 +296,8 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
             report(progress, ProgressEvent("checkpoint", done, cfg.steps, f"saved {path}"))
         if (main_process and cfg.preview_every and cfg.preview_prompts and done % cfg.preview_every == 0
                 and done < cfg.steps):
-            _preview(model.pipe, raw, cfg, out.with_name(f"{out.stem}.preview-{done:06d}.png"), progress, rt)
+            _preview(model.pipe, raw, cfg, out.with_name(f"{out.stem}.preview-{done:06d}.png"), progress, rt,
+                     family)
 
     accelerator.wait_for_everyone()
     result = TrainResult(out, done, time.time() - started, history)
@@ -334,8 +335,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         result.peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20
     checkpoints.remove_spent()  # the adapter is complete: this run's intermediate states are spent
     if cfg.preview_prompts:
-        result.previews.append(_preview(model.pipe, raw, cfg, preview_path(out), progress,
-                                        rt))
+        result.previews.append(_preview(model.pipe, raw, cfg, preview_path(out), progress, rt, family))
     report(progress, ProgressEvent("done", done, cfg.steps, f"saved {out}"))
     return result
 
@@ -379,15 +379,20 @@ def _erased(check, pipe, raw, family, rt, main_process: bool, grower, cache, che
     return erased, (0 if new is None else len(new["source"])) if made else None
 
 
-def _preview(pipe, denoiser, cfg: TrainConfig, path: Path, progress, rt) -> Path:
+def _preview(pipe, denoiser, cfg: TrainConfig, path: Path, progress, rt, family) -> Path:
     from .previews import base_vs_adapter, comparison_sheet, save_png
 
     report(progress, ProgressEvent("preview", message=f"preview {path.name}"))
     was_training = denoiser.training
     denoiser.eval()
-    place(pipe, rt)  # the text encoders come back from the CPU for sampling
-    with rt.autocast():  # fp32 LoRA weights beside half-precision frozen ones
-        base, adapted = base_vs_adapter(pipe, denoiser, list(cfg.preview_prompts), cfg.preview_seed,
-                                        cfg.preview_steps, cfg.preview_guidance)
-    denoiser.train(was_training)
+    text = family.text_modules(pipe)
+    try:
+        # the text encoders come back from the CPU for sampling; fp32 LoRA weights beside half-precision frozen ones
+        with placed_for_sampling(pipe, rt, wait_after=text), rt.autocast():
+            base, adapted = base_vs_adapter(pipe, denoiser, list(cfg.preview_prompts), cfg.preview_seed,
+                                            cfg.preview_steps, cfg.preview_guidance)
+    finally:
+        for module in text:  # back where training keeps them (the prompts are cached)
+            module.to("cpu")
+        denoiser.train(was_training)
     return save_png(comparison_sheet(base, adapted, list(cfg.preview_prompts)), path)
