@@ -86,7 +86,7 @@ def test_a_model_bigger_than_the_card_is_one_line_from_the_cli(tiny_model, tmp_p
         "smaller resolution, mixed precision bf16 (or fp16), gradient checkpointing on, or the cpu device")
 
 
-def test_other_runtime_errors_keep_their_traceback(monkeypatch):
+def test_other_runtime_errors_keep_their_traceback(tiny_model, tmp_path, monkeypatch):
     from duo_unlearn.trainer import runtime
     from duo_unlearn.trainer.cli import main
 
@@ -95,8 +95,8 @@ def test_other_runtime_errors_keep_their_traceback(monkeypatch):
 
     monkeypatch.setattr(runtime, "place", bug)
     with pytest.raises(RuntimeError, match="a bug"):
-        main(["pairs", "--model", "testbed", "--out", "unused", "--unsafe-prompt", "a", "--safe-prompt", "b",
-              "--num-pairs", "1", "--device", "cpu"])
+        main(["pairs", "--model", str(tiny_model), "--out", str(tmp_path / "pairs"), "--unsafe-prompt", "a",
+              "--safe-prompt", "b", "--num-pairs", "1", "--device", "cpu"])
 
 
 def test_the_tab_says_out_of_memory_in_one_line_without_a_traceback(capsys):
