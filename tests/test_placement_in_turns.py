@@ -110,7 +110,8 @@ class _OffloadSpy:
 
     def __init__(self, pipe):
         self.pipe, self.hooked = pipe, []
-        pipe.unet.register_forward_pre_hook(lambda m, a: self.hooked.append(hasattr(m, "_hf_hook")))
+        # (hooked, in training mode): sampling puts the denoiser in eval mode, training steps in train mode
+        pipe.unet.register_forward_pre_hook(lambda m, a: self.hooked.append((hasattr(m, "_hf_hook"), m.training)))
 
     def hooks_left(self) -> list[str]:
         return [n for n, m in self.pipe.components.items()
@@ -135,7 +136,7 @@ def test_pairs_for_a_model_the_device_cannot_hold_whole_sample_with_model_offloa
     spy = _OffloadSpy(model.pipe)
     monkeypatch.setattr(runtime, "holds_whole", lambda p, rt: False)
     generate_pairs(cfg("offload"), model=model)
-    assert spy.hooked and all(spy.hooked)  # every sampling step ran under the offload
+    assert spy.hooked and all(hooked for hooked, _ in spy.hooked)  # every sampling step ran under the offload
     assert spy.hooks_left() == []
     whole, offload = _pair_images(tmp_path / "whole"), _pair_images(tmp_path / "offload")
     assert {str(k) for k in whole} >= {"unsafe/00000.png", "unsafe/00001.png", "safe/00000.png", "safe/00001.png"}
@@ -164,8 +165,8 @@ def test_training_in_turns_checks_and_previews_with_model_offload_and_changes_no
     monkeypatch.setattr(runtime, "holds_whole", lambda p, rt: False)
     turns = train(cfg("turns"), model=model)
 
-    # the training passes ran without hooks, the sampling of the check and both previews with them
-    assert spy.hooked.count(False) > 0 and spy.hooked.count(True) > 0
+    # every training pass ran without hooks; the sampling of the check and of both previews, with them
+    assert {(hooked, training) for hooked, training in spy.hooked} == {(False, True), (True, False)}
     assert spy.hooks_left() == []
     ta, tb = load_file(str(whole.adapter)), load_file(str(turns.adapter))
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
