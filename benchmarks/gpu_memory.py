@@ -442,7 +442,7 @@ def run_project(variant: Variant, family: dict, device, tmp: Path, pairs: Path, 
 
     import torch
 
-    from duo_unlearn.trainer.runtime import cuda_index
+    from duo_unlearn.trainer.runtime import cuda_index, pipeline_modules
 
     with default_dtype(torch.bfloat16 if variant.card_gb else None):
         pipe = BUILDERS[family.get("build", "sd1")](family, device, tmp)
@@ -452,8 +452,8 @@ def run_project(variant: Variant, family: dict, device, tmp: Path, pairs: Path, 
     model = LoadedModel(pipe=pipe, family=name, name=f"random-{name}", source=source)
     if variant.card_gb:  # where a loader leaves them: all but a transformer quantised at load time on the CPU
         denoiser = get_family(name).denoiser(pipe) if "family" in family else pipe.unet
-        for module in pipe.components.values():
-            if isinstance(module, torch.nn.Module) and module is not denoiser:
+        for module in pipeline_modules(pipe).values():
+            if module is not denoiser:
                 module.to("cpu")
     _reset(device)
     if variant.card_gb and device.type == "cuda":

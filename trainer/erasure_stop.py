@@ -44,25 +44,16 @@ class ErasureCheck:
         grow(images, flagged, batch), when given, is handed the images and which of them still show the concept
         while the model is placed for sampling (on_policy_pairs.py)."""
         from .evaluate.run import generate
-        from .runtime import placed_for_sampling
+        from .runtime import sampling_mid_training
 
-        was_training = denoiser.training
-        denoiser.eval()
-        text = family.text_modules(pipe)
-        try:
-            # the text encoders come back from the CPU for sampling
-            with placed_for_sampling(pipe, rt, wait_after=text):
-                batch = len(self.prompts) if rt.device.type == "cpu" else DEVICE_BATCH
-                with rt.autocast():  # image i has seed `seed` + i in any batch
-                    images = generate(pipe, self.prompts, 1, seed, self.sample_steps, self.guidance, batch=batch)
-                flagged = [score >= self.detector.threshold for score in self.detector.scores(images)]
-                if grow is not None:
-                    with rt.autocast():
-                        grow(images, flagged, batch)
-        finally:
-            for module in text:  # back where training keeps them (the prompts are cached)
-                module.to("cpu")
-            denoiser.train(was_training)
+        with sampling_mid_training(pipe, rt, denoiser, family.text_modules(pipe)):
+            batch = len(self.prompts) if rt.device.type == "cpu" else DEVICE_BATCH
+            with rt.autocast():  # image i has seed `seed` + i in any batch
+                images = generate(pipe, self.prompts, 1, seed, self.sample_steps, self.guidance, batch=batch)
+            flagged = [score >= self.detector.threshold for score in self.detector.scores(images)]
+            if grow is not None:
+                with rt.autocast():
+                    grow(images, flagged, batch)
         return 1.0 - sum(flagged) / len(images)
 
 

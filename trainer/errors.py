@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
+import sys
 from pathlib import Path
 
 
@@ -22,13 +24,9 @@ def out_of_memory_line(error: BaseException) -> str | None:
     """The one line for a GPU out-of-memory that no stage turned into its own message (sampling pairs or eval images,
     placing a model bigger than the card), or None for any other error. torch is not imported here: an error from
     torch means torch is loaded already."""
-    import sys
-
     torch = sys.modules.get("torch")
     if torch is None or not isinstance(error, torch.OutOfMemoryError):
         return None
-    import re
-
     asked = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", str(error))
     detail = f" asking for {asked.group(1)} more" if asked else ""
     # the settings by their words, which the CLI's flags, the tab's and the nodes' widgets all carry

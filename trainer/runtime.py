@@ -327,6 +327,13 @@ def _quantized(module) -> bool:
     return bool(getattr(module, "is_quantized", False) or getattr(module, "quantization_config", None))
 
 
+def pipeline_modules(pipe) -> dict:
+    """The torch modules of a diffusers pipeline by component name (its tokenizers and scheduler left out)."""
+    import torch
+
+    return {name: c for name, c in pipe.components.items() if isinstance(c, torch.nn.Module)}
+
+
 def components_to(pipe, device, dtype, vae_dtype=None, wait_on_cpu=()) -> None:
     """Move every torch module of a diffusers pipeline to one device and dtype (those in `wait_on_cpu` to the CPU, in
     the same dtype). LoRA weights still attached (peft's `lora_*` parameters) stay fp32 whatever the dtype: they are
@@ -334,18 +341,16 @@ def components_to(pipe, device, dtype, vae_dtype=None, wait_on_cpu=()) -> None:
     apart: a freshly loaded model has it on everywhere.)"""
     import torch
 
+    modules = pipeline_modules(pipe)
     with quiet_diffusers():
-        for name, component in pipe.components.items():
-            if isinstance(component, torch.nn.Module):
-                target = vae_dtype if (name == "vae" and vae_dtype is not None) else dtype
-                where = "cpu" if any(component is m for m in wait_on_cpu) else device
-                if _quantized(component):
-                    component.to(device=where)  # quantised weights keep their storage; only the device changes
-                else:
-                    component.to(device=where, dtype=target)
-    for component in pipe.components.values():
-        if not isinstance(component, torch.nn.Module):
-            continue
+        for name, component in modules.items():
+            target = vae_dtype if (name == "vae" and vae_dtype is not None) else dtype
+            where = "cpu" if any(component is m for m in wait_on_cpu) else device
+            if _quantized(component):
+                component.to(device=where)  # quantised weights keep their storage; only the device changes
+            else:
+                component.to(device=where, dtype=target)
+    for component in modules.values():
         for param_name, p in component.named_parameters():
             if ".lora_" in param_name and p.dtype != torch.float32:
                 p.data = p.data.float()
@@ -357,9 +362,7 @@ def bytes_to_place(pipe, runtime: Runtime) -> int:
     import torch
 
     device, total = torch.device(runtime.device), 0
-    for component in pipe.components.values():
-        if not isinstance(component, torch.nn.Module):
-            continue
+    for component in pipeline_modules(pipe).values():
         keep = _quantized(component)
         for t in list(component.parameters()) + list(component.buffers()):
             if t.device.type == device.type and (device.index is None or t.device.index in (None, device.index)):
@@ -385,8 +388,8 @@ def placed_for_sampling(pipe, runtime: Runtime, wait_after=()):
         place(pipe, runtime)
         yield
         return
-    modules = [m for m in pipe.components.values() if hasattr(m, "parameters")]
-    place(pipe, runtime, wait_on_cpu=modules)  # cast on the CPU: the offload moves them as they are
+    place(pipe, runtime, wait_on_cpu=list(pipeline_modules(pipe).values()))  # cast on the CPU: the offload moves
+    # them as they are
     with quiet_diffusers():
         pipe.enable_model_cpu_offload(device=runtime.device)
     try:
@@ -394,6 +397,22 @@ def placed_for_sampling(pipe, runtime: Runtime, wait_after=()):
     finally:
         pipe.remove_all_hooks()
         place(pipe, runtime, wait_on_cpu=wait_after)
+
+
+@contextlib.contextmanager
+def sampling_mid_training(pipe, runtime: Runtime, denoiser, text_modules):
+    """Sampling from inside a training job (the erasure check, previews): the denoiser in eval mode and the pipeline
+    placed for sampling; afterwards the text encoders back on the CPU, where training keeps them (its prompts are
+    cached), and the denoiser's mode as it was."""
+    was_training = denoiser.training
+    denoiser.eval()
+    try:
+        with placed_for_sampling(pipe, runtime, wait_after=text_modules):
+            yield
+    finally:
+        for module in text_modules:
+            module.to("cpu")
+        denoiser.train(was_training)
 
 
 def place(pipe, runtime: Runtime, wait_on_cpu=()) -> None:

@@ -27,7 +27,7 @@ from .retain_set import read_retain
 from .reward_scale import beta_for, full_swap_margin
 from .previews import preview_path, refuse_existing_preview
 from .progress import ProgressCallback, ProgressEvent, report
-from .runtime import holds_whole, place, placed_for_sampling, resolve
+from .runtime import holds_whole, place, resolve, sampling_mid_training
 from .steps import METHODS, StepContext, micro_batch
 
 
@@ -383,16 +383,8 @@ def _preview(pipe, denoiser, cfg: TrainConfig, path: Path, progress, rt, family)
     from .previews import base_vs_adapter, comparison_sheet, save_png
 
     report(progress, ProgressEvent("preview", message=f"preview {path.name}"))
-    was_training = denoiser.training
-    denoiser.eval()
-    text = family.text_modules(pipe)
-    try:
-        # the text encoders come back from the CPU for sampling; fp32 LoRA weights beside half-precision frozen ones
-        with placed_for_sampling(pipe, rt, wait_after=text), rt.autocast():
-            base, adapted = base_vs_adapter(pipe, denoiser, list(cfg.preview_prompts), cfg.preview_seed,
-                                            cfg.preview_steps, cfg.preview_guidance)
-    finally:
-        for module in text:  # back where training keeps them (the prompts are cached)
-            module.to("cpu")
-        denoiser.train(was_training)
+    # fp32 LoRA weights beside half-precision frozen ones: autocast
+    with sampling_mid_training(pipe, rt, denoiser, family.text_modules(pipe)), rt.autocast():
+        base, adapted = base_vs_adapter(pipe, denoiser, list(cfg.preview_prompts), cfg.preview_seed,
+                                        cfg.preview_steps, cfg.preview_guidance)
     return save_png(comparison_sheet(base, adapted, list(cfg.preview_prompts)), path)
