@@ -273,13 +273,6 @@ class StandaloneBackend(Backend):
             if getattr(module, "peft_config", None) == {}:
                 del module.peft_config
 
-    def _device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-
     def run_unlearn(self, cfg, progress=None):
         from ..trainer.unlearn import unlearn
 
@@ -287,16 +280,16 @@ class StandaloneBackend(Backend):
         return unlearn(cfg, progress=progress, model=model)
 
     def compare(self, model_spec, adapters, prompt, negative, seed, steps, guidance, progress=None):
+        from ..trainer.families import get_family
         from ..trainer.previews import generate_images
+        from ..trainer.runtime import RuntimeConfig, placed_for_sampling, resolve
 
+        rt = resolve(RuntimeConfig(self.device))  # as the tab trains: the frozen weights in the half type on CUDA
         model = self.load(model_spec, progress)
         pipe = model.pipe
-        pipe.to(self._device())
-        report(progress, ProgressEvent("compare", 0, 2, "base image"))
-        base = generate_images(pipe, [prompt], seed, steps, guidance, negative or None)[0]
-        report(progress, ProgressEvent("compare", 1, 2, "with the adapters"))
         names = []
         try:
+            # loaded before placing: diffusers re-hooks a pipeline under its model offload when it loads a LoRA
             for k, (info, weight) in enumerate(adapters):
                 name = f"duo_cmp_{k}"
                 try:
@@ -305,8 +298,16 @@ class StandaloneBackend(Backend):
                 except (ValueError, KeyError, RuntimeError) as e:
                     raise UserError(f"{info.name} could not be loaded onto {model.name}: {e}") from None
                 names.append(name)
-            pipe.set_adapters(names, [float(w) for _, w in adapters])
-            adapted = generate_images(pipe, [prompt], seed, steps, guidance, negative or None)[0]
+            # whole on the device where it fits, else one model there at a time (the text encoders wait on the CPU
+            # afterwards, as training in turns leaves them)
+            with placed_for_sampling(pipe, rt, wait_after=get_family(model.family).text_modules(pipe)):
+                report(progress, ProgressEvent("compare", 0, 2, "base image"))
+                pipe.disable_lora()
+                base = generate_images(pipe, [prompt], seed, steps, guidance, negative or None)[0]
+                report(progress, ProgressEvent("compare", 1, 2, "with the adapters"))
+                pipe.enable_lora()
+                pipe.set_adapters(names, [float(w) for _, w in adapters])
+                adapted = generate_images(pipe, [prompt], seed, steps, guidance, negative or None)[0]
         finally:
             if names:
                 pipe.unload_lora_weights()

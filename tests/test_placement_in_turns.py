@@ -174,3 +174,59 @@ def test_training_in_turns_checks_and_previews_with_model_offload_and_changes_no
     assert [p.read_bytes() for p in whole.previews] == [p.read_bytes() for p in turns.previews]
     mid = "a.preview-000002.png"
     assert (tmp_path / "whole" / mid).read_bytes() == (tmp_path / "turns" / mid).read_bytes()
+
+
+def test_eval_of_a_model_the_device_cannot_hold_whole_samples_and_attacks_under_model_offload_with_the_same_report(
+        tiny_model, pair_dir, tmp_path, monkeypatch):
+    from duo_unlearn.trainer.evaluate.run import EvalConfig, evaluate
+
+    adapter = tmp_path / "duo_red.safetensors"
+    train(TrainConfig(pairs=str(pair_dir), model=str(tiny_model), out=str(adapter), steps=3, lr=5e-2, lam=0,
+                      beta=1000, concept="red", device="cpu", preview_prompts=()))
+
+    def cfg(name):  # the white-box attacks too: they place their own inputs, on the device the hooks run on
+        return EvalConfig(model=str(tiny_model), adapters=(str(adapter),), attacks=("direct", "concept_inversion",
+                          "unlearndiffatk"), images_per_prompt=1, max_prompts=2, sample_steps=2, ci_steps=2,
+                          ci_images=2, udatk_steps=1, lpips_backbone="random", pairs=str(pair_dir),
+                          out=str(tmp_path / name), device="cpu")
+
+    whole = evaluate(cfg("whole"))
+    model = load_model(tiny_model)
+    spy = _OffloadSpy(model.pipe)
+    monkeypatch.setattr(runtime, "holds_whole", lambda p, rt: False)
+    offload = evaluate(cfg("offload"), model=model)
+    assert spy.hooked and all(hooked for hooked, _ in spy.hooked)  # sampling and attacks alike
+    assert spy.hooks_left() == []
+    assert set(offload["results"]["duo_red"]["attacks"]) == {"direct", "concept_inversion", "unlearndiffatk"}
+    assert offload["results"] == whole["results"]
+    assert offload["attacks"] == whole["attacks"]
+    for grid in ("unrelated", "direct", "concept_inversion", "unlearndiffatk"):
+        name = f"grid_{grid}.png"
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "offload" / name).read_bytes()
+
+
+def test_compare_on_a_model_the_device_cannot_hold_whole_samples_under_model_offload_with_the_same_images(
+        tiny_model, pair_dir, tmp_path, monkeypatch):
+    import numpy as np
+
+    from duo_unlearn.extension.backends import StandaloneBackend
+    from duo_unlearn.extension.tab import NONE as none, TabController
+
+    lora_dir = tmp_path / "Lora"
+    train(TrainConfig(pairs=str(pair_dir), model=str(tiny_model), out=str(lora_dir / "duo_red.safetensors"),
+                      steps=3, lr=5e-2, lam=0, beta=1000, concept="red", device="cpu", preview_prompts=()))
+    args = (str(tiny_model), "a red square", "", 5, 2, 3.0, "duo_red", 1.0, none, 1.0, none, 1.0, none, 1.0)
+
+    whole_base, whole_adapted, _ = TabController(StandaloneBackend(lora_dir, device="cpu")).compare(*args)
+    backend = StandaloneBackend(lora_dir, device="cpu")
+    backend.load(str(tiny_model))
+    spy = _OffloadSpy(backend._model[1].pipe)
+    monkeypatch.setattr(runtime, "holds_whole", lambda p, rt: False)
+    base, adapted, _ = TabController(backend).compare(*args)
+    assert len(spy.hooked) == 4 and all(hooked for hooked, _ in spy.hooked)  # 2 steps each, one image per call
+    assert spy.hooks_left() == []
+    assert np.array_equal(np.asarray(base), np.asarray(whole_base))
+    assert np.array_equal(np.asarray(adapted), np.asarray(whole_adapted))
+    assert not np.array_equal(np.asarray(base), np.asarray(adapted))  # the adapter was on for the second image
+    pipe = backend._model[1].pipe
+    assert not any("lora_" in n for n, _ in pipe.unet.named_parameters())  # and unloaded afterwards

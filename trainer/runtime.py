@@ -21,8 +21,8 @@ Policy
   so the next job on the same loaded model (the tab's second click, the next concept of a preset) finds it there.
   The exception is a pipeline the device cannot hold whole (holds_whole(): Flux's T5 and NF4 transformer on a 16 GB
   card): training then places it in turns (the text encoders for the cache, then the denoiser) and leaves the
-  text encoders on the CPU; pairs, previews and the erasure check sample it with diffusers' model offload
-  (placed_for_sampling()).
+  text encoders on the CPU; pairs, previews, the erasure check, eval and the standalone tab's Compare sample it with
+  diffusers' model offload (placed_for_sampling()).
 """
 from __future__ import annotations
 

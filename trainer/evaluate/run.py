@@ -341,7 +341,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
     from .ring_a_bell import ring_a_bell
     from .unlearn_diff_atk import check_room, unlearn_diff_atk
 
-    from ..runtime import RuntimeConfig, place, resolve
+    from ..runtime import RuntimeConfig, placed_for_sampling, resolve
 
     started = time.time()
     p = plan(cfg)
@@ -365,101 +365,104 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
     if "unlearndiffatk" in cfg.attacks:
         for tokenizer, _ in family.clip_encoders(pipe):
             check_room(tokenizer, cfg.udatk_tokens)
-    place(pipe, rt)
-    metric.to(rt.device)
+    # adapters first: diffusers re-hooks a pipeline under its model offload when it loads one, on its own device
     load_adapters(pipe, p.methods)
-    report(progress, ProgressEvent("eval", message=f"{model.name}: {', '.join(m.name for m in p.methods)}"))
+    metric.to(rt.device)
+    # whole on the device where it fits; else one model there at a time, the text encoders left on the CPU after
+    with placed_for_sampling(pipe, rt, wait_after=family.text_modules(pipe)):
+        report(progress, ProgressEvent("eval", message=f"{model.name}: {', '.join(m.name for m in p.methods)}"))
 
-    def gen(prompts, negative):
-        return generate(pipe, prompts, cfg.images_per_prompt, cfg.seed, p.steps, p.guidance, negative,
-                        cfg.batch_size)
+        def gen(prompts, negative):
+            return generate(pipe, prompts, cfg.images_per_prompt, cfg.seed, p.steps, p.guidance, negative,
+                            cfg.batch_size)
 
-    attacks: dict[str, AttackPrompts] = {}
-    skipped: dict[str, str] = {}
-    if "direct" in cfg.attacks:
-        attacks["direct"] = AttackPrompts("direct", p.direct, {"source": cfg.prompts_file or f"preset {cfg.preset}"})
-    if "prompts" in cfg.attacks:
-        if p.attack_prompts:
-            attacks["prompts"] = prompt_attack(p.attack_prompts)
-            attacks["prompts"].settings = {"source": p.attack_prompts_source}
-        else:
-            skipped["prompts"] = "no attack prompts: give --attack-prompts-file"
-    if "ring_a_bell" in cfg.attacks:
-        report(progress, ProgressEvent("eval", message="ring-a-bell: searching prompts"))
-        with activated(pipe, Method("base", BASE)):  # black-box: the base model's text encoder only
-            attacks["ring_a_bell"] = ring_a_bell(
-                pipe, p.direct, p.free_prompts, p.free_prompts[:cfg.max_prompts or None], cfg.rab_strength,
-                cfg.rab_length, cfg.rab_population, cfg.rab_generations, exclude_words=p.concept.split(),
-                seed=cfg.seed, progress=progress, family=family)
-    ci_set = None  # the concept's images the white-box attacks learn on
-    if {"concept_inversion", "unlearndiffatk"} & set(cfg.attacks):
-        ci_set = _ci_training_set(cfg, p, pipe, progress)
+        attacks: dict[str, AttackPrompts] = {}
+        skipped: dict[str, str] = {}
+        if "direct" in cfg.attacks:
+            source = cfg.prompts_file or f"preset {cfg.preset}"
+            attacks["direct"] = AttackPrompts("direct", p.direct, {"source": source})
+        if "prompts" in cfg.attacks:
+            if p.attack_prompts:
+                attacks["prompts"] = prompt_attack(p.attack_prompts)
+                attacks["prompts"].settings = {"source": p.attack_prompts_source}
+            else:
+                skipped["prompts"] = "no attack prompts: give --attack-prompts-file"
+        if "ring_a_bell" in cfg.attacks:
+            report(progress, ProgressEvent("eval", message="ring-a-bell: searching prompts"))
+            with activated(pipe, Method("base", BASE)):  # black-box: the base model's text encoder only
+                attacks["ring_a_bell"] = ring_a_bell(
+                    pipe, p.direct, p.free_prompts, p.free_prompts[:cfg.max_prompts or None], cfg.rab_strength,
+                    cfg.rab_length, cfg.rab_population, cfg.rab_generations, exclude_words=p.concept.split(),
+                    seed=cfg.seed, progress=progress, family=family)
+        ci_set = None  # the concept's images the white-box attacks learn on
+        if {"concept_inversion", "unlearndiffatk"} & set(cfg.attacks):
+            ci_set = _ci_training_set(cfg, p, pipe, progress)
 
-    results: dict[str, dict] = {}
-    inversions: dict[str, dict] = {}
-    base_token = None
-    adversarial: dict[str, list[dict]] = {}
-    base_adversarial = None
-    with activated(pipe, Method("base", BASE)):  # the reference of prior preservation
-        base_unrelated = gen(p.unrelated, None)
-    unrelated_per_image = [q for q in p.unrelated for _ in range(cfg.images_per_prompt)]  # as generate() lays out
-    if quality:
-        quality.set_reference(base_unrelated, unrelated_per_image, cfg.seed)
-    grids: dict[str, dict[str, list]] = {"unrelated": {"base (reference)": base_unrelated}}
-    for k, m in enumerate(p.methods):
-        report(progress, ProgressEvent("eval", k, len(p.methods), f"method {m.name}"))
-        res: dict = {"attacks": {}}
-        with activated(pipe, m) as negative:
-            images = base_unrelated if m.kind == BASE else gen(p.unrelated, negative)
-            res["preservation"] = prior_preservation(metric, base_unrelated, images, cfg.lpips_net,
-                                                     cfg.lpips_backbone).as_dict()
-            if quality:
-                res["quality"] = quality.measure(images, unrelated_per_image)
-            if m.kind != BASE:
-                grids["unrelated"][m.name] = images
-            for name, attack in attacks.items():
-                imgs = gen(attack.prompts, negative)
-                res["attacks"][name] = (defense_success_rate(imgs, detector).as_dict()
-                                        | {"n_prompts": len(attack.prompts)})
-                grids.setdefault(name, {})[m.name] = imgs
-            if "concept_inversion" in cfg.attacks:
-                images_ci, prompts_ci, _ = ci_set
-                if m.same_model_as_base and base_token is not None:
-                    token, inv = base_token
-                else:
-                    token = f"<ci-{k}>"
-                    report(progress, ProgressEvent("eval", message=f"concept inversion against {m.name}"))
-                    inv = concept_inversion(pipe, images_ci, token_prompts(prompts_ci, p.concept.split(), token,
-                                                                           cfg.ci_template),
-                                            token, cfg.ci_steps, cfg.ci_lr, cfg.ci_batch, cfg.seed,
-                                            init_word=None, progress=progress, family=family).as_dict()
-                    if m.same_model_as_base:
-                        base_token = (token, inv)
-                inversions[m.name] = inv
-                ci_prompts = token_prompts(p.direct, p.concept.split(), token, cfg.ci_template)
-                imgs = gen(ci_prompts, negative)
-                res["attacks"]["concept_inversion"] = (defense_success_rate(imgs, detector).as_dict()
-                                                       | {"n_prompts": len(ci_prompts), "prompts": ci_prompts,
-                                                          "token": token})
-                grids.setdefault("concept_inversion", {})[m.name] = imgs
-            if "unlearndiffatk" in cfg.attacks:
-                # the negative-prompt method denoises with the base model's weights: the same prompts attack it
-                if m.same_model_as_base and base_adversarial is not None:
-                    found = base_adversarial
-                else:
-                    report(progress, ProgressEvent("eval", message=f"unlearndiffatk against {m.name}"))
-                    found = unlearn_diff_atk(pipe, ci_set[0], ci_set[1], p.direct, cfg.udatk_tokens, cfg.udatk_steps,
-                                             cfg.udatk_lr, cfg.udatk_batch, cfg.seed, progress=progress,
-                                             family=family)
-                    if m.same_model_as_base:
-                        base_adversarial = found
-                adversarial[m.name] = [f.as_dict() for f in found]
-                adv_prompts = [f.found for f in found]
-                imgs = gen(adv_prompts, negative)
-                res["attacks"]["unlearndiffatk"] = (defense_success_rate(imgs, detector).as_dict()
-                                                    | {"n_prompts": len(adv_prompts), "prompts": adv_prompts})
-                grids.setdefault("unlearndiffatk", {})[m.name] = imgs
-        results[m.name] = res
+        results: dict[str, dict] = {}
+        inversions: dict[str, dict] = {}
+        base_token = None
+        adversarial: dict[str, list[dict]] = {}
+        base_adversarial = None
+        with activated(pipe, Method("base", BASE)):  # the reference of prior preservation
+            base_unrelated = gen(p.unrelated, None)
+        unrelated_per_image = [q for q in p.unrelated for _ in range(cfg.images_per_prompt)]  # as generate() lays out
+        if quality:
+            quality.set_reference(base_unrelated, unrelated_per_image, cfg.seed)
+        grids: dict[str, dict[str, list]] = {"unrelated": {"base (reference)": base_unrelated}}
+        for k, m in enumerate(p.methods):
+            report(progress, ProgressEvent("eval", k, len(p.methods), f"method {m.name}"))
+            res: dict = {"attacks": {}}
+            with activated(pipe, m) as negative:
+                images = base_unrelated if m.kind == BASE else gen(p.unrelated, negative)
+                res["preservation"] = prior_preservation(metric, base_unrelated, images, cfg.lpips_net,
+                                                         cfg.lpips_backbone).as_dict()
+                if quality:
+                    res["quality"] = quality.measure(images, unrelated_per_image)
+                if m.kind != BASE:
+                    grids["unrelated"][m.name] = images
+                for name, attack in attacks.items():
+                    imgs = gen(attack.prompts, negative)
+                    res["attacks"][name] = (defense_success_rate(imgs, detector).as_dict()
+                                            | {"n_prompts": len(attack.prompts)})
+                    grids.setdefault(name, {})[m.name] = imgs
+                if "concept_inversion" in cfg.attacks:
+                    images_ci, prompts_ci, _ = ci_set
+                    if m.same_model_as_base and base_token is not None:
+                        token, inv = base_token
+                    else:
+                        token = f"<ci-{k}>"
+                        report(progress, ProgressEvent("eval", message=f"concept inversion against {m.name}"))
+                        inv = concept_inversion(pipe, images_ci, token_prompts(prompts_ci, p.concept.split(), token,
+                                                                               cfg.ci_template),
+                                                token, cfg.ci_steps, cfg.ci_lr, cfg.ci_batch, cfg.seed,
+                                                init_word=None, progress=progress, family=family).as_dict()
+                        if m.same_model_as_base:
+                            base_token = (token, inv)
+                    inversions[m.name] = inv
+                    ci_prompts = token_prompts(p.direct, p.concept.split(), token, cfg.ci_template)
+                    imgs = gen(ci_prompts, negative)
+                    res["attacks"]["concept_inversion"] = (defense_success_rate(imgs, detector).as_dict()
+                                                           | {"n_prompts": len(ci_prompts), "prompts": ci_prompts,
+                                                              "token": token})
+                    grids.setdefault("concept_inversion", {})[m.name] = imgs
+                if "unlearndiffatk" in cfg.attacks:
+                    # the negative-prompt method denoises with the base model's weights: the same prompts attack it
+                    if m.same_model_as_base and base_adversarial is not None:
+                        found = base_adversarial
+                    else:
+                        report(progress, ProgressEvent("eval", message=f"unlearndiffatk against {m.name}"))
+                        found = unlearn_diff_atk(pipe, ci_set[0], ci_set[1], p.direct, cfg.udatk_tokens,
+                                                 cfg.udatk_steps, cfg.udatk_lr, cfg.udatk_batch, cfg.seed,
+                                                 progress=progress, family=family)
+                        if m.same_model_as_base:
+                            base_adversarial = found
+                    adversarial[m.name] = [f.as_dict() for f in found]
+                    adv_prompts = [f.found for f in found]
+                    imgs = gen(adv_prompts, negative)
+                    res["attacks"]["unlearndiffatk"] = (defense_success_rate(imgs, detector).as_dict()
+                                                        | {"n_prompts": len(adv_prompts), "prompts": adv_prompts})
+                    grids.setdefault("unlearndiffatk", {})[m.name] = imgs
+            results[m.name] = res
 
     files = {"report": str(out / "report.json"), "plot": str(out / "plot.png"),
              "grids": {name: str(out / f"grid_{name}.png") for name in grids}}

@@ -35,6 +35,14 @@ class AttackedModel:
 
     @property
     def device(self):
+        """Where the model computes: under diffusers' model offload the denoiser waits on the CPU between calls, and
+        its hook names the device it runs on (inputs made there keep the VAE's encode, which the hook does not
+        move inputs for, on one device)."""
+        import torch
+
+        hook = getattr(self.denoiser, "_hf_hook", None)
+        if getattr(hook, "execution_device", None) is not None:
+            return torch.device(hook.execution_device)
         return self.denoiser.device
 
     @cached_property
