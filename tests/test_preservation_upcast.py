@@ -144,3 +144,53 @@ def test_every_family_trains_the_same_under_bf16_with_either_upcast(family, tmp_
     assert per_layer[0]["prior"] == 0.0 and per_layer[1]["prior"] > 0
     assert [h["loss"] for h in per_layer] == [h["loss"] for h in whole]
     assert [h["prior"] for h in per_layer] == [h["prior"] for h in whole]
+
+
+def test_the_preservation_pass_backpropagates_before_the_pairs_pass_builds_its_graph(tiny_model):
+    """Under half precision the float32 x_T rows backpropagate on their own: they run first, so the pairs' graph is
+    never held at the same time (a step's peak is the larger graph, not both)."""
+    from duo_unlearn.trainer.families import Conditioning, get_family
+    from duo_unlearn.trainer.families.base import DDPMProcess
+    from duo_unlearn.trainer.latent_cache import LatentCache
+    from duo_unlearn.trainer.steps import StepContext
+    from duo_unlearn.trainer.steps.duo import duo_step
+
+    pipe = load_model(tiny_model).pipe
+    unet = _bf16_unet_with_lora(tiny_model)
+    events = []
+    unet.register_forward_pre_hook(lambda m, a: events.append(("forward", len(a[0]), torch.is_grad_enabled())))
+    pairs, size = 3, unet.config.sample_size
+    latents = torch.randn(2 * pairs, unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    empty = Conditioning({"encoder_hidden_states": torch.randn(1, 4, unet.config.cross_attention_dim)})
+    cache = LatentCache(unsafe_mean=latents[:pairs], unsafe_std=torch.zeros_like(latents[:pairs]),
+                        safe_mean=latents[pairs:], safe_std=torch.zeros_like(latents[pairs:]), scaling=1.0, shift=0.0,
+                        empty=empty)
+
+    def backward(loss):
+        events.append(("backward",))
+        loss.backward()
+
+    ctx = StepContext(family=get_family("sd1"), process=DDPMProcess(pipe.scheduler.config), denoiser=unet, raw=unet,
+                      cache=cache, t_range=(0, 750), beta=500.0, lam=5e6, backward=backward, half=True,
+                      autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    out = duo_step(ctx, torch.arange(pairs), torch.Generator().manual_seed(1))
+    ctx.backward(out.loss)
+    assert events == [("forward", pairs, True), ("forward", pairs, False), ("backward",),  # x_T: policy, reference
+                      ("forward", 2 * pairs, True), ("forward", 2 * pairs, False), ("backward",)]  # the pairs
+    assert out.logs["prior"] > 0 and all(p.grad is not None for n, p in unet.named_parameters() if ".lora_" in n)
+
+
+def test_step_order_benchmark_gives_the_same_gradients_in_both_orders():
+    """benchmarks/step_order_memory.py --tiny: the former order and the trainer's give the same gradients, bit for
+    bit, each order in its own process."""
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "step_order_memory.py"
+    run = subprocess.run([sys.executable, str(bench), "--tiny", "--pairs", "2"], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line for line in run.stdout.splitlines() if line.startswith(("| pairs first", "| preservation first"))]
+    assert len(rows) == 2
+    assert len({r.strip("|").split("|")[-1].strip() for r in rows}) == 1
+    assert "same gradients from both orders: True" in run.stdout

@@ -42,7 +42,9 @@ def _retain_term(ctx: StepContext, draw: dict):
 def duo_loss_on(ctx: StepContext, draw: dict) -> StepOutput:
     """Policy and reference on [x⁻_t, x⁺_t, x_T]: the DPO term on the pairs, output preservation on pure noise x_T.
     In full precision all rows share one batched pass each; under half precision the x_T rows get their own
-    full-precision pass (StepContext.preservation)."""
+    full-precision pass (StepContext.preservation), which backpropagates at once. That pass, and the retain set's,
+    run before the pairs' pass: had they run after it, the pairs' graph would still be held while they backpropagate,
+    and the step's peak would be the sum of both graphs rather than the larger one."""
     import torch
 
     idx, noise = draw["idx"], draw["noise"]
@@ -54,6 +56,9 @@ def duo_loss_on(ctx: StepContext, draw: dict) -> StepOutput:
     cond = Conditioning.cat([ctx.cache.condition("unsafe", idx), ctx.cache.condition("safe", idx)])
     t_pure = ctx.process.pure_noise_t(B, t.device).to(t.dtype)
     batched = ctx.lam and ctx.full_precision()
+    logs = {}
+    retain = _retain_term(ctx, draw) if "retain_idx" in draw else None
+    prior = ctx.preservation(noise, t_pure, ctx.cache.empty.repeat(B)) if ctx.lam and not batched else None
     if batched:
         x, t, cond = torch.cat([x, noise]), torch.cat([t, t_pure]), Conditioning.cat([cond, ctx.cache.empty.repeat(B)])
     pred = ctx.policy(x, t, cond)
@@ -64,14 +69,10 @@ def duo_loss_on(ctx: StepContext, draw: dict) -> StepOutput:
     dpo, chosen, rejected = duo_loss(p_win, r_win, target[B:], p_lose, r_lose, target[:B], ctx.beta)
     if batched:
         prior = output_preservation(pred[2 * B:], ref[2 * B:])
-    elif ctx.lam:
-        prior = ctx.preservation(noise, t_pure, ctx.cache.empty.repeat(B))
-    else:
+    elif prior is None:
         prior = torch.zeros((), device=x.device)
     loss = dpo + ctx.lam * prior
-    logs = {}
-    if "retain_idx" in draw:
-        retain = _retain_term(ctx, draw)
+    if retain is not None:
         loss = loss + ctx.lam_retain * retain if retain.requires_grad else loss
         logs["retain"] = retain.item()
     margin = chosen - rejected
