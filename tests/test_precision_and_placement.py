@@ -115,15 +115,16 @@ def test_after_unlearn_every_component_is_where_the_next_job_expects(tiny_model,
 
 
 def test_the_memory_estimate_counts_the_float32_preservation_rows():
-    """`auto` checkpointing weighs every row that keeps activations: under bf16 the B pure-noise rows run in float32,
-    twice a bf16 row's bytes; in float32 they are B more rows of the same pass; without λ there are none."""
+    """`auto` checkpointing weighs the rows that keep activations at a pass's peak: under bf16 the B pure-noise rows
+    run in float32, twice a bf16 row's bytes, and backpropagate before the 2B rows of the pairs' pass, so the peak is
+    the larger of the two; in float32 they are B more rows of the same pass; without λ there are none."""
     from duo_unlearn.trainer.train import estimated_rows
 
     cfg = TrainConfig(pairs="p", model="m", out="o.safetensors", batch_pairs=4)
-    assert estimated_rows(cfg, compute_bytes=2, lam=5e6) == 8 + 8
+    assert estimated_rows(cfg, compute_bytes=2, lam=5e6) == max(8, 8)
     assert estimated_rows(cfg, compute_bytes=4, lam=5e6) == 8 + 4
     assert estimated_rows(cfg, compute_bytes=2, lam=0) == 8
     assert estimated_rows(TrainConfig(pairs="p", model="m", out="o.safetensors", batch_pairs=4, micro_batch_pairs=1),
-                          compute_bytes=2, lam=5e6) == 2 + 2
+                          compute_bytes=2, lam=5e6) == 2
     assert estimated_rows(TrainConfig(pairs="p", model="m", out="o.safetensors", batch_pairs=4, method="esd"),
                           compute_bytes=2, lam=5e6) == 8

@@ -255,7 +255,7 @@ def estimate_training_bytes(denoiser_params: int, lora_params: int, batch_rows: 
                             times CHECKPOINTED_ACTIVATION_FRACTION under gradient checkpointing (only block
                             inputs are kept; the recomputed block's own activations are transient)
 
-    batch_rows are the rows that carry gradients (DUO: 3 per pair: unsafe, safe and pure noise); H x W is the latent
+    batch_rows are the rows that carry gradients at the peak (DUO: train.estimated_rows); H x W is the latent
     size. activation_bytes_per_latent_pixel is per half-precision row and model-dependent (the default is SD 1.5's);
     the reference pass runs without grad and frees its activations layer by layer, so it adds no stored term. The
     text encoder and VAE are not counted: the latent cache takes them off the training step.

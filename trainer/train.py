@@ -71,12 +71,14 @@ def _scaler(rt):
 
 
 def estimated_rows(cfg: TrainConfig, compute_bytes: int, lam: float) -> int:
-    """Rows of one pass that keep activations, in rows of the compute dtype: DUO's unsafe and safe rows, plus its
-    pure-noise rows when λ > 0, which run in float32 under half precision (StepContext.preservation)."""
+    """Rows of one pass that keep activations at the pass's peak, in rows of the compute dtype: DUO's unsafe and
+    safe rows, and its pure-noise rows when λ > 0. In float32 those share the pairs' pass; under half precision they
+    run in float32 (twice a row's bytes) and backpropagate before the pairs' pass (StepContext.preservation,
+    duo_loss_on): the peak is the larger of the two."""
     pairs = min(cfg.micro_batch_pairs or cfg.batch_pairs, cfg.batch_pairs)
     rows = 2 * pairs
     if cfg.method == "duo" and lam:
-        rows += pairs * 4 // compute_bytes
+        rows = rows + pairs if compute_bytes == 4 else max(rows, pairs * 4 // compute_bytes)
     return rows
 
 
