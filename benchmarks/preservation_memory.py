@@ -14,15 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import threading
-import time
 from contextlib import contextmanager
-from pathlib import Path
 
 GiB = 2**30
-HERE = Path(__file__).resolve().parent
 
 
 @contextmanager
@@ -39,29 +34,13 @@ def upcast_whole_model(params):
 
 
 def one_pass(strategy: str, tiny: bool, size: int) -> dict:
-    import psutil
     import torch
-    from diffusers import UNet2DConditionModel
-    from peft import LoraConfig
 
-    sys.path.insert(0, str(HERE))
-    import gpu_memory
-
+    from cpu_peak import bf16_unet_with_lora, resident_peak
     from duo_unlearn.trainer.lora import adapters_disabled
     from duo_unlearn.trainer.steps.context import _full_precision_kernels, _half_frozen, _upcast_per_layer
 
-    config = (gpu_memory.TINY_FAMILIES if tiny else gpu_memory.FAMILIES)["sdxl"]["unet"]
-    torch.manual_seed(0)
-    with gpu_memory.default_dtype(torch.bfloat16):
-        unet = UNet2DConditionModel(**config)
-    unet.add_adapter(LoraConfig(r=gpu_memory.RANK, lora_alpha=gpu_memory.ALPHA, init_lora_weights="gaussian",
-                                target_modules=list(gpu_memory.TARGETS)))
-    gen = torch.Generator().manual_seed(1)
-    for name, p in unet.named_parameters():
-        if ".lora_" in name:  # B != 0 as after some training: the pass has a loss to compare
-            p.data = p.data.float() if "lora_A" in name else torch.randn(p.shape, generator=gen) * 0.01
-    unet.enable_gradient_checkpointing()  # as `auto` chooses for SDXL on a 12 GB card
-    unet.train()
+    unet, config = bf16_unet_with_lora("sdxl", tiny)
     half = _half_frozen(unet)
     weights = sum(p.numel() * p.element_size() for p in half)
     side = size // 8
@@ -72,32 +51,15 @@ def one_pass(strategy: str, tiny: bool, size: int) -> dict:
     if config.get("addition_embed_type") == "text_time":
         pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
         extra = {"text_embeds": torch.randn(1, pooled), "time_ids": torch.randn(1, 6)}
-    process = psutil.Process()
-    before = process.memory_info().rss
-    peak = [before]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
-    started = time.perf_counter()
     upcaster = upcast_whole_model if strategy == "whole model" else _upcast_per_layer
-    with upcaster(half), _full_precision_kernels():
+    with resident_peak() as measured, upcaster(half), _full_precision_kernels():
         pred = unet(x, t, cond, added_cond_kwargs=extra).sample
         with torch.no_grad(), adapters_disabled(unet):
             ref = unet(x, t, cond, added_cond_kwargs=extra).sample
         loss = torch.nn.functional.mse_loss(pred, ref)
         loss.backward()
-    seconds = time.perf_counter() - started
-    done.set()
-    watcher.join()
-    peak[0] = max(peak[0], process.memory_info().rss)
-    return {"strategy": strategy, "half_weights_gib": weights / GiB, "rise_gib": (peak[0] - before) / GiB,
-            "seconds": seconds, "loss": float(loss)}
+    return {"strategy": strategy, "half_weights_gib": weights / GiB, "rise_gib": measured["rise"] / GiB,
+            "seconds": measured["seconds"], "loss": float(loss)}
 
 
 def main(argv=None) -> int:
@@ -110,25 +72,18 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(one_pass(args.child, args.tiny, size)))
         return 0
-    rows = []
-    for strategy in ("whole model", "per layer"):
-        cmd = [sys.executable, __file__, "--child", strategy, "--size", str(size)] + (["--tiny"] if args.tiny else [])
-        run = subprocess.run(cmd, capture_output=True, text=True)
-        if run.returncode != 0:
-            print(run.stderr[-2000:], file=sys.stderr)
-            return 1
-        rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    from cpu_peak import each_in_its_own_process, print_table
+
+    rows = each_in_its_own_process(__file__, ("whole model", "per layer"),
+                                   ["--size", str(size)] + (["--tiny"] if args.tiny else []))
+    if rows is None:
+        return 1
     name = "tiny SDXL-shaped UNet" if args.tiny else "SDXL base UNet (2.6B parameters)"
-    print(f"### One preservation pass, {name}, bf16 frozen weights, 1 row at {size} px, checkpointing on — "
-          f"CPU, {time.strftime('%Y-%m-%d')}")
-    print()
-    print("| strategy | half-precision frozen weights GiB | peak rise over the pass GiB | seconds | loss |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['strategy']} | {r['half_weights_gib']:.2f} | {r['rise_gib']:.2f} | {r['seconds']:.1f} | "
-              f"{r['loss']:.6g} |")
+    print_table(f"### One preservation pass, {name}, bf16 frozen weights, 1 row at {size} px, checkpointing on",
+                ["strategy", "half-precision frozen weights GiB", "peak rise over the pass GiB", "seconds", "loss"],
+                [[r["strategy"], f"{r['half_weights_gib']:.2f}", f"{r['rise_gib']:.2f}", f"{r['seconds']:.1f}",
+                  f"{r['loss']:.6g}"] for r in rows])
     same = rows[0]["loss"] == rows[1]["loss"]
-    print()
     print(f"same loss from both strategies: {same}")
     return 0 if same else 1
 

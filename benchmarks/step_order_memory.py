@@ -17,14 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import threading
-import time
-from pathlib import Path
 
 GiB = 2**30
-HERE = Path(__file__).resolve().parent
 ORDERS = ("pairs first (former)", "preservation first (trainer)")
 
 
@@ -52,33 +47,18 @@ def preservation_first(ctx, draw):
 
 
 def one_step(order: str, tiny: bool, size: int, pairs: int) -> dict:
-    import psutil
     import torch
-    from diffusers import UNet2DConditionModel
-    from peft import LoraConfig
 
-    sys.path.insert(0, str(HERE))
     import gpu_memory
-
+    from cpu_peak import bf16_unet_with_lora, resident_peak
     from duo_unlearn.trainer.families import Conditioning, get_family
     from duo_unlearn.trainer.families.base import DDPMProcess
     from duo_unlearn.trainer.latent_cache import LatentCache
     from duo_unlearn.trainer.steps import StepContext
     from duo_unlearn.trainer.steps.duo import duo_draw
 
-    config = (gpu_memory.TINY_FAMILIES if tiny else gpu_memory.FAMILIES)["sd1"]["unet"]
-    torch.manual_seed(0)
-    with gpu_memory.default_dtype(torch.bfloat16):
-        unet = UNet2DConditionModel(**config)
-    unet.add_adapter(LoraConfig(r=gpu_memory.RANK, lora_alpha=gpu_memory.ALPHA, init_lora_weights="gaussian",
-                                target_modules=list(gpu_memory.TARGETS)))
+    unet, config = bf16_unet_with_lora("sd1", tiny)
     gen = torch.Generator().manual_seed(1)
-    for name, p in unet.named_parameters():
-        if ".lora_" in name:
-            p.data = p.data.float() if "lora_A" in name else torch.randn(p.shape, generator=gen) * 0.01
-            p.requires_grad_(True)
-    unet.enable_gradient_checkpointing()
-    unet.train()
     side = size // 8
     latents = torch.randn(2 * pairs, config["in_channels"], side, side, generator=gen)
     empty = Conditioning({"encoder_hidden_states": torch.randn(1, 77, config["cross_attention_dim"], generator=gen)})
@@ -91,27 +71,10 @@ def one_step(order: str, tiny: bool, size: int, pairs: int) -> dict:
                       autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16), backward=lambda t: t.backward(),
                       half=True)
     draw = duo_draw(ctx, torch.arange(pairs), torch.Generator().manual_seed(2))
-
-    process = psutil.Process()
-    before = process.memory_info().rss
-    peak = [before]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
-    started = time.perf_counter()
-    loss = (pairs_first if order == ORDERS[0] else preservation_first)(ctx, draw)
-    seconds = time.perf_counter() - started
-    done.set()
-    watcher.join()
-    peak[0] = max(peak[0], process.memory_info().rss)
+    with resident_peak() as measured:
+        loss = (pairs_first if order == ORDERS[0] else preservation_first)(ctx, draw)
     grads = [p.grad.double() for n, p in unet.named_parameters() if ".lora_" in n and p.grad is not None]
-    return {"order": order, "rise_gib": (peak[0] - before) / GiB, "seconds": seconds, "loss": loss,
+    return {"order": order, "rise_gib": measured["rise"] / GiB, "seconds": measured["seconds"], "loss": loss,
             "grad_checksum": float(sum(g.abs().sum() for g in grads)), "grads": len(grads)}
 
 
@@ -126,25 +89,18 @@ def main(argv=None) -> int:
     if args.child:
         print(json.dumps(one_step(args.child, args.tiny, size, args.pairs)))
         return 0
-    rows = []
-    for order in ORDERS:
-        cmd = [sys.executable, __file__, "--child", order, "--size", str(size), "--pairs", str(args.pairs)]
-        run = subprocess.run(cmd + (["--tiny"] if args.tiny else []), capture_output=True, text=True)
-        if run.returncode != 0:
-            print(run.stderr[-2000:], file=sys.stderr)
-            return 1
-        rows.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    from cpu_peak import each_in_its_own_process, print_table
+
+    rows = each_in_its_own_process(__file__, ORDERS, ["--size", str(size), "--pairs", str(args.pairs)]
+                                   + (["--tiny"] if args.tiny else []))
+    if rows is None:
+        return 1
     name = "tiny SD 1.5-shaped UNet" if args.tiny else "SD 1.5 UNet (860M parameters)"
-    print(f"### One DUO step, {name}, bf16 frozen weights, {args.pairs} pairs at {size} px, checkpointing on — "
-          f"CPU, {time.strftime('%Y-%m-%d')}")
-    print()
-    print("| order | peak rise over the step GiB | seconds | loss | LoRA gradient checksum |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['order']} | {r['rise_gib']:.2f} | {r['seconds']:.1f} | {r['loss']:.6g} | "
-              f"{r['grad_checksum']:.10g} |")
+    print_table(f"### One DUO step, {name}, bf16 frozen weights, {args.pairs} pairs at {size} px, checkpointing on",
+                ["order", "peak rise over the step GiB", "seconds", "loss", "LoRA gradient checksum"],
+                [[r["order"], f"{r['rise_gib']:.2f}", f"{r['seconds']:.1f}", f"{r['loss']:.6g}",
+                  f"{r['grad_checksum']:.10g}"] for r in rows])
     same = rows[0]["grad_checksum"] == rows[1]["grad_checksum"] and rows[0]["grads"] == rows[1]["grads"] > 0
-    print()
     print(f"same gradients from both orders: {same}")
     return 0 if same else 1
 
