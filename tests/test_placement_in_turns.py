@@ -2,12 +2,14 @@
 the text encoders and VAE for the cache while the denoiser waits on the CPU, then the denoiser. Simulated on the
 CPU, where every move is to the same device: what is checked is what each move asks for, and that training in
 turns makes the same adapter."""
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from duo_unlearn.trainer import runtime
 from duo_unlearn.trainer import train as train_module
 from duo_unlearn.trainer.config import TrainConfig
+from duo_unlearn.trainer.errors import UserError
 from duo_unlearn.trainer.models import load_model
 from duo_unlearn.trainer.runtime import Runtime, bytes_to_place, holds_whole, place
 from duo_unlearn.trainer.train import train
@@ -176,7 +178,7 @@ def test_training_in_turns_checks_and_previews_with_model_offload_and_changes_no
     assert (tmp_path / "whole" / mid).read_bytes() == (tmp_path / "turns" / mid).read_bytes()
 
 
-def test_eval_of_a_model_the_device_cannot_hold_whole_samples_and_attacks_under_model_offload_with_the_same_report(
+def test_eval_of_a_model_the_device_cannot_hold_whole_samples_under_model_offload_with_the_same_report(
         tiny_model, pair_dir, tmp_path, monkeypatch):
     from duo_unlearn.trainer.evaluate.run import EvalConfig, evaluate
 
@@ -184,25 +186,31 @@ def test_eval_of_a_model_the_device_cannot_hold_whole_samples_and_attacks_under_
     train(TrainConfig(pairs=str(pair_dir), model=str(tiny_model), out=str(adapter), steps=3, lr=5e-2, lam=0,
                       beta=1000, concept="red", device="cpu", preview_prompts=()))
 
-    def cfg(name):  # the white-box attacks too: they place their own inputs, on the device the hooks run on
-        return EvalConfig(model=str(tiny_model), adapters=(str(adapter),), attacks=("direct", "concept_inversion",
-                          "unlearndiffatk"), images_per_prompt=1, max_prompts=2, sample_steps=2, ci_steps=2,
-                          ci_images=2, udatk_steps=1, lpips_backbone="random", pairs=str(pair_dir),
-                          out=str(tmp_path / name), device="cpu")
+    def cfg(name, attacks=("direct", "ring_a_bell")):  # Ring-A-Bell: the text encoders alone, under their hooks
+        return EvalConfig(model=str(tiny_model), adapters=(str(adapter),), attacks=attacks, images_per_prompt=1,
+                          max_prompts=2, sample_steps=2, rab_population=8, rab_generations=2, rab_length=3,
+                          lpips_backbone="random", pairs=str(pair_dir), out=str(tmp_path / name), device="cpu")
 
     whole = evaluate(cfg("whole"))
     model = load_model(tiny_model)
     spy = _OffloadSpy(model.pipe)
     monkeypatch.setattr(runtime, "holds_whole", lambda p, rt: False)
     offload = evaluate(cfg("offload"), model=model)
-    assert spy.hooked and all(hooked for hooked, _ in spy.hooked)  # sampling and attacks alike
+    assert spy.hooked and all(hooked for hooked, _ in spy.hooked)
     assert spy.hooks_left() == []
-    assert set(offload["results"]["duo_red"]["attacks"]) == {"direct", "concept_inversion", "unlearndiffatk"}
+    assert set(offload["results"]["duo_red"]["attacks"]) == {"direct", "ring_a_bell"}
     assert offload["results"] == whole["results"]
     assert offload["attacks"] == whole["attacks"]
-    for grid in ("unrelated", "direct", "concept_inversion", "unlearndiffatk"):
+    for grid in ("unrelated", "direct", "ring_a_bell"):
         name = f"grid_{grid}.png"
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "offload" / name).read_bytes()
+
+    # the white-box attacks backpropagate through encoders the offload moves away: refused in one line, up front
+    spy.hooked.clear()
+    with pytest.raises(UserError, match=r"concept_inversion, unlearndiffatk attack\(s\) backpropagate.*"
+                                        r"--attacks direct,prompts"):
+        evaluate(cfg("white_box", ("direct", "prompts", "concept_inversion", "unlearndiffatk")), model=model)
+    assert spy.hooked == [] and not (tmp_path / "white_box").exists()
 
 
 def test_compare_on_a_model_the_device_cannot_hold_whole_samples_under_model_offload_with_the_same_images(

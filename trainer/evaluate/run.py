@@ -280,6 +280,24 @@ def _check_out(cfg: EvalConfig, p: Plan) -> None:
 
 
 TOKEN_ATTACKS = ("concept_inversion", "ring_a_bell", "unlearndiffatk")  # on the CLIP encoders' token embeddings
+# backpropagate through the text encoders and the denoiser together: both must be on the device at once
+WHITE_BOX_ATTACKS = ("concept_inversion", "unlearndiffatk")
+
+
+def _check_room_for_white_box(cfg: EvalConfig, pipe, rt) -> None:
+    """A model the device cannot hold whole samples under diffusers' model offload, which moves each model off the
+    device while the next one runs; a white-box attack's backward pass needs the encoders' weights where they ran,
+    so those attacks are refused here, in one line, before anything is generated."""
+    from ..runtime import bytes_to_place, free_memory_bytes, holds_whole
+
+    asked = [a for a in cfg.attacks if a in WHITE_BOX_ATTACKS]
+    if not asked or holds_whole(pipe, rt):
+        return
+    free = free_memory_bytes(rt.device) or 0
+    keep = ",".join(a for a in cfg.attacks if a not in WHITE_BOX_ATTACKS) or "direct,prompts"
+    raise UserError(f"the {', '.join(asked)} attack(s) backpropagate through the whole model, and {rt.device} cannot "
+                    f"hold it ({bytes_to_place(pipe, rt) / 2**30:.1f} GiB to place, {free / 2**30:.1f} GiB free): "
+                    f"run with --attacks {keep}, or on a larger card")
 
 
 def _check_family_attacks(cfg: EvalConfig, family_name: str) -> None:
@@ -365,6 +383,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
     if "unlearndiffatk" in cfg.attacks:
         for tokenizer, _ in family.clip_encoders(pipe):
             check_room(tokenizer, cfg.udatk_tokens)
+    _check_room_for_white_box(cfg, pipe, rt)
     # adapters first: diffusers re-hooks a pipeline under its model offload when it loads one, on its own device
     load_adapters(pipe, p.methods)
     metric.to(rt.device)
