@@ -86,9 +86,7 @@ def concept_inversion(pipe, images: Sequence, prompts: Sequence[str], token: str
     model = AttackedModel(pipe, family)
     token_ids = [add_token(tok, encoder, token, init_word) for tok, encoder in model.clip]
     layers = model.embedding_layers()
-    # on the device the model computes on: under model offload the encoders wait on the CPU between calls
-    vecs = [torch.nn.Parameter(layer.weight[i].detach().to(model.device, torch.float32, copy=True))
-            for layer, i in zip(layers, token_ids)]
+    vecs = [torch.nn.Parameter(layer.weight[i].detach().clone().float()) for layer, i in zip(layers, token_ids)]
     latents = model.latents(images)
 
     def swap_in(k, input_ids, output):  # the token's rows come from the vectors, everything else as it was
@@ -116,7 +114,7 @@ def concept_inversion(pipe, images: Sequence, prompts: Sequence[str], token: str
         result.eval_loss_after = eval_loss()
     with torch.no_grad():
         for layer, i, vec in zip(layers, token_ids, vecs):
-            layer.weight[i] = vec.detach().to(layer.weight.device, layer.weight.dtype)
+            layer.weight[i] = vec.detach().to(layer.weight.dtype)
     result.embeddings = [vec.detach().clone() for vec in vecs]
     result.embedding = result.embeddings[0]
     return result

@@ -138,8 +138,7 @@ class _TokenSearch:
         import torch.nn.functional as F
 
         self.model, self.vocab, self.tokens = model, vocab, tokens
-        # copied to where the model computes: under model offload the encoders wait on the CPU between calls
-        self.tables = [layer.weight.detach().to(model.device) for layer in model.embedding_layers()]
+        self.tables = [layer.weight.detach() for layer in model.embedding_layers()]
         self.units = [F.normalize(table[vocab].float(), dim=-1) for table in self.tables]
 
     def vectors(self, ids) -> list:

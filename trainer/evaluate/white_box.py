@@ -35,9 +35,9 @@ class AttackedModel:
 
     @property
     def device(self):
-        """Where the model computes: under diffusers' model offload the denoiser waits on the CPU between calls, and
-        its hook names the device it runs on (inputs made there keep the VAE's encode, which the hook does not
-        move inputs for, on one device)."""
+        """Where the model computes. Under diffusers' model offload (Ring-A-Bell in `eval` on a card that cannot
+        hold the whole model; the white-box attacks are refused there) the denoiser waits on the CPU between calls
+        and its hook names the device it runs on, where a family's conditioning makes its own tensors."""
         import torch
 
         hook = getattr(self.denoiser, "_hf_hook", None)
