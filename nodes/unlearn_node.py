@@ -184,6 +184,8 @@ def _same_training(path: Path, p, preset_name: str, model_spec: str, resolution:
         want["resolution"] = resolution
     if p.train.lam_retain:  # the preset's retain set (its weight, its size) shapes the adapter as much as β does
         want |= {"lambda_retain": p.train.lam_retain, "retain_images": p.pairs.num_retain}
+    if p.train.concept_directions:  # measured against the retain set: its size shapes the adapter too
+        want["retain_images"] = p.pairs.num_retain
     if any(facts.get(k) != v for k, v in want.items()):
         return False
     return (set(facts.get("unsafe_prompts", [])) <= set(p.concept.unsafe_prompts)

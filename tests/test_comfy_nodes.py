@@ -161,6 +161,10 @@ def test_unlearn_node_lists_the_test_beds_by_name_and_trains_on_them(tmp_path, m
     facts["on_policy_pairs"] = True
     facts["kappa"] = 50.0  # the preset's κ changed since: trained differently, not reused
     assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
+    facts["kappa"] = t.kappa
+    assert _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
+    facts["concept_directions"] = 24  # trained on the concept's directions, which this request does not ask for
+    assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
 
 
 def test_node_inputs_a_widget_or_link_can_carry_are_refused_by_the_widgets_name(tmp_path, monkeypatch):

@@ -39,3 +39,15 @@ def test_a_given_beta_is_compared_as_beta_and_esd_has_none():
     assert not same_schedule(facts | {"beta": 250.0}, cfg)
     esd = dataclasses.replace(cfg, method="esd")
     assert same_schedule(facts | {"beta": None, "kappa": None}, esd)
+
+
+def test_concept_directions_are_part_of_the_run():
+    on = dataclasses.replace(CFG, concept_directions=24, close_concepts=("orange",), close_weight=6.0)
+    facts = FACTS | {"concept_directions": 24, "close_concepts": ["orange"], "close_weight": 6.0}
+    assert same_schedule(facts, on)
+    assert not same_schedule(FACTS, on)  # trained without them
+    assert not same_schedule(facts, CFG)  # trained with them, asked without
+    for change in ({"concept_directions": 16}, {"close_concepts": ["yellow"]}, {"close_weight": 4.0}):
+        assert not same_schedule(facts | change, on)
+    # off is off, whatever close words a config still carries
+    assert same_schedule(FACTS, dataclasses.replace(CFG, close_concepts=("orange",), close_weight=6.0))

@@ -94,6 +94,10 @@ HELP.update({
     "retain_prompts": "a prompt whose images must stay as they are (the retain set; repeat the flag)",
     "num_retain": "retain-set images made with the pairs (base-model images of the retain prompts; 0: none)",
     "lam_retain": "weight of output preservation on the retain set's noised images (0: off, the paper's DUO)",
+    "concept_directions": "N > 0: each LoRA layer reads only the N input directions where the concept's features "
+                          "stand out most against the retain set's (needs a retain set; 0: off, the paper's DUO)",
+    "close_concepts": "words that mark retain prompts of close concepts (orange beside red), comma-separated",
+    "close_weight": "how many more times those retain images count among what the directions must leave alone",
 })
 
 

@@ -52,6 +52,11 @@ class TrainConfig:
     lr_cycles: int = 1  # cosine_with_restarts: how many cosine cycles over the run
     lam: float | None = None  # None: 1e6 * beta / 100
     lam_retain: float = 0.0  # output preservation on the pair folder's retain set (retain_set.py); 0: off
+    # >0: each LoRA reads only its layer's N input directions most particular to the concept against the retain set
+    # (concept_directions.py; needs the retain set); 0: off
+    concept_directions: int = 0
+    close_concepts: tuple[str, ...] = ()  # words of retain prompts whose images weigh close_weight more there
+    close_weight: float = 0.0
     steps: int = 1000
     batch_pairs: int = 4
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -129,6 +134,16 @@ class TrainConfig:
             raise UserError(f"lam must be zero or positive, got {self.lam!r}")
         if not (isinstance(self.lam_retain, (int, float)) and math.isfinite(self.lam_retain) and self.lam_retain >= 0):
             raise UserError(f"lam_retain must be zero or positive, got {self.lam_retain!r}")
+        if not (isinstance(self.concept_directions, int) and self.concept_directions >= 0):
+            raise UserError("concept_directions must be 0 (off) or a positive integer, "
+                            f"got {self.concept_directions!r}")
+        if not (isinstance(self.close_weight, (int, float)) and math.isfinite(self.close_weight)
+                and self.close_weight >= 0):
+            raise UserError(f"close_weight must be zero or positive, got {self.close_weight!r}")
+        if any(not isinstance(c, str) or not c.strip() for c in self.close_concepts):
+            raise UserError(f"close_concepts must be words of the retain prompts, got {self.close_concepts!r}")
+        if self.close_weight and not self.close_concepts:
+            raise UserError("close_weight needs close_concepts: the words that mark the retain prompts to weigh")
         for name, value in (("learning rate", self.learning_rate), ("lambda", self.preservation_weight)):
             if not math.isfinite(value):  # derived from beta: 1e308 overflows
                 raise UserError(f"the {name} derived from beta={self.beta:g} is {value}: give a smaller beta, "

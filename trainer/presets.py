@@ -44,6 +44,9 @@ class Preset:
     retain_prompts: tuple[str, ...] = ()  # the retain set (retain_set.py); none: the paper's DUO
     num_retain: int = 0
     lam_retain: float = 0.0
+    concept_directions: int = 0  # >0: the adapter reads only its layers' N directions particular to the concept
+    close_concepts: tuple[str, ...] = ()  # words of the retain prompts that name close concepts, weighed close_weight
+    close_weight: float = 0.0
     stop_every: int = 0  # >0: `steps` is the most; training stops once `detector` finds the concept gone
     stop_erased: float = 0.85
     shared_t: bool = False  # x⁺ and x⁻ of a pair at one timestep (official DUO: each its own)
@@ -65,8 +68,8 @@ class Preset:
 
 
 _PER_FAMILY = {"num_pairs", "strength", "beta", "kappa", "lr", "lam", "steps", "sample_steps", "guidance",
-               "edit_region", "num_retain", "lam_retain", "stop_every", "shared_t",
-               "stop_erased", "on_policy_pairs"}  # recipe numbers, not prompts or the concept itself
+               "edit_region", "num_retain", "lam_retain", "stop_every", "shared_t", "concept_directions",
+               "close_weight", "stop_erased", "on_policy_pairs"}  # recipe numbers, not prompts or the concept itself
 
 
 def _family_tables(name: str, tables: dict) -> dict:
@@ -90,7 +93,7 @@ def load_presets(path: Path = PRESETS_FILE) -> dict[str, Preset]:
         concepts = [Concept(c, tuple(v["unsafe_prompts"]), tuple(v["safe_prompts"]))
                     for c, v in table.get("concepts", {}).items()]
         values = {k: v for k, v in table.items() if k != "concepts"}
-        for key in ("unrelated_prompts", "attack_prompts", "retain_prompts"):
+        for key in ("unrelated_prompts", "attack_prompts", "retain_prompts", "close_concepts"):
             values[key] = tuple(values.get(key, ()))
         values["families"] = _family_tables(name, values.get("families", {}))
         presets[name] = Preset(name=name, concepts=concepts, **values)

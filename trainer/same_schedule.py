@@ -23,6 +23,14 @@ def same_schedule(facts: dict, cfg) -> bool:
         return False
     if cfg.method != "duo":
         return True
+    if _directions(facts.get("concept_directions"), facts.get("close_concepts"), facts.get("close_weight")) != \
+            _directions(cfg.concept_directions, cfg.close_concepts, cfg.close_weight):
+        return False
     if cfg.kappa is None:
         return facts.get("beta") == cfg.beta
     return abs(float(facts.get("kappa") or 0) - cfg.kappa) <= KAPPA_TOLERANCE
+
+
+def _directions(n, close, weight) -> tuple:
+    """The concept-directions setting as one value (off: 0, whatever close words a config still names)."""
+    return (n, list(close or ()), float(weight or 0)) if n else (0,)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .atomic import check_folder_writable
 from .checkpoints import CheckpointFolder
+from .concept_directions import concept_directions
 from .config import TrainConfig
 from .erasure_stop import erasure_check
 from .errors import UserError
@@ -104,6 +105,8 @@ def _fingerprint(cfg: TrainConfig, model: LoadedModel, targets) -> dict:
                    "family": model.family}
     if cfg.on_policy_pairs:  # only then: checkpoints from before on-policy pairs existed still resume
         fingerprint["on_policy_pairs"] = True
+    if cfg.concept_directions:
+        fingerprint["concept_directions"] = [cfg.concept_directions, list(cfg.close_concepts), cfg.close_weight]
     return fingerprint
 
 
@@ -136,10 +139,11 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     cfg.validate()
     started = time.time()
     records = read_pairs(cfg.pairs)
-    uses_retain = bool(cfg.lam_retain) and cfg.method == "duo"
+    uses_retain = (bool(cfg.lam_retain) and cfg.method == "duo") or bool(cfg.concept_directions)
     retain = read_retain(cfg.pairs) if uses_retain else []
     if uses_retain and not retain:
-        raise UserError(f"--lam-retain needs a retain set in {cfg.pairs} (retain.jsonl): make the pairs with "
+        needs = "--concept-directions" if cfg.concept_directions else "--lam-retain"
+        raise UserError(f"{needs} needs a retain set in {cfg.pairs} (retain.jsonl): make the pairs with "
                         "--retain-prompt and --num-retain")
     out = check_writable(cfg.out, overwrite=cfg.overwrite)
     if cfg.preview_prompts:
@@ -179,12 +183,21 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
         if in_turns:
             denoiser.to(device)  # already in the frozen dtype: place() cast it on the CPU
         params = add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, lora_targets(cfg, family))
+        directions = None
+        if cfg.concept_directions:
+            report(progress, ProgressEvent("load", message=f"measuring the concept's {cfg.concept_directions} input "
+                                                           "directions per layer against the retain set"))
+            directions = concept_directions(denoiser, family, family.noise_process(pipe, cache.resolution), cache,
+                                            [r.prompt for r in retain], cfg.concept_directions, cfg.close_concepts,
+                                            cfg.close_weight, cfg.seed, rt.autocast)
+            report(progress, ProgressEvent("load", message="the adapter reads only those directions (the concept's "
+                                                           f"inputs stand out by ×{directions.top_ratio:.3g} at most)"))
         checkpointing = _checkpointing(rt, denoiser, cfg, resolution, params,
                                        cfg.preservation_weight_for(family.lambda_base))
         if checkpointing:
             report(progress, ProgressEvent("load", message="gradient checkpointing on"))
         return _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, params, records, out,
-                    facts, started, main_process, checkpointing, check)
+                    facts, started, main_process, checkpointing, check, directions)
     except BaseException:
         remove_lora(denoiser)  # a failed or cancelled job leaves the loaded model as it found it
         raise
@@ -201,7 +214,7 @@ def checkpointing_was_set(denoiser) -> bool:
 
 
 def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, params, records, out, facts, started,
-         main_process, checkpointing, check) -> TrainResult:
+         main_process, checkpointing, check, directions=None) -> TrainResult:
     import torch
 
     if checkpointing:
@@ -279,6 +292,8 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
             scaler.update()
         else:
             optimizer.step()
+        if directions:  # AdamW's step (its weight decay too) leaves the span; back onto it before any forward
+            directions.apply()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         history.append({"step": step + 1, **logs})
@@ -320,6 +335,9 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         "safe_prompts": sorted({r.safe_prompt for r in records}),
         "base_model": model.name, "base_model_hash": model.sha256(), "family": model.family,
     })
+    if directions:
+        facts.update({"concept_directions": cfg.concept_directions, "close_concepts": list(cfg.close_concepts),
+                      "close_weight": cfg.close_weight, "concept_directions_top_ratio": round(directions.top_ratio, 4)})
     if cfg.method == "esd":
         facts.update({"esd_eta": cfg.esd_eta, "lambda": 0, "beta": None, "kappa": None})
     if check:

@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .concept_directions import close_rows
 from .config import LoraConfig, TrainConfig
 from .detectors import no_detector
 from .errors import UserError
@@ -46,6 +47,9 @@ class UnlearnConfig:
     retain_prompts: tuple[str, ...] = ()  # prompts whose images must stay (default: the preset's)
     num_retain: int | None = None  # retain-set images (None: the preset's; 0: none)
     lam_retain: float | None = None  # weight of the retain-set term (None: the preset's; 0: off)
+    concept_directions: int | None = None  # the adapter on the concept's N input directions (None: preset's; 0: off)
+    close_concepts: tuple[str, ...] = ()  # retain-prompt words of close concepts (default: the preset's)
+    close_weight: float | None = None  # their extra weight among what is kept (None: the preset's)
     stop_every: int | None = None  # check erasure every N steps (None: the preset's; 0: train all steps)
     stop_erased: float | None = None  # erased fraction of the check images that stops training (None: preset's)
     shared_t: bool | None = None  # x⁺ and x⁻ of a pair at one timestep (None: the preset's)
@@ -131,6 +135,14 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
         lam_retain = _given(cfg.lam_retain, preset.lam_retain if pair_cfg.num_retain else 0.0)
         if lam_retain and not pair_cfg.num_retain and cfg.method == "duo":
             raise UserError("--lam-retain needs a retain set: give --retain-prompt and --num-retain")
+        directions = _given(cfg.concept_directions, preset.concept_directions if pair_cfg.num_retain else 0)
+        if directions and not pair_cfg.num_retain:
+            raise UserError("--concept-directions needs a retain set: give --retain-prompt and --num-retain")
+        close = (tuple(cfg.close_concepts) or preset.close_concepts) if directions else ()
+        close_weight = _given(cfg.close_weight, preset.close_weight) if directions else 0.0
+        if close and close_weight and not close_rows(pair_cfg.retain_prompts, close):
+            raise UserError(f"no retain prompt names a close concept ({', '.join(close)}): give --close-concepts "
+                            "words the retain prompts use, or --close-weight 0")
         previews = tuple(dict.fromkeys(concept.unsafe_prompts))[:3] + preset.unrelated_prompts[:3]
         # a preset's lr/lambda belong to its beta, and to DUO (ESD keeps its own lr default)
         same_beta = cfg.method == "duo" and (cfg.beta is None or cfg.beta == preset.beta)
@@ -147,6 +159,8 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             mixed_precision=cfg.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing,
             resolution=cfg.resolution, micro_batch_pairs=cfg.micro_batch_pairs,
             lam_retain=lam_retain if cfg.method == "duo" else 0.0, shared_t=_given(cfg.shared_t, preset.shared_t),
+            concept_directions=directions if cfg.method == "duo" else 0,
+            close_concepts=close, close_weight=close_weight,
             **_stop_rule(cfg, preset, pair_cfg.detector))
         pair_cfg.validate()
         train_cfg.validate()

@@ -1,0 +1,138 @@
+"""The adapter restricted to the concept's input directions (concept_directions.py)."""
+import pytest
+import torch
+
+from duo_unlearn.trainer.concept_directions import close_rows, top_directions
+from duo_unlearn.trainer.config import LoraConfig, TrainConfig
+from duo_unlearn.trainer.errors import UserError
+from duo_unlearn.trainer.export import decode_duo, read_metadata
+from duo_unlearn.trainer.models import load_model
+from duo_unlearn.trainer.pairs import PairConfig, generate_pairs
+from duo_unlearn.trainer.train import train
+
+
+def test_the_directions_are_where_the_concept_stands_out_not_where_it_is_largest():
+    keep = torch.diag(torch.tensor([100.0, 1.0, 1.0, 1.0]))
+    concept = torch.diag(torch.tensor([50.0, 2.0, 0.1, 0.3]))  # most energy on e0, but the kept inputs have more
+    p, values = top_directions(concept, keep, 1, ridge=0.0)
+    assert torch.allclose(p, torch.diag(torch.tensor([0.0, 1.0, 0.0, 0.0])), atol=1e-6)
+    assert values.tolist() == pytest.approx([2.0])
+    p2, values2 = top_directions(concept, keep, 2, ridge=0.0)
+    assert torch.allclose(p2, torch.diag(torch.tensor([1.0, 1.0, 0.0, 0.0])), atol=1e-6)  # then e0 (0.5 > 0.3)
+    assert values2.tolist() == pytest.approx([2.0, 0.5])
+    assert torch.allclose(p2 @ p2, p2, atol=1e-6) and torch.allclose(p2, p2.T, atol=1e-6)
+
+
+def test_a_correlated_keep_set_gives_an_oblique_choice_still_a_projector():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 6, generator=g)
+    keep, concept = m @ m.T + torch.eye(6), torch.randn(6, 3, generator=g) @ torch.randn(3, 6, generator=g)
+    concept = concept @ concept.T
+    p, values = top_directions(concept, keep, 3)
+    assert torch.linalg.matrix_rank(p).item() == 3
+    assert torch.allclose(p @ p, p, atol=1e-4)
+    assert values[0] >= values[1] >= values[2] > 0
+
+
+def test_close_rows_match_whole_words_in_any_case():
+    prompts = ["a orange circle", "an Orange square", "oranges in a bowl", "a red-orange sky", "a blue square"]
+    assert close_rows(prompts, ("orange",)) == [0, 1, 3]
+    assert close_rows(prompts, ("orange", "blue")) == [0, 1, 3, 4]
+    assert close_rows(prompts, ()) == []
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model):
+    return load_model(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def retain_pairs(tiny_model, loaded, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("directions") / "d"
+    generate_pairs(PairConfig(out=str(folder), model=str(tiny_model), unsafe_prompts=("a red square",),
+                              safe_prompts=("a blue square",), num_pairs=4, batch_size=2, sample_steps=3, seed=1,
+                              retain_prompts=("a orange circle", "a gray square"), num_retain=4), model=loaded)
+    return folder
+
+
+def _down_ranks(path) -> dict:
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    ranks = {}
+    for key, w in state.items():
+        if key.endswith("lora_down.weight"):
+            s = torch.linalg.svdvals(w.double())
+            ranks[key] = int((s > 1e-5 * s[0]).sum())
+    return ranks
+
+
+def test_training_keeps_every_down_projection_inside_the_directions(retain_pairs, tiny_model, loaded, tmp_path):
+    from safetensors.torch import load_file
+
+    common = dict(pairs=str(retain_pairs), model=str(tiny_model), steps=4, beta=100, lr=1e-2, lam=0.0,
+                  lora=LoraConfig(rank=4, alpha=4.0))
+    events = []
+    train(TrainConfig(out=str(tmp_path / "plain.safetensors"), **common), model=loaded)
+    train(TrainConfig(out=str(tmp_path / "dir.safetensors"), concept_directions=2, close_concepts=("orange",),
+                      close_weight=3.0, **common), progress=lambda e: events.append(e.message), model=loaded)
+    plain, restricted = _down_ranks(tmp_path / "plain.safetensors"), _down_ranks(tmp_path / "dir.safetensors")
+    assert plain and set(plain) == set(restricted)
+    assert all(r == 4 for r in plain.values())  # a gaussian init and 4 steps: full rank
+    assert all(r <= 2 for r in restricted.values())  # after 4 optimiser steps, weight decay included
+    ups = load_file(str(tmp_path / "dir.safetensors"))
+    assert all(ups[k].abs().max() > 0 for k in ups if k.endswith("lora_up.weight"))  # it did train
+    facts = decode_duo(read_metadata(tmp_path / "dir.safetensors"))
+    assert (facts["concept_directions"], facts["close_concepts"], facts["close_weight"]) == (2, ["orange"], 3.0)
+    assert facts["concept_directions_top_ratio"] >= 1.0 and facts["lambda_retain"] == 0.0
+    assert any("input directions per layer" in m for m in events)
+
+
+def test_the_same_seed_gives_the_same_directions(retain_pairs, tiny_model, loaded, tmp_path):
+    from safetensors.torch import load_file
+
+    kw = dict(pairs=str(retain_pairs), model=str(tiny_model), steps=2, beta=100, lam=0.0, concept_directions=3)
+    train(TrainConfig(out=str(tmp_path / "a.safetensors"), **kw), model=loaded)
+    train(TrainConfig(out=str(tmp_path / "b.safetensors"), **kw), model=loaded)
+    a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_directions_without_a_retain_set_are_one_clear_error(pair_dir, tiny_model, tmp_path):
+    with pytest.raises(UserError, match="--concept-directions needs a retain set"):
+        train(TrainConfig(pairs=str(pair_dir), model=str(tiny_model), out=str(tmp_path / "x.safetensors"),
+                          steps=1, concept_directions=4))
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_close_words_no_retain_prompt_uses_are_refused_before_training(retain_pairs, tiny_model, loaded, tmp_path):
+    with pytest.raises(UserError, match="no retain prompt names a close concept"):
+        train(TrainConfig(pairs=str(retain_pairs), model=str(tiny_model), out=str(tmp_path / "x.safetensors"),
+                          steps=1, concept_directions=2, close_concepts=("crimson",), close_weight=2.0),
+              model=loaded)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"concept_directions": -1}, "concept_directions must be 0"),
+    ({"close_weight": -2.0, "close_concepts": ("orange",)}, "close_weight must be zero or positive"),
+    ({"close_weight": 2.0}, "close_weight needs close_concepts"),
+    ({"close_concepts": (" ",)}, "close_concepts must be words"),
+])
+def test_bad_direction_settings(kw, message):
+    with pytest.raises(UserError, match=message):
+        TrainConfig(**kw).validate()
+
+
+def test_the_unlearn_plan_refuses_close_words_its_retain_prompts_lack(tiny_model):
+    from duo_unlearn.trainer.unlearn import UnlearnConfig, plan
+
+    cfg = UnlearnConfig(preset="custom", model=str(tiny_model), unsafe_prompts=("a red square",),
+                        safe_prompts=("a blue square",), retain_prompts=("a green circle",), num_retain=3,
+                        concept_directions=8, close_concepts=("orange",), close_weight=4.0)
+    with pytest.raises(UserError, match="no retain prompt names a close concept"):
+        plan(cfg)
+    _, plans = plan(UnlearnConfig(**{**cfg.__dict__, "close_concepts": ("green",)}))
+    assert (plans[0].train.concept_directions, plans[0].train.close_concepts) == (8, ("green",))
+    _, plans = plan(UnlearnConfig(**{**cfg.__dict__, "num_retain": 0, "concept_directions": None}))
+    assert plans[0].train.concept_directions == 0  # no retain set: the preset's directions are off

@@ -1,0 +1,161 @@
+"""The adapter restricted to the concept's input directions: a constraint in place of a penalty.
+
+DUO's λ terms *penalise* change on what must be kept (pure noise, the retain set); close concepts still drift,
+because the DPO term pulls harder than any λ that lets it work. Here each adapted linear layer's LoRA down-projection
+A is kept inside the span of the N input directions where the concept's features carry the most energy relative to
+the kept inputs (the null-space idea of AlphaEdit, Fang et al. 2024, with the concept's side explicit):
+
+    C_concept v = μ C_keep v,   V = the N generalised eigenvectors of largest μ,   A ← A · P_V   (P_V: projector)
+
+C_concept: the layer's uncentred input second moment over noised unsafe images (t uniform over the whole schedule,
+empty prompt); C_keep: over noised retain images under their own and the empty prompt and over pure noise, plus the
+retain images of named close concepts `close_weight` more times. An input with no component in span V passes the
+adapter untouched: W x + B A P_V x = W x. A is projected at the start and after every optimiser step, so the saved
+adapter is an ordinary LoRA (B · A P_V has rank ≤ the LoRA's).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UserError
+
+DRAWS = 4  # noise draws per image for the moments (t and ε differ per draw)
+RIDGE = 1e-3  # C_keep + RIDGE·mean eigenvalue·I: a direction no kept input uses must not divide by zero
+CHUNK = 16  # images per forward pass while measuring
+
+
+def top_directions(c_concept, c_keep, n: int, ridge: float = RIDGE):
+    """P_V (d × d, float32): the orthogonal projector onto the n generalised eigenvectors of (C_concept, C_keep)
+    with the largest eigenvalues, and those eigenvalues (descending). Computed in float64 on the CPU."""
+    import torch
+
+    c_concept, c_keep = c_concept.double().cpu(), c_keep.double().cpu()
+    d = c_keep.shape[0]
+    n = min(n, d)
+    c_keep = c_keep + ridge * torch.trace(c_keep) / d * torch.eye(d, dtype=c_keep.dtype)
+    l_inv = torch.linalg.inv(torch.linalg.cholesky(c_keep))
+    values, vectors = torch.linalg.eigh(l_inv @ c_concept @ l_inv.T)
+    v = l_inv.T @ vectors[:, -n:]  # back from the whitened space: not orthonormal, so the projector uses a pinv
+    projector = v @ torch.linalg.pinv(v.T @ v) @ v.T
+    return projector.float(), values.flip(0)[:n]
+
+
+def _adapted_layers(raw, adapter: str) -> dict:
+    """name → peft LoRA layer whose down-projection is linear (convolutions are left as they are)."""
+    import torch
+
+    return {name: m for name, m in raw.named_modules()
+            if adapter in getattr(m, "lora_A", {}) and isinstance(m.lora_A[adapter], torch.nn.Linear)}
+
+
+def input_moments(raw, layers: dict, run) -> dict:
+    """name → E[x xᵀ] of each layer's input rows over every forward pass `run()` makes (float32, on the device)."""
+    import torch
+
+    sums, hooks = {}, []
+
+    def hook(name):
+        def record(module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            total, count = sums.get(name, (0, 0))
+            sums[name] = (total + x.T @ x, count + len(x))
+        return record
+
+    for name, layer in layers.items():
+        hooks.append(layer.register_forward_pre_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: total / max(count, 1) for name, (total, count) in sums.items()}
+
+
+@dataclass
+class ConceptDirections:
+    """The projectors of one run, applied to the LoRA down-projections at the start and after every step."""
+    projectors: dict  # lora_A weight (Parameter) → P_V
+    top_ratio: float  # the largest μ over all layers: how far the concept's inputs stand out (≈1: not at all)
+
+    def apply(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for weight, p in self.projectors.items():
+                weight.copy_(weight @ p.to(weight.device, weight.dtype))
+
+
+def close_rows(prompts, close_concepts) -> list[int]:
+    """Retain images whose prompt names a close concept (whole words, any case)."""
+    import re
+
+    words = [re.compile(rf"\b{re.escape(c.strip())}\b", re.IGNORECASE) for c in close_concepts if c.strip()]
+    return [i for i, p in enumerate(prompts) if any(w.search(p) for w in words)]
+
+
+def concept_directions(raw, family, process, cache, retain_prompts, n: int, close_concepts=(),
+                       close_weight: float = 0.0, seed: int = 0, autocast=None, adapter: str = "duo"):
+    """Measure both moments with the adapter off and project every LoRA down-projection onto its layer's top-n
+    directions. Needs the retain set's latents in `cache` (what must be kept)."""
+    import contextlib
+
+    import torch
+
+    from .lora import adapters_disabled
+
+    if not cache.retain_size():
+        raise UserError("concept_directions needs a retain set (what the adapter must leave alone): make the pairs "
+                        "with --retain-prompt and --num-retain")
+    close = close_rows(retain_prompts, close_concepts)
+    if close_concepts and close_weight and not close:
+        raise UserError(f"no retain prompt names a close concept ({', '.join(close_concepts)}): "
+                        "name words the retain prompts use")
+    layers = _adapted_layers(raw, adapter)
+    if not layers:
+        raise UserError("concept_directions works on linear LoRA targets; none of the targets is a linear layer")
+    autocast = autocast or contextlib.nullcontext
+    gen = torch.Generator().manual_seed(seed)
+    device = cache.unsafe_mean.device
+
+    def noised(which, idx):
+        z = cache.sample(which, idx, gen)
+        t = process.draw_t(len(idx), 0, 1000, gen).to(device)
+        return process.add_noise(z, torch.randn(z.shape, generator=gen).to(device), t), t
+
+    def predict(x, t, cond):
+        with autocast():
+            family.predict(raw, x, t, cond)
+
+    def concept():
+        for _ in range(DRAWS):
+            for idx in torch.arange(cache.pair_count()).split(CHUNK):
+                x, t = noised("unsafe", idx)
+                predict(x, t, cache.empty.repeat(len(idx)))
+
+    def kept(rows, pure_noise: bool):
+        def run():
+            for _ in range(DRAWS):
+                for idx in rows.split(CHUNK):
+                    x, t = noised("retain", idx)
+                    predict(x, t, cache.empty.repeat(len(idx)))
+                    predict(x, t, cache.retain_cond.rows(idx))
+                    if pure_noise:  # x_T, which DUO's own λ term keeps
+                        noise = torch.randn(x.shape, generator=gen).to(device)
+                        predict(noise, process.pure_noise_t(len(idx), device), cache.empty.repeat(len(idx)))
+        return run
+
+    with adapters_disabled(raw):
+        c_concept = input_moments(raw, layers, concept)
+        c_keep = input_moments(raw, layers, kept(torch.arange(cache.retain_size()), True))
+        if close and close_weight:
+            c_close = input_moments(raw, layers, kept(torch.tensor(close), False))
+            c_keep = {name: c + close_weight * c_close[name] for name, c in c_keep.items()}
+    projectors, top = {}, 1.0
+    for name, layer in layers.items():
+        p, values = top_directions(c_concept[name], c_keep[name], n)
+        projectors[layer.lora_A[adapter].weight] = p.to(device)
+        top = max(top, float(values[0]))
+    directions = ConceptDirections(projectors, top)
+    directions.apply()
+    return directions
