@@ -14,23 +14,29 @@ from duo_unlearn.trainer.train import train
 def test_the_directions_are_where_the_concept_stands_out_not_where_it_is_largest():
     keep = torch.diag(torch.tensor([100.0, 1.0, 1.0, 1.0]))
     concept = torch.diag(torch.tensor([50.0, 2.0, 0.1, 0.3]))  # most energy on e0, but the kept inputs have more
-    p, values = top_directions(concept, keep, 1, ridge=0.0)
-    assert torch.allclose(p, torch.diag(torch.tensor([0.0, 1.0, 0.0, 0.0])), atol=1e-6)
+    q, values = top_directions(concept, keep, 1, ridge=0.0)
+    assert torch.allclose(q @ q.T, torch.diag(torch.tensor([0.0, 1.0, 0.0, 0.0])), atol=1e-6)
     assert values.tolist() == pytest.approx([2.0])
-    p2, values2 = top_directions(concept, keep, 2, ridge=0.0)
+    q2, values2 = top_directions(concept, keep, 2, ridge=0.0)
+    p2 = q2 @ q2.T
     assert torch.allclose(p2, torch.diag(torch.tensor([1.0, 1.0, 0.0, 0.0])), atol=1e-6)  # then e0 (0.5 > 0.3)
     assert values2.tolist() == pytest.approx([2.0, 0.5])
     assert torch.allclose(p2 @ p2, p2, atol=1e-6) and torch.allclose(p2, p2.T, atol=1e-6)
 
 
-def test_a_correlated_keep_set_gives_an_oblique_choice_still_a_projector():
+def test_with_a_correlated_keep_set_the_basis_spans_the_generalised_eigenvectors():
     g = torch.Generator().manual_seed(0)
     m = torch.randn(6, 6, generator=g)
     keep, concept = m @ m.T + torch.eye(6), torch.randn(6, 3, generator=g) @ torch.randn(3, 6, generator=g)
     concept = concept @ concept.T
-    p, values = top_directions(concept, keep, 3)
-    assert torch.linalg.matrix_rank(p).item() == 3
-    assert torch.allclose(p @ p, p, atol=1e-4)
+    q, values = top_directions(concept, keep, 3)
+    assert torch.allclose(q.T @ q, torch.eye(3), atol=1e-5)
+    # q spans the generalised eigenvectors themselves: concept v = μ keep v for some v in the span, per value
+    for mu in values[:3]:
+        m = (concept.double() - float(mu) * (keep.double() + 1e-3 * torch.trace(keep.double()) / 6 * torch.eye(6,
+             dtype=torch.float64)))
+        null = torch.linalg.svd(m).Vh[-1]  # the eigenvector of μ
+        assert torch.linalg.norm(null - q.double() @ (q.double().T @ null)) < 1e-3
     assert values[0] >= values[1] >= values[2] > 0
 
 

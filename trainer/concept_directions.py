@@ -5,13 +5,15 @@ because the DPO term pulls harder than any λ that lets it work. Here each adapt
 A is kept inside the span of the N input directions where the concept's features carry the most energy relative to
 the kept inputs (the null-space idea of AlphaEdit, Fang et al. 2024, with the concept's side explicit):
 
-    C_concept v = μ C_keep v,   V = the N generalised eigenvectors of largest μ,   A ← A · P_V   (P_V: projector)
+    C_concept v = μ C_keep v,   V = the N generalised eigenvectors of largest μ,   A ← A · Q Qᵀ   (Q: orthonormal
+                                                                                        basis of span V)
 
 C_concept: the layer's uncentred input second moment over noised unsafe images (t uniform over the whole schedule,
 empty prompt); C_keep: over noised retain images under their own and the empty prompt and over pure noise, plus the
 retain images of named close concepts `close_weight` more times. An input with no component in span V passes the
-adapter untouched: W x + B A P_V x = W x. A is projected at the start and after every optimiser step, so the saved
-adapter is an ordinary LoRA (B · A P_V has rank ≤ the LoRA's).
+adapter untouched: W x + B A Q Qᵀ x = W x. A is projected at the start and after every optimiser step, so the saved
+adapter is an ordinary LoRA (B · A Q Qᵀ has rank ≤ the LoRA's). Only Q (d × N per layer) is kept, and the moments
+wait on the CPU between passes: SDXL's hundreds of 1280-wide layers would otherwise hold gigabytes of d × d matrices.
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ CHUNK = 16  # images per forward pass while measuring
 
 
 def top_directions(c_concept, c_keep, n: int, ridge: float = RIDGE):
-    """P_V (d × d, float32): the orthogonal projector onto the n generalised eigenvectors of (C_concept, C_keep)
-    with the largest eigenvalues, and those eigenvalues (descending). Computed in float64 on the CPU."""
+    """Q (d × n, float32): an orthonormal basis of the span of the n generalised eigenvectors of (C_concept, C_keep)
+    with the largest eigenvalues (Q Qᵀ projects onto it), and those eigenvalues (descending). Float64 on the CPU."""
     import torch
 
     c_concept, c_keep = c_concept.double().cpu(), c_keep.double().cpu()
@@ -35,9 +37,9 @@ def top_directions(c_concept, c_keep, n: int, ridge: float = RIDGE):
     c_keep = c_keep + ridge * torch.trace(c_keep) / d * torch.eye(d, dtype=c_keep.dtype)
     l_inv = torch.linalg.inv(torch.linalg.cholesky(c_keep))
     values, vectors = torch.linalg.eigh(l_inv @ c_concept @ l_inv.T)
-    v = l_inv.T @ vectors[:, -n:]  # back from the whitened space: not orthonormal, so the projector uses a pinv
-    projector = v @ torch.linalg.pinv(v.T @ v) @ v.T
-    return projector.float(), values.flip(0)[:n]
+    v = l_inv.T @ vectors[:, -n:]  # back from the whitened space, where they are not orthonormal
+    basis, _ = torch.linalg.qr(v)
+    return basis.float(), values.flip(0)[:n]
 
 
 def _adapted_layers(raw, adapter: str) -> dict:
@@ -49,7 +51,7 @@ def _adapted_layers(raw, adapter: str) -> dict:
 
 
 def input_moments(raw, layers: dict, run) -> dict:
-    """name → E[x xᵀ] of each layer's input rows over every forward pass `run()` makes (float32, on the device)."""
+    """name → E[x xᵀ] of each layer's input rows over every forward pass `run()` makes (float32, on the CPU)."""
     import torch
 
     sums, hooks = {}, []
@@ -69,21 +71,21 @@ def input_moments(raw, layers: dict, run) -> dict:
     finally:
         for h in hooks:
             h.remove()
-    return {name: total / max(count, 1) for name, (total, count) in sums.items()}
+    return {name: (total / max(count, 1)).cpu() for name, (total, count) in sums.items()}
 
 
 @dataclass
 class ConceptDirections:
     """The projectors of one run, applied to the LoRA down-projections at the start and after every step."""
-    projectors: dict  # lora_A weight (Parameter) → P_V
+    bases: dict  # lora_A weight (Parameter) → Q, on the weight's device
     top_ratio: float  # the largest μ over all layers: how far the concept's inputs stand out (≈1: not at all)
 
     def apply(self) -> None:
         import torch
 
         with torch.no_grad():
-            for weight, p in self.projectors.items():
-                weight.copy_(weight @ p.to(weight.device, weight.dtype))
+            for weight, q in self.bases.items():
+                weight.copy_((weight @ q) @ q.T)
 
 
 def close_rows(prompts, close_concepts) -> list[int]:
@@ -151,11 +153,12 @@ def concept_directions(raw, family, process, cache, retain_prompts, n: int, clos
         if close and close_weight:
             c_close = input_moments(raw, layers, kept(torch.tensor(close), False))
             c_keep = {name: c + close_weight * c_close[name] for name, c in c_keep.items()}
-    projectors, top = {}, 1.0
+    bases, top = {}, 1.0
     for name, layer in layers.items():
-        p, values = top_directions(c_concept[name], c_keep[name], n)
-        projectors[layer.lora_A[adapter].weight] = p.to(device)
+        q, values = top_directions(c_concept[name], c_keep[name], n)
+        weight = layer.lora_A[adapter].weight
+        bases[weight] = q.to(weight.device, weight.dtype)
         top = max(top, float(values[0]))
-    directions = ConceptDirections(projectors, top)
+    directions = ConceptDirections(bases, top)
     directions.apply()
     return directions
