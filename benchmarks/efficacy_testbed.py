@@ -29,6 +29,8 @@ HERE = Path(__file__).resolve().parent
 # the preset until 2026-11-28
 PREVIOUS = {"beta": 10.0, "lam": 1e4, "lr": 1e-3, "steps": 300, "edit_region": "image", "num_retain": 0,
             "stop_every": 0}
+# the SD 1.x preset until 2026-12-05: the retain set held by λ_retain, not by the concept's directions
+RETAIN_TERM = {"concept_directions": 0, "lam_retain": 1.25, "stop_erased": 0.85}
 
 
 def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
@@ -39,24 +41,32 @@ def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
            ("duo_v1_region", "v1 + twins changed only in the concept's region (`--edit-region concept`)",
             PREVIOUS | {"edit_region": "concept"}),
            ("duo_preset", "the preset now: v1 + retain set (base-model images of the other colours) and β from κ; "
-                          "SD 1.x: 135 images, λ_retain 1.25, κ 6.2 (β ≈ 10), until red is gone from the erasure "
-                          "check's 24 samples (at most 900 steps); SDXL: 45 images, λ_retain 0.5, κ 3 (β ≈ 5.4), "
+                          "SD 1.x: 135 images, the LoRA on the concept's 24 input directions per layer measured "
+                          "against them (orange named as the close concept, weight 6), λ_retain 0, κ 6.2 (β ≈ "
+                          "10), until red is gone from 95% of the erasure check's 24 samples (at most 900 steps); "
+                          "SDXL: 45 images, λ_retain 0.5, κ 3 (β ≈ 5.4), "
                           "the erasure check every 75 steps with on-policy pairs (the check's images still red "
                           "become pairs with a base-model twin) until red is gone from 95% of them (at most 600 "
                           "steps); SD3: no retain set, κ 9.6 (β ≈ 10)", {}),
-           ("duo_preset_r45", "preset with the previous retain set: 45 images (one seed per prompt), λ_retain 1",
-            {"num_retain": 45, "lam_retain": 1.0}),
-           ("duo_preset_cond_unsafe", "preset + both pair images on the unsafe prompt (`--condition unsafe`)",
-            {"condition": "unsafe"}),
+           ("duo_preset_no_close", "the preset without a close concept: the directions measured against the "
+                                   "retain set with every image weighed alike (`--close-weight 0`)",
+            {"close_weight": 0.0}),
+           ("duo_preset_v2", "the SD 1.x preset until 2026-12-05: the retain set held by a penalty instead "
+                             "(λ_retain 1.25, no directions), stopping at 85% erased", RETAIN_TERM),
+           ("duo_preset_r45", "preset v2 with the previous retain set: 45 images (one seed per prompt), λ_retain 1",
+            RETAIN_TERM | {"num_retain": 45, "lam_retain": 1.0}),
+           ("duo_preset_cond_unsafe", "preset v2 + both pair images on the unsafe prompt (`--condition unsafe`)",
+            RETAIN_TERM | {"condition": "unsafe"}),
            ("duo_preset_kv", "preset with the LoRA on the cross-attention keys and values instead of self-attention "
                              "(`--target-modules attn2.to_k,attn2.to_v`), both pair images on the unsafe prompt (keys "
                              "and values see only the prompt), lr 2e-4, λ_retain 100, the erasure check every 150 "
                              "steps, stopping at 85% (as the SD 1.x preset): the specific, text-side recipe "
                              "(RESULTS.md, tenth session)",
             {"target_modules": ("attn2.to_k", "attn2.to_v"), "condition": "unsafe", "lr": 2e-4,
-             "lam_retain": 100.0, "stop_every": 150, "stop_erased": 0.85, "on_policy_pairs": False}),
-           ("duo_preset_lam0", "the preset without λ (no output preservation, no retain term): DUO without λ",
-            {"lam": 0.0, "lam_retain": 0.0})]
+             "lam_retain": 100.0, "stop_every": 150, "stop_erased": 0.85, "on_policy_pairs": False,
+             "concept_directions": 0}),
+           ("duo_preset_lam0", "the preset without λ (no output preservation, no retain term, no directions): DUO "
+                               "without λ", {"lam": 0.0, "lam_retain": 0.0, "concept_directions": 0})]
     for beta in betas:
         b = f"{float(beta):g}"
         out += [(f"duo_paper_b{b}", f"the paper's recipe at β {b} (lr = 3e-4·100/β, λ = 1e6·β/100), paper's twins",
@@ -73,6 +83,11 @@ def recipe(facts: dict) -> str:
     extra = ""
     if facts.get("lambda_retain"):
         extra += f", λ_retain {facts['lambda_retain']:.3g} on {facts.get('retain_images')} retain images"
+    if facts.get("concept_directions"):
+        close = (f", close concept {' / '.join(facts['close_concepts'])} ×{facts.get('close_weight'):g}"
+                 if facts.get("close_weight") else "")
+        extra += (f", the LoRA on the concept's {facts['concept_directions']} input directions per layer against "
+                  f"{facts.get('retain_images')} retain images{close}")
     if facts.get("edit_region") == "concept":
         extra += ", region twins"
     if facts.get("condition") == "unsafe":
