@@ -201,7 +201,8 @@ class TabController:
                       strength=None, lr=None, seed=0, batch_pairs=4, detector="", preview=True, overwrite=False,
                       config_dir="", device="auto", mixed_precision="auto", gradient_checkpointing="auto",
                       resolution=0, micro_batch_pairs=0, retain_text="", num_retain="", lam_retain="",
-                      lr_scheduler="constant", lr_warmup_steps=0) -> Request:
+                      lr_scheduler="constant", lr_warmup_steps=0, concept_directions="", close_concepts="",
+                      close_weight="") -> Request:
         """Every check that can fail before anything is written; UserError says what to fix."""
         from ..trainer.previews import preview_path
         from ..trainer.unlearn import UnlearnConfig, plan
@@ -246,6 +247,11 @@ class TabController:
         if w_retain and not (n_retain if n_retain is not None else p.for_family(family).num_retain):
             raise UserError("A retain weight needs retain images: set 'Retain images' above 0 (with this preset "
                             "and model there are none)")
+        directions = _optional(concept_directions, lambda v: _int(v, "Concept directions", 0))
+        close = tuple(w.strip() for w in (close_concepts or "").split(",") if w.strip())
+        w_close = _optional(close_weight, lambda v: _float(v, "Close weight", positive=False))
+        if w_close is not None and w_close < 0:
+            raise UserError(f"Close weight must be 0 or positive, got {close_weight!r}")
         n_steps = _int(steps, "Steps", 1, MOST_STEPS)
         schedule, warmup = _lr_schedule(lr_scheduler, lr_warmup_steps, n_steps)
         cfg = UnlearnConfig(
@@ -266,7 +272,7 @@ class TabController:
             micro_batch_pairs=None if micro_batch_pairs in (None, "", 0)
             else _int(micro_batch_pairs, "Micro-batch pairs", 1, MOST_BATCH),
             retain_prompts=retain, num_retain=n_retain, lam_retain=w_retain, lr_scheduler=schedule,
-            lr_warmup_steps=warmup)
+            lr_warmup_steps=warmup, concept_directions=directions, close_concepts=close, close_weight=w_close)
         from ..trainer.runtime import RuntimeConfig
 
         RuntimeConfig(cfg.device, cfg.mixed_precision, cfg.gradient_checkpointing).validate()
@@ -546,6 +552,15 @@ def build_tab(backend) -> dict:
                                              elem_id="duo_num_retain")
                 c["lam_retain"] = gr.Textbox(label="Retain weight λ_retain (blank: the preset's; 0: off)", value="",
                                              elem_id="duo_lam_retain")
+            with gr.Row():
+                c["concept_directions"] = gr.Textbox(
+                    label="Concept directions per layer (blank: the preset's; 0: off)", value="",
+                    elem_id="duo_concept_directions")
+                c["close_concepts"] = gr.Textbox(label="Close concepts: retain-prompt words, comma-separated "
+                                                       "(blank: the preset's)", value="",
+                                                 elem_id="duo_close_concepts")
+                c["close_weight"] = gr.Textbox(label="Close weight (blank: the preset's)", value="",
+                                               elem_id="duo_close_weight")
         with gr.Row():
             c["run"] = gr.Button("Unlearn concept", variant="primary", elem_id="duo_run")
             c["cancel"] = gr.Button("Cancel", elem_id="duo_cancel")
@@ -586,7 +601,8 @@ def build_tab(backend) -> dict:
                                      "rank", "out_name", "strength", "lr", "seed", "batch_pairs", "detector",
                                      "preview", "overwrite", "config_dir", "device", "mixed_precision",
                                      "gradient_checkpointing", "resolution", "micro_batch_pairs", "retain_prompts",
-                                     "num_retain", "lam_retain", "lr_scheduler", "lr_warmup_steps")]
+                                     "num_retain", "lam_retain", "lr_scheduler", "lr_warmup_steps",
+                                     "concept_directions", "close_concepts", "close_weight")]
 
     def on_preset(preset):
         try:

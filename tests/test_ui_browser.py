@@ -187,7 +187,7 @@ def test_a1111_script_runs_in_the_standalone_page(app, tiny_model, pair_dir):
             expect(page.locator("#duo_model_family")).to_contain_text("SD 1.x")
             page.get_by_text("Advanced").click()
             for elem_id in ("duo_model", "duo_beta", "duo_mixed_precision", "duo_resolution", "duo_micro_batch",
-                            "duo_num_retain"):
+                            "duo_num_retain", "duo_concept_directions", "duo_close_weight"):
                 expect(page.locator(f"#{elem_id}")).to_have_attribute("title", re.compile(".{20,}"), timeout=15_000)
             page.locator("#duo_mixed_precision").hover()
             _shot(page, "6_hover_help_advanced")

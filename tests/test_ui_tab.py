@@ -61,7 +61,7 @@ def test_retain_fields_reach_the_plan_and_blank_means_the_preset(ctl, tiny_model
     from duo_unlearn.trainer.presets import get_preset
 
     preset = get_preset("testbed-red").for_family("sd1")
-    assert preset.num_retain and preset.lam_retain  # else this test shows nothing
+    assert preset.num_retain and preset.lam_retain != 0.5  # else this test shows nothing
     assert retain_of(ctl.build_request(*inputs(tiny_model), *RUNTIME, "", " ", "")) == \
         (preset.retain_prompts, preset.num_retain, preset.lam_retain)
     mine = ctl.build_request(*inputs(tiny_model), *RUNTIME, "a orange square\n\n a blue circle ", " 6 ", "0.5")
@@ -69,6 +69,33 @@ def test_retain_fields_reach_the_plan_and_blank_means_the_preset(ctl, tiny_model
     off = ctl.build_request(*inputs(tiny_model), *RUNTIME, "", "0", "")
     assert retain_of(off)[1:] == (0, 0.0)  # no retain set: its weight goes with it
     assert off.cfg.pairs_dir != mine.cfg.pairs_dir  # other retain settings: other pairs, not a resume
+
+
+def test_direction_fields_reach_the_plan_and_blank_means_the_preset(ctl, tiny_model):
+    from duo_unlearn.trainer.presets import get_preset
+
+    preset = get_preset("testbed-red").for_family("sd1")
+    assert preset.concept_directions and preset.close_weight  # else this test shows nothing
+    blank = ctl.build_request(*inputs(tiny_model), *RUNTIME, "", "", "", "constant", 0, "", "", "").plans[0].train
+    assert (blank.concept_directions, blank.close_concepts, blank.close_weight) == \
+        (preset.concept_directions, preset.close_concepts, preset.close_weight)
+    mine = ctl.build_request(*inputs(tiny_model), *RUNTIME, "", "", "", "constant", 0, " 8 ", "orange, yellow",
+                             "2").plans[0].train
+    assert (mine.concept_directions, mine.close_concepts, mine.close_weight) == (8, ("orange", "yellow"), 2.0)
+    off = ctl.build_request(*inputs(tiny_model), *RUNTIME, "", "", "", "constant", 0, "0", "", "").plans[0].train
+    assert (off.concept_directions, off.close_concepts, off.close_weight) == (0, (), 0.0)
+
+
+@pytest.mark.parametrize("directions, close, weight, message", [
+    ("-1", "", "", "Concept directions must be a whole number of at least 0"),
+    ("many", "", "", "Concept directions must be a whole number"),
+    ("", "", "-1", "Close weight must be 0 or positive"),
+    ("", "crimson", "", "no retain prompt names a close concept .crimson."),
+])
+def test_bad_direction_fields_give_a_message_and_write_nothing(ctl, tiny_model, directions, close, weight, message):
+    with pytest.raises(UserError, match=message):
+        ctl.start(*inputs(tiny_model), *RUNTIME, "", "", "", "constant", 0, directions, close, weight)
+    assert ctl.backend.runner.job is None and written(ctl) == []
 
 
 @pytest.mark.parametrize("preset, retain, n, lam, message", [
