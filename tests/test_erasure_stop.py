@@ -113,11 +113,13 @@ def test_comfyui_reuses_an_adapter_that_stopped_early_and_not_one_of_another_rul
     facts = {"preset": "testbed-red", "concept": "red", "kappa": p.train.kappa, "seed": 0, "base_model": "testbed",
              "method": "duo", "lambda_retain": p.train.lam_retain, "retain_images": p.pairs.num_retain,
              "unsafe_prompts": [], "safe_prompts": [], "steps": 300, "max_steps": p.train.steps,
-             "stop_every": p.train.stop_every, "stop_erased": p.train.stop_erased}
+             "stop_every": p.train.stop_every, "stop_erased": p.train.stop_erased,
+             "concept_directions": p.train.concept_directions, "close_concepts": list(p.train.close_concepts),
+             "close_weight": p.train.close_weight}
     out.write_bytes(b"")
     monkeypatch.setattr(unlearn_node, "read_facts", lambda path: {"facts": facts})
     assert unlearn_node._same_training(out, p, "testbed-red", "testbed")  # stopped at 300 of at most 900: this run
-    facts["stop_erased"] = 0.95
+    facts["stop_erased"] = 0.85 if p.train.stop_erased != 0.85 else 0.95
     assert not unlearn_node._same_training(out, p, "testbed-red", "testbed")
     for key in ("max_steps", "stop_every", "stop_erased"):  # the preset before the rule: a fixed 300 steps
         facts.pop(key)
