@@ -136,7 +136,7 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
         if lam_retain and not pair_cfg.num_retain and cfg.method == "duo":
             raise UserError("--lam-retain needs a retain set: give --retain-prompt and --num-retain")
         directions = _given(cfg.concept_directions, preset.concept_directions if pair_cfg.num_retain else 0)
-        if directions and not pair_cfg.num_retain:
+        if directions and not pair_cfg.num_retain and cfg.method == "duo":
             raise UserError("--concept-directions needs a retain set: give --retain-prompt and --num-retain")
         close = (tuple(cfg.close_concepts) or preset.close_concepts) if directions else ()
         close_weight = _given(cfg.close_weight, preset.close_weight) if directions else 0.0
