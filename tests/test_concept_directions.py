@@ -6,9 +6,8 @@ from duo_unlearn.trainer.concept_directions import close_rows, top_directions
 from duo_unlearn.trainer.config import LoraConfig, TrainConfig
 from duo_unlearn.trainer.errors import UserError
 from duo_unlearn.trainer.export import decode_duo, read_metadata
-from duo_unlearn.trainer.models import load_model
-from duo_unlearn.trainer.pairs import PairConfig, generate_pairs
 from duo_unlearn.trainer.train import train
+from test_retain_set import loaded, retain_pairs  # noqa: F401 - the same tiny model and retain set
 
 
 def test_the_directions_are_where_the_concept_stands_out_not_where_it_is_largest():
@@ -45,20 +44,6 @@ def test_close_rows_match_whole_words_in_any_case():
     assert close_rows(prompts, ("orange",)) == [0, 1, 3]
     assert close_rows(prompts, ("orange", "blue")) == [0, 1, 3, 4]
     assert close_rows(prompts, ()) == []
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_model):
-    return load_model(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def retain_pairs(tiny_model, loaded, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("directions") / "d"
-    generate_pairs(PairConfig(out=str(folder), model=str(tiny_model), unsafe_prompts=("a red square",),
-                              safe_prompts=("a blue square",), num_pairs=4, batch_size=2, sample_steps=3, seed=1,
-                              retain_prompts=("a orange circle", "a gray square"), num_retain=4), model=loaded)
-    return folder
 
 
 def _down_ranks(path) -> dict:
