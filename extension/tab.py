@@ -252,6 +252,9 @@ class TabController:
         w_close = _optional(close_weight, lambda v: _float(v, "Close weight", positive=False))
         if w_close is not None and w_close < 0:
             raise UserError(f"Close weight must be 0 or positive, got {close_weight!r}")
+        if directions and not (n_retain if n_retain is not None else p.for_family(family).num_retain):
+            raise UserError("Concept directions need retain images (what the adapter must leave alone): set "
+                            "'Retain images' above 0, or leave Concept directions blank")
         n_steps = _int(steps, "Steps", 1, MOST_STEPS)
         schedule, warmup = _lr_schedule(lr_scheduler, lr_warmup_steps, n_steps)
         cfg = UnlearnConfig(

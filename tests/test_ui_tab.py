@@ -86,15 +86,17 @@ def test_direction_fields_reach_the_plan_and_blank_means_the_preset(ctl, tiny_mo
     assert (off.concept_directions, off.close_concepts, off.close_weight) == (0, (), 0.0)
 
 
-@pytest.mark.parametrize("directions, close, weight, message", [
-    ("-1", "", "", "Concept directions must be a whole number of at least 0"),
-    ("many", "", "", "Concept directions must be a whole number"),
-    ("", "", "-1", "Close weight must be 0 or positive"),
-    ("", "crimson", "", "no retain prompt names a close concept .crimson."),
+@pytest.mark.parametrize("n, directions, close, weight, message", [
+    ("", "-1", "", "", "Concept directions must be a whole number of at least 0"),
+    ("", "many", "", "", "Concept directions must be a whole number"),
+    ("", "", "", "-1", "Close weight must be 0 or positive"),
+    ("", "", "crimson", "", "no retain prompt names a close concept .crimson."),
+    ("0", "8", "", "", "Concept directions need retain images"),
 ])
-def test_bad_direction_fields_give_a_message_and_write_nothing(ctl, tiny_model, directions, close, weight, message):
+def test_bad_direction_fields_give_a_message_and_write_nothing(ctl, tiny_model, n, directions, close, weight,
+                                                               message):
     with pytest.raises(UserError, match=message):
-        ctl.start(*inputs(tiny_model), *RUNTIME, "", "", "", "constant", 0, directions, close, weight)
+        ctl.start(*inputs(tiny_model), *RUNTIME, "", n, "", "constant", 0, directions, close, weight)
     assert ctl.backend.runner.job is None and written(ctl) == []
 
 
