@@ -96,6 +96,15 @@ def close_rows(prompts, close_concepts) -> list[int]:
     return [i for i, p in enumerate(prompts) if any(w.search(p) for w in words)]
 
 
+def weighed_close_rows(prompts, close_concepts, close_weight: float) -> list[int]:
+    """The retain images to weigh more; close words with a weight that no retain prompt uses are a UserError."""
+    rows = close_rows(prompts, close_concepts) if close_weight else []
+    if close_concepts and close_weight and not rows:
+        raise UserError(f"no retain prompt names a close concept ({', '.join(close_concepts)}): give --close-concepts "
+                        "words the retain prompts use, or --close-weight 0")
+    return rows
+
+
 def concept_directions(raw, family, process, cache, retain_prompts, n: int, close_concepts=(),
                        close_weight: float = 0.0, seed: int = 0, autocast=None, adapter: str = "duo"):
     """Measure both moments with the adapter off and project every LoRA down-projection onto its layer's top-n
@@ -109,10 +118,7 @@ def concept_directions(raw, family, process, cache, retain_prompts, n: int, clos
     if not cache.retain_size():
         raise UserError("concept_directions needs a retain set (what the adapter must leave alone): make the pairs "
                         "with --retain-prompt and --num-retain")
-    close = close_rows(retain_prompts, close_concepts)
-    if close_concepts and close_weight and not close:
-        raise UserError(f"no retain prompt names a close concept ({', '.join(close_concepts)}): "
-                        "name words the retain prompts use")
+    close = weighed_close_rows(retain_prompts, close_concepts, close_weight)
     layers = _adapted_layers(raw, adapter)
     if not layers:
         raise UserError("concept_directions works on linear LoRA targets; none of the targets is a linear layer")
@@ -150,7 +156,7 @@ def concept_directions(raw, family, process, cache, retain_prompts, n: int, clos
     with adapters_disabled(raw):
         c_concept = input_moments(raw, layers, concept)
         c_keep = input_moments(raw, layers, kept(torch.arange(cache.retain_size()), True))
-        if close and close_weight:
+        if close:
             c_close = input_moments(raw, layers, kept(torch.tensor(close), False))
             c_keep = {name: c + close_weight * c_close[name] for name, c in c_keep.items()}
     bases, top = {}, 1.0

@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .concept_directions import close_rows
+from .concept_directions import weighed_close_rows
 from .config import LoraConfig, TrainConfig
 from .detectors import no_detector
 from .errors import UserError
@@ -140,9 +140,7 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             raise UserError("--concept-directions needs a retain set: give --retain-prompt and --num-retain")
         close = (tuple(cfg.close_concepts) or preset.close_concepts) if directions else ()
         close_weight = _given(cfg.close_weight, preset.close_weight) if directions else 0.0
-        if close and close_weight and not close_rows(pair_cfg.retain_prompts, close):
-            raise UserError(f"no retain prompt names a close concept ({', '.join(close)}): give --close-concepts "
-                            "words the retain prompts use, or --close-weight 0")
+        weighed_close_rows(pair_cfg.retain_prompts, close, close_weight)  # said before pairs are made
         previews = tuple(dict.fromkeys(concept.unsafe_prompts))[:3] + preset.unrelated_prompts[:3]
         # a preset's lr/lambda belong to its beta, and to DUO (ESD keeps its own lr default)
         same_beta = cfg.method == "duo" and (cfg.beta is None or cfg.beta == preset.beta)
