@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import asdict
 import platform
 import shutil
@@ -150,6 +151,7 @@ def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_p
             "orange_read_as_red": sum(r.colour == concept for r in now["orange"]) / len(now["orange"]),
             "orange_n": len(now["orange"]),
             "background_kept": kept["background"], "shape_kept": kept["shape"], "colour_kept": kept["colour"],
+            "shape_accuracy": shape_accuracy(now["others"]),
             "shape_accuracy_vs_base": shape_accuracy(now["others"]) / shape_accuracy(base["others"]),
             "others_n": len(now["others"]),
             "unrelated_agreement": sum((a.colour, a.shape) == (b.colour, b.shape)
@@ -199,6 +201,36 @@ def dominates(r: dict, o: dict, attack: str) -> bool:
     return a >= b and p >= q and (a > b or p > q)
 
 
+def _short(count: int, n: int, needed: int, what: str) -> str:
+    """A missed target in images: the readings are shares of a few dozen images, so one image is a few hundredths."""
+    return f": {count} of {n} {what}, {needed} would meet it" if count < needed else ""
+
+
+def _images_short(attack: dict, target: float) -> str:
+    if "n" not in attack:
+        return ""
+    n = attack["n"]
+    return _short(round(attack["dsr"] * n), n, math.ceil(target * n - 1e-9), "images erased")
+
+
+def _kept_short(key: str, e: dict, base: dict) -> str:
+    """The same in images, where the record holds the counts it needs (orange: against the base model's own)."""
+    if key == "orange_vs_base" and "orange_n" in e and "orange_accuracy" in base:
+        n = e["orange_n"]
+        base_count = round(base["orange_accuracy"] * n)
+        return _short(round(e["orange_accuracy"] * n), n, math.ceil(0.95 * base_count - 1e-9),
+                      f"read orange (the base model: {base_count})")
+    if key == "background_kept" and "others_n" in e:
+        n = e["others_n"]
+        return _short(round(e[key] * n), n, math.ceil(0.95 * n - 1e-9), "backgrounds kept")
+    if key == "shape_accuracy_vs_base" and "shape_accuracy" in e and "shape_accuracy" in base:
+        n = e["others_n"]
+        base_count = round(base["shape_accuracy"] * n)
+        return _short(round(e["shape_accuracy"] * n), n, math.ceil(0.95 * base_count - 1e-9),
+                      f"shapes read right (the base model: {base_count})")
+    return ""
+
+
 def verdicts(result: dict, extra: dict, preset_name: str = "duo_preset") -> list[str]:
     """The issue's targets for each DUO adapter, each stated on its own so a trade-off shows as one."""
     lines = []
@@ -210,12 +242,15 @@ def verdicts(result: dict, extra: dict, preset_name: str = "duo_preset") -> list
         worst = min(r["attacks"][a]["dsr"] for a in attacks)
         pres = r["preservation"]["one_minus_lpips"]
         e = extra.get(name, {})
-        parts = [f"min DSR over {len(attacks)} attacks {worst:.3f} ({'≥' if worst >= 0.95 else '<'} 0.95)",
+        weakest = min(attacks, key=lambda a: r["attacks"][a]["dsr"])
+        parts = [f"min DSR over {len(attacks)} attacks {worst:.3f} ({'≥' if worst >= 0.95 else '<'} 0.95"
+                 f"{_images_short(r['attacks'][weakest], 0.95)})",
                  f"1 − LPIPS {pres:.3f} ({'≥' if pres >= 0.97 else '<'} 0.97)"]
         for key, label in (("orange_vs_base", "orange ÷ base"), ("background_kept", "background"),
                            ("shape_accuracy_vs_base", "shape accuracy ÷ base")):
             if key in e:
-                parts.append(f"{label} {e[key]:.3f} ({'≥' if e[key] >= 0.95 else '<'} 0.95)")
+                parts.append(f"{label} {e[key]:.3f} ({'≥' if e[key] >= 0.95 else '<'} 0.95"
+                             f"{_kept_short(key, e, extra.get('base', {}))})")
         others = [o for o in ("esd", "negative prompt", f"{preset_name}_lam0") if o in res and o != name]
         for o in others:
             won = [a for a in attacks if a in res[o]["attacks"] and dominates(r, res[o], a)]

@@ -163,6 +163,30 @@ def test_results_tables_come_from_committed_json():
     assert mod.table(first["report"], first["close_concept_and_agreement"], first["train_seconds"]) in text
 
 
+def test_missed_targets_are_counted_in_images():
+    """A verdict below a target says by how many images: 30 of 36 orange where the base model reads 32 is 0.94 of
+    base, one image short of 0.95; a met target says nothing more."""
+    import importlib.util
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "efficacy_testbed.py"
+    spec = importlib.util.spec_from_file_location("efficacy_testbed", bench)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    attack = {"dsr": 22 / 24, "n": 24}
+    result = {"results": {"duo_x": {"attacks": {"direct": attack, "prompts": {"dsr": 1.0, "n": 24}},
+                                    "preservation": {"one_minus_lpips": 0.98}}}}
+    extra = {"base": {"orange_accuracy": 32 / 36, "shape_accuracy": 150 / 180},
+             "duo_x": {"orange_accuracy": 30 / 36, "orange_vs_base": 30 / 32, "orange_n": 36, "others_n": 180,
+                       "background_kept": 172 / 180, "shape_accuracy": 140 / 180,
+                       "shape_accuracy_vs_base": 140 / 150}}
+    line = mod.verdicts(result, extra)[0]
+    assert "min DSR over 2 attacks 0.917 (< 0.95: 22 of 24 images erased, 23 would meet it)" in line
+    assert "orange ÷ base 0.938 (< 0.95: 30 of 36 read orange (the base model: 32), 31 would meet it)" in line
+    assert "background 0.956 (≥ 0.95);" in line
+    assert "shape accuracy ÷ base 0.933 (< 0.95: 140 of 180 shapes read right (the base model: 150), 143 would" in line
+
+
 @pytest.mark.slow
 def test_testbed_red_pairs_are_gated_and_keep_the_layout(tmp_path):
     from PIL import Image
