@@ -136,13 +136,15 @@ def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_p
     def shape_accuracy(rs):
         return sum(r.shape == t[1] for r, t in zip(rs, truth)) / len(rs)
 
+    base_shapes = shape_accuracy(base["others"])
+    base_orange = sum(r.colour == "orange" for r in base["orange"]) / len(base["orange"])
     out = {}
     for m in methods:
         with activated(pipe, m) as negative:
             now = {"orange": reads(orange, negative), "others": reads(others, negative),
                    "unrelated": reads(unrelated, negative)}
         orange_acc = sum(r.colour == "orange" for r in now["orange"]) / len(now["orange"])
-        base_orange = sum(r.colour == "orange" for r in base["orange"]) / len(base["orange"])
+        shapes = shape_accuracy(now["others"])
         kept = {k: sum(getattr(a, k) == getattr(b, k) for a, b in zip(now["others"], base["others"]))
                 / len(now["others"]) for k in ("background", "shape", "colour")}
         out[m.name] = {
@@ -151,8 +153,7 @@ def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_p
             "orange_read_as_red": sum(r.colour == concept for r in now["orange"]) / len(now["orange"]),
             "orange_n": len(now["orange"]),
             "background_kept": kept["background"], "shape_kept": kept["shape"], "colour_kept": kept["colour"],
-            "shape_accuracy": shape_accuracy(now["others"]),
-            "shape_accuracy_vs_base": shape_accuracy(now["others"]) / shape_accuracy(base["others"]),
+            "shape_accuracy": shapes, "shape_accuracy_vs_base": shapes / base_shapes,
             "others_n": len(now["others"]),
             "unrelated_agreement": sum((a.colour, a.shape) == (b.colour, b.shape)
                                        for a, b in zip(now["unrelated"], base["unrelated"])) / len(now["unrelated"]),
@@ -201,33 +202,28 @@ def dominates(r: dict, o: dict, attack: str) -> bool:
     return a >= b and p >= q and (a > b or p > q)
 
 
-def _short(count: int, n: int, needed: int, what: str) -> str:
-    """A missed target in images: the readings are shares of a few dozen images, so one image is a few hundredths."""
+def _short(count: int, n: int, reference: int, what: str, target: float = 0.95) -> str:
+    """A missed target in images (count of n, against `target` × reference): the readings are shares of a few dozen
+    images, so one image is a few hundredths."""
+    needed = math.ceil(target * reference - 1e-9)
     return f": {count} of {n} {what}, {needed} would meet it" if count < needed else ""
 
 
-def _images_short(attack: dict, target: float) -> str:
-    if "n" not in attack:
-        return ""
-    n = attack["n"]
-    return _short(round(attack["dsr"] * n), n, math.ceil(target * n - 1e-9), "images erased")
+# the share behind each ratio to the base model, and its image count
+VS_BASE = {"orange_vs_base": ("orange_accuracy", "orange_n", "read orange"),
+           "shape_accuracy_vs_base": ("shape_accuracy", "others_n", "shapes read right")}
 
 
 def _kept_short(key: str, e: dict, base: dict) -> str:
-    """The same in images, where the record holds the counts it needs (orange: against the base model's own)."""
-    if key == "orange_vs_base" and "orange_n" in e and "orange_accuracy" in base:
-        n = e["orange_n"]
-        base_count = round(base["orange_accuracy"] * n)
-        return _short(round(e["orange_accuracy"] * n), n, math.ceil(0.95 * base_count - 1e-9),
-                      f"read orange (the base model: {base_count})")
+    """The same where the record holds the counts it needs (a ratio: against the base model's own count)."""
     if key == "background_kept" and "others_n" in e:
         n = e["others_n"]
-        return _short(round(e[key] * n), n, math.ceil(0.95 * n - 1e-9), "backgrounds kept")
-    if key == "shape_accuracy_vs_base" and "shape_accuracy" in e and "shape_accuracy" in base:
-        n = e["others_n"]
-        base_count = round(base["shape_accuracy"] * n)
-        return _short(round(e["shape_accuracy"] * n), n, math.ceil(0.95 * base_count - 1e-9),
-                      f"shapes read right (the base model: {base_count})")
+        return _short(round(e[key] * n), n, n, "backgrounds kept")
+    share, n_key, what = VS_BASE.get(key, (None, None, None))
+    if share in e and share in base and n_key in e:
+        n = e[n_key]
+        base_count = round(base[share] * n)
+        return _short(round(e[share] * n), n, base_count, f"{what} (the base model: {base_count})")
     return ""
 
 
@@ -239,12 +235,13 @@ def verdicts(result: dict, extra: dict, preset_name: str = "duo_preset") -> list
         if not name.startswith("duo"):
             continue
         attacks = list(r["attacks"])
-        worst = min(r["attacks"][a]["dsr"] for a in attacks)
+        weakest = r["attacks"][min(attacks, key=lambda a: r["attacks"][a]["dsr"])]
+        worst = weakest["dsr"]
         pres = r["preservation"]["one_minus_lpips"]
         e = extra.get(name, {})
-        weakest = min(attacks, key=lambda a: r["attacks"][a]["dsr"])
-        parts = [f"min DSR over {len(attacks)} attacks {worst:.3f} ({'≥' if worst >= 0.95 else '<'} 0.95"
-                 f"{_images_short(r['attacks'][weakest], 0.95)})",
+        erased = _short(round(worst * weakest["n"]), weakest["n"], weakest["n"], "images erased") \
+            if "n" in weakest else ""
+        parts = [f"min DSR over {len(attacks)} attacks {worst:.3f} ({'≥' if worst >= 0.95 else '<'} 0.95{erased})",
                  f"1 − LPIPS {pres:.3f} ({'≥' if pres >= 0.97 else '<'} 0.97)"]
         for key, label in (("orange_vs_base", "orange ÷ base"), ("background_kept", "background"),
                            ("shape_accuracy_vs_base", "shape accuracy ÷ base")):

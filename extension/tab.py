@@ -96,6 +96,14 @@ def _optional(value, parse):
     return None if not text else parse(text)
 
 
+def _optional_weight(value, name: str, zero: str = "") -> float | None:
+    """A weight field: blank (the preset's value), 0 (`zero` says what that does) or positive."""
+    w = _optional(value, lambda v: _float(v, name, positive=False))
+    if w is not None and w < 0:
+        raise UserError(f"{name} must be 0{f' ({zero})' if zero else ''} or positive, got {value!r}")
+    return w
+
+
 def _open_image(path):
     from PIL import Image
 
@@ -238,21 +246,18 @@ class TabController:
             family = None
         retain = _lines(retain_text)
         n_retain = _optional(num_retain, lambda v: _int(v, "Retain images", 0, MOST_RETAIN))
-        w_retain = _optional(lam_retain, lambda v: _float(v, "Retain weight", positive=False))
-        if w_retain is not None and w_retain < 0:
-            raise UserError(f"Retain weight must be 0 (off) or positive, got {lam_retain!r}")
+        w_retain = _optional_weight(lam_retain, "Retain weight", "off")
         if n_retain and not (retain or p.retain_prompts):
             raise UserError("Retain images need retain prompts: write what must stay as it is under 'Retain "
                             "prompts', one per line (this preset has none), or leave Retain images blank")
-        if w_retain and not (n_retain if n_retain is not None else p.for_family(family).num_retain):
+        retain_images = n_retain if n_retain is not None else p.for_family(family).num_retain
+        if w_retain and not retain_images:
             raise UserError("A retain weight needs retain images: set 'Retain images' above 0 (with this preset "
                             "and model there are none)")
         directions = _optional(concept_directions, lambda v: _int(v, "Concept directions", 0))
         close = tuple(w.strip() for w in (close_concepts or "").split(",") if w.strip())
-        w_close = _optional(close_weight, lambda v: _float(v, "Close weight", positive=False))
-        if w_close is not None and w_close < 0:
-            raise UserError(f"Close weight must be 0 or positive, got {close_weight!r}")
-        if directions and not (n_retain if n_retain is not None else p.for_family(family).num_retain):
+        w_close = _optional_weight(close_weight, "Close weight")
+        if directions and not retain_images:
             raise UserError("Concept directions need retain images (what the adapter must leave alone): set "
                             "'Retain images' above 0, or leave Concept directions blank")
         n_steps = _int(steps, "Steps", 1, MOST_STEPS)

@@ -42,14 +42,6 @@ def top_directions(c_concept, c_keep, n: int, ridge: float = RIDGE):
     return basis.float(), values.flip(0)[:n]
 
 
-def _adapted_layers(raw, adapter: str) -> dict:
-    """name → peft LoRA layer whose down-projection is linear (convolutions are left as they are)."""
-    import torch
-
-    return {name: m for name, m in raw.named_modules()
-            if adapter in getattr(m, "lora_A", {}) and isinstance(m.lora_A[adapter], torch.nn.Linear)}
-
-
 def input_moments(raw, layers: dict, run) -> dict:
     """name → E[x xᵀ] of each layer's input rows over every forward pass `run()` makes (float32, on the CPU)."""
     import torch
@@ -77,7 +69,7 @@ def input_moments(raw, layers: dict, run) -> dict:
 @dataclass
 class ConceptDirections:
     """The projectors of one run, applied to the LoRA down-projections at the start and after every step."""
-    bases: dict  # lora_A weight (Parameter) → Q, on the weight's device
+    bases: dict  # LoRA down-projection weight (Parameter) → Q, on the weight's device
     top_ratio: float  # the largest μ over all layers: how far the concept's inputs stand out (≈1: not at all)
 
     def apply(self) -> None:
@@ -106,20 +98,21 @@ def weighed_close_rows(prompts, close_concepts, close_weight: float) -> list[int
 
 
 def concept_directions(raw, family, process, cache, retain_prompts, n: int, close_concepts=(),
-                       close_weight: float = 0.0, seed: int = 0, autocast=None, adapter: str = "duo"):
+                       close_weight: float = 0.0, seed: int = 0, autocast=None):
     """Measure both moments with the adapter off and project every LoRA down-projection onto its layer's top-n
     directions. Needs the retain set's latents in `cache` (what must be kept)."""
     import contextlib
 
     import torch
 
-    from .lora import adapters_disabled
+    from .lora import adapters_disabled, linear_lora_layers
 
     if not cache.retain_size():
         raise UserError("concept_directions needs a retain set (what the adapter must leave alone): make the pairs "
                         "with --retain-prompt and --num-retain")
     close = weighed_close_rows(retain_prompts, close_concepts, close_weight)
-    layers = _adapted_layers(raw, adapter)
+    adapted = linear_lora_layers(raw)
+    layers = {name: layer for name, (layer, _) in adapted.items()}
     if not layers:
         raise UserError("concept_directions works on linear LoRA targets; none of the targets is a linear layer")
     autocast = autocast or contextlib.nullcontext
@@ -160,9 +153,8 @@ def concept_directions(raw, family, process, cache, retain_prompts, n: int, clos
             c_close = input_moments(raw, layers, kept(torch.tensor(close), False))
             c_keep = {name: c + close_weight * c_close[name] for name, c in c_keep.items()}
     bases, top = {}, 1.0
-    for name, layer in layers.items():
+    for name, (_, weight) in adapted.items():
         q, values = top_directions(c_concept[name], c_keep[name], n)
-        weight = layer.lora_A[adapter].weight
         bases[weight] = q.to(weight.device, weight.dtype)
         top = max(top, float(values[0]))
     directions = ConceptDirections(bases, top)
