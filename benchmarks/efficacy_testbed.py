@@ -87,8 +87,10 @@ def recipe(facts: dict) -> str:
     if facts.get("concept_directions"):
         close = (f", close concept {' / '.join(facts['close_concepts'])} ×{facts.get('close_weight'):g}"
                  if facts.get("close_weight") else "")
-        extra += (f", the LoRA on the concept's {facts['concept_directions']} input directions per layer against "
-                  f"{facts.get('retain_images')} retain images{close}")
+        n = facts["concept_directions"]
+        which = (f"input directions whose μ is above their layer's mean ({facts['concept_directions_share']:.0%} of "
+                 "the inputs)" if n == "auto" else f"{n} input directions per layer")
+        extra += f", the LoRA on the concept's {which} against {facts.get('retain_images')} retain images{close}"
     if facts.get("edit_region") == "concept":
         extra += ", region twins"
     if facts.get("condition") == "unsafe":

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..trainer.concept_directions import AUTO
 from ..trainer.errors import UserError
 from ..trainer.lr_schedule import SCHEDULES
 from .backends import family_label, testbeds_label
@@ -94,6 +95,16 @@ def _optional(value, parse):
     """A text field that may be left blank (the preset's value): None, else the parsed value."""
     text = "" if value is None else str(value).strip()
     return None if not text else parse(text)
+
+
+def _directions_count(text: str) -> int | str:
+    """The Concept directions field: a whole number or auto."""
+    if text.lower() == AUTO:
+        return AUTO
+    try:
+        return _int(text, "Concept directions", 0)
+    except UserError:
+        raise UserError(f"Concept directions must be {AUTO} or a whole number of at least 0, got {text!r}") from None
 
 
 def _optional_weight(value, name: str, zero: str = "") -> float | None:
@@ -254,7 +265,7 @@ class TabController:
         if w_retain and not retain_images:
             raise UserError("A retain weight needs retain images: set 'Retain images' above 0 (with this preset "
                             "and model there are none)")
-        directions = _optional(concept_directions, lambda v: _int(v, "Concept directions", 0))
+        directions = _optional(concept_directions, _directions_count)
         close = tuple(w.strip() for w in (close_concepts or "").split(",") if w.strip())
         w_close = _optional_weight(close_weight, "Close weight")
         if directions and not retain_images:
@@ -562,7 +573,7 @@ def build_tab(backend) -> dict:
                                              elem_id="duo_lam_retain")
             with gr.Row():
                 c["concept_directions"] = gr.Textbox(
-                    label="Concept directions per layer (blank: the preset's; 0: off)", value="",
+                    label="Concept directions per layer (blank: the preset's; auto; 0: off)", value="",
                     elem_id="duo_concept_directions")
                 c["close_concepts"] = gr.Textbox(label="Close concepts: retain-prompt words, comma-separated "
                                                        "(blank: the preset's)", value="",

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from duo_unlearn.trainer.concept_directions import close_rows, top_directions
+from duo_unlearn.trainer.cli_options import count_or_auto
+from duo_unlearn.trainer.concept_directions import AUTO, close_rows, top_directions
 from duo_unlearn.trainer.config import LoraConfig, TrainConfig
 from duo_unlearn.trainer.errors import UserError
 from duo_unlearn.trainer.export import decode_duo, read_metadata
@@ -37,6 +38,27 @@ def test_with_a_correlated_keep_set_the_basis_spans_the_generalised_eigenvectors
         null = torch.linalg.svd(m).Vh[-1]  # the eigenvector of μ
         assert torch.linalg.norm(null - q.double() @ (q.double().T @ null)) < 1e-3
     assert values[0] >= values[1] >= values[2] > 0
+
+
+def test_auto_keeps_the_directions_above_the_mean_whatever_the_scale():
+    keep = torch.eye(6)
+    concept = torch.diag(torch.tensor([4.0, 0.5, 3.0, 1.0, 0.0, 3.5]))  # μ = these; their mean 2.0
+    q, values = top_directions(concept, keep, AUTO, ridge=0.0)
+    assert values.tolist() == pytest.approx([4.0, 3.5, 3.0])
+    assert torch.allclose(q @ q.T, torch.diag(torch.tensor([1.0, 0, 1, 0, 0, 1])), atol=1e-6)
+    for scaled in ((concept * 50, keep), (concept, keep * 7)):  # e.g. a retain set counted seven times
+        assert top_directions(*scaled, AUTO, ridge=0.0)[0].shape == (6, 3)
+    wide = torch.diag(torch.cat([torch.tensor([4.0, 0.5, 3.0, 1.0, 0.0, 3.5])] * 4))
+    assert top_directions(wide, torch.eye(24), AUTO, ridge=0.0)[0].shape == (24, 12)  # follows the width
+    assert top_directions(wide, torch.eye(24), 3, ridge=0.0)[0].shape == (24, 3)  # a count does not
+
+
+def test_the_directions_setting_takes_a_count_or_auto_and_nothing_else():
+    assert TrainConfig(concept_directions=AUTO).validate() is None
+    for bad in (-1, True, 2.5, "many", "24"):
+        with pytest.raises(UserError, match='concept_directions must be 0 .off., a positive integer or "auto"'):
+            TrainConfig(concept_directions=bad).validate()
+    assert (count_or_auto("Auto"), count_or_auto("24")) == (AUTO, 24)
 
 
 def test_close_rows_match_whole_words_in_any_case():
@@ -76,7 +98,14 @@ def test_training_keeps_every_down_projection_inside_the_directions(retain_pairs
     facts = decode_duo(read_metadata(tmp_path / "dir.safetensors"))
     assert (facts["concept_directions"], facts["close_concepts"], facts["close_weight"]) == (2, ["orange"], 3.0)
     assert facts["concept_directions_top_ratio"] >= 1.0 and facts["lambda_retain"] == 0.0
+    widths = [w.shape[1] for k, w in ups.items() if k.endswith("lora_down.weight")]
+    assert facts["concept_directions_share"] == pytest.approx(2 * len(widths) / sum(widths), abs=1e-4)
     assert any("input directions per layer" in m for m in events)
+
+    train(TrainConfig(out=str(tmp_path / "auto.safetensors"), concept_directions=AUTO, **{**common, "steps": 1}),
+          model=loaded)
+    facts = decode_duo(read_metadata(tmp_path / "auto.safetensors"))
+    assert facts["concept_directions"] == AUTO and 0 < facts["concept_directions_share"] < 1
 
 
 def test_the_same_seed_gives_the_same_directions(retain_pairs, tiny_model, loaded, tmp_path):

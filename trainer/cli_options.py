@@ -95,7 +95,8 @@ HELP.update({
     "num_retain": "retain-set images made with the pairs (base-model images of the retain prompts; 0: none)",
     "lam_retain": "weight of output preservation on the retain set's noised images (0: off, the paper's DUO)",
     "concept_directions": "N > 0: each LoRA layer reads only the N input directions where the concept's features "
-                          "stand out most against the retain set's (needs a retain set; 0: off, the paper's DUO)",
+                          "stand out most against the retain set's; auto: those where they stand out more than the "
+                          "layer's average (needs a retain set; 0: off, the paper's DUO)",
     "close_concepts": "words that mark retain prompts of close concepts (orange beside red), comma-separated",
     "close_weight": "how many more times those retain images count among what the directions must leave alone",
 })
@@ -114,6 +115,21 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"duo-unlearn: error: {message} (see {self.prog} --help)\n")
+
+
+def count_or_auto(text: str) -> int | str:
+    """--concept-directions: a whole number, or auto (concept_directions.AUTO)."""
+    from .concept_directions import AUTO
+
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or {AUTO}, got {text!r}") from None
+
+
+_FLAG_TYPES = {"concept_directions": (count_or_auto, "N|auto")}
 
 
 def _scalar_type(hint) -> type:
@@ -154,7 +170,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
         elif isinstance(default, tuple):
             parser.add_argument(flag, default=None, help=f"{text} (default: {_LIST_SEPARATOR.get(name, ',').join(default) or 'none'})")
         else:
-            parser.add_argument(flag, type=kind, default=None, metavar=kind.__name__.upper(),
+            kind, metavar = _FLAG_TYPES.get(name, (kind, kind.__name__.upper()))
+            parser.add_argument(flag, type=kind, default=None, metavar=metavar,
                                 help=f"{text} (default: {default})" if default not in (None, "") else text)
 
 

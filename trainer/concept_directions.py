@@ -14,6 +14,11 @@ retain images of named close concepts `close_weight` more times. An input with n
 adapter untouched: W x + B A Q Qᵀ x = W x. A is projected at the start and after every optimiser step, so the saved
 adapter is an ordinary LoRA (B · A Q Qᵀ has rank ≤ the LoRA's). Only Q (d × N per layer) is kept, and the moments
 wait on the CPU between passes: SDXL's hundreds of 1280-wide layers would otherwise hold gigabytes of d × d matrices.
+
+N = "auto" takes, per layer, the directions whose μ is at least the layer's mean μ (tr(C_keep⁻¹ C_concept) / d):
+where the concept stands out more than it does on average. The count then follows each layer's width and spectrum
+(a fixed N of the test bed's 32- and 64-wide layers says nothing for SD 1.5's 320–1280-wide ones), and does not move
+when a moment is scaled as a whole.
 """
 from __future__ import annotations
 
@@ -24,22 +29,30 @@ from .errors import UserError
 DRAWS = 4  # noise draws per image for the moments (t and ε differ per draw)
 RIDGE = 1e-3  # C_keep + RIDGE·mean eigenvalue·I: a direction no kept input uses must not divide by zero
 CHUNK = 16  # images per forward pass while measuring
+AUTO = "auto"  # per layer: the directions whose μ is at least the layer's mean μ
 
 
-def top_directions(c_concept, c_keep, n: int, ridge: float = RIDGE):
+def valid_count(n) -> bool:
+    """A directions setting: 0 (off), a positive count per layer, or AUTO."""
+    return n == AUTO or (isinstance(n, int) and not isinstance(n, bool) and n >= 0)
+
+
+def top_directions(c_concept, c_keep, n: int | str, ridge: float = RIDGE):
     """Q (d × n, float32): an orthonormal basis of the span of the n generalised eigenvectors of (C_concept, C_keep)
-    with the largest eigenvalues (Q Qᵀ projects onto it), and those eigenvalues (descending). Float64 on the CPU."""
+    with the largest eigenvalues (Q Qᵀ projects onto it), and those eigenvalues (descending). n = AUTO: those with
+    μ ≥ the mean μ. Float64 on the CPU."""
     import torch
 
     c_concept, c_keep = c_concept.double().cpu(), c_keep.double().cpu()
     d = c_keep.shape[0]
-    n = min(n, d)
     c_keep = c_keep + ridge * torch.trace(c_keep) / d * torch.eye(d, dtype=c_keep.dtype)
     l_inv = torch.linalg.inv(torch.linalg.cholesky(c_keep))
     values, vectors = torch.linalg.eigh(l_inv @ c_concept @ l_inv.T)
-    v = l_inv.T @ vectors[:, -n:]  # back from the whitened space, where they are not orthonormal
+    values, vectors = values.flip(0), vectors.flip(1)
+    n = int((values >= values.mean()).sum()) if n == AUTO else min(n, d)
+    v = l_inv.T @ vectors[:, :n]  # back from the whitened space, where they are not orthonormal
     basis, _ = torch.linalg.qr(v)
-    return basis.float(), values.flip(0)[:n]
+    return basis.float(), values[:n]
 
 
 def input_moments(raw, layers: dict, run) -> dict:
@@ -71,6 +84,7 @@ class ConceptDirections:
     """The projectors of one run, applied to the LoRA down-projections at the start and after every step."""
     bases: dict  # LoRA down-projection weight (Parameter) → Q, on the weight's device
     top_ratio: float  # the largest μ over all layers: how far the concept's inputs stand out (≈1: not at all)
+    kept_share: float  # the directions kept over all layers' input widths: what N (or AUTO) came to
 
     def apply(self) -> None:
         import torch
@@ -152,11 +166,12 @@ def concept_directions(raw, family, process, cache, retain_prompts, n: int, clos
         if close:
             c_close = input_moments(raw, layers, kept(torch.tensor(close), False))
             c_keep = {name: c + close_weight * c_close[name] for name, c in c_keep.items()}
-    bases, top = {}, 1.0
+    bases, top, kept, width = {}, 1.0, 0, 0
     for name, (_, weight) in adapted.items():
         q, values = top_directions(c_concept[name], c_keep[name], n)
         bases[weight] = q.to(weight.device, weight.dtype)
         top = max(top, float(values[0]))
-    directions = ConceptDirections(bases, top)
+        kept, width = kept + q.shape[1], width + q.shape[0]
+    directions = ConceptDirections(bases, top, kept / width)
     directions.apply()
     return directions

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .atomic import check_folder_writable
 from .checkpoints import CheckpointFolder
-from .concept_directions import concept_directions
+from .concept_directions import AUTO, concept_directions
 from .config import TrainConfig
 from .erasure_stop import erasure_check
 from .errors import UserError
@@ -185,13 +185,15 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
         params = add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, lora_targets(cfg, family))
         directions = None
         if cfg.concept_directions:
-            report(progress, ProgressEvent("load", message=f"measuring the concept's {cfg.concept_directions} input "
-                                                           "directions per layer against the retain set"))
+            how_many = "" if cfg.concept_directions == AUTO else f"{cfg.concept_directions} "
+            report(progress, ProgressEvent("load", message=f"measuring the concept's {how_many}input directions per "
+                                                           "layer against the retain set"))
             directions = concept_directions(denoiser, family, family.noise_process(pipe, cache.resolution), cache,
                                             [r.prompt for r in retain], cfg.concept_directions, cfg.close_concepts,
                                             cfg.close_weight, cfg.seed, rt.autocast)
-            report(progress, ProgressEvent("load", message="the adapter reads only those directions (the concept's "
-                                                           f"inputs stand out by ×{directions.top_ratio:.3g} at most)"))
+            report(progress, ProgressEvent("load", message=(
+                f"the adapter reads only those directions, {directions.kept_share:.0%} of its layers' inputs (the "
+                f"concept's stand out by ×{directions.top_ratio:.3g} at most)")))
         checkpointing = _checkpointing(rt, denoiser, cfg, resolution, params,
                                        cfg.preservation_weight_for(family.lambda_base))
         if checkpointing:
@@ -337,7 +339,8 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     })
     if directions:
         facts.update({"concept_directions": cfg.concept_directions, "close_concepts": list(cfg.close_concepts),
-                      "close_weight": cfg.close_weight, "concept_directions_top_ratio": round(directions.top_ratio, 4)})
+                      "close_weight": cfg.close_weight, "concept_directions_top_ratio": round(directions.top_ratio, 4),
+                      "concept_directions_share": round(directions.kept_share, 4)})
     if cfg.method == "esd":
         facts.update({"esd_eta": cfg.esd_eta, "lambda": 0, "beta": None, "kappa": None})
     if check:
