@@ -97,14 +97,20 @@ def _optional(value, parse):
     return None if not text else parse(text)
 
 
-def _directions_count(text: str) -> int | str:
-    """The Concept directions field: a whole number or auto."""
+def _directions_count(text: str) -> int | float | str:
+    """The Concept directions field: a whole number, a share of each layer's width, or auto."""
     if text.lower() == AUTO:
         return AUTO
     try:
-        return _int(text, "Concept directions", 0)
-    except UserError:
-        raise UserError(f"Concept directions must be {AUTO} or a whole number of at least 0, got {text!r}") from None
+        number = float(text)
+    except ValueError:
+        number = -1.0
+    if number.is_integer() and number >= 0:
+        return int(number)
+    if 0 < number < 1:
+        return number
+    raise UserError(f"Concept directions must be {AUTO}, a whole number of at least 0 or a share between 0 and 1 "
+                    f"(of each layer's inputs), got {text!r}")
 
 
 def _optional_weight(value, name: str, zero: str = "") -> float | None:
@@ -573,7 +579,8 @@ def build_tab(backend) -> dict:
                                              elem_id="duo_lam_retain")
             with gr.Row():
                 c["concept_directions"] = gr.Textbox(
-                    label="Concept directions per layer (blank: the preset's; auto; 0: off)", value="",
+                    label="Concept directions per layer: a number, a share (0.5) or auto "
+                          "(blank: the preset's; 0: off)", value="",
                     elem_id="duo_concept_directions")
                 c["close_concepts"] = gr.Textbox(label="Close concepts: retain-prompt words, comma-separated "
                                                        "(blank: the preset's)", value="",

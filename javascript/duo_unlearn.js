@@ -30,7 +30,7 @@
     duo_retain_prompts: "Images of these prompts (the base model's) are held as they are while the concept is removed: close concepts, other subjects. Blank = the preset's.",
     duo_num_retain: "How many retain images to make with the pairs. Blank = the preset's; 0 = none (the paper's DUO). Fewer is faster and keeps less.",
     duo_lam_retain: "How strongly the retain images are held. Blank = the preset's; 0 = off. Too high and the concept stays.",
-    duo_concept_directions: "Each LoRA layer reads only this many input directions: those where the concept's features stand out most against the retain images'. Inputs with nothing there pass unchanged. Needs retain images. auto = per layer, those where they stand out more than the layer's average. Blank = the preset's; 0 = off.",
+    duo_concept_directions: "Each LoRA layer reads only this many input directions: those where the concept's features stand out most against the retain images'. Inputs with nothing there pass unchanged. Needs retain images. A share such as 0.5 = that share of each layer's inputs; auto = per layer, those where they stand out more than the layer's average. Blank = the preset's; 0 = off.",
     duo_close_concepts: "Words of the retain prompts that name concepts close to the one removed (orange beside red): their images count more when the directions are chosen. Blank = the preset's.",
     duo_close_weight: "How many more times the close concepts' retain images count. Blank = the preset's; 0 = like every other retain image.",
     duo_model_family: "The model's family, read from its files without loading it: SD 1.x, SD 2.x, SDXL, SD3 or Flux.",

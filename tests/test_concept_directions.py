@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from duo_unlearn.trainer.cli_options import count_or_auto
-from duo_unlearn.trainer.concept_directions import AUTO, close_rows, top_directions
+from duo_unlearn.trainer.cli_options import directions_setting
+from duo_unlearn.trainer.concept_directions import AUTO, close_rows, describe, top_directions
 from duo_unlearn.trainer.config import LoraConfig, TrainConfig
 from duo_unlearn.trainer.errors import UserError
 from duo_unlearn.trainer.export import decode_duo, read_metadata
@@ -53,12 +53,24 @@ def test_auto_keeps_the_directions_above_the_mean_whatever_the_scale():
     assert top_directions(wide, torch.eye(24), 3, ridge=0.0)[0].shape == (24, 3)  # a count does not
 
 
-def test_the_directions_setting_takes_a_count_or_auto_and_nothing_else():
-    assert TrainConfig(concept_directions=AUTO).validate() is None
-    for bad in (-1, True, 2.5, "many", "24"):
-        with pytest.raises(UserError, match='concept_directions must be 0 .off., a positive integer or "auto"'):
+def test_a_share_keeps_that_part_of_each_layers_width_largest_first():
+    concept = torch.diag(torch.tensor([4.0, 0.5, 3.0, 1.0, 0.0, 3.5]))
+    q, values = top_directions(concept, torch.eye(6), 0.5, ridge=0.0)
+    assert values.tolist() == pytest.approx([4.0, 3.5, 3.0])
+    assert top_directions(concept, torch.eye(6), 0.4, ridge=0.0)[0].shape == (6, 3)  # rounded up: 2.4 -> 3
+    wide = torch.diag(torch.arange(64.0))
+    assert top_directions(wide, torch.eye(64), 0.5, ridge=0.0)[0].shape == (64, 32)
+
+
+def test_the_directions_setting_takes_a_count_a_share_or_auto_and_nothing_else():
+    for good in (AUTO, 0, 24, 0.5):
+        assert TrainConfig(concept_directions=good).validate() is None
+    for bad in (-1, True, 1.0, 2.5, 0.0, -0.5, float("nan"), "many", "24"):
+        with pytest.raises(UserError, match="concept_directions must be 0 .off., a positive integer, a share"):
             TrainConfig(concept_directions=bad).validate()
-    assert (count_or_auto("Auto"), count_or_auto("24")) == (AUTO, 24)
+    assert [directions_setting(t) for t in ("Auto", "24", "0.5")] == [AUTO, 24, 0.5]
+    assert [describe(n) for n in (24, 0.5, AUTO)] == ["24 per layer", "50% of each layer's",
+                                                      "those above each layer's mean μ"]
 
 
 def test_close_rows_match_whole_words_in_any_case():
@@ -100,7 +112,7 @@ def test_training_keeps_every_down_projection_inside_the_directions(retain_pairs
     assert facts["concept_directions_top_ratio"] >= 1.0 and facts["lambda_retain"] == 0.0
     widths = [w.shape[1] for k, w in ups.items() if k.endswith("lora_down.weight")]
     assert facts["concept_directions_share"] == pytest.approx(2 * len(widths) / sum(widths), abs=1e-4)
-    assert any("input directions per layer" in m for m in events)
+    assert "measuring the concept's input directions (2 per layer) against the retain set" in events
 
     train(TrainConfig(out=str(tmp_path / "auto.safetensors"), concept_directions=AUTO, **{**common, "steps": 1}),
           model=loaded)

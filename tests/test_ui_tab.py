@@ -84,13 +84,17 @@ def test_direction_fields_reach_the_plan_and_blank_means_the_preset(ctl, tiny_mo
     assert (mine.concept_directions, mine.close_concepts, mine.close_weight) == (8, ("orange", "yellow"), 2.0)
     off = ctl.build_request(*inputs(tiny_model), *RUNTIME, "", "", "", "constant", 0, "0", "", "").plans[0].train
     assert (off.concept_directions, off.close_concepts, off.close_weight) == (0, (), 0.0)
-    auto = ctl.build_request(*inputs(tiny_model), *RUNTIME, "", "", "", "constant", 0, " Auto ", "", "").plans[0].train
-    assert auto.concept_directions == "auto"
+    for text, setting in ((" Auto ", "auto"), ("0.5", 0.5), ("24.0", 24)):
+        train = ctl.build_request(*inputs(tiny_model), *RUNTIME, "", "", "", "constant", 0, text, "", "").plans[0].train
+        assert train.concept_directions == setting and type(train.concept_directions) is type(setting)
 
 
 @pytest.mark.parametrize("n, directions, close, weight, message", [
-    ("", "-1", "", "", "Concept directions must be auto or a whole number of at least 0, got '-1'"),
-    ("", "many", "", "", "Concept directions must be auto or a whole number of at least 0, got 'many'"),
+    ("", "-1", "", "", "Concept directions must be auto, a whole number of at least 0 or a share between 0 and 1 "
+                       ".of each layer's inputs., got '-1'"),
+    ("", "many", "", "", "Concept directions must be auto, a whole number .* got 'many'"),
+    ("", "1.5", "", "", "Concept directions must be auto, a whole number .* got '1.5'"),
+    ("", "nan", "", "", "Concept directions must be auto, a whole number .* got 'nan'"),
     ("", "", "", "-1", "Close weight must be 0 or positive"),
     ("", "", "crimson", "", "no retain prompt names a close concept .crimson."),
     ("0", "8", "", "", "Concept directions need retain images"),

@@ -95,8 +95,9 @@ HELP.update({
     "num_retain": "retain-set images made with the pairs (base-model images of the retain prompts; 0: none)",
     "lam_retain": "weight of output preservation on the retain set's noised images (0: off, the paper's DUO)",
     "concept_directions": "N > 0: each LoRA layer reads only the N input directions where the concept's features "
-                          "stand out most against the retain set's; auto: those where they stand out more than the "
-                          "layer's average (needs a retain set; 0: off, the paper's DUO)",
+                          "stand out most against the retain set's; 0 < SHARE < 1: that share of each layer's "
+                          "inputs; auto: those where they stand out more than the layer's average (needs a retain "
+                          "set; 0: off, the paper's DUO)",
     "close_concepts": "words that mark retain prompts of close concepts (orange beside red), comma-separated",
     "close_weight": "how many more times those retain images count among what the directions must leave alone",
 })
@@ -117,19 +118,22 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"duo-unlearn: error: {message} (see {self.prog} --help)\n")
 
 
-def count_or_auto(text: str) -> int | str:
-    """--concept-directions: a whole number, or auto (concept_directions.AUTO)."""
+def directions_setting(text: str) -> int | float | str:
+    """--concept-directions: a whole number, a share of each layer's width (0.5), or auto (concept_directions.AUTO);
+    the range is the config's check."""
     from .concept_directions import AUTO
 
     if text.strip().lower() == AUTO:
         return AUTO
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number or {AUTO}, got {text!r}") from None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(f"expected a whole number, a share such as 0.5, or {AUTO}, got {text!r}")
 
 
-_FLAG_TYPES = {"concept_directions": (count_or_auto, "N|auto")}
+_FLAG_TYPES = {"concept_directions": (directions_setting, "N|SHARE|auto")}
 
 
 def _scalar_type(hint) -> type:

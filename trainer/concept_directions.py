@@ -15,10 +15,10 @@ adapter untouched: W x + B A Q Qᵀ x = W x. A is projected at the start and aft
 adapter is an ordinary LoRA (B · A Q Qᵀ has rank ≤ the LoRA's). Only Q (d × N per layer) is kept, and the moments
 wait on the CPU between passes: SDXL's hundreds of 1280-wide layers would otherwise hold gigabytes of d × d matrices.
 
-N = "auto" takes, per layer, the directions whose μ is at least the layer's mean μ (tr(C_keep⁻¹ C_concept) / d):
-where the concept stands out more than it does on average. The count then follows each layer's width and spectrum
-(a fixed N of the test bed's 32- and 64-wide layers says nothing for SD 1.5's 320–1280-wide ones), and does not move
-when a moment is scaled as a whole.
+A fixed N of the test bed's 32- and 64-wide layers says nothing for SD 1.5's 320–1280-wide ones, so N may follow the
+width instead: a share 0 < N < 1 keeps ⌈N·d⌉ of a d-wide layer's directions; N = "auto" keeps those whose μ is at
+least the layer's mean μ (tr(C_keep⁻¹ C_concept) / d), where the concept stands out more than it does on average, a
+count that follows the layer's spectrum too and does not move when a moment is scaled as a whole.
 """
 from __future__ import annotations
 
@@ -33,14 +33,34 @@ AUTO = "auto"  # per layer: the directions whose μ is at least the layer's mean
 
 
 def valid_count(n) -> bool:
-    """A directions setting: 0 (off), a positive count per layer, or AUTO."""
-    return n == AUTO or (isinstance(n, int) and not isinstance(n, bool) and n >= 0)
+    """A directions setting: 0 (off), a positive count per layer, a share of each layer's width, or AUTO."""
+    if isinstance(n, bool):
+        return False
+    return n == AUTO or (isinstance(n, int) and n >= 0) or (isinstance(n, float) and 0 < n < 1)
 
 
-def top_directions(c_concept, c_keep, n: int | str, ridge: float = RIDGE):
+def describe(n) -> str:
+    """A directions setting in words, for progress lines."""
+    if n == AUTO:
+        return "those above each layer's mean μ"
+    return f"{n:.0%} of each layer's" if isinstance(n, float) else f"{n} per layer"
+
+
+def layer_count(n, values) -> int:
+    """How many of a layer's directions setting `n` keeps, given its μ (one per input direction)."""
+    import math
+
+    if n == AUTO:
+        return int((values >= values.mean()).sum())
+    if isinstance(n, float):
+        return math.ceil(n * len(values))
+    return min(n, len(values))
+
+
+def top_directions(c_concept, c_keep, n: int | float | str, ridge: float = RIDGE):
     """Q (d × n, float32): an orthonormal basis of the span of the n generalised eigenvectors of (C_concept, C_keep)
-    with the largest eigenvalues (Q Qᵀ projects onto it), and those eigenvalues (descending). n = AUTO: those with
-    μ ≥ the mean μ. Float64 on the CPU."""
+    with the largest eigenvalues (Q Qᵀ projects onto it), and those eigenvalues (descending). n as `layer_count`
+    reads it. Float64 on the CPU."""
     import torch
 
     c_concept, c_keep = c_concept.double().cpu(), c_keep.double().cpu()
@@ -49,7 +69,7 @@ def top_directions(c_concept, c_keep, n: int | str, ridge: float = RIDGE):
     l_inv = torch.linalg.inv(torch.linalg.cholesky(c_keep))
     values, vectors = torch.linalg.eigh(l_inv @ c_concept @ l_inv.T)
     values, vectors = values.flip(0), vectors.flip(1)
-    n = int((values >= values.mean()).sum()) if n == AUTO else min(n, d)
+    n = layer_count(n, values)
     v = l_inv.T @ vectors[:, :n]  # back from the whitened space, where they are not orthonormal
     basis, _ = torch.linalg.qr(v)
     return basis.float(), values[:n]

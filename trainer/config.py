@@ -54,8 +54,9 @@ class TrainConfig:
     lam: float | None = None  # None: 1e6 * beta / 100
     lam_retain: float = 0.0  # output preservation on the pair folder's retain set (retain_set.py); 0: off
     # >0: each LoRA reads only its layer's N input directions most particular to the concept against the retain set
-    # (concept_directions.py; needs the retain set); "auto": those above the layer's mean; 0: off
-    concept_directions: int | str = 0
+    # (concept_directions.py; needs the retain set); 0 < N < 1: that share of each layer's width; "auto": those
+    # whose μ is above the layer's mean; 0: off
+    concept_directions: int | float | str = 0
     close_concepts: tuple[str, ...] = ()  # words of retain prompts whose images weigh close_weight more there
     close_weight: float = 0.0
     steps: int = 1000
@@ -136,7 +137,8 @@ class TrainConfig:
         if not (isinstance(self.lam_retain, (int, float)) and math.isfinite(self.lam_retain) and self.lam_retain >= 0):
             raise UserError(f"lam_retain must be zero or positive, got {self.lam_retain!r}")
         if not valid_count(self.concept_directions):
-            raise UserError("concept_directions must be 0 (off), a positive integer or \"auto\", "
+            raise UserError("concept_directions must be 0 (off), a positive integer, a share of each layer's width "
+                            "between 0 and 1, or \"auto\", "
                             f"got {self.concept_directions!r}")
         if not (isinstance(self.close_weight, (int, float)) and math.isfinite(self.close_weight)
                 and self.close_weight >= 0):

@@ -44,7 +44,7 @@ class Preset:
     retain_prompts: tuple[str, ...] = ()  # the retain set (retain_set.py); none: the paper's DUO
     num_retain: int = 0
     lam_retain: float = 0.0
-    concept_directions: int | str = 0  # >0 or "auto": the adapter reads only the concept's directions per layer
+    concept_directions: int | float | str = 0  # >0: the adapter reads only the concept's directions per layer
     close_concepts: tuple[str, ...] = ()  # words of the retain prompts that name close concepts, weighed close_weight
     close_weight: float = 0.0
     stop_every: int = 0  # >0: `steps` is the most; training stops once `detector` finds the concept gone

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .atomic import check_folder_writable
 from .checkpoints import CheckpointFolder
-from .concept_directions import AUTO, concept_directions
+from .concept_directions import concept_directions, describe
 from .config import TrainConfig
 from .erasure_stop import erasure_check
 from .errors import UserError
@@ -185,9 +185,9 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
         params = add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, lora_targets(cfg, family))
         directions = None
         if cfg.concept_directions:
-            how_many = "" if cfg.concept_directions == AUTO else f"{cfg.concept_directions} "
-            report(progress, ProgressEvent("load", message=f"measuring the concept's {how_many}input directions per "
-                                                           "layer against the retain set"))
+            report(progress, ProgressEvent("load", message=(
+                f"measuring the concept's input directions ({describe(cfg.concept_directions)}) against the retain "
+                "set")))
             directions = concept_directions(denoiser, family, family.noise_process(pipe, cache.resolution), cache,
                                             [r.prompt for r in retain], cfg.concept_directions, cfg.close_concepts,
                                             cfg.close_weight, cfg.seed, rt.autocast)

@@ -47,7 +47,7 @@ class UnlearnConfig:
     retain_prompts: tuple[str, ...] = ()  # prompts whose images must stay (default: the preset's)
     num_retain: int | None = None  # retain-set images (None: the preset's; 0: none)
     lam_retain: float | None = None  # weight of the retain-set term (None: the preset's; 0: off)
-    concept_directions: int | str | None = None  # the adapter on the concept's N input directions (None: preset's; 0: off)
+    concept_directions: int | float | str | None = None  # the concept's input directions (None: preset's; 0: off)
     close_concepts: tuple[str, ...] = ()  # retain-prompt words of close concepts (default: the preset's)
     close_weight: float | None = None  # their extra weight among what is kept (None: the preset's)
     stop_every: int | None = None  # check erasure every N steps (None: the preset's; 0: train all steps)
