@@ -42,13 +42,18 @@ def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
            ("duo_v1_region", "v1 + twins changed only in the concept's region (`--edit-region concept`)",
             PREVIOUS | {"edit_region": "concept"}),
            ("duo_preset", "the preset now: v1 + retain set (base-model images of the other colours) and β from κ; "
-                          "SD 1.x: 135 images, the LoRA on the concept's 24 input directions per layer measured "
-                          "against them (orange named as the close concept, weight 6), λ_retain 0, κ 6.2 (β ≈ "
+                          "SD 1.x: 135 images, the LoRA on half of each layer's input directions, those where the "
+                          "concept stands out most against them (orange named as the close concept, weight 6), "
+                          "λ_retain 0, κ 6.2 (β ≈ "
                           "10), until red is gone from 95% of the erasure check's 24 samples (at most 900 steps); "
                           "SDXL: 45 images, λ_retain 0.5, κ 3 (β ≈ 5.4), "
                           "the erasure check every 75 steps with on-policy pairs (the check's images still red "
                           "become pairs with a base-model twin) until red is gone from 95% of them (at most 600 "
                           "steps); SD3: no retain set, κ 9.6 (β ≈ 10)", {}),
+           ("duo_preset_24", "the preset with a fixed 24 directions per layer instead of half of each layer's "
+                             "(SD 1.x's until 2026-12-05, twenty-ninth session)", {"concept_directions": 24}),
+           ("duo_preset_auto", "the preset with `--concept-directions auto`: per layer the directions whose μ is "
+                               "above the layer's mean", {"concept_directions": "auto"}),
            ("duo_preset_no_close", "the preset without a close concept: the directions measured against the "
                                    "retain set with every image weighed alike (`--close-weight 0`)",
             {"close_weight": 0.0}),
@@ -88,9 +93,14 @@ def recipe(facts: dict) -> str:
         close = (f", close concept {' / '.join(facts['close_concepts'])} ×{facts.get('close_weight'):g}"
                  if facts.get("close_weight") else "")
         n = facts["concept_directions"]
-        which = (f"input directions whose μ is above their layer's mean ({facts['concept_directions_share']:.0%} of "
-                 "the inputs)" if n == "auto" else f"{n} input directions per layer")
-        extra += f", the LoRA on the concept's {which} against {facts.get('retain_images')} retain images{close}"
+        if n == "auto":
+            which = (f"the concept's input directions whose μ is above their layer's mean "
+                     f"({facts['concept_directions_share']:.0%} of the inputs)")
+        elif isinstance(n, float):
+            which = f"the {n:.0%} of each layer's input directions most particular to the concept"
+        else:
+            which = f"the concept's {n} input directions per layer"
+        extra += f", the LoRA on {which}, measured against {facts.get('retain_images')} retain images{close}"
     if facts.get("edit_region") == "concept":
         extra += ", region twins"
     if facts.get("condition") == "unsafe":

@@ -1,6 +1,8 @@
 """The bundled test bed: its data, tokenizer and classifier, and the committed model's behaviour (small samples,
 margins below the model card's figures so the tests are stable but a broken model fails)."""
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,8 +103,6 @@ def test_model_card_figures_come_from_committed_data():
     figures are training_log.json's and the VAE config's."""
     from duo_unlearn.trainer.testbed.figures import END, START, card_table
 
-    from pathlib import Path
-
     here = Path(__file__).resolve().parents[1] / "trainer" / "testbed"  # the repository's, as committed
     card = (here / "MODEL_CARD.md").read_text()
     figures = json.loads((here / "figures.json").read_text())
@@ -129,17 +129,23 @@ def test_model_card_figures_come_from_committed_data():
     assert f"Weights: {figures['weights_mb']:.1f} MB" in card
 
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark(stem: str):
+    """A benchmark script as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(stem, BENCHMARKS / f"{stem}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_results_tables_come_from_committed_json():
     """benchmarks/RESULTS.md: each efficacy section (SD 1.x and SDXL test beds) and the β-scale section are their
     committed JSON rendered by their scripts (and so is the fp32-vs-bf16 section), and the first-run table is the first run's record rendered by the
     same table()."""
-    import importlib.util
-    from pathlib import Path
-
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    spec = importlib.util.spec_from_file_location("efficacy_testbed", bench / "efficacy_testbed.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    bench = BENCHMARKS
+    mod = benchmark("efficacy_testbed")
     text = (bench / "RESULTS.md").read_text()
 
     def section(name):
@@ -150,13 +156,9 @@ def test_results_tables_come_from_committed_json():
         if stem != "efficacy_testbed" and not (bench / f"{stem}.json").exists():
             continue  # a family's rows are added once they are measured
         assert section(stem) == mod.markdown(json.loads((bench / f"{stem}.json").read_text())).strip(), stem
-    spec = importlib.util.spec_from_file_location("beta_scale_testbed", bench / "beta_scale_testbed.py")
-    beta = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(beta)
+    beta = benchmark("beta_scale_testbed")
     assert section("beta_scale") == beta.section(json.loads((bench / "beta_scale_testbed.json").read_text())).strip()
-    spec = importlib.util.spec_from_file_location("precision_testbed", bench / "precision_testbed.py")
-    precision = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(precision)
+    precision = benchmark("precision_testbed")
     record = json.loads((bench / "precision_testbed.json").read_text())
     assert section("precision_testbed") == precision.section(record).strip()
     first = json.loads((bench / "efficacy_testbed_first_run.json").read_text())
@@ -166,13 +168,7 @@ def test_results_tables_come_from_committed_json():
 def test_missed_targets_are_counted_in_images():
     """A verdict below a target says by how many images: 30 of 36 orange where the base model reads 32 is 0.94 of
     base, one image short of 0.95; a met target says nothing more."""
-    import importlib.util
-    from pathlib import Path
-
-    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "efficacy_testbed.py"
-    spec = importlib.util.spec_from_file_location("efficacy_testbed", bench)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = benchmark("efficacy_testbed")
     attack = {"dsr": 22 / 24, "n": 24}
     result = {"results": {"duo_x": {"attacks": {"direct": attack, "prompts": {"dsr": 1.0, "n": 24}},
                                     "preservation": {"one_minus_lpips": 0.98}}}}
@@ -185,6 +181,17 @@ def test_missed_targets_are_counted_in_images():
     assert "orange ÷ base 0.938 (< 0.95: 30 of 36 read orange (the base model: 32), 31 would meet it)" in line
     assert "background 0.956 (≥ 0.95);" in line
     assert "shape accuracy ÷ base 0.933 (< 0.95: 140 of 180 shapes read right (the base model: 150), 143 would" in line
+
+
+def test_the_recipe_column_says_which_directions_setting_a_row_used():
+    mod = benchmark("efficacy_testbed")
+    facts = {"beta": 10.0, "lambda": 1e4, "lr": 1e-3, "steps": 300, "retain_images": 135, "close_concepts": ["orange"],
+             "close_weight": 6.0, "concept_directions_share": 0.3643}
+    said = [mod.recipe(facts | {"concept_directions": n}) for n in (24, 0.5, "auto")]
+    assert "the LoRA on the concept's 24 input directions per layer, measured against 135 retain images" in said[0]
+    assert "the LoRA on the 50% of each layer's input directions most particular to the concept, measured" in said[1]
+    assert "whose μ is above their layer's mean (36% of the inputs), measured against 135" in said[2]
+    assert all("close concept orange ×6" in s for s in said)
 
 
 @pytest.mark.slow
