@@ -131,7 +131,7 @@ def weighed_close_rows(prompts, close_concepts, close_weight: float) -> list[int
     return rows
 
 
-def concept_directions(raw, family, process, cache, retain_prompts, n: int, close_concepts=(),
+def concept_directions(raw, family, process, cache, retain_prompts, n: int | float | str, close_concepts=(),
                        close_weight: float = 0.0, seed: int = 0, autocast=None):
     """Measure both moments with the adapter off and project every LoRA down-projection onto its layer's top-n
     directions. Needs the retain set's latents in `cache` (what must be kept)."""
@@ -186,12 +186,12 @@ def concept_directions(raw, family, process, cache, retain_prompts, n: int, clos
         if close:
             c_close = input_moments(raw, layers, kept(torch.tensor(close), False))
             c_keep = {name: c + close_weight * c_close[name] for name, c in c_keep.items()}
-    bases, top, kept, width = {}, 1.0, 0, 0
+    bases, top, kept_directions, widths = {}, 1.0, 0, 0
     for name, (_, weight) in adapted.items():
         q, values = top_directions(c_concept[name], c_keep[name], n)
         bases[weight] = q.to(weight.device, weight.dtype)
         top = max(top, float(values[0]))
-        kept, width = kept + q.shape[1], width + q.shape[0]
-    directions = ConceptDirections(bases, top, kept / width)
+        kept_directions, widths = kept_directions + q.shape[1], widths + q.shape[0]
+    directions = ConceptDirections(bases, top, kept_directions / widths)
     directions.apply()
     return directions
