@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..trainer.concept_directions import AUTO
+from ..trainer.concept_directions import AUTO, parse_setting, valid_count
 from ..trainer.errors import UserError
 from ..trainer.lr_schedule import SCHEDULES
 from .backends import family_label, testbeds_label
@@ -99,16 +99,9 @@ def _optional(value, parse):
 
 def _directions_count(text: str) -> int | float | str:
     """The Concept directions field: a whole number, a share of each layer's width, or auto."""
-    if text.lower() == AUTO:
-        return AUTO
-    try:
-        number = float(text)
-    except ValueError:
-        number = -1.0
-    if number.is_integer() and number >= 0:
-        return int(number)
-    if 0 < number < 1:
-        return number
+    setting = parse_setting(text)
+    if setting is not None and valid_count(setting):
+        return setting
     raise UserError(f"Concept directions must be {AUTO}, a whole number of at least 0 or a share between 0 and 1 "
                     f"(of each layer's inputs), got {text!r}")
 

@@ -68,7 +68,7 @@ def test_the_directions_setting_takes_a_count_a_share_or_auto_and_nothing_else()
     for bad in (-1, True, 1.0, 2.5, 0.0, -0.5, float("nan"), "many", "24"):
         with pytest.raises(UserError, match="concept_directions must be 0 .off., a positive integer, a share"):
             TrainConfig(concept_directions=bad).validate()
-    assert [directions_setting(t) for t in ("Auto", "24", "0.5")] == [AUTO, 24, 0.5]
+    assert [directions_setting(t) for t in ("Auto", "24", "24.0", "0.5")] == [AUTO, 24, 24, 0.5]
     assert [describe(n) for n in (24, 0.5, AUTO)] == ["24 per layer", "50% of each layer's",
                                                       "those above each layer's mean μ"]
 

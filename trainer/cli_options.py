@@ -119,18 +119,14 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def directions_setting(text: str) -> int | float | str:
-    """--concept-directions: a whole number, a share of each layer's width (0.5), or auto (concept_directions.AUTO);
-    the range is the config's check."""
-    from .concept_directions import AUTO
+    """--concept-directions: a whole number, a share of each layer's width (0.5), or auto; the range is the
+    config's check."""
+    from .concept_directions import AUTO, parse_setting
 
-    if text.strip().lower() == AUTO:
-        return AUTO
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    raise argparse.ArgumentTypeError(f"expected a whole number, a share such as 0.5, or {AUTO}, got {text!r}")
+    setting = parse_setting(text)
+    if setting is None:
+        raise argparse.ArgumentTypeError(f"expected a whole number, a share such as 0.5, or {AUTO}, got {text!r}")
+    return setting
 
 
 _FLAG_TYPES = {"concept_directions": (directions_setting, "N|SHARE|auto")}

@@ -39,6 +39,20 @@ def valid_count(n) -> bool:
     return n == AUTO or (isinstance(n, int) and n >= 0) or (isinstance(n, float) and 0 < n < 1)
 
 
+def parse_setting(text: str) -> int | float | str | None:
+    """A directions setting as a user types it (the flag, the tab's field): AUTO, a whole number ("24.0" too: a
+    share is below 1, so a whole value can only be a count) or a share; None when the text is none of these. The
+    range is `valid_count`'s."""
+    text = text.strip()
+    if text.lower() == AUTO:
+        return AUTO
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else number
+
+
 def describe(n) -> str:
     """A directions setting in words, for progress lines."""
     if n == AUTO:
