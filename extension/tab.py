@@ -6,9 +6,7 @@ layout uses only what gradio 3.41.2 (A1111), 4.40.0 (Forge) and the current rele
 """
 from __future__ import annotations
 
-import hashlib
 import html
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from pathlib import Path
 from ..trainer.concept_directions import AUTO, parse_setting, valid_count
 from ..trainer.errors import UserError
 from ..trainer.lr_schedule import SCHEDULES
+from ..trainer.pairs_folder import pairs_folder
 from .backends import family_label, testbeds_label
 from .jobs import Busy, format_seconds
 from .names import adapter_path, sanitise_name
@@ -295,11 +294,7 @@ class TabController:
 
         RuntimeConfig(cfg.device, cfg.mixed_precision, cfg.gradient_checkpointing).validate()
         _, plans = plan(cfg)  # the trainer's own checks (prompts, ranges, file name)
-        # Pairs go to the work folder, under a name that changes with every setting that shapes them, so a
-        # cancelled run resumes and a changed one starts fresh instead of failing on "other settings".
-        key = hashlib.sha256(json.dumps([model_spec, [(pl.pairs.settings()) for pl in plans]], sort_keys=True,
-                                        default=str).encode()).hexdigest()[:10]
-        cfg.pairs_dir = str(self.backend.work_dir / f"{name}-{key}")
+        cfg.pairs_dir = str(pairs_folder(self.backend.work_dir, name, model_spec, plans))
         _, plans = plan(cfg)
         outputs = [Path(pl.train.out) for pl in plans]
         for path in outputs:
@@ -449,7 +444,8 @@ class TabController:
             raise UserError(f"Guidance must be 0 or more, got {guidance!r}")
         model = (model or "").strip() or self.backend.default_model()
         try:
-            family = self.backend.model_family(model)
+            # in a host the model box holds the checkpoint's title; the family is the selected checkpoint's
+            family = self.backend.model_family(self.backend.model_for_training(model))
         except Exception:  # noqa - an unreadable model is the comparison's own to report
             family = None
         _refuse_other_family(chosen, family)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..trainer.errors import UserError
+from ..trainer.pairs_folder import pairs_folder
 from ..trainer.same_schedule import same_schedule
 from ..trainer.testbed import TESTBED_FAMILIES, TESTBEDS, available_testbeds
 from . import host
@@ -106,13 +107,16 @@ class DUOUnlearn:
         out = _adapter_path(lora_name)
         cfg = UnlearnConfig(
             preset=preset, out=str(out), model=model_spec, config_dir=config,
-            pairs_dir=str(host.work_dir() / f"{out.stem}_pairs"), concept=concept.strip() or None,
+            concept=concept.strip() or None,
             unsafe_prompts=_lines(unsafe_prompts), safe_prompts=_lines(safe_prompts),
             num_pairs=num_pairs or None, steps=steps or None, beta=beta or None, seed=seed, preview=True,
             device=host.training_device(), mixed_precision=mixed_precision or "auto",
             gradient_checkpointing=gradient_checkpointing or "auto", resolution=int(resolution or 0) or None,
             overwrite=bool(overwrite))  # checked below against a differently trained file; the trainer checks it too
         preset_obj, plans = plan(cfg)  # every bad input is reported here, before anything is unloaded or written
+        # the node has no widget for the pair folder: one per model and pair settings, as the tab keeps them
+        cfg.pairs_dir = str(pairs_folder(host.work_dir(), out.stem, model_spec, plans))
+        preset_obj, plans = plan(cfg)
         adapters = [Path(p.train.out) for p in plans]
         for path in adapters:
             host.check_adapter_slot(path)

@@ -196,3 +196,30 @@ def test_node_inputs_a_widget_or_link_can_carry_are_refused_by_the_widgets_name(
         adapter_nodes.DUOCompareImages().compare(torch.zeros(1, 8, 8, 3), torch.zeros(1, 16, 16, 3))
     with pytest.raises(UserError, match="strength_model of duo_x must be a finite number"):
         adapter_nodes.DUOLoraStack().stack(None, None, lora_1="duo_x", strength_1=float("nan"))
+
+
+def test_unlearn_node_keeps_one_pair_folder_per_model_and_pair_settings(tmp_path, monkeypatch):
+    """The node has no widget for the pair folder: a changed seed or model gets a folder of its own (not "holds
+    pairs made with other settings", which a graph user cannot act on, nor another model's pairs); the same inputs
+    get the same folder, so a cancelled run resumes."""
+    import duo_unlearn.trainer.unlearn as unlearn_mod
+    from duo_unlearn.nodes import host
+    from duo_unlearn.nodes.unlearn_node import DUOUnlearn
+
+    _cpu_host(monkeypatch, host, tmp_path)
+    folders = []
+
+    def fake_unlearn(cfg, progress=None, model=None):
+        folders.append(Path(cfg.pairs_dir))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(unlearn_mod, "unlearn", fake_unlearn)
+    args = dict(ckpt_name="testbed", preset="testbed-red", concept="", unsafe_prompts="", safe_prompts="",
+                num_pairs=2, steps=2, beta=0.0, seed=0, lora_name="duo_x", overwrite=False, config_dir="")
+    for change in ({}, {}, {"seed": 1}, {"ckpt_name": "testbed-xl"}, {"num_pairs": 3}, {"steps": 5}):
+        with pytest.raises(RuntimeError, match="stop here"):
+            DUOUnlearn().unlearn(**{**args, **change})
+    same, again, seed, model, pairs, steps = folders
+    assert same == again == steps  # training steps do not shape the pairs
+    assert len({same, seed, model, pairs}) == 4
+    assert all(f.parent == tmp_path / "out" and f.name.startswith("duo_x-") for f in folders)

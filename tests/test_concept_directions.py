@@ -69,6 +69,15 @@ def test_the_directions_setting_takes_a_count_a_share_or_auto_and_nothing_else()
         with pytest.raises(UserError, match="concept_directions must be 0 .off., a positive integer, a share"):
             TrainConfig(concept_directions=bad).validate()
     assert [directions_setting(t) for t in ("Auto", "24", "24.0", "0.5")] == [AUTO, 24, 24, 0.5]
+    from duo_unlearn.trainer.config import from_mapping
+
+    # a config file reads as the flag does
+    read = [from_mapping(TrainConfig, {"concept_directions": v}).concept_directions
+            for v in ("auto", "24", 24.0, "0.5", 0.5, 0)]
+    assert read == [AUTO, 24, 24, 0.5, 0.5, 0] and isinstance(read[1], int) and isinstance(read[2], int)
+    for bad in (True, "many", 2.5):
+        with pytest.raises(UserError, match="concept_directions must be 0"):
+            from_mapping(TrainConfig, {"concept_directions": bad}).validate()
     assert [describe(n) for n in (24, 0.5, AUTO)] == ["24 per layer", "50% of each layer's",
                                                       "those above each layer's mean μ"]
 

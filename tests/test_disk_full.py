@@ -166,3 +166,25 @@ def test_a_folder_to_be_made_is_probed_where_it_would_be_made(tmp_path, monkeypa
     monkeypatch.setattr(tempfile, "mkstemp", refused)
     with pytest.raises(UserError, match=f"cannot write {tmp_path}: Permission denied"):
         atomic.check_folder_writable(tmp_path / "report")
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard links", "no hard links (FAT, some shares)"])
+def test_a_file_that_appeared_meanwhile_is_kept_without_replace(tmp_path, monkeypatch, links):
+    """replace=False: a free name is taken; a name someone else took since the check keeps their file, and the new
+    one goes to the next free name, which the error says."""
+    if not links:
+        def no_link(*a, **k):
+            raise OSError(errno.EPERM, "Operation not permitted")
+        monkeypatch.setattr(os, "link", no_link)
+    free = atomic.write_text_atomic  # replace=True is the default, as before
+    atomic.write_atomic(tmp_path / "a.txt", lambda p: p.write_text("new"), replace=False)
+    assert (tmp_path / "a.txt").read_text() == "new"
+    (tmp_path / "b.txt").write_text("theirs")
+    (tmp_path / "b-2.txt").write_text("theirs too")
+    with pytest.raises(UserError, match=r"b.txt appeared while this run worked; .*saved as .*b-3.txt"):
+        atomic.write_atomic(tmp_path / "b.txt", lambda p: p.write_text("new"), replace=False)
+    assert (tmp_path / "b.txt").read_text() == "theirs" and (tmp_path / "b-2.txt").read_text() == "theirs too"
+    assert (tmp_path / "b-3.txt").read_text() == "new"
+    free(tmp_path / "b.txt", "replaced")
+    assert (tmp_path / "b.txt").read_text() == "replaced"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b-2.txt", "b-3.txt", "b.txt"]  # no temp left

@@ -67,6 +67,21 @@ def test_resuming_with_other_settings_is_refused(tmp_path, tiny_model, tiny_load
         generate_pairs(_cfg(tmp_path / "d", tiny_model, num_pairs=2, strength=0.5), model=tiny_loaded)
 
 
+def test_resuming_with_another_model_is_refused(tmp_path, tiny_model, tiny_v_model, tiny_loaded):
+    """DUO's pairs are the base model's own images: the same settings on another model are not resumed into, the
+    same model spelled another way is."""
+    generate_pairs(_cfg(tmp_path / "d", tiny_model, num_pairs=2), model=tiny_loaded)
+    before = _snapshot(tmp_path / "d")
+    with pytest.raises(UserError, match=f"pairs made by another model .*new folder for {tiny_v_model}"):
+        generate_pairs(_cfg(tmp_path / "d", tiny_v_model, num_pairs=2))
+    with pytest.raises(UserError, match="pairs made by another model"):
+        generate_pairs(_cfg(tmp_path / "d", "testbed", num_pairs=2))
+    assert _snapshot(tmp_path / "d") == before
+    spelled = f"{tiny_model.parent}/./{tiny_model.name}"
+    stats = generate_pairs(_cfg(tmp_path / "d", spelled, num_pairs=2), model=tiny_loaded)
+    assert stats.kept_existing == 2 and stats.made == 0
+
+
 
 
 class _Always(NeverDetector):

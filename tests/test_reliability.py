@@ -498,6 +498,66 @@ def _adapter_of_another_family(env: Env):
             "--no-base", "--lpips-backbone", "random", "--out", str(env.tmp / "ev")]
 
 
+def _model_file(rel: str, content: bytes | None):
+    """A copy of the model with one config file replaced (None: by a folder of that name)."""
+    def setup(env: Env):
+        m = _model_copy(env)
+        f = m / rel
+        f.unlink()
+        if content is None:
+            f.mkdir()
+        else:
+            f.write_bytes(content)
+        return ["train", "--pairs", str(env.pairs()), "--model", str(m), "--out", str(env.tmp / "out.safetensors"),
+                *TRAIN]
+    return setup
+
+
+def _int_keys_ckpt(env: Env):
+    import torch
+
+    torch.save({1: torch.zeros(1)}, env.tmp / "intkeys.ckpt")
+    return ["train", "--pairs", str(env.pairs()), "--model", str(env.tmp / "intkeys.ckpt"), "--out",
+            str(env.tmp / "out.safetensors"), *TRAIN]
+
+
+def _resume_with(name: str, content: bytes | None = None, obj=None):
+    """A resume from a checkpoint whose `name` holds the right kind of file with the wrong kind of content."""
+    def setup(env: Env):
+        import torch
+
+        ck = env.tmp / "ck"
+        shutil.copytree(env.checkpointed(), ck)
+        f = ck / "step-000002" / name
+        if obj is not None:
+            torch.save(obj, f)
+        else:
+            f.write_bytes(content)
+        return env.train("--resume", "--checkpoint-dir", str(ck), "--steps", "4")
+    return setup
+
+
+def _out_appears_during_training(env: Env):
+    """Another run (or the user) saves a file under --out while this one trains: it is kept."""
+    import duo_unlearn.trainer.train as train_mod
+
+    real = train_mod.atomic_save
+
+    def racing(tensors, path, metadata, replace=True):
+        Path(path).write_bytes(b"the user's adapter, saved meanwhile")
+        return real(tensors, path, metadata, replace=replace)
+    env.monkeypatch.setattr(train_mod, "atomic_save", racing)
+    return env.train()
+
+
+def _kept_and_saved_beside(env: Env, out, err):
+    from duo_unlearn.trainer.export import read_metadata
+
+    assert (env.tmp / "out.safetensors").read_bytes() == b"the user's adapter, saved meanwhile"
+    assert read_metadata(env.tmp / "out-2.safetensors")["duo.steps"] == "2"
+    assert str(env.tmp / "out-2.safetensors") in err
+
+
 def _pairs_is_a_file(env: Env):
     (env.tmp / "pairs.txt").write_text("not a folder")
     return env.train(pairs=env.tmp / "pairs.txt")
@@ -647,6 +707,38 @@ CASES: dict[str, Case] = {
                                                                                              "1"),
                                                       "disk is full", early=False),
     "checkpoint_dir_read_only": Case("audit", _read_only_checkpoint_dir, "cannot write"),
+    # the forty-second stop's audit (2026-12-05)
+    "preview_steps_over_the_schedule": Case("audit", lambda e: e.train("--preview-steps", "1001", "--preview-prompts",
+                                                                       "a red square"),
+                                            "preview_steps must be at most 1000"),
+    "pairs_sample_steps_over_the_schedule": Case("audit", lambda e: ["pairs", "--preset", "testbed-red", "--model",
+                                                                     str(e.model), "--sample-steps", "1001", "--out",
+                                                                     str(e.tmp / "p")],
+                                                 "sample_steps must be at most 1000"),
+    "eval_sample_steps_over_the_schedule": Case("audit", lambda e: ["eval", "--model", str(e.model), "--attacks",
+                                                                    "direct", "--sample-steps", "1001", "--out",
+                                                                    str(e.tmp / "ev")],
+                                                "sample_steps must be at most 1000"),
+    "batch_pairs_past_any_card": Case("audit", lambda e: e.train("--batch-pairs", str(2**63 - 1)),
+                                      "batch_pairs must be at most 1024"),
+    "model_index_a_list": Case("audit", _model_file("model_index.json", b"[1, 2]"), "holds a JSON list"),
+    "model_index_class_a_number": Case("audit", _model_file("model_index.json", b'{"_class_name": 5}'),
+                                       "_class_name must be the name of a pipeline class"),
+    "model_index_not_utf8": Case("audit", _model_file("model_index.json", b'{"_class_name": "\xff"}'),
+                                 "is not valid JSON"),
+    "model_index_a_folder": Case("audit", _model_file("model_index.json", None),
+                                 "is a folder, not a JSON file"),
+    "unet_config_not_json": Case("audit", _model_file("unet/config.json", b"{nope"), "is not valid JSON"),
+    "ckpt_with_number_keys": Case("audit", _int_keys_ckpt, "holds no state dict"),
+    "resume_history_null": Case("audit", _resume_with("history.json", b"null"), "damaged", early=False),
+    "resume_state_a_list": Case("audit", _resume_with("state.pt", obj=[1, 2]), "damaged", early=False),
+    "out_folders_not_made_for_a_refused_run": Case("audit", lambda e: ["train", "--pairs", str(e.pairs()), "--model",
+                                                                       str(e.tmp / "nope"), "--out",
+                                                                       str(e.tmp / "new" / "a" / "x.safetensors"),
+                                                                       *TRAIN], "model not found"),
+    "out_taken_while_training": Case("audit", _out_appears_during_training, "appeared while this run worked",
+                                     early=False, allowed=("out.safetensors", "out-2.safetensors"),
+                                     check=_kept_and_saved_beside),
     "preview_name_is_a_folder": Case("audit", lambda e: (e.tmp / "out.preview.png").mkdir() or
                                      e.train("--preview-prompts", "a red square", "--overwrite"),
                                      "is a folder, and the preview is written under that name"),

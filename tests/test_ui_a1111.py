@@ -175,3 +175,25 @@ def test_no_checkpoint_selected_is_a_message(webui):
     sd_models.checkpoints_list.clear()
     with pytest.raises(UserError, match="no checkpoint is selected"):
         ctl.start(*_inputs())
+
+
+def test_compare_refuses_an_adapter_of_another_family_than_the_hosts_checkpoint(webui, tmp_path):
+    """In the host the model box holds the checkpoint's title ("model [hash]"), not a path: the family checked is
+    the selected checkpoint's, so an SDXL adapter on the SD 1.x checkpoint is refused before txt2img runs."""
+    import json
+
+    import torch
+    from modules import processing
+    from safetensors.torch import save_file
+
+    from duo_unlearn.extension.tab import NONE
+
+    ctl = _tab()[0][0].duo_components["controller"]
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_file({f"{key}.lora_down.weight": torch.zeros(2, 8), f"{key}.lora_up.weight": torch.zeros(8, 2)},
+              str(tmp_path / "MyLoras" / "xl_red.safetensors"), metadata={"duo.family": json.dumps("sdxl")})
+    ctl.backend.list_adapters()
+    title = _tab()[0][0].duo_components["model"].value
+    with pytest.raises(UserError, match="xl_red was trained for SDXL, and this model is SD 1.x"):
+        ctl.compare(title, "a red square", "", 7, 2, 5.0, "xl_red", 1.0, NONE, 1, NONE, 1, NONE, 1)
+    assert processing.calls == []

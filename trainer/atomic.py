@@ -53,9 +53,42 @@ def disk_error(path: Path, e: OSError) -> UserError:
     return UserError(f"cannot write {path}: {e.strerror or e}")
 
 
+def _free_name(path: Path) -> Path:
+    for n in range(2, 10_000):
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if not os.path.lexists(candidate):
+            return candidate
+    raise UserError(f"no free name beside {path}")
+
+
+def _place_without_replacing(tmp: Path, path: Path) -> None:
+    """tmp becomes path only if path is still free: a file that appeared there while a run worked (another run, the
+    user) is the user's. The new file then goes to the next free name, and the error says where."""
+    target = path
+    while True:
+        try:
+            os.link(tmp, target)  # fails if target exists, unlike a rename
+            tmp.unlink()
+            break
+        except FileExistsError:
+            target = _free_name(path)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            # no hard links here (FAT, some network shares): check, then rename; the window is the rename itself
+            if os.path.lexists(target):
+                target = _free_name(path)
+            os.replace(tmp, target)
+            break
+    if target != path:
+        raise UserError(f"{path} appeared while this run worked; it is kept as it is, and the new file was saved as "
+                        f"{target}")
+
+
 @contextmanager
-def atomic_path(path: str | Path, mode: int = 0o666) -> Iterator[Path]:
-    """Yields a temporary path beside `path`; on success it is renamed onto `path`, on any failure removed."""
+def atomic_path(path: str | Path, mode: int = 0o666, replace: bool = True) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; on success it is renamed onto `path`, on any failure removed. With
+    replace=False a file found at `path` by then is kept (_place_without_replacing)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a file name")
@@ -69,15 +102,18 @@ def atomic_path(path: str | Path, mode: int = 0o666) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, mode & ~current_umask())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _place_without_replacing(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         raise_as_disk_error(path, e)
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """write(tmp_path) fills the temporary file; then it replaces `path`."""
-    with atomic_path(path) as tmp:
+def write_atomic(path: str | Path, write: Callable[[Path], object], replace: bool = True) -> Path:
+    """write(tmp_path) fills the temporary file; then it replaces `path` (or, replace=False, only takes it if free)."""
+    with atomic_path(path, replace=replace) as tmp:
         write(tmp)
     return Path(path)
 

@@ -88,6 +88,8 @@ class CheckpointFolder:
             refuse_unreadable(path / name)
         try:
             state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise ValueError("state.pt holds no table of the run's state")
             theirs = state.get("fingerprint")
             if theirs is not None and theirs != fingerprint:
                 diff = ", ".join(f"{k} {theirs.get(k)} -> {v}" for k, v in fingerprint.items() if theirs.get(k) != v)
@@ -103,6 +105,8 @@ class CheckpointFolder:
             if schedule is not None:
                 _resume_schedule(schedule, state.get("lr_schedule"), int(state["step"]))
             history = json.loads((path / "history.json").read_text())
+            if not isinstance(history, list):
+                raise ValueError("history.json holds no list of steps")
             for grown in state.get("grown_pairs") or []:
                 cache.add_pairs(grown)
         except UserError:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .concept_directions import valid_count
+from .concept_directions import parse_setting, valid_count
 from .detectors import check_detector, no_detector
 from .errors import UserError
 from .lr_schedule import check_schedule
@@ -17,6 +17,8 @@ from .lr_schedule import check_schedule
 CONDITIONS = ("empty", "prompt", "unsafe")
 # Flux, the largest family supported, is trained at up to 2048 px; 100000 px once filled 24 GB before failing.
 MAX_RESOLUTION = 4096
+MAX_SAMPLE_STEPS = 1000  # every supported scheduler is trained on 1000 timesteps: a sampler cannot take more
+MAX_BATCH = 1024  # pairs (or images) in one step: far more than fits any card, and past it sizes overflow
 
 
 @dataclass
@@ -158,6 +160,9 @@ class TrainConfig:
         if self.resolution is not None and self.resolution > MAX_RESOLUTION:
             raise UserError(f"resolution {self.resolution} is over {MAX_RESOLUTION}: no supported model trains that "
                             "large, and the images alone would not fit in memory")
+        check_sample_steps("preview_steps", self.preview_steps)
+        for name in ("batch_pairs", "micro_batch_pairs"):
+            check_batch(name, getattr(self, name))
         if self.resolution is not None and self.resolution % 8:
             raise UserError(f"resolution must be a multiple of 8, got {self.resolution}")
         if not (math.isfinite(self.preview_guidance) and self.preview_guidance >= 0):
@@ -194,6 +199,17 @@ class TrainConfig:
 
 
 MAX_SEED = 2**63 - 1  # torch takes a signed 64-bit seed; images within a run add their index to it
+
+
+def check_sample_steps(name: str, steps: int | None) -> None:
+    if steps is not None and steps > MAX_SAMPLE_STEPS:
+        raise UserError(f"{name} must be at most {MAX_SAMPLE_STEPS} (the model's schedule has {MAX_SAMPLE_STEPS} "
+                        f"timesteps), got {steps}")
+
+
+def check_batch(name: str, size: int | None) -> None:
+    if size is not None and size > MAX_BATCH:
+        raise UserError(f"{name} must be at most {MAX_BATCH}, got {size}")
 
 
 def check_seed(name: str, seed: int, most: int = MAX_SEED) -> None:
@@ -243,5 +259,14 @@ def from_mapping(cls: type, data: dict[str, Any], where: str = "config"):
                 raise UserError(f"{where}: [{name}] must be a table")
             kwargs[name] = from_mapping(type(default), value, f"{where} [{name}]")
         else:
-            kwargs[name] = _typed(where, name, hints[name], value)
+            kwargs[name] = _typed(where, name, hints[name], _as_typed(name, value))
     return cls(**kwargs)
+
+
+def _as_typed(name: str, value):
+    """A setting whose flag takes words and numbers alike reads the same from TOML: `concept_directions = 24.0` or
+    "0.5" is what --concept-directions 24.0 or 0.5 is (anything else is left for validate() to refuse by name)."""
+    if name == "concept_directions" and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        parsed = parse_setting(str(value))
+        return value if parsed is None else parsed
+    return value

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -88,25 +87,29 @@ def adapter_metadata(*, output_name: str, family_meta: dict, rank: int, alpha: f
     return meta
 
 
-def atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
-    """The adapter file, complete or absent (temp name + rename), readable like any other file."""
+def atomic_save(tensors: dict, path: Path, metadata: dict, replace: bool = True) -> None:
+    """The adapter file, complete or absent (temp name + rename), readable like any other file; replace=False keeps
+    a file that appeared at `path` since the run began."""
     from safetensors.torch import save_file
 
     from .atomic import write_atomic
 
-    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), replace=replace)
 
 
 def check_writable(path: str | Path, overwrite: bool = False) -> Path:
     """Fail before hours of training, not after: the name must be new (or overwrite asked for), the folder must
     exist (or be creatable) and accept files, and every name derived from it must fit the file system."""
-    from .atomic import disk_error
+    from .atomic import check_folder_writable, disk_error
 
     path = Path(path)
     longest = f".{path.stem}.preview-000000.png.tmp"  # the longest name written beside the adapter
+    folder = path.parent  # not made yet: a run refused later would leave it behind, empty; saving makes it
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    check_folder_writable(folder)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+        limit = os.pathconf(folder, "PC_NAME_MAX")
     except OSError as e:
         raise disk_error(path, e) from None
     if len(os.fsencode(longest)) > limit:  # before any stat of the name itself, which fails on too long a name
@@ -116,12 +119,6 @@ def check_writable(path: str | Path, overwrite: bool = False) -> Path:
         raise UserError(f"output {path} is a folder; give a file name ending in .safetensors")
     if path.exists() and not overwrite:
         raise UserError(f"{path} already exists; choose another name or pass --overwrite to replace it")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise UserError(f"cannot write to {path.parent}: {e.strerror or e}") from None
     return path
 
 

@@ -124,15 +124,31 @@ def _refuse_partial_model(keys: set, name: str) -> None:
                         "(UNet, VAE and text encoders in one file) or a diffusers folder")
 
 
+def json_object(path: Path) -> dict:
+    """A JSON config file (model_index.json, a component's config.json) as a dict, or one line saying what is wrong
+    with it: a folder, unreadable, not JSON, not an object."""
+    refuse_unreadable(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder, not a JSON file") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise UserError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} holds a JSON {type(data).__name__}, not the object of settings a config file holds")
+    return data
+
+
 def family_from_folder(folder: Path) -> str:
     index_file = folder / "model_index.json"
     if not index_file.exists():
         raise UserError(f"{folder} is not a diffusers model folder (no model_index.json)")
-    try:
-        index = json.loads(index_file.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{index_file} is not valid JSON: {e}") from None
+    index = json_object(index_file)
     cls = index.get("_class_name", "")
+    if not isinstance(cls, str):
+        raise UserError(f"{index_file}: _class_name must be the name of a pipeline class, got {cls!r}")
     if "XL" in cls and (index.get("requires_aesthetics_score") or not (index.get("text_encoder") or [None])[-1]):
         raise UserError(f"{folder} ({cls}) {_REFINER}")
     if cls.startswith("Flux"):
@@ -143,7 +159,7 @@ def family_from_folder(folder: Path) -> str:
         return "sdxl"
     if cls.startswith("StableDiffusion"):
         unet_config = folder / "unet" / "config.json"
-        cross = json.loads(unet_config.read_text()).get("cross_attention_dim") if unet_config.exists() else None
+        cross = json_object(unet_config).get("cross_attention_dim") if unet_config.exists() else None
         return "sd2" if cross == 1024 else "sd1"
     raise UserError(f"unknown model family: {folder} holds a {cls or 'unnamed'} pipeline, not Stable Diffusion")
 
@@ -181,7 +197,7 @@ def _checkpoint_keys(name: str, mtime_ns: int, size: int) -> tuple[str, ...]:
                         "convert it to .safetensors, or check that it is a Stable Diffusion checkpoint") from None
     while isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):  # weights are named by strings
         raise UserError(f"{path} holds no state dict")
     return tuple(state)
 
@@ -384,14 +400,7 @@ def _missing_component(path: Path, e: Exception) -> str:
 def _tokenizer_folders(config_dir: Path, passed: dict) -> list[Path]:
     """The tokenizer folders model_index.json names: a single-file load reads its tokenizers from --config-dir only,
     except those the family passes itself (`passed`: SD3 without T5 gives tokenizer_3=None)."""
-    index = config_dir / "model_index.json"
-    refuse_unreadable(index)
-    try:
-        components = json.loads(index.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{index} is not valid JSON: {e}") from None
-    if not isinstance(components, dict):
-        return []  # not a pipeline index at all: diffusers' own error says so
+    components = json_object(config_dir / "model_index.json")
     return [config_dir / name for name, spec in components.items()
             if name.startswith("tokenizer") and isinstance(spec, list) and None not in spec and name not in passed]
 

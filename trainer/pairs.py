@@ -18,8 +18,8 @@ from pathlib import Path
 from .atomic import disk_error, write_text_atomic
 from .detectors import check_detector, make_detector, no_detector
 from .errors import UserError
-from .config import MAX_RESOLUTION, check_seed
-from .models import refuse_inside_model
+from .config import MAX_RESOLUTION, check_batch, check_sample_steps, check_seed
+from .models import refuse_inside_model, resolve_model_path
 from .pair_dataset import INDEX, PairRecord
 from .previews import save_png
 from .progress import ProgressCallback, ProgressEvent, report
@@ -81,6 +81,8 @@ class PairConfig:
             raise UserError(f"guidance must be zero or positive, got {self.guidance!r}")
         if self.sample_steps <= 0 or self.batch_size <= 0:
             raise UserError("sample_steps and batch_size must be positive")
+        check_sample_steps("sample_steps", self.sample_steps)
+        check_batch("batch_size", self.batch_size)
         if self.edit_region not in ("image", "concept"):
             raise UserError(f"edit_region must be 'image' (SDEdit repaints all, the paper's twins) or 'concept', "
                             f"got {self.edit_region!r}")
@@ -246,9 +248,23 @@ def _check_settings(cfg: PairConfig, folder: Path) -> set[str]:
         if not isinstance(old, dict) or old.get("settings") != cfg.settings():
             raise UserError(f"{folder} holds pairs made with other settings; use a new folder "
                             "(or the same settings to resume)")
+        if not _same_model(old.get("model"), cfg.model):  # DUO's pairs are the base model's own images
+            raise UserError(f"{folder} holds pairs made by another model ({old.get('model')}); use a new folder "
+                            f"for {cfg.model}")
     else:
         write_text_atomic(settings_file, json.dumps({"settings": cfg.settings(), "model": str(cfg.model)}, indent=2))
     return {r["id"] for r in _read_ids(folder / INDEX)} | {r["id"] for r in _read_ids(folder / SKIPPED)}
+
+
+def _same_model(recorded, spec) -> bool:
+    """The model a folder's pairs came from is this one: the same name, or the same file or folder however it is
+    spelled. A folder from before the model was recorded is taken at its word."""
+    if recorded is None or str(recorded) == str(spec):
+        return True
+    try:
+        return resolve_model_path(str(recorded)).resolve() == resolve_model_path(str(spec)).resolve()
+    except (UserError, OSError):  # the recorded model is gone or moved: not provably the same
+        return False
 
 
 def generate_pairs(cfg: PairConfig, progress: ProgressCallback | None = None, model=None,

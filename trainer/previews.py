@@ -61,9 +61,9 @@ def refuse_existing_preview(adapter: str | Path, overwrite: bool) -> None:
                         "or leave the preview out")
 
 
-def save_png(image: Image.Image, path: Path) -> Path:
+def save_png(image: Image.Image, path: Path, replace: bool = True) -> Path:
     """The PNG complete or absent, as every file the project writes (atomic.py)."""
-    return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+    return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"), replace=replace)
 
 
 def comparison_sheet(base: list, adapted: list, prompts: list[str]) -> Image.Image:

@@ -352,13 +352,15 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
                       "on_policy_added": [h["pairs_added"] for h in history if "pairs_added" in h]})
     meta = adapter_metadata(output_name=out.stem, family_meta=family.metadata(model.pipe), rank=cfg.lora.rank,
                             alpha=cfg.lora.alpha, target_modules=lora_targets(cfg, family), duo=facts)
-    atomic_save(family.export(lora_state(raw), cfg.lora.alpha), out, meta)
+    # without --overwrite, a file that appeared at `out` during the run (another run, the user) is kept
+    atomic_save(family.export(lora_state(raw), cfg.lora.alpha), out, meta, replace=cfg.overwrite)
     result.seconds = time.time() - started
     if torch.cuda.is_available():
         result.peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20
     checkpoints.remove_spent()  # the adapter is complete: this run's intermediate states are spent
     if cfg.preview_prompts:
-        result.previews.append(_preview(model.pipe, raw, cfg, preview_path(out), progress, rt, family))
+        result.previews.append(_preview(model.pipe, raw, cfg, preview_path(out), progress, rt, family,
+                                        replace=cfg.overwrite))
     report(progress, ProgressEvent("done", done, cfg.steps, f"saved {out}"))
     return result
 
@@ -402,7 +404,7 @@ def _erased(check, pipe, raw, family, rt, main_process: bool, grower, cache, che
     return erased, (0 if new is None else len(new["source"])) if made else None
 
 
-def _preview(pipe, denoiser, cfg: TrainConfig, path: Path, progress, rt, family) -> Path:
+def _preview(pipe, denoiser, cfg: TrainConfig, path: Path, progress, rt, family, replace: bool = True) -> Path:
     from .previews import base_vs_adapter, comparison_sheet, save_png
 
     report(progress, ProgressEvent("preview", message=f"preview {path.name}"))
@@ -410,4 +412,4 @@ def _preview(pipe, denoiser, cfg: TrainConfig, path: Path, progress, rt, family)
     with sampling_mid_training(pipe, rt, denoiser, family.text_modules(pipe)), rt.autocast():
         base, adapted = base_vs_adapter(pipe, denoiser, list(cfg.preview_prompts), cfg.preview_seed,
                                         cfg.preview_steps, cfg.preview_guidance)
-    return save_png(comparison_sheet(base, adapted, list(cfg.preview_prompts)), path)
+    return save_png(comparison_sheet(base, adapted, list(cfg.preview_prompts)), path, replace=replace)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..atomic import check_folder_writable, staged_files
-from ..config import check_seed
+from ..config import check_sample_steps, check_seed
 from ..errors import UserError
 from ..progress import ProgressCallback, ProgressEvent, report
 from .methods import BASE, NEGATIVE, Method, activated, adapter_method, load_adapters
@@ -137,6 +137,7 @@ class EvalConfig:
         # sample_steps None is the preset's value; 0 is not, and would have silently become it
         if self.sample_steps is not None and not (isinstance(self.sample_steps, int) and self.sample_steps > 0):
             raise UserError(f"sample_steps must be a positive integer, got {self.sample_steps!r}")
+        check_sample_steps("sample_steps", self.sample_steps)
         # rab_strength is η in target = E(neutral) + η·(concept direction): 0 or less does not point at the concept
         for name in ("ci_lr", "udatk_lr", "adapter_weight", "rab_strength"):
             value = getattr(self, name)
