@@ -12,6 +12,8 @@ def read_facts(path: str | Path) -> dict:
     """{"is_duo", "facts", "metadata"}: duo.* values JSON-decoded; no tensor is read."""
     from ..trainer.export import decode_duo, read_metadata
 
+    if Path(path).suffix.lower() != ".safetensors":  # a .pt/.ckpt LoRA ComfyUI lists: no header to read facts from
+        return {"is_duo": False, "facts": {}, "metadata": {}}
     metadata = read_metadata(path)
     duo = decode_duo(metadata)
     return {"is_duo": bool(duo), "facts": duo,

@@ -13,16 +13,13 @@ def lora_names() -> list[str]:
 
 
 def lora_path(name: str) -> Path:
-    """The file of a LoRA the loaders list, and only such a file: names come from the browser and from graphs."""
+    """The file of a LoRA the loaders list, and only such a file: names come from the browser and from graphs.
+    A link the user put in a loras folder is listed, and core LoraLoader loads it: so do these nodes."""
     import folder_paths
 
     if name not in folder_paths.get_filename_list("loras"):
         raise UserError(f"LoRA {name!r} is not in ComfyUI's loras folder (press R to refresh the lists)")
-    path = Path(folder_paths.get_full_path_or_raise("loras", name)).resolve()
-    roots = [Path(p).resolve() for p in folder_paths.get_folder_paths("loras")]
-    if not any(root in path.parents for root in roots):
-        raise UserError(f"LoRA {name!r} resolves outside the loras folders")
-    return path
+    return Path(folder_paths.get_full_path_or_raise("loras", name))
 
 
 def loras_dir() -> Path:

@@ -135,11 +135,26 @@ def _sampling_graph():
     g["dec_duo"] = {"class_type": "VAEDecode", "inputs": {"samples": ["k_duo", 0], "vae": ["ckpt", 2]}}
     g["compare"] = {"class_type": "DUOCompareImages", "inputs": {"base": ["dec_base", 0], "unlearned": ["dec_duo", 0]}}
     g["info"] = {"class_type": "DUOAdapterInfo", "inputs": {"lora_name": ADAPTER}}
+    # the same adapter as a .pt file, which ComfyUI lists and core LoraLoader loads: DUO's loader loads it too
+    g["pt_core"] = {"class_type": "LoraLoader", "inputs": {"model": ["ckpt", 0], "clip": ["ckpt", 1],
+                    "lora_name": "duo_cat.pt", "strength_model": 20.0, "strength_clip": 1.0}}
+    g["pt_duo"] = {"class_type": "DUOLoraLoader", "inputs": {"model": ["ckpt", 0], "clip": ["ckpt", 1],
+                   "lora_name": "duo_cat.pt", "strength_model": 20.0, "strength_clip": 1.0}}
+    for name in ("pt_core", "pt_duo"):
+        g[f"k_{name}"] = {**g["k_base"], "inputs": {**g["k_base"]["inputs"], "model": [name, 0]}}
+        g[f"s_{name}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"k_{name}", 0],
+                                                                 "filename_prefix": f"latents/{name}"}}
+    g["info_pt"] = {"class_type": "DUOAdapterInfo", "inputs": {"lora_name": "duo_cat.pt"}}
     return g
 
 
 def test_duo_loaders_equal_core_lora_loaders_bit_for_bit(comfy, trained):
-    (comfy.loras / "duo_cat_copy.safetensors").write_bytes(trained["path"].read_bytes())
+    # the copy lives elsewhere and is linked into models/loras, as users share a LoRA library between UIs
+    library = comfy.root / "shared_lora_library"
+    library.mkdir(exist_ok=True)
+    (library / "duo_cat_copy.safetensors").write_bytes(trained["path"].read_bytes())
+    (comfy.loras / "duo_cat_copy.safetensors").symlink_to(library / "duo_cat_copy.safetensors")
+    torch.save(load_file(str(trained["path"])), comfy.loras / "duo_cat.pt")
     log_before = len(comfy.log())
     entry = comfy.run(_sampling_graph())
     out = comfy.root / "output" / "latents"
@@ -152,9 +167,11 @@ def test_duo_loaders_equal_core_lora_loaders_bit_for_bit(comfy, trained):
     assert not torch.equal(base, core)  # the adapter does act: equality below is not trivial
     assert torch.equal(core, duo)
     assert torch.equal(latent("chain"), latent("stack")) and not torch.equal(latent("chain"), core)
+    assert torch.equal(latent("pt_core"), latent("pt_duo")) and not torch.equal(latent("pt_duo"), base)
     assert "lora key not loaded" not in comfy.log()[log_before:]  # 0 keys dropped by ComfyUI's LoRA mapping
     outputs = entry["outputs"]
     assert "concept: cat" in outputs["info"]["text"][0]
+    assert outputs["info_pt"]["text"][0] == "duo_cat.pt: not a DUO adapter (no duo.* metadata)"
     assert [p["role"] for p in outputs["compare"]["duo_compare"]] == ["base", "unlearned"]
     for p in outputs["compare"]["duo_compare"]:
         status, body = comfy.request(f"/view?filename={p['filename']}&type=temp")
