@@ -244,9 +244,13 @@ class TabController:
         from ..trainer.models import resolve_model_path
 
         resolve_model_path(model_spec)  # a missing model is said now, not after the job started
-        if (config_dir or "").strip() and Path(config_dir.strip()).expanduser().is_file():
+        config = Path(config_dir.strip()).expanduser() if (config_dir or "").strip() else None
+        if config is not None and config.is_file():
             raise UserError(f"Config folder {config_dir.strip()} is a file: give the folder that holds the model's "
                             "diffusers configs, or leave it blank")
+        if config is not None and not config.exists():  # said on the click, not once the job loads the model
+            raise UserError(f"Config folder {config_dir.strip()} does not exist: give the folder that holds the "
+                            "model's diffusers configs, or leave it blank")
         try:  # the recipe may differ per family
             family = self.backend.model_family(model_spec)
         except UserError:  # not a model at all (a folder of something else, a text file): said now

@@ -319,6 +319,7 @@ def test_the_schedule_boxes_reach_the_plan_or_are_refused_in_the_tabs_words(ctl,
     (dict(model="<text file>"), {}, {}, "unsupported model file type"),
     (dict(model="<plain folder>"), {}, {}, "not a diffusers model folder"),
     (dict(config_dir="<text file>"), {}, {}, "Config folder .* is a file"),
+    (dict(config_dir="<missing folder>"), {}, {}, "Config folder .*nowhere does not exist"),
     (dict(out_name="taken"), {}, {}, "taken.safetensors is a folder in the LoRA folder"),
 ])
 def test_gui_values_are_refused_on_click_in_the_tabs_words(ctl, tiny_model, tmp_path, over, runtime, retain, message):
@@ -328,7 +329,8 @@ def test_gui_values_are_refused_on_click_in_the_tabs_words(ctl, tiny_model, tmp_
     (tmp_path / "plain").mkdir()
     ctl.backend.lora_dir.mkdir(parents=True, exist_ok=True)
     (ctl.backend.lora_dir / "taken.safetensors").mkdir()
-    stand_in = {"<text file>": str(tmp_path / "notes.txt"), "<plain folder>": str(tmp_path / "plain")}
+    stand_in = {"<text file>": str(tmp_path / "notes.txt"), "<plain folder>": str(tmp_path / "plain"),
+                "<missing folder>": str(tmp_path / "nowhere")}
     over = {k: stand_in.get(v, v) for k, v in over.items()}
     run = dict(zip(["device", "mixed_precision", "gradient_checkpointing", "resolution", "micro_batch_pairs"],
                    RUNTIME), **runtime)

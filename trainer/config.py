@@ -193,7 +193,7 @@ class TrainConfig:
             raise UserError(f"checkpoint_dir {self.checkpoint_path} is a file; checkpoints need a folder")
         if self.preview_every and not self.preview_prompts:
             raise UserError("preview_every needs preview prompts to draw (--preview-prompts \"a|b\")")
-        if not str(self.out).endswith(".safetensors"):
+        if Path(self.out).suffix != ".safetensors":  # ".safetensors" alone is a hidden file with no suffix
             raise UserError(f"the adapter is written as safetensors: --out must end in .safetensors, got {self.out}")
         self.lora.validate()
 

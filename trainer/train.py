@@ -153,6 +153,8 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     check = erasure_check(cfg, records)  # a wrong detector name is refused before the model loads
     model = model or load_model(cfg.model, cfg.config_dir)
     refuse_inside_model(out, model.source)
+    if cfg.checkpoint_every:  # checkpoints are files written too: never among the model's
+        refuse_inside_model(cfg.checkpoint_path, model.source)
     family = get_family(model.family)
     rt = resolve(cfg.runtime_config())
     pipe = model.pipe
