@@ -558,6 +558,17 @@ def _kept_and_saved_beside(env: Env, out, err):
     assert str(env.tmp / "out-2.safetensors") in err
 
 
+def _adapter_that_does_not_fit(env: Env):
+    import torch
+    from safetensors.torch import save_file
+
+    key = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    save_file({f"{key}.lora_down.weight": torch.zeros(2, 4), f"{key}.lora_up.weight": torch.zeros(7, 2)},
+              str(env.tmp / "odd.safetensors"))
+    return ["eval", "--model", str(env.model), "--adapter", str(env.tmp / "odd.safetensors"), "--attacks", "direct",
+            "--no-base", "--lpips-backbone", "random", "--out", str(env.tmp / "ev")]
+
+
 def _pairs_is_a_file(env: Env):
     (env.tmp / "pairs.txt").write_text("not a folder")
     return env.train(pairs=env.tmp / "pairs.txt")
@@ -736,6 +747,9 @@ CASES: dict[str, Case] = {
                                                                        str(e.tmp / "nope"), "--out",
                                                                        str(e.tmp / "new" / "a" / "x.safetensors"),
                                                                        *TRAIN], "model not found"),
+    "eval_adapter_that_does_not_fit": Case("audit", _adapter_that_does_not_fit,
+                                           "odd.safetensors does not fit this model (RuntimeError: size mismatch for",
+                                           early=False, allowed=("ev", "ev/*")),
     "out_with_no_name": Case("audit", lambda e: e.train(out=".safetensors"), "--out must end in .safetensors"),
     "checkpoint_dir_inside_the_model": Case("audit", lambda e: ["train", "--pairs", str(e.pairs()), "--model",
                                                                 str(_model_copy(e)), "--out",

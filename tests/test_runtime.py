@@ -299,3 +299,19 @@ def test_offline_single_file_failure_says_why(monkeypatch, tmp_path):
     monkeypatch.delenv("TRANSFORMERS_OFFLINE")
     with pytest.raises(UserError, match="could not be fetched from the Hugging Face Hub.*--config-dir"):
         _load_single_file(tmp_path / "model.safetensors", None, torch.float32, SD1(), {})
+
+
+def test_lora_load_notes_that_say_nothing_new_are_dropped_and_the_rest_kept():
+    """DUO adapters hold no text-encoder keys (diffusers' note for each is noise), and a failed load is raised and
+    said by the caller in one line (diffusers' logged copy of it would come first); any other warning stays."""
+    import logging
+
+    from duo_unlearn.trainer.runtime import _DropTextEncoderNote
+
+    def shown(message):
+        return _DropTextEncoderNote().filter(logging.LogRecord("diffusers", logging.WARNING, "", 0, message, (), None))
+
+    assert not shown("No LoRA keys associated to CLIPTextModel found with the prefix='text_encoder'.")
+    assert not shown("Loading eval_1 was unsuccessful with the following error: \nsize mismatch for x")
+    assert shown("Loading adapter weights from state_dict led to unexpected keys not found in the model: a, b")
+    assert shown("Loading pipeline components")

@@ -302,14 +302,17 @@ def quiet_diffusers():
 
 class _DropTextEncoderNote:
     def filter(self, record) -> bool:
-        return not record.getMessage().startswith("No LoRA keys associated to")
+        message = record.getMessage()
+        failed_load = message.startswith("Loading ") and "was unsuccessful with the following error" in message
+        # a failed load: diffusers logs its whole error and then raises it; the caller says it in one line
+        return not (message.startswith("No LoRA keys associated to") or failed_load)
 
 
 @contextlib.contextmanager
 def no_text_encoder_lora_note():
     """diffusers' load_lora_weights warns, per text encoder, that a LoRA file holds no text-encoder keys. DUO trains
     the denoiser only, so every DUO adapter would print that paragraph; its other warnings (keys it could not place)
-    still show."""
+    still show. A load that fails is raised to the caller, without diffusers' copy of the error on stderr first."""
     import logging
 
     loggers = [logging.getLogger(name) for name in ("diffusers.loaders.lora_base", "diffusers.loaders.peft")]

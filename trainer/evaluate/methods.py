@@ -100,7 +100,8 @@ def load_adapters(pipe, methods: list[Method]) -> None:
             with no_text_encoder_lora_note():
                 pipe.load_lora_weights(str(m.adapter), adapter_name=m.adapter_name)
         except (ValueError, KeyError, RuntimeError) as e:
-            first = (str(e).strip().splitlines() or [""])[0]
+            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [""]
+            first = next((ln for ln in lines if ln.startswith("size mismatch")), lines[0])  # the part that says why
             first = first if len(first) <= 200 else first[:200] + "…"
             raise UserError(f"{m.adapter.name} does not fit this model ({type(e).__name__}: {first})") from None
         loaded = {a for names in pipe.get_list_adapters().values() for a in names}
