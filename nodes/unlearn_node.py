@@ -5,7 +5,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..trainer.errors import UserError
+from ..trainer.errors import UserError, out_of_memory_line
 from ..trainer.pairs_folder import pairs_folder
 from ..trainer.same_schedule import same_schedule
 from ..trainer.testbed import TESTBED_FAMILIES, TESTBEDS, available_testbeds
@@ -111,7 +111,7 @@ class DUOUnlearn:
             unsafe_prompts=_lines(unsafe_prompts), safe_prompts=_lines(safe_prompts),
             num_pairs=num_pairs or None, steps=steps or None, beta=beta or None, seed=seed, preview=True,
             device=host.training_device(), mixed_precision=mixed_precision or "auto",
-            gradient_checkpointing=gradient_checkpointing or "auto", resolution=int(resolution or 0) or None,
+            gradient_checkpointing=gradient_checkpointing or "auto", resolution=_resolution(resolution),
             overwrite=bool(overwrite))  # checked below against a differently trained file; the trainer checks it too
         preset_obj, plans = plan(cfg)  # every bad input is reported here, before anything is unloaded or written
         # the node has no widget for the pair folder: one per model and pair settings, as the tab keeps them
@@ -135,8 +135,11 @@ class DUOUnlearn:
             import torch
 
             # ComfyUI runs nodes under inference mode; training needs autograd (core TrainLoraNode does the same)
-            with torch.inference_mode(False), torch.enable_grad():
-                unlearn(cfg, progress=host.ComfyProgress())
+            try:
+                with torch.inference_mode(False), torch.enable_grad():
+                    unlearn(cfg, progress=host.ComfyProgress())
+            except torch.OutOfMemoryError as e:  # a card too small for the model: said as the CLI and tab say it
+                raise UserError(out_of_memory_line(e)) from None
         texts = [summary(p.name, read_facts(p), None if ckpt_name in TESTBEDS else ckpt_name) for p in adapters]
         if reusable:
             texts.insert(0, "(already trained with these settings: reused, not retrained)")
@@ -148,7 +151,19 @@ class DUOUnlearn:
 def _adapter_path(lora_name: str) -> Path:
     from ..extension.names import adapter_path
 
-    return adapter_path(host.loras_dir(), lora_name)
+    try:
+        return adapter_path(host.loras_dir(), lora_name)
+    except UserError as e:  # the tab's words name its text box; here the widget is lora_name
+        raise UserError(str(e).replace("Output name", "lora_name", 1)) from None
+
+
+def _resolution(value) -> int | None:
+    """The widget's INT, or what a link carries (a FLOAT): 0 is the model's native size."""
+    if not value:
+        return None
+    if not float(value).is_integer():
+        raise UserError(f"resolution must be a whole number of pixels (a multiple of 8), got {value}")
+    return int(value)
 
 
 def _model_and_configs(ckpt_name: str, config_dir: str) -> tuple[str, str | None]:

@@ -223,3 +223,31 @@ def test_unlearn_node_keeps_one_pair_folder_per_model_and_pair_settings(tmp_path
     assert same == again == steps  # training steps do not shape the pairs
     assert len({same, seed, model, pairs}) == 4
     assert all(f.parent == tmp_path / "out" and f.name.startswith("duo_x-") for f in folders)
+
+
+def test_unlearn_node_words_name_its_widgets_and_a_full_card_is_one_line(tmp_path, monkeypatch):
+    """A bad lora_name is said by the widget's name; a FLOAT linked into resolution is not cut to a whole number;
+    a GPU that runs out of memory is the CLI's and tab's one line, not torch's paragraph."""
+    import torch
+
+    import duo_unlearn.trainer.unlearn as unlearn_mod
+    from duo_unlearn.nodes import host
+    from duo_unlearn.nodes.unlearn_node import DUOUnlearn
+    from duo_unlearn.trainer.errors import UserError
+
+    _cpu_host(monkeypatch, host, tmp_path)
+    args = dict(ckpt_name="testbed", preset="testbed-red", concept="", unsafe_prompts="", safe_prompts="",
+                num_pairs=2, steps=2, beta=0.0, seed=0, lora_name="duo_x", overwrite=False, config_dir="")
+    monkeypatch.setattr(unlearn_mod, "unlearn", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(UserError, match="^lora_name '../x' points into another folder"):
+        DUOUnlearn().unlearn(**{**args, "lora_name": "../x"})
+    with pytest.raises(UserError, match="resolution must be a whole number of pixels .*got 64.5"):
+        DUOUnlearn().unlearn(**args, resolution=64.5)
+
+    def out_of_memory(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 122.00 MiB. GPU 0 has a total capacity "
+                                     "of 11.99 GiB of which 20.00 MiB is free.\nIf reserved but unallocated ...")
+    monkeypatch.setattr(unlearn_mod, "unlearn", out_of_memory)
+    with pytest.raises(UserError) as caught:
+        DUOUnlearn().unlearn(**args)
+    assert str(caught.value).startswith("out of GPU memory asking for 122.00 MiB more") and "\n" not in str(caught.value)
