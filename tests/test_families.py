@@ -143,6 +143,20 @@ def test_sdxl_sgm_names_follow_the_original_unet_layout():
         diffusers_to_sgm("down_blocks.0.downsamplers.0.conv")
 
 
+def test_sdxl_targets_the_file_cannot_name_are_refused_before_training(sdxl_dir):
+    """`conv` also matches the down/upsamplers, which the SGM names of the saved file do not cover: said before any
+    work, not at the save after the whole run."""
+    from duo_unlearn.trainer.errors import UserError
+    from duo_unlearn.trainer.lora import check_targets
+
+    unet = _load(SDXL, sdxl_dir).unet
+    with pytest.raises(UserError, match=r"the sdxl adapter file has no name for .*downsamplers\.0\.conv.*target "
+                                        "attention or resnet layers"):
+        check_targets(unet, ("attn1.to_q", "conv"), 4, SDXL)
+    check_targets(unet, ("attn1.to_q", "conv1", "conv2", "attn2.to_k", "ff.net.2"), 4, SDXL)
+    check_targets(unet, ("conv",), 4)  # without the family (a plain peft check), any conv is a layer
+
+
 def test_sdxl_export_is_kohya_sgm_and_diffusers_loads_it_to_the_same_output(sdxl_dir, tmp_path):
     from safetensors.torch import save_file
 

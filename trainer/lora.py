@@ -21,14 +21,31 @@ def _check_rank(modules: list, targets, rank: int) -> None:
                         f"allows {sides[widest]}); choose --rank {sides[widest]} or less")
 
 
-def check_targets(denoiser, targets, rank: int) -> None:
-    """Every target names a module of this model and the rank fits them; checked before any work is done."""
+def check_targets(denoiser, targets, rank: int, family=None) -> None:
+    """Every target names a module of this model, the rank fits them and (given the family) the saved file has a
+    name for each; checked before any work is done."""
     modules = list(denoiser.named_modules())
     missing = [t for t in targets if not any(n.endswith(t) for n, _ in modules)]
     if missing:
         raise UserError(f"no module of the model matches target(s) {', '.join(missing)}")
     _check_layer_kinds(modules, targets)
     _check_rank(modules, targets, rank)
+    if family is not None:
+        _check_exportable(modules, targets, family)
+
+
+def _check_exportable(modules: list, targets, family) -> None:
+    """SDXL adapters are saved in the original UNet's names, which A1111, Forge and ComfyUI read; a layer without
+    one would otherwise fail at the save, after the whole run."""
+    import torch
+
+    wrapped = [n for n, m in modules if any(n == t or n.endswith("." + t) for t in targets)
+               and isinstance(getattr(m, "base_layer", m), (torch.nn.Linear, torch.nn.Conv2d))]
+    bad = family.unexportable(wrapped)
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise UserError(f"the {family.name} adapter file has no name for {shown}, so no web UI could load them: "
+                        "target attention or resnet layers instead (e.g. attn1.to_q, attn2.to_k, ff.net.2, conv1)")
 
 
 def _check_layer_kinds(modules: list, targets) -> None:
@@ -49,11 +66,11 @@ def _check_layer_kinds(modules: list, targets) -> None:
                             f"name linear or convolution layers instead{hint}")
 
 
-def add_lora(denoiser, rank: int, alpha: float, targets) -> list:
+def add_lora(denoiser, rank: int, alpha: float, targets, family=None) -> list:
     """A fresh adapter on the frozen denoiser; returns the trainable parameters (float32)."""
     from peft import LoraConfig
 
-    check_targets(denoiser, targets, rank)
+    check_targets(denoiser, targets, rank, family)
     remove_lora(denoiser)
     denoiser.requires_grad_(False)
     denoiser.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",

@@ -19,7 +19,7 @@ from .errors import UserError
 from .export import adapter_metadata, atomic_save, check_writable
 from .families import get_family
 from .latent_cache import build_cache
-from .lora import add_lora, lora_state, remove_lora
+from .lora import add_lora, check_targets, lora_state, remove_lora
 from .lr_schedule import build_schedule
 from .models import LoadedModel, load_model, refuse_inside_model
 from .on_policy_pairs import on_policy_pairs
@@ -159,6 +159,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     rt = resolve(cfg.runtime_config())
     pipe = model.pipe
     denoiser = family.denoiser(pipe)
+    check_targets(denoiser, lora_targets(cfg, family), cfg.lora.rank, family)  # before the pairs are encoded
     # A device that cannot hold every component at once (Flux's T5 beside its NF4 transformer on 16 GB) takes them
     # in turns: the text encoders and VAE for the cache while the denoiser waits on the CPU, then the denoiser.
     in_turns = not holds_whole(pipe, rt)
@@ -184,7 +185,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
             module.to("cpu")
         if in_turns:
             denoiser.to(device)  # already in the frozen dtype: place() cast it on the CPU
-        params = add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, lora_targets(cfg, family))
+        params = add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, lora_targets(cfg, family), family)
         directions = None
         if cfg.concept_directions:
             report(progress, ProgressEvent("load", message=(

@@ -199,7 +199,7 @@ def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=
         refuse_inside_model(p.train.out, model.source)
         refuse_inside_model(p.pairs.out, model.source)
         # a mistyped --target-modules is said before minutes of pair making, not after
-        check_targets(family.denoiser(model.pipe), lora_targets(p.train, family), p.train.lora.rank)
+        check_targets(family.denoiser(model.pipe), lora_targets(p.train, family), p.train.lora.rank, family)
     results = []
     for k, p in enumerate(plans):
         started = time.time()

@@ -194,6 +194,10 @@ class Family:
         return float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
 
     # -- export --
+    def unexportable(self, modules: list[str]) -> list[str]:
+        """The denoiser modules (diffusers paths) that the saved file has no name for; said before training."""
+        return []
+
     def export(self, peft_state: dict, alpha: float) -> dict:
         """The adapter's tensors, named as the hosts users load them in expect."""
         from ..export import peft_to_kohya

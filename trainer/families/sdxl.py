@@ -91,6 +91,15 @@ class SDXL(Family):
         edit.set_progress_bar_config(disable=True)
         return edit
 
+    def unexportable(self, modules):
+        bad = []
+        for module in modules:
+            try:
+                diffusers_to_sgm(module)
+            except ValueError:
+                bad.append(module)
+        return bad
+
     def export(self, peft_state, alpha):
         from ..export import peft_to_kohya
 
