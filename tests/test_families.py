@@ -209,6 +209,22 @@ def test_single_file_options_read_v_pred_and_ztsnr(tmp_path):
         load_options(edm)
 
 
+def test_an_sd3_file_without_t5_weights_loads_without_t5(tmp_path):
+    """sd3_medium_incl_clips (the file for small cards) carries CLIP-L/G and no T5: loaded as --drop-t5 would."""
+    from safetensors.torch import save_file
+
+    from duo_unlearn.trainer.models import detect_family, load_options
+
+    mmdit = "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias"
+    clip = "text_encoders.clip_l.transformer.text_model.embeddings.token_embedding.weight"
+    t5 = "text_encoders.t5xxl.transformer.shared.weight"
+    with_t5, clips_only = tmp_path / "sd3_medium_incl_clips_t5xxlfp16.safetensors", tmp_path / "incl_clips.safetensors"
+    save_file({mmdit: torch.zeros(1), clip: torch.zeros(1), t5: torch.zeros(1)}, str(with_t5))
+    save_file({mmdit: torch.zeros(1), clip: torch.zeros(1)}, str(clips_only))
+    assert detect_family(clips_only) == detect_family(with_t5) == "sd3"
+    assert load_options(with_t5) == {} and load_options(clips_only) == {"drop_t5": True}
+
+
 # -- SD3 --
 
 def _official_encoding(pipe, prompts, max_sequence_length):

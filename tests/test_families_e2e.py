@@ -100,3 +100,19 @@ def test_eval_direct_and_prompt_attacks_with_the_adapter(family_model, tmp_path)
     assert set(adapted["attacks"]) == {"direct", "prompts"}
     assert adapted["preservation"]["one_minus_lpips"] < 1.0  # the adapter was on while it sampled
     assert result["results"]["base"]["preservation"]["one_minus_lpips"] == 1.0
+
+
+@pytest.mark.slow
+def test_unlearn_on_sd3_without_t5_from_the_command_line(tmp_path):
+    """--drop-t5 (a small card): the model loads without T5 and the adapter says so; other families refuse it."""
+    from duo_unlearn.trainer.cli import main
+
+    folder = build_tiny_sd3(tmp_path / "sd3")
+    out = tmp_path / "u.safetensors"
+    code = main(["unlearn", "--preset", "custom", "--model", str(folder), "--out", str(out), "--drop-t5",
+                 "--unsafe-prompt", "a red circle", "--safe-prompt", "a green circle", "--num-pairs", "2",
+                 "--steps", "2", "--rank", "4", "--no-preview", "--device", "cpu"])
+    assert code == 0 and describe_adapter(out)["duo"]["t5_encoder"] == "dropped"
+    assert main(["pairs", "--preset", "testbed-red", "--model", "testbed", "--drop-t5", "--num-pairs", "1",
+                 "--out", str(tmp_path / "p")]) == 2
+    assert not (tmp_path / "p").exists()

@@ -569,6 +569,34 @@ def _adapter_that_does_not_fit(env: Env):
             "--no-base", "--lpips-backbone", "random", "--out", str(env.tmp / "ev")]
 
 
+def _eval(env: Env, *extra) -> list[str]:
+    return ["eval", "--model", str(env.model), "--attacks", "direct", "--no-base", "--lpips-backbone", "random",
+            "--images-per-prompt", "1", "--max-prompts", "1", "--sample-steps", "2", "--out", str(env.tmp / "ev"),
+            *extra]
+
+
+def _ci_on_a_damaged_pair_image(env: Env):
+    p = env.pairs()
+    first = sorted((p / "unsafe").iterdir())[0]
+    first.write_bytes(b"not a picture")
+    return _eval(env, "--attacks", "concept_inversion", "--pairs", str(p), "--ci-steps", "1", "--ci-images", "2")
+
+
+def _csv_header_past_the_limit(env: Env):
+    (env.tmp / "big.csv").write_text("p" * 200_000 + "\na red square\n")
+    return _eval(env, "--attacks", "prompts", "--prompts-file", str(env.tmp / "big.csv"))
+
+
+def _nested_metadata(env: Env):
+    import torch
+    from safetensors.torch import save_file
+
+    key = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    save_file({f"{key}.lora_down.weight": torch.zeros(2, 4), f"{key}.lora_up.weight": torch.zeros(4, 2)},
+              str(env.tmp / "deep.safetensors"), {"duo.concept": "[" * 100_000, "duo.steps": "9" * 5000})
+    return ["info", str(env.tmp / "deep.safetensors")]
+
+
 def _pairs_is_a_file(env: Env):
     (env.tmp / "pairs.txt").write_text("not a folder")
     return env.train(pairs=env.tmp / "pairs.txt")
@@ -750,6 +778,30 @@ CASES: dict[str, Case] = {
     "eval_adapter_that_does_not_fit": Case("audit", _adapter_that_does_not_fit,
                                            "odd.safetensors does not fit this model (RuntimeError: size mismatch for",
                                            early=False, allowed=("ev", "ev/*")),
+    # the same stop's second audit: eval, pairs, testbed-train, info
+    "pairs_refused_model_leaves_no_folder": Case("audit", lambda e: ["pairs", "--preset", "testbed-red", "--model",
+                                                                     str(e.tmp / "nope"), "--num-pairs", "1", "--out",
+                                                                     str(e.tmp / "p2" / "sub")], "model not found"),
+    "pairs_strength_below_one_step": Case("audit", lambda e: ["pairs", "--preset", "testbed-red", "--model",
+                                                              str(e.model), "--strength", "0.01", "--out",
+                                                              str(e.tmp / "p3")], "leaves no step to denoise"),
+    "pairs_count_past_any_run": Case("audit", lambda e: ["pairs", "--preset", "testbed-red", "--model", str(e.model),
+                                                         "--num-pairs", "10000000000", "--out", str(e.tmp / "p4")],
+                                     "at most 100000 pairs"),
+    "eval_adapter_weight_past_any_slider": Case("audit", lambda e: _eval(e, "--adapter", str(e.tmp / "a.safetensors"),
+                                                                         "--adapter-weight", "1e300"),
+                                                "adapter_weight must be at most 10"),
+    "eval_images_per_prompt_past_any_card": Case("audit", lambda e: _eval(e, "--images-per-prompt", str(10**12)),
+                                                 "images_per_prompt must be at most 1024"),
+    "eval_detector_none_in_capitals": Case("audit", lambda e: _eval(e, "--detector", "NONE"),
+                                           "DSR needs a detector"),
+    "eval_ci_on_a_damaged_pair_image": Case("audit", _ci_on_a_damaged_pair_image, "is not a readable image",
+                                            early=False, allowed=("ev", "ev/*")),
+    "eval_csv_header_past_the_limit": Case("audit", _csv_header_past_the_limit, "is not a readable CSV file",
+                                           early=False),
+    "info_nested_and_huge_metadata": Case("audit", _nested_metadata, "duo.concept", 0),
+    "testbed_train_batch_past_memory": Case("audit", lambda e: ["testbed-train", "--vae-batch", "100000000", "--out",
+                                                                str(e.tmp / "tb")], "--vae-batch must be at most"),
     "out_with_no_name": Case("audit", lambda e: e.train(out=".safetensors"), "--out must end in .safetensors"),
     "checkpoint_dir_inside_the_model": Case("audit", lambda e: ["train", "--pairs", str(e.pairs()), "--model",
                                                                 str(_model_copy(e)), "--out",

@@ -24,6 +24,9 @@ HELP = {
              "(testbed: SD 1.x, testbed-xl: SDXL, testbed-sd3: SD3)",
     "out": "adapter file to write (.safetensors, kohya LoRA format)",
     "config_dir": "diffusers config folder for a single-file checkpoint when its configs cannot be downloaded",
+    "drop_t5": "SD3: load the model without its T5 encoder (its embeddings become zeros, as diffusers does with "
+               "text_encoder_3=None) to fit a small card; recorded as duo.t5_encoder. A single file without T5 "
+               "weights is loaded this way by itself",
     "concept": "name of the concept being unlearned (recorded in the adapter metadata)",
     "method": "training objective: duo (default) or esd (the ESD baseline, Gandikota et al. 2023)",
     "esd_eta": "ESD only: negative guidance scale eta of the target eps_ref(x,t) - eta (eps_ref(x,c,t) - eps_ref(x,t))",

@@ -44,6 +44,7 @@ class TrainConfig:
     model: str = "testbed"
     out: str = "duo_adapter.safetensors"
     config_dir: str | None = None  # diffusers config folder for single-file checkpoints, when offline
+    drop_t5: bool = False  # SD3: load without T5 (diffusers' text_encoder_3=None), for small cards
     concept: str = ""
     method: str = "duo"
     esd_eta: float = 1.0  # method "esd": negative guidance scale eta of the ESD target

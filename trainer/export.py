@@ -165,7 +165,7 @@ def decode_duo(metadata: dict) -> dict:
         if key.startswith("duo."):
             try:
                 duo[key[4:]] = json.loads(value)
-            except (json.JSONDecodeError, TypeError):
+            except (json.JSONDecodeError, TypeError, ValueError, RecursionError):  # anyone's text: kept as text
                 duo[key[4:]] = value
     return duo
 

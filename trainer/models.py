@@ -11,13 +11,14 @@ from .errors import UserError, refuse_unreadable
 from .testbed import TESTBED_FAMILIES, TESTBEDS, available_testbeds
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+_SD3_KEY = "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias"
 _KEY_FAMILIES = (  # the first key found decides; order matters (SDXL also has cond_stage-like keys)
     ("double_blocks.0.img_attn.qkv.weight", "flux"),  # BFL's transformer-only files (flux1-dev.safetensors)
     ("model.diffusion_model.double_blocks.0.img_attn.qkv.weight", "flux"),  # full checkpoints (ComfyUI/Forge)
     # a diffusers-named Flux transformer file: SD3's transformer has joint blocks with add_q_proj too, only Flux has
     # single-stream blocks
     ("single_transformer_blocks.0.attn.to_q.weight", "flux"),
-    ("model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias", "sd3"),
+    (_SD3_KEY, "sd3"),
     ("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", "sdxl"),
     ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "sd2"),
     ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", "sd1"),
@@ -243,6 +244,8 @@ def load_options(path: Path) -> dict:
     if any(key in keys for key, family in _KEY_FAMILIES if family == "flux"):
         return flux_options(path, keys)
     options = {}
+    if _SD3_KEY in keys and not any(k.startswith("text_encoders.t5xxl.") for k in keys):
+        options["drop_t5"] = True  # sd3_medium_incl_clips: the file for small cards carries no T5 to load
     if "v_pred" in keys:
         options["prediction_type"] = "v_prediction"
         if "ztsnr" in keys:
@@ -280,6 +283,11 @@ def flux_variant_from_folder(folder: Path) -> str:
     return "dev" if json.loads(config.read_text()).get("guidance_embeds") else "schnell"
 
 
+def model_options(drop_t5: bool = False) -> dict:
+    """The user's load choices as load_model's options."""
+    return {"drop_t5": True} if drop_t5 else {}
+
+
 def load_model(spec: str | Path, config_dir: str | Path | None = None, dtype=None,
                options: dict | None = None) -> LoadedModel:
     """Load a pipeline of any trained family, offline-friendly; the family is detected and recorded.
@@ -294,6 +302,9 @@ def load_model(spec: str | Path, config_dir: str | Path | None = None, dtype=Non
     path = resolve_model_path(spec)
     family_name = detect_family(path)
     family = get_family(family_name)  # refuses a family this version cannot train, by name
+    if (options or {}).get("drop_t5") and family_name != "sd3":
+        raise UserError(f"--drop-t5 is for SD3 models (T5 is their optional third text encoder); {path.name} is "
+                        f"{family_name}")
     options = {**load_options(path), **(options or {})}
     dtype = dtype or (getattr(torch, family.load_dtype) if family.load_dtype else torch.float32)
     kwargs = {**_no_safety_checker(family), **family.load_kwargs(options)}

@@ -94,19 +94,23 @@ def read_pairs(folder: str | Path) -> list[PairRecord]:
     return records
 
 
-def load_image_tensor(path: Path, size: int):
-    """RGB in [-1, 1], resized (shorter side) and centre-cropped to size x size, shape 3 x H x W."""
+def open_rgb(path: Path, what: str = "pair image"):
+    """The image at `path` as RGB, or one line: not an image, damaged, or over Pillow's pixel limit (a bomb)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            return im.convert("RGB")
     except Image.DecompressionBombError:
-        raise UserError(f"{path} is not a usable pair image: its pixel count is over Pillow's safety limit "
+        raise UserError(f"{path} is not a usable {what}: its pixel count is over Pillow's safety limit "
                         f"({Image.MAX_IMAGE_PIXELS} pixels)") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable image: {e}") from None
-    return image_tensor(im, size)
+
+
+def load_image_tensor(path: Path, size: int):
+    """RGB in [-1, 1], resized (shorter side) and centre-cropped to size x size, shape 3 x H x W."""
+    return image_tensor(open_rgb(path), size)
 
 
 def image_tensor(im, size: int):

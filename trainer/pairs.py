@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .atomic import disk_error, write_text_atomic
+from .atomic import disk_error, remove_tree, write_text_atomic
 from .detectors import check_detector, make_detector, no_detector
 from .errors import UserError
 from .config import MAX_RESOLUTION, check_batch, check_sample_steps, check_seed
@@ -37,6 +37,7 @@ class PairConfig:
     out: str = ""
     model: str = "testbed"
     config_dir: str | None = None
+    drop_t5: bool = False  # SD3: load without T5 (diffusers' text_encoder_3=None), for small cards
     unsafe_prompts: tuple[str, ...] = ()
     safe_prompts: tuple[str, ...] = ()
     num_pairs: int = 32
@@ -75,8 +76,14 @@ class PairConfig:
                             f"got {len(self.safe_prompts)}")
         if not (isinstance(self.num_pairs, int) and self.num_pairs > 0):
             raise UserError(f"number of pairs must be a positive integer, got {self.num_pairs!r}")
+        if self.num_pairs > MAX_PAIRS or (isinstance(self.num_retain, int) and self.num_retain > MAX_PAIRS):
+            raise UserError(f"at most {MAX_PAIRS} pairs and {MAX_PAIRS} retain images, got {self.num_pairs} and "
+                            f"{self.num_retain}")
         if not (isinstance(self.strength, (int, float)) and 0 < self.strength <= 1):
             raise UserError(f"SDEdit strength must be in (0, 1], got {self.strength!r}")
+        if int(self.strength * self.sample_steps) < 1:  # img2img denoises strength × steps steps: none is no twin
+            raise UserError(f"SDEdit strength {self.strength:g} × {self.sample_steps} sampling steps leaves no step to "
+                            f"denoise: raise the strength to at least {1 / self.sample_steps:g} or the steps")
         if not (math.isfinite(self.guidance) and self.guidance >= 0):
             raise UserError(f"guidance must be zero or positive, got {self.guidance!r}")
         if self.sample_steps <= 0 or self.batch_size <= 0:
@@ -129,6 +136,7 @@ class PairStats:
     skipped_reasons: dict = field(default_factory=dict)
 
 
+MAX_PAIRS = 100_000  # the paper uses 64–256; each pair is two images on disk, and the plan is laid out up front
 MAX_PAIR_SEED = 2**32 - 1  # image_seed multiplies the run seed by 64 million: torch's 64-bit seeds hold that
 
 
@@ -272,19 +280,35 @@ def generate_pairs(cfg: PairConfig, progress: ProgressCallback | None = None, mo
     """Make (or complete) a pair dataset folder; returns what was made, kept and skipped."""
     cfg.validate()
     detector = detector if detector is not None else make_detector(cfg.detector)
-    folder = _make_folder(cfg)
     if model is not None:
-        refuse_inside_model(folder, model.source)
-    with _locked(folder):  # a run holding the folder is said first: its own files are not the user's
-        check_pair_folder(folder)
-        done = _check_settings(cfg, folder)
-        _make_subfolders(folder)
-        return _generate(cfg, progress, model, detector, folder, done)
+        refuse_inside_model(cfg.out, model.source)
+    made = _first_missing(Path(cfg.out))
+    folder = _make_folder(cfg)
+    try:
+        with _locked(folder):  # a run holding the folder is said first: its own files are not the user's
+            check_pair_folder(folder)
+            done = _check_settings(cfg, folder)
+            _make_subfolders(folder)
+            return _generate(cfg, progress, model, detector, folder, done)
+    except UserError:
+        # refused before a pair was made (the model missing, or not the one to use): a folder this run made holds
+        # only its settings, and would refuse the corrected run as "made with other settings"
+        if made is not None and not _read_ids(folder / INDEX) and not _read_ids(folder / RETAIN_INDEX):
+            remove_tree(made)
+        raise
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost folder of `folder`'s path that does not exist yet (what making it would create)."""
+    missing = None
+    while not folder.exists() and folder != folder.parent:
+        missing, folder = folder, folder.parent
+    return missing
 
 
 def _generate(cfg: PairConfig, progress, model, detector, folder: Path, done: set[str]) -> PairStats:
     from .families import get_family
-    from .models import load_model
+    from .models import load_model, model_options
 
     started = time.time()
     stats = PairStats(folder=folder)
@@ -296,7 +320,7 @@ def _generate(cfg: PairConfig, progress, model, detector, folder: Path, done: se
         return _finish(stats, folder, started)
     from .runtime import placed_for_sampling, resolve
 
-    model = model or load_model(cfg.model, cfg.config_dir)
+    model = model or load_model(cfg.model, cfg.config_dir, options=model_options(cfg.drop_t5))
     refuse_inside_model(folder, model.source)
     rt = resolve(RuntimeConfig(cfg.device, cfg.mixed_precision))
     pipe = model.pipe

@@ -21,7 +21,7 @@ from .families import get_family
 from .latent_cache import build_cache
 from .lora import add_lora, check_targets, lora_state, remove_lora
 from .lr_schedule import build_schedule
-from .models import LoadedModel, load_model, refuse_inside_model
+from .models import LoadedModel, load_model, model_options, refuse_inside_model
 from .on_policy_pairs import on_policy_pairs
 from .pair_dataset import read_pairs
 from .retain_set import read_retain
@@ -151,7 +151,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     if cfg.checkpoint_every:  # a read-only checkpoint folder is said now, not at the first checkpoint
         check_folder_writable(cfg.checkpoint_path)
     check = erasure_check(cfg, records)  # a wrong detector name is refused before the model loads
-    model = model or load_model(cfg.model, cfg.config_dir)
+    model = model or load_model(cfg.model, cfg.config_dir, options=model_options(cfg.drop_t5))
     refuse_inside_model(out, model.source)
     if cfg.checkpoint_every:  # checkpoints are files written too: never among the model's
         refuse_inside_model(cfg.checkpoint_path, model.source)

@@ -26,6 +26,7 @@ class UnlearnConfig:
     out: str = "duo_adapter.safetensors"
     model: str | None = None
     config_dir: str | None = None
+    drop_t5: bool = False  # SD3: load without T5 (diffusers' text_encoder_3=None), for small cards
     pairs_dir: str | None = None  # default: <out stem>_pairs next to the adapter
     concept: str | None = None  # custom preset: its name; multi-concept presets: train only this one
     unsafe_prompts: tuple[str, ...] = ()
@@ -184,7 +185,7 @@ def _stop_rule(cfg: UnlearnConfig, preset: Preset, detector: str) -> dict:
 def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=None) -> list[UnlearnResult]:
     """Run every concept of the plan on one loaded model; each adapter is trained from the base model."""
     from .lora import check_targets, remove_lora
-    from .models import load_model, refuse_inside_model
+    from .models import load_model, model_options, refuse_inside_model
     from .train import lora_targets, train
 
     preset, plans = plan(cfg)
@@ -193,7 +194,7 @@ def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=
         if p.train.preview_prompts:
             refuse_existing_preview(p.train.out, cfg.overwrite)
         check_pair_folder(p.pairs.out)
-    model = model or load_model(plans[0].pairs.model, cfg.config_dir)
+    model = model or load_model(plans[0].pairs.model, cfg.config_dir, options=model_options(cfg.drop_t5))
     family = get_family(model.family)
     for p in plans:
         refuse_inside_model(p.train.out, model.source)

@@ -32,7 +32,11 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[str]:
 
 def _csv_prompts(text: str, path: Path) -> list[str]:
     rows = csv.DictReader(text.splitlines())
-    names = {(n or "").strip().lower(): n for n in rows.fieldnames or []}
+    try:
+        fieldnames = rows.fieldnames or []
+    except csv.Error as e:  # a header field past csv's size limit, like a row's below
+        raise UserError(f"{path} is not a readable CSV file: {e}") from None
+    names = {(n or "").strip().lower(): n for n in fieldnames}
     column = next((names[c] for c in CSV_COLUMNS if c in names), None)
     if column is None:
         raise UserError(f"{path}: no prompt column; a CSV needs a column named 'prompt' "

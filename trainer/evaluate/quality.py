@@ -51,6 +51,9 @@ def reference_files(folder: str | Path) -> list[Path]:
         try:
             with Image.open(p):
                 pass
+        except Image.DecompressionBombError:
+            raise UserError(f"FID reference {p} is over Pillow's safety limit of {Image.MAX_IMAGE_PIXELS} pixels; "
+                            "give images of a usual size") from None
         except (UnidentifiedImageError, OSError) as e:
             raise UserError(f"FID reference {p} is not a readable image ({_one_line(e)})") from None
     if len(files) < 2:

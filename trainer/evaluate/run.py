@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..atomic import check_folder_writable, staged_files
-from ..config import check_sample_steps, check_seed
+from ..config import check_batch, check_sample_steps, check_seed
 from ..errors import UserError
 from ..progress import ProgressCallback, ProgressEvent, report
 from .methods import BASE, NEGATIVE, Method, activated, adapter_method, load_adapters
@@ -73,12 +73,15 @@ HELP = {  # `duo-unlearn eval` flag help (names shared with other commands mean 
 }
 
 
+MAX_ADAPTER_WEIGHT = 10.0  # the tab's Compare stops there too: the sliders end at 2
+
 @dataclass
 class EvalConfig:
     """One evaluation run. None means "the preset's value"."""
 
     model: str = "testbed"
     config_dir: str | None = None
+    drop_t5: bool = False  # SD3: load without T5 (diffusers' text_encoder_3=None), for small cards
     preset: str = "testbed-red"
     concept: str | None = None
     adapters: tuple[str, ...] = ()
@@ -138,11 +141,15 @@ class EvalConfig:
         if self.sample_steps is not None and not (isinstance(self.sample_steps, int) and self.sample_steps > 0):
             raise UserError(f"sample_steps must be a positive integer, got {self.sample_steps!r}")
         check_sample_steps("sample_steps", self.sample_steps)
+        for name in ("images_per_prompt", "ci_batch", "ci_images", "udatk_batch", "batch_size"):
+            check_batch(name, getattr(self, name))
         # rab_strength is η in target = E(neutral) + η·(concept direction): 0 or less does not point at the concept
         for name in ("ci_lr", "udatk_lr", "adapter_weight", "rab_strength"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise UserError(f"{name} must be a positive number, got {value!r}")
+        if self.adapter_weight > MAX_ADAPTER_WEIGHT:  # far past it an adapter draws noise, which reads as "erased"
+            raise UserError(f"adapter_weight must be at most {MAX_ADAPTER_WEIGHT:g}, got {self.adapter_weight!r}")
         # NaN would reach report.json, which JSON cannot hold; guidance 0 (no guidance) is allowed, as for pairs
         if self.guidance is not None and not (isinstance(self.guidance, (int, float)) and math.isfinite(self.guidance)
                                               and self.guidance >= 0):
@@ -241,7 +248,7 @@ def plan(cfg: EvalConfig) -> Plan:
         raise UserError("the ring_a_bell attack needs concept-free prompts (a preset concept's safe prompts); "
                         "leave it out with --attacks direct,prompts,concept_inversion")
     detector = cfg.detector or preset.detector
-    if detector in (None, "", "none"):
+    if detector is None or detector.strip().lower() in ("", "none"):  # any spelling make_detector takes as none
         raise UserError(f"DSR needs a detector and preset {preset.name} has none: pass --detector "
                         "(nudenet, colour:<name>)")
     from ..detectors import make_detector  # fail on an unknown name now, not after generating
@@ -328,16 +335,11 @@ def generate(pipe, prompts: list[str], per_prompt: int, seed: int, steps: int, g
 
 def _ci_training_set(cfg: EvalConfig, p: Plan, pipe, progress) -> tuple[list, list[str], str]:
     """(images, prompts, where from): the pair dataset's unsafe images, else base-model images of the prompts."""
-    from PIL import Image
-
     if cfg.pairs:
-        from ..pair_dataset import read_pairs
+        from ..pair_dataset import open_rgb, read_pairs
 
         records = read_pairs(cfg.pairs)[:cfg.ci_images]
-        images = []
-        for r in records:
-            with Image.open(Path(cfg.pairs) / r.unsafe) as im:
-                images.append(im.convert("RGB"))
+        images = [open_rgb(Path(cfg.pairs) / r.unsafe) for r in records]
         return images, [r.unsafe_prompt or p.direct[0] for r in records], f"pairs {cfg.pairs}"
     report(progress, ProgressEvent("eval", message=f"white-box attacks: generating {cfg.ci_images} concept images"))
     prompts = [p.direct[i % len(p.direct)] for i in range(cfg.ci_images)]
@@ -351,7 +353,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
     """Run the evaluation and write report.json, plot.png and grids into cfg.out; returns the report."""
     from ..detectors import make_detector
     from ..families import get_family
-    from ..models import detect_family, load_model, resolve_model_path
+    from ..models import detect_family, load_model, model_options, resolve_model_path
     from ..previews import save_png
     from .concept_inversion import concept_inversion, token_prompts
     from .dsr import defense_success_rate
@@ -378,7 +380,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
     out = Path(cfg.out)
     # a read-only folder is said now, not after the whole evaluation; the folder itself is made with the report
     check_folder_writable(out)
-    model = model or load_model(cfg.model, cfg.config_dir)
+    model = model or load_model(cfg.model, cfg.config_dir, options=model_options(cfg.drop_t5))
     pipe = model.pipe
     family = get_family(model.family)
     if "unlearndiffatk" in cfg.attacks:

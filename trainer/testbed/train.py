@@ -72,6 +72,9 @@ def check_ranges(cfg, positive=(), zero_or_more=(), fraction=()) -> None:
             raise UserError(f"{flag} must be 0 or more, got {value}")
         if name in fraction and not 0 <= value < 1:
             raise UserError(f"{flag} must be at least 0 and below 1, got {value}")
+    for name in ("vae_batch", "unet_batch"):  # one tensor of that many images: past this, only an allocation error
+        if getattr(cfg, name, 0) > MAX_IMAGES:
+            raise UserError(f"--{name.replace('_', '-')} must be at most {MAX_IMAGES}, got {getattr(cfg, name)}")
     if cfg.images > MAX_IMAGES:  # the whole data set is drawn into memory first, ~15 kB an image
         raise UserError(f"--images must be at most {MAX_IMAGES} (the data set is held in memory), got {cfg.images}")
 
