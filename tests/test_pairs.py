@@ -154,3 +154,25 @@ def test_cli_pairs_bad_numbers(capsys, tmp_path):
     for args, msg in ([["--num-pairs", "0"], "positive integer"], [["--strength", "2"], "strength"]):
         code = main(["pairs", "--out", str(tmp_path / "p"), "--unsafe-prompt", "a", "--safe-prompt", "b", *args])
         assert code == 2 and msg in capsys.readouterr().err
+
+
+def test_cli_pairs_keep_the_presets_recipe_under_the_users_own_prompts(tmp_path, capsys):
+    """Prompts of one's own replace the preset's prompts only: its detector, guidance and steps stay unless a flag
+    says otherwise; one side of the prompts alone is refused by what it lacks."""
+    from duo_unlearn.trainer.presets import get_preset
+
+    preset = get_preset("testbed-red")
+    out = tmp_path / "p"
+    assert main(["pairs", "--preset", "testbed-red", "--unsafe-prompt", "a red circle on a white background",
+                 "--safe-prompt", "a blue circle on a white background", "--num-pairs", "1", "--guidance", "3",
+                 "--out", str(out)]) == 0
+    settings = json.loads((out / "dataset.json").read_text())["settings"]
+    assert settings["unsafe_prompts"] == ["a red circle on a white background"]
+    assert (settings["detector"], settings["sample_steps"], settings["strength"]) == \
+        (preset.detector, preset.sample_steps, preset.strength)
+    assert settings["guidance"] == 3 != preset.guidance
+    capsys.readouterr()
+    assert main(["pairs", "--preset", "testbed-red", "--unsafe-prompt", "a red circle", "--out",
+                 str(tmp_path / "q")]) == 2
+    assert "give both --unsafe-prompt and --safe-prompt to replace preset testbed-red's prompts" in \
+        capsys.readouterr().err

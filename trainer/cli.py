@@ -75,16 +75,22 @@ def cmd_pairs(args) -> int:
     from .presets import get_preset
 
     cfg = build_config(PairConfig, args)
-    if args.preset and not (cfg.unsafe_prompts or cfg.safe_prompts):
+    if args.preset:
         preset = get_preset(args.preset)
-        if not preset.concepts:
-            raise UserError(f"preset {preset.name} has no prompts of its own: give --unsafe-prompt and --safe-prompt")
-        concepts = preset.concepts_named(args.concept)
-        if len(concepts) != 1:
-            raise UserError(f"preset {preset.name} has concepts {', '.join(c.name for c in preset.concepts)}: "
-                            "choose one with --concept")
+        if not (cfg.unsafe_prompts or cfg.safe_prompts):
+            if not preset.concepts:
+                raise UserError(f"preset {preset.name} has no prompts of its own: give --unsafe-prompt and "
+                                "--safe-prompt")
+            concepts = preset.concepts_named(args.concept)
+            if len(concepts) != 1:
+                raise UserError(f"preset {preset.name} has concepts {', '.join(c.name for c in preset.concepts)}: "
+                                "choose one with --concept")
+            cfg.unsafe_prompts, cfg.safe_prompts = concepts[0].unsafe_prompts, concepts[0].safe_prompts
+        elif not (cfg.unsafe_prompts and cfg.safe_prompts):
+            raise UserError(f"give both --unsafe-prompt and --safe-prompt to replace preset {preset.name}'s "
+                            "prompts, or neither")
+        # the preset's recipe stays under prompts of the user's own: flags override it one by one
         given = {k for k, v in vars(args).items() if v is not None}
-        cfg.unsafe_prompts, cfg.safe_prompts = concepts[0].unsafe_prompts, concepts[0].safe_prompts
         for key in ("num_pairs", "strength", "detector", "guidance", "sample_steps"):
             if key not in given:
                 setattr(cfg, key, getattr(preset, key))
