@@ -107,9 +107,11 @@ def test_sdxl_img2img_runs_on_the_same_modules(sdxl):
 def test_sdxl_v_pred_single_file_options_switch_the_noise_process(sdxl_dir):
     pipe = _load(SDXL, sdxl_dir)
     assert SDXL.noise_process(pipe).prediction == "epsilon"
+    assert SDXL.metadata(pipe)["modelspec.prediction_type"] == "epsilon"
     SDXL.after_load(pipe, {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True})
     process = SDXL.noise_process(pipe)
     assert process.prediction == "v_prediction"
+    assert SDXL.metadata(pipe)["modelspec.prediction_type"] == "v"  # kohya's word: a host reading it samples right
     x0, noise = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
     last = process.pure_noise_t(1, "cpu")
     # zero terminal SNR: the last time is pure noise, and the velocity target there is -x0
@@ -189,6 +191,18 @@ def test_sdxl_metadata():
     meta = SDXL.metadata()
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
     assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora" and meta["ss_v2"] == "False"
+    assert "modelspec.prediction_type" not in meta and "modelspec.prediction_type" not in SD3.metadata()
+
+
+def test_sd2_architecture_follows_its_prediction_type():
+    """kohya's modelspec: SD 2.x 768-v (v-prediction) and 512 base (epsilon) are different architectures."""
+    from types import SimpleNamespace
+
+    sd2 = get_family("sd2")
+    pipe = lambda kind: SimpleNamespace(scheduler=SimpleNamespace(config={"prediction_type": kind}))  # noqa: E731
+    assert sd2.metadata(pipe("v_prediction"))["modelspec.architecture"] == "stable-diffusion-v2-768-v/lora"
+    assert sd2.metadata(pipe("epsilon"))["modelspec.architecture"] == "stable-diffusion-v2-512/lora"
+    assert sd2.metadata(pipe("epsilon"))["ss_v2"] == "True"
 
 
 def test_single_file_options_read_v_pred_and_ztsnr(tmp_path):

@@ -205,6 +205,18 @@ class Family:
         return peft_to_kohya(peft_state, alpha, prefix=self.denoiser_attr)
 
     def metadata(self, pipe=None) -> dict:
-        """Per-family adapter metadata; given the pipeline, a family may record what varies by checkpoint."""
-        return {"ss_base_model_version": self.base_version, "modelspec.architecture": self.architecture,
+        """Per-family adapter metadata; given the pipeline, a family may record what varies by checkpoint (here the
+        prediction type of an epsilon/v model, in kohya's modelspec words)."""
+        meta = {"ss_base_model_version": self.base_version, "modelspec.architecture": self.architecture,
                 "ss_v2": str(self.name == "sd2")}
+        prediction = _prediction_type(pipe)
+        if prediction is not None:
+            meta["modelspec.prediction_type"] = prediction
+        return meta
+
+
+def _prediction_type(pipe) -> str | None:
+    """"epsilon" or "v" for a DDPM-style scheduler (modelspec's spelling); None for flow matching or no pipeline."""
+    kind = getattr(getattr(getattr(pipe, "scheduler", None), "config", None), "get", lambda *_: None)(
+        "prediction_type")
+    return {"epsilon": "epsilon", "v_prediction": "v"}.get(kind)

@@ -25,3 +25,9 @@ class SD2(SD1):
     name = "sd2"
     architecture = "stable-diffusion-v2-768-v/lora"
     base_version = "sd_v2"
+
+    def metadata(self, pipe=None):
+        meta = super().metadata(pipe)
+        if meta.get("modelspec.prediction_type") == "epsilon":  # SD 2.x base at 512 px, as kohya names it
+            meta["modelspec.architecture"] = "stable-diffusion-v2-512/lora"
+        return meta
