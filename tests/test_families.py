@@ -390,3 +390,26 @@ def test_recipes():
     assert (SD3.lr_base, SD3.lambda_base, SD3.recipe_resolution) == (3e-5, 1e6, 512)
     assert SDXL.recipe_resolution is None and SDXL.lr_base == get_family("sd1").lr_base
     assert json.dumps(SD3.metadata())  # strings only, safetensors metadata
+
+
+@pytest.mark.parametrize("family_name", ["sd3", "flux"])
+def test_a_transformer_only_file_takes_the_rest_from_the_config_folder(family_name, tmp_path):
+    """SAI's SD3.5 and BFL's Flux files, and shared fine-tunes, hold only the transformer: it comes from the file,
+    the VAE and text encoders (weights included) from --config-dir; without that folder, one line says so."""
+    from safetensors.torch import load_file, save_file
+
+    from duo_unlearn.trainer.models import load_model
+    from tiny_families import build_tiny_flux
+
+    folder = (build_tiny_sd3 if family_name == "sd3" else build_tiny_flux)(tmp_path / "full")
+    weights = load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    tuned = {k: v + 0.5 if k.endswith(".weight") and v.ndim == 2 else v for k, v in weights.items()}
+    save_file(tuned, str(tmp_path / "tuned.safetensors"))
+    model = load_model(tmp_path / "tuned.safetensors", config_dir=folder)
+    assert model.family == family_name and model.name == "tuned"
+    loaded = model.pipe.transformer.state_dict()
+    # the file's transformer, not the folder's (Flux loads in bf16: the file's values, rounded alike)
+    assert all(torch.equal(loaded[k], tuned[k].to(loaded[k].dtype)) for k in tuned)
+    assert model.pipe.vae is not None and model.pipe.text_encoder is not None
+    with pytest.raises(UserError, match="tuned.safetensors holds only the transformer: pass --config-dir"):
+        load_model(tmp_path / "tuned.safetensors")

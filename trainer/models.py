@@ -18,6 +18,8 @@ _KEY_FAMILIES = (  # the first key found decides; order matters (SDXL also has c
     # a diffusers-named Flux transformer file: SD3's transformer has joint blocks with add_q_proj too, only Flux has
     # single-stream blocks
     ("single_transformer_blocks.0.attn.to_q.weight", "flux"),
+    # a diffusers-named SD3 transformer file (a fine-tune shared as its transformer): Flux's matched above
+    ("transformer_blocks.0.attn.add_q_proj.weight", "sd3"),
     (_SD3_KEY, "sd3"),
     ("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", "sdxl"),
     ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "sd2"),
@@ -244,7 +246,8 @@ def load_options(path: Path) -> dict:
     if any(key in keys for key, family in _KEY_FAMILIES if family == "flux"):
         return flux_options(path, keys)
     options = {}
-    if _SD3_KEY in keys and not any(k.startswith("text_encoders.t5xxl.") for k in keys):
+    if (_SD3_KEY in keys and any(k.startswith("text_encoders.clip_") for k in keys)
+            and not any(k.startswith("text_encoders.t5xxl.") for k in keys)):
         options["drop_t5"] = True  # sd3_medium_incl_clips: the file for small cards carries no T5 to load
     if "v_pred" in keys:
         options["prediction_type"] = "v_prediction"
@@ -264,7 +267,8 @@ def flux_variant_from_keys(keys) -> str:
 
 def flux_options(path: Path, keys) -> dict:
     """A Flux single file: which variant (its configs: FLUX.1-dev or FLUX.1-schnell) and whether it holds only the
-    transformer (BFL's own files do: the VAE, CLIP-L and T5 then come from --config-dir). Files already quantised
+    transformer (BFL's own files do: the VAE, CLIP-L and T5 then come from --config-dir, _load_denoiser_file). Files
+    already quantised
     for inference (bitsandbytes NF4 as Forge ships them) cannot be read back into trainable weights: refused."""
     keys = set(keys)
     if any(k.endswith((".absmax", ".quant_map")) or ".quant_state." in k for k in keys):
@@ -343,8 +347,49 @@ def _hub_offline() -> bool:
     return value.upper() in ENV_VARS_TRUE_VALUES
 
 
+_DENOISER_CLASSES = {"sd3": "SD3Transformer2DModel", "flux": "FluxTransformer2DModel"}
+_TEXT_ENCODER_PREFIXES = ("text_encoders.", "cond_stage_model.", "conditioner.", "text_encoder")
+
+
+def denoiser_only(path: Path, family_name: str) -> bool:
+    """An SD3/SD3.5 or Flux file without text encoders (SAI's and BFL's own releases, and the usual way to share a
+    fine-tuned transformer): the rest of the model comes from a full diffusers folder."""
+    if family_name not in _DENOISER_CLASSES or path.is_dir():
+        return False
+    return not any(k.startswith(_TEXT_ENCODER_PREFIXES) for k in checkpoint_keys(path))
+
+
+def _load_denoiser_file(path: Path, config_dir, dtype, family, family_kwargs: dict):
+    """The transformer from the file, every other component (weights included) from --config-dir."""
+    import diffusers
+
+    if config_dir is None:
+        raise UserError(f"{path.name} holds only the {family.denoiser_attr}: pass --config-dir DIR, a full diffusers "
+                        f"folder of the same {family.name} model (its VAE and text encoders, weights included, are "
+                        "read from there)")
+    config_dir = Path(config_dir)
+    if not (config_dir / "model_index.json").exists():
+        raise UserError(f"--config-dir {config_dir} is not a diffusers model folder (no model_index.json)")
+    json_object(config_dir / "model_index.json")  # a damaged index is one line, not diffusers' traceback
+    denoiser_cls = getattr(diffusers, _DENOISER_CLASSES[family.name])
+    try:
+        denoiser = denoiser_cls.from_single_file(str(path), config=str(config_dir), subfolder=family.denoiser_attr,
+                                                 torch_dtype=dtype, local_files_only=True)
+        return family.pipeline_cls().from_pretrained(
+            str(config_dir), **{family.denoiser_attr: denoiser}, dtype=dtype, local_files_only=True,
+            use_safetensors=True, **family_kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        _refuse_unreadable_part(e, path, config_dir)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"could not load {path.name} with the components in {config_dir} ({first}); --config-dir "
+                        f"must be a full diffusers folder of the same model, weights included") from None
+
+
 def _load_single_file(path: Path, config_dir, dtype, family, family_kwargs: dict):
     from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    if denoiser_only(path, family.name):
+        return _load_denoiser_file(path, config_dir, dtype, family, family_kwargs)
 
     kwargs = dict(dtype=dtype, **family_kwargs)
     tokenizers = []  # the config folder's tokenizer folders, checked before the load and after it
