@@ -268,8 +268,8 @@ def flux_variant_from_keys(keys) -> str:
 def flux_options(path: Path, keys) -> dict:
     """A Flux single file: which variant (its configs: FLUX.1-dev or FLUX.1-schnell) and whether it holds only the
     transformer (BFL's own files do: the VAE, CLIP-L and T5 then come from --config-dir, _load_denoiser_file). Files
-    already quantised
-    for inference (bitsandbytes NF4 as Forge ships them) cannot be read back into trainable weights: refused."""
+    already quantised for inference (bitsandbytes NF4 as Forge ships them) cannot be read back into trainable
+    weights: refused."""
     keys = set(keys)
     if any(k.endswith((".absmax", ".quant_map")) or ".quant_state." in k for k in keys):
         raise UserError(f"{path.name} is a bitsandbytes-quantised Flux checkpoint (an inference format); train from "
