@@ -50,23 +50,19 @@ def checkpoint_path(name: str) -> Path:
     return Path(folder_paths.get_full_path_or_raise("checkpoints", name))
 
 
-def diffusers_config_dir(family: str) -> Path | None:
-    """A diffusers folder of the checkpoint's family in models/diffusers, for single-file loading offline."""
+def diffusers_config_dir(family: str, checkpoint: Path) -> Path | None:
+    """A diffusers folder of the checkpoint's family and variant in models/diffusers, for single-file loading
+    offline."""
     import folder_paths
 
-    from ..trainer.models import family_from_folder
+    from ..trainer.config_folders import matching_config_dir
 
+    candidates = []
     for root in folder_paths.get_folder_paths("diffusers"):
         root = Path(root)
-        if not root.is_dir():
-            continue
-        for folder in sorted(p for p in root.iterdir() if (p / "model_index.json").exists()):
-            try:
-                if family_from_folder(folder) == family:
-                    return folder
-            except (UserError, ValueError, OSError):
-                continue
-    return None
+        if root.is_dir():
+            candidates += sorted(p for p in root.iterdir() if (p / "model_index.json").exists())
+    return matching_config_dir(candidates, family, checkpoint)
 
 
 def free_gpu() -> None:

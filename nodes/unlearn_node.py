@@ -182,7 +182,7 @@ def _model_and_configs(ckpt_name: str, config_dir: str) -> tuple[str, str | None
         return str(path), config_dir
     if path.is_dir():
         return str(path), None
-    found = host.diffusers_config_dir(detect_family(path))
+    found = host.diffusers_config_dir(detect_family(path), path)
     return str(path), str(found) if found else None
 
 

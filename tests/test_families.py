@@ -413,3 +413,27 @@ def test_a_transformer_only_file_takes_the_rest_from_the_config_folder(family_na
     assert model.pipe.vae is not None and model.pipe.text_encoder is not None
     with pytest.raises(UserError, match="tuned.safetensors holds only the transformer: pass --config-dir"):
         load_model(tmp_path / "tuned.safetensors")
+
+
+def test_the_config_folder_of_a_single_file_matches_its_variant(tmp_path):
+    """ComfyUI's models/diffusers may hold SD3 Medium and SD3.5 Medium (or Flux dev and schnell) side by side: a
+    file gets the folder of its own variant, whose shapes fit, whatever order the folders are listed in."""
+    from safetensors.torch import load_file, save_file
+
+    from duo_unlearn.trainer.config_folders import matching_config_dir, model_variant
+    from tiny_families import build_tiny_flux
+
+    folders = {"sd3": build_tiny_sd3(tmp_path / "sd3"), "sd35": build_tiny_sd3(tmp_path / "sd35", dual_attention=True),
+               "dev": build_tiny_flux(tmp_path / "dev"), "schnell": build_tiny_flux(tmp_path / "schnell", schnell=True)}
+    files = {}
+    for name, folder in folders.items():
+        files[name] = tmp_path / f"{name}.safetensors"
+        save_file(load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors")), str(files[name]))
+    assert model_variant(files["sd35"], "sd3") == model_variant(folders["sd35"], "sd3") != model_variant(
+        folders["sd3"], "sd3")
+    for family, names in (("sd3", ("sd3", "sd35")), ("flux", ("dev", "schnell"))):
+        for order in (names, names[::-1]):
+            listed = [folders["sd3" if family == "flux" else "dev"]] + [folders[n] for n in order]  # another family first
+            for name in names:
+                assert matching_config_dir(listed, family, files[name]) == folders[name]
+    assert matching_config_dir([folders["dev"]], "sd3", files["sd3"]) is None
