@@ -597,6 +597,25 @@ def _nested_metadata(env: Env):
     return ["info", str(env.tmp / "deep.safetensors")]
 
 
+def _report_appears_during_eval(env: Env):
+    """Another evaluation (or the user) writes a report into --out while this one runs: it is kept."""
+    import duo_unlearn.trainer.evaluate.report as report_mod  # imported by evaluate() when it writes the report
+
+    real = report_mod.plot
+
+    def racing(result, path, title):
+        (env.tmp / "ev" / "report.json").write_text("the other run's report")
+        return real(result, path, title)
+    env.monkeypatch.setattr(report_mod, "plot", racing)
+    return _eval(env)
+
+
+def _other_report_kept(env: Env, out, err):
+    assert (env.tmp / "ev" / "report.json").read_text() == "the other run's report"
+    assert json.loads((env.tmp / "ev-2" / "report.json").read_text())["format"].startswith("duo-unlearn eval")
+    assert str(env.tmp / "ev-2") in err
+
+
 def _pairs_is_a_file(env: Env):
     (env.tmp / "pairs.txt").write_text("not a folder")
     return env.train(pairs=env.tmp / "pairs.txt")
@@ -802,6 +821,10 @@ CASES: dict[str, Case] = {
     "info_nested_and_huge_metadata": Case("audit", _nested_metadata, "duo.concept", 0),
     "testbed_train_batch_past_memory": Case("audit", lambda e: ["testbed-train", "--vae-batch", "100000000", "--out",
                                                                 str(e.tmp / "tb")], "--vae-batch must be at most"),
+    "eval_report_name_is_a_folder": Case("audit", lambda e: (e.tmp / "ev" / "plot.png").mkdir(parents=True) or
+                                         _eval(e, "--overwrite"), "plot.png in"),
+    "eval_report_appears_during_the_run": Case("audit", _report_appears_during_eval, "appeared in", early=False,
+                                               allowed=("ev", "ev/*", "ev-2", "ev-2/*"), check=_other_report_kept),
     "out_with_no_name": Case("audit", lambda e: e.train(out=".safetensors"), "--out must end in .safetensors"),
     "checkpoint_dir_inside_the_model": Case("audit", lambda e: ["train", "--pairs", str(e.pairs()), "--model",
                                                                 str(_model_copy(e)), "--out",

@@ -186,9 +186,11 @@ def check_folder_writable(folder: str | Path) -> None:
 
 
 @contextmanager
-def staged_files(folder: str | Path) -> Iterator[Path]:
+def staged_files(folder: str | Path, replace: bool = True) -> Iterator[Path]:
     """A hidden folder inside `folder` to write a set of files into (a report with its plot and grids); they are
-    moved into `folder` once all are written, so a failure part way leaves the earlier set whole, not mixed."""
+    moved into `folder` once all are written, so a failure part way leaves the earlier set whole, not mixed. With
+    replace=False, files of those names that appeared meanwhile (another run into the same folder) are kept, and
+    the new set goes to a free sibling folder, which the error names."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -197,7 +199,21 @@ def staged_files(folder: str | Path) -> Iterator[Path]:
         raise disk_error(folder, e) from None
     try:
         yield stage
-        for f in sorted(stage.iterdir()):
+        files = sorted(stage.iterdir())
+        folders = [f.name for f in files if (folder / f.name).is_dir()]
+        if folders:  # checked for all before any is moved: a set is replaced whole or not at all
+            raise UserError(f"{', '.join(folders)} in {folder} is a folder; the new files were not written")
+        taken = [f.name for f in files if os.path.lexists(folder / f.name)]
+        if taken and not replace:
+            elsewhere = _free_name(folder)
+            try:
+                os.replace(stage, elsewhere)
+                os.chmod(elsewhere, 0o777 & ~current_umask())  # made by mkdtemp: 0700 otherwise
+            except OSError as e:
+                raise disk_error(elsewhere, e) from None
+            raise UserError(f"{', '.join(taken)} appeared in {folder} while this run worked; they are kept as they "
+                            f"are, and this run's files were saved in {elsewhere}")
+        for f in files:
             try:
                 os.replace(f, folder / f.name)
             except OSError as e:

@@ -281,6 +281,10 @@ def report_files(cfg: EvalConfig, p: Plan) -> list[Path]:
 
 def _check_out(cfg: EvalConfig, p: Plan) -> None:
     """An earlier evaluation's files are not replaced unless asked for, and that is said before any model loads."""
+    folders = [f.name for f in report_files(cfg, p) if f.is_dir()]
+    if folders:  # not even --overwrite replaces a folder: said now, not after the evaluation
+        raise UserError(f"{', '.join(folders)} in {cfg.out} is a folder, and the evaluation writes a file of that "
+                        "name; move it or choose another --out")
     taken = [f.name for f in report_files(cfg, p) if f.exists()]
     if taken and not cfg.overwrite:
         raise UserError(f"{cfg.out} already holds {', '.join(taken)}; choose another --out or pass --overwrite "
@@ -520,7 +524,8 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
         "files": files,
         "seconds": round(time.time() - started, 1),
     }
-    with staged_files(out) as stage:  # an --overwrite that fails part way keeps the earlier report whole
+    # an --overwrite that fails part way keeps the earlier report whole; without it, one that appeared is kept too
+    with staged_files(out, replace=cfg.overwrite) as stage:
         for name, rows in grids.items():
             save_png(image_grid(rows, columns=cfg.grid_columns), stage / f"grid_{name}.png")
         plot(result, stage / "plot.png", f"{model.name} / {p.concept}: DSR vs prior preservation")
