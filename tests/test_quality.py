@@ -115,6 +115,29 @@ def tiny_clip(tmp_path_factory):
     return folder
 
 
+def test_a_clip_folder_of_mismatched_or_missing_parts_is_refused(tiny_clip, tmp_path):
+    """A score from randomly started weights (a text-encoder-only folder) or from images cut to another size than
+    the model reads is noise or a crash after the whole evaluation: both are said when the folder is loaded."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPImageProcessor, CLIPProcessor
+
+    half = tmp_path / "half"
+    shutil.copytree(tiny_clip, half)
+    weights = load_file(str(half / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if not k.startswith("vision_model.")}, str(half / "model.safetensors"))
+    with pytest.raises(UserError, match="is not a whole CLIP model: .* weights are missing .*vision_model"):
+        load_clip(str(half))
+    other = tmp_path / "other"
+    shutil.copytree(tiny_clip, other)
+    tokenizer = CLIPProcessor.from_pretrained(str(tiny_clip)).tokenizer
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}),
+                  tokenizer=tokenizer).save_pretrained(str(other))
+    with pytest.raises(UserError, match="its image processor makes 224 px images and its model reads 32 px"):
+        load_clip(str(other))
+
+
 def test_clip_cosines_match_clip_model_forward(tiny_clip):
     model, processor = load_clip(str(tiny_clip))
     images = _shapes("blue", 3, seed=0) + _shapes("red", 2, seed=1)

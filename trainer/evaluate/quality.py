@@ -138,10 +138,20 @@ def load_clip(path: str, device=None):
     from transformers import CLIPModel, CLIPProcessor
 
     try:
-        model = CLIPModel.from_pretrained(str(folder), local_files_only=True)
+        model, loading = CLIPModel.from_pretrained(str(folder), local_files_only=True, output_loading_info=True)
         processor = CLIPProcessor.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"could not load a CLIP model and processor from {folder} ({_one_line(e)})") from None
+    # transformers starts any weight the folder lacks from random numbers, with a note: a score from those is noise
+    missing = [k for k in loading.get("missing_keys", []) if not k.endswith("position_ids")]
+    if missing:
+        raise UserError(f"{folder} is not a whole CLIP model: {len(missing)} weights are missing (e.g. {missing[0]}); "
+                        "give a folder with both the text and the vision model's weights")
+    crop = getattr(processor.image_processor, "crop_size", None)
+    side = crop.get("height") if isinstance(crop, dict) else getattr(crop, "height", crop)  # transformers 4 / 5
+    if side and side != model.config.vision_config.image_size:
+        raise UserError(f"{folder}: its image processor makes {side} px images and its model reads "
+                        f"{model.config.vision_config.image_size} px ones; the two files are of different models")
     model = model.eval().requires_grad_(False)
     return (model.to(device) if device is not None else model), processor
 
