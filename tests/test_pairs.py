@@ -176,3 +176,6 @@ def test_cli_pairs_keep_the_presets_recipe_under_the_users_own_prompts(tmp_path,
                  str(tmp_path / "q")]) == 2
     assert "give both --unsafe-prompt and --safe-prompt to replace preset testbed-red's prompts" in \
         capsys.readouterr().err
+    assert main(["pairs", "--preset", "testbed-red", "--retain-prompt", "a blue circle", "--out",
+                 str(tmp_path / "r")]) == 2
+    assert "--retain-prompt needs --num-retain N" in capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -75,6 +75,8 @@ def cmd_pairs(args) -> int:
     from .presets import get_preset
 
     cfg = build_config(PairConfig, args)
+    if cfg.retain_prompts and not cfg.num_retain:  # the prompts alone make no retain image: said, not ignored
+        raise UserError("--retain-prompt needs --num-retain N: how many retain images to make from those prompts")
     if args.preset:
         preset = get_preset(args.preset)
         if not (cfg.unsafe_prompts or cfg.safe_prompts):
