@@ -38,7 +38,7 @@ def test_pairs_train_export_and_diffusers_loads_every_module(family_model, tmp_p
     assert not [m for m in said if "should be kept in float32" in m]
     out = tmp_path / f"{name}.safetensors"
     result = train(TrainConfig(pairs=str(tmp_path / "pairs"), model=str(folder), out=str(out), steps=3, beta=100,
-                               lr=1e-2, lam=10, lora=LoraConfig(rank=4, alpha=4.0), concept="red",
+                               lr=1e-2, lam=10, lora=LoraConfig(rank=4, alpha=2.0), concept="red",
                                device="cpu",
                                preview_prompts=("a red square",), preview_steps=2), model=model)
     assert result.previews and result.previews[0].exists()
@@ -48,6 +48,8 @@ def test_pairs_train_export_and_diffusers_loads_every_module(family_model, tmp_p
     assert info["is_duo"] and info["duo"]["family"] == name and info["metadata"]["ss_base_model_version"] == \
         family.metadata(model.pipe)["ss_base_model_version"]
     assert info["duo"]["lr"] == 1e-2
+    # SDXL's kohya file scales by alpha / rank when loaded; SD3's diffusers file holds that scale in lora_B already
+    assert info["metadata"]["ss_network_alpha"] == {"sdxl": "2.0", "sd3": "4.0"}[name]
 
     fresh = load_model(folder).pipe
     denoiser = family.denoiser(fresh)

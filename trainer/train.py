@@ -353,8 +353,10 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
     if grower:
         facts.update({"on_policy_pairs": True,
                       "on_policy_added": [h["pairs_added"] for h in history if "pairs_added" in h]})
+    # a file whose lora_B already holds alpha / rank says scale 1 to any tool that reads ss_network_alpha
     meta = adapter_metadata(output_name=out.stem, family_meta=family.metadata(model.pipe), rank=cfg.lora.rank,
-                            alpha=cfg.lora.alpha, target_modules=lora_targets(cfg, family), duo=facts)
+                            alpha=cfg.lora.rank if family.scale_in_weights else cfg.lora.alpha,
+                            target_modules=lora_targets(cfg, family), duo=facts)
     # without --overwrite, a file that appeared at `out` during the run (another run, the user) is kept
     atomic_save(family.export(lora_state(raw), cfg.lora.alpha), out, meta, replace=cfg.overwrite)
     result.seconds = time.time() - started

@@ -194,6 +194,8 @@ class Family:
         return float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
 
     # -- export --
+    scale_in_weights = False  # export() multiplies alpha / rank into lora_B (the diffusers-named formats)
+
     def unexportable(self, modules: list[str]) -> list[str]:
         """The denoiser modules (diffusers paths) that the saved file has no name for; said before training."""
         return []

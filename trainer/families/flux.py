@@ -248,6 +248,8 @@ class Flux(Family):
         return x0_estimate(velocity, x, t) if self.precondition else velocity
 
     # -- export --
+    scale_in_weights = True
+
     def export(self, peft_state, alpha):
         """diffusers' Flux LoRA names (`transformer.transformer_blocks.0.attn.to_q.lora_A.weight`), alpha baked in:
         diffusers loads them natively; ComfyUI and Forge map each onto its slice of BFL's fused qkv / linear1 weights

@@ -57,6 +57,8 @@ class SD3(Family):
         velocity = denoiser(hidden_states=x, timestep=t, **cond.kwargs).sample
         return x0_estimate(velocity, x, t) if self.precondition else velocity
 
+    scale_in_weights = True
+
     def export(self, peft_state, alpha):
         from ..export import peft_to_diffusers
 
