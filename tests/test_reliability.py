@@ -616,6 +616,33 @@ def _other_report_kept(env: Env, out, err):
     assert str(env.tmp / "ev-2") in err
 
 
+def _fid_reference_link_outside(env: Env):
+    from PIL import Image
+
+    ref = env.tmp / "ref"
+    ref.mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8), (i * 100, 0, 0)).save(ref / f"{i}.png")
+    Image.new("RGB", (8, 8)).save(env.tmp / "private.png")
+    (ref / "2.png").symlink_to(env.tmp / "private.png")
+    return _eval(env, "--fid-features", "testbed", "--fid-reference", str(ref), "--images-per-prompt", "2")
+
+
+def _nan_metadata(env: Env):
+    import torch
+    from safetensors.torch import save_file
+
+    key = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    save_file({f"{key}.lora_down.weight": torch.zeros(2, 4), f"{key}.lora_up.weight": torch.zeros(4, 2)},
+              str(env.tmp / "nan.safetensors"), {"duo.beta": "NaN", "duo.lr": "Infinity"})
+    return ["info", "--json", str(env.tmp / "nan.safetensors")]
+
+
+def _json_parses(env: Env, out, err):
+    info = json.loads(out, parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON"))
+    assert info["duo"]["beta"] == "nan" and info["duo"]["lr"] == "inf"
+
+
 def _pairs_is_a_file(env: Env):
     (env.tmp / "pairs.txt").write_text("not a folder")
     return env.train(pairs=env.tmp / "pairs.txt")
@@ -825,6 +852,13 @@ CASES: dict[str, Case] = {
                                          _eval(e, "--overwrite"), "plot.png in"),
     "eval_report_appears_during_the_run": Case("audit", _report_appears_during_eval, "appeared in", early=False,
                                                allowed=("ev", "ev/*", "ev-2", "ev-2/*"), check=_other_report_kept),
+    "eval_out_inside_the_model": Case("audit", lambda e: _eval(e, "--model", str(_model_copy(e)), "--out",
+                                                               str(e.tmp / "model" / "ev")), "inside the model",
+                                      early=False),
+    "eval_fid_reference_links_outside": Case("audit", _fid_reference_link_outside, "links to a file outside",
+                                             early=False),
+    "config_is_a_device": Case("audit", lambda e: [*e.train(), "--config", "/dev/null"], "is not a regular file"),
+    "info_json_with_nan_metadata": Case("audit", _nan_metadata, '"beta"', 0, check=_json_parses),
     "out_with_no_name": Case("audit", lambda e: e.train(out=".safetensors"), "--out must end in .safetensors"),
     "checkpoint_dir_inside_the_model": Case("audit", lambda e: ["train", "--pairs", str(e.pairs()), "--model",
                                                                 str(_model_copy(e)), "--out",

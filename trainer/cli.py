@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import sys
 from contextlib import contextmanager
 
@@ -123,12 +124,23 @@ def cmd_unlearn(args) -> int:
     return 0
 
 
+def _finite(value):
+    """JSON has no NaN or Infinity (json.dumps would print them bare, which parsers refuse): as strings instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def cmd_info(args) -> int:
     from .export import describe_adapter, printable
 
     info = describe_adapter(args.adapter)
     if args.json:
-        print(json.dumps(info, indent=2))  # JSON escapes control characters itself
+        print(json.dumps(_finite(info), indent=2))  # JSON escapes control characters itself
         return 0
     print(printable(f"{info['file']}: {info['modules']} LoRA modules, {info['tensors']} tensors, "
                     f"{info['format']} names"))

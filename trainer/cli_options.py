@@ -181,7 +181,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
 def load_toml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path} is a folder, not a config file" if path.is_dir() else f"config file not found: {path}")
+        raise UserError(f"{path} is a folder, not a config file" if path.is_dir() else
+                        f"{path} is not a regular file: give a TOML file" if path.exists() else
+                        f"config file not found: {path}")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

@@ -44,6 +44,10 @@ def reference_files(folder: str | Path) -> list[Path]:
         raise UserError(f"--fid-reference must be a folder of images, and {folder} is a file")
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     files = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    inside = folder.resolve()
+    elsewhere = [p.name for p in files if inside not in p.resolve().parents]
+    if elsewhere:  # read only what the user chose, as pair datasets do
+        raise UserError(f"FID reference {elsewhere[0]} links to a file outside {folder}; copy the image in instead")
     if not files:
         raise UserError(f"FID reference folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
                         f"it has {len(entries)} other entr{'y' if len(entries) == 1 else 'ies'}")

@@ -357,7 +357,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
     """Run the evaluation and write report.json, plot.png and grids into cfg.out; returns the report."""
     from ..detectors import make_detector
     from ..families import get_family
-    from ..models import detect_family, load_model, model_options, resolve_model_path
+    from ..models import detect_family, load_model, model_options, refuse_inside_model, resolve_model_path
     from ..previews import save_png
     from .concept_inversion import concept_inversion, token_prompts
     from .dsr import defense_success_rate
@@ -385,6 +385,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
     # a read-only folder is said now, not after the whole evaluation; the folder itself is made with the report
     check_folder_writable(out)
     model = model or load_model(cfg.model, cfg.config_dir, options=model_options(cfg.drop_t5))
+    refuse_inside_model(out, model.source)  # a report is files written too: never among the model's
     pipe = model.pipe
     family = get_family(model.family)
     if "unlearndiffatk" in cfg.attacks:
