@@ -859,6 +859,8 @@ CASES: dict[str, Case] = {
                                              early=False),
     "config_is_a_device": Case("audit", lambda e: [*e.train(), "--config", "/dev/null"], "is not a regular file"),
     "info_json_with_nan_metadata": Case("audit", _nan_metadata, '"beta"', 0, check=_json_parses),
+    "unlearn_esd_with_duo_extras": Case("audit", lambda e: [*_unlearn(e), "--method", "esd", "--lam-retain", "1"],
+                                        "--method esd has no retain set or concept directions; leave out --lam-retain"),
     "out_with_no_name": Case("audit", lambda e: e.train(out=".safetensors"), "--out must end in .safetensors"),
     "checkpoint_dir_inside_the_model": Case("audit", lambda e: ["train", "--pairs", str(e.pairs()), "--model",
                                                                 str(_model_copy(e)), "--out",

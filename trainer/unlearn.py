@@ -115,6 +115,13 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
     out = Path(cfg.out)
     if out.suffix != ".safetensors":
         raise UserError(f"--out must be a .safetensors file name, got {cfg.out}")
+    if cfg.method == "esd":  # the baseline trains on the unsafe images alone: a setting for DUO's extras is not used
+        extras = {"--num-retain": cfg.num_retain, "--lam-retain": cfg.lam_retain, "--retain-prompt": cfg.retain_prompts,
+                  "--concept-directions": cfg.concept_directions, "--close-concepts": cfg.close_concepts,
+                  "--close-weight": cfg.close_weight}
+        given = [flag for flag, value in extras.items() if value not in (None, (), 0, 0.0)]
+        if given:
+            raise UserError(f"--method esd has no retain set or concept directions; leave out {', '.join(given)}")
     model = cfg.model or preset.model or TESTBED_NAME
     plans = []
     for concept in concepts:
