@@ -306,10 +306,10 @@ def test_lora_load_notes_that_say_nothing_new_are_dropped_and_the_rest_kept():
     said by the caller in one line (diffusers' logged copy of it would come first); any other warning stays."""
     import logging
 
-    from duo_unlearn.trainer.runtime import _DropTextEncoderNote
+    from duo_unlearn.trainer.runtime import _DropRepeatedLoraNotes
 
     def shown(message):
-        return _DropTextEncoderNote().filter(logging.LogRecord("diffusers", logging.WARNING, "", 0, message, (), None))
+        return _DropRepeatedLoraNotes().filter(logging.LogRecord("diffusers", logging.WARNING, "", 0, message, (), None))
 
     assert not shown("No LoRA keys associated to CLIPTextModel found with the prefix='text_encoder'.")
     assert not shown("Loading eval_1 was unsuccessful with the following error: \nsize mismatch for x")

@@ -169,9 +169,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise_as_disk_error(path, e)
 
 
-def check_folder_writable(folder: str | Path) -> None:
+def check_folder_writable(folder: str | Path) -> Path:
     """Said before the work, not after it: a folder that takes no new files. One not there yet is not made (a run
-    that fails would leave it behind, empty): the folder it would be made in is probed instead."""
+    that fails would leave it behind, empty): the folder it would be made in is probed instead, and returned."""
     folder = Path(folder)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -183,6 +183,7 @@ def check_folder_writable(folder: str | Path) -> None:
         os.unlink(probe)
     except OSError as e:
         raise disk_error(folder, e) from None
+    return folder
 
 
 @contextmanager

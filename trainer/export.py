@@ -104,10 +104,9 @@ def check_writable(path: str | Path, overwrite: bool = False) -> Path:
 
     path = Path(path)
     longest = f".{path.stem}.preview-000000.png.tmp"  # the longest name written beside the adapter
-    folder = path.parent  # not made yet: a run refused later would leave it behind, empty; saving makes it
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    check_folder_writable(folder)
+    # the parent is not made yet (a run refused later would leave it behind, empty; saving makes it): the nearest
+    # folder that exists is probed and asked for its name limit
+    folder = check_folder_writable(path.parent)
     try:
         limit = os.pathconf(folder, "PC_NAME_MAX")
     except OSError as e:

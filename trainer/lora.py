@@ -21,6 +21,11 @@ def _check_rank(modules: list, targets, rank: int) -> None:
                         f"allows {sides[widest]}); choose --rank {sides[widest]} or less")
 
 
+def _targeted(name: str, targets) -> bool:
+    """peft's rule for a target_modules list: the module's whole name, or its last dotted parts."""
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
 def check_targets(denoiser, targets, rank: int, family=None) -> None:
     """Every target names a module of this model, the rank fits them and (given the family) the saved file has a
     name for each; checked before any work is done."""
@@ -39,7 +44,7 @@ def _check_exportable(modules: list, targets, family) -> None:
     one would otherwise fail at the save, after the whole run."""
     import torch
 
-    wrapped = [n for n, m in modules if any(n == t or n.endswith("." + t) for t in targets)
+    wrapped = [n for n, m in modules if _targeted(n, targets)
                and isinstance(getattr(m, "base_layer", m), (torch.nn.Linear, torch.nn.Conv2d))]
     bad = family.unexportable(wrapped)
     if bad:
@@ -55,7 +60,7 @@ def _check_layer_kinds(modules: list, targets) -> None:
 
     for t in targets:
         # a layer wrapped by an earlier job's adapter is checked by the layer it wraps
-        wrong = [(n, m) for n, m in modules if (n == t or n.endswith("." + t))
+        wrong = [(n, m) for n, m in modules if _targeted(n, (t,))
                  and not isinstance(getattr(m, "base_layer", m), (torch.nn.Linear, torch.nn.Conv2d))]
         if wrong:
             name, module = wrong[0]
@@ -66,11 +71,12 @@ def _check_layer_kinds(modules: list, targets) -> None:
                             f"name linear or convolution layers instead{hint}")
 
 
-def add_lora(denoiser, rank: int, alpha: float, targets, family=None) -> list:
-    """A fresh adapter on the frozen denoiser; returns the trainable parameters (float32)."""
+def add_lora(denoiser, rank: int, alpha: float, targets) -> list:
+    """A fresh adapter on the frozen denoiser; returns the trainable parameters (float32). Whether the family's file
+    can name every target is the caller's check (train does it before the pairs are encoded)."""
     from peft import LoraConfig
 
-    check_targets(denoiser, targets, rank, family)
+    check_targets(denoiser, targets, rank)
     remove_lora(denoiser)
     denoiser.requires_grad_(False)
     denoiser.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",

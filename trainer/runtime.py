@@ -300,7 +300,7 @@ def quiet_diffusers():
         diffusers_logging.set_verbosity(before)
 
 
-class _DropTextEncoderNote:
+class _DropRepeatedLoraNotes:
     def filter(self, record) -> bool:
         message = record.getMessage()
         failed_load = message.startswith("Loading ") and "was unsuccessful with the following error" in message
@@ -316,7 +316,7 @@ def no_text_encoder_lora_note():
     import logging
 
     loggers = [logging.getLogger(name) for name in ("diffusers.loaders.lora_base", "diffusers.loaders.peft")]
-    note = _DropTextEncoderNote()
+    note = _DropRepeatedLoraNotes()
     for logger in loggers:
         logger.addFilter(note)
     try:

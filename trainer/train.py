@@ -185,7 +185,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
             module.to("cpu")
         if in_turns:
             denoiser.to(device)  # already in the frozen dtype: place() cast it on the CPU
-        params = add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, lora_targets(cfg, family), family)
+        params = add_lora(denoiser, cfg.lora.rank, cfg.lora.alpha, lora_targets(cfg, family))
         directions = None
         if cfg.concept_directions:
             report(progress, ProgressEvent("load", message=(
