@@ -354,7 +354,10 @@ def _ci_training_set(cfg: EvalConfig, p: Plan, pipe, progress) -> tuple[list, li
 
 
 def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=None) -> dict:
-    """Run the evaluation and write report.json, plot.png and grids into cfg.out; returns the report."""
+    """Run the evaluation and write report.json, plot.png and grids into cfg.out; returns the report.
+
+    A `model` passed in is left changed (the adapters loaded and on, the white-box attacks' tokens added): load
+    a fresh one for anything that must see the base model, such as making pairs."""
     from ..detectors import make_detector
     from ..families import get_family
     from ..models import detect_family, load_model, model_options, refuse_inside_model, resolve_model_path
