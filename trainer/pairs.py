@@ -81,13 +81,13 @@ class PairConfig:
                             f"{self.num_retain}")
         if not (isinstance(self.strength, (int, float)) and 0 < self.strength <= 1):
             raise UserError(f"SDEdit strength must be in (0, 1], got {self.strength!r}")
-        if int(self.strength * self.sample_steps) < 1:  # img2img denoises strength × steps steps: none is no twin
-            raise UserError(f"SDEdit strength {self.strength:g} × {self.sample_steps} sampling steps leaves no step to "
-                            f"denoise: raise the strength to at least {1 / self.sample_steps:g} or the steps")
         if not (math.isfinite(self.guidance) and self.guidance >= 0):
             raise UserError(f"guidance must be zero or positive, got {self.guidance!r}")
         if self.sample_steps <= 0 or self.batch_size <= 0:
             raise UserError("sample_steps and batch_size must be positive")
+        if int(self.strength * self.sample_steps) < 1:  # img2img denoises strength × steps steps: none is no twin
+            raise UserError(f"SDEdit strength {self.strength:g} × {self.sample_steps} sampling steps leaves no step to "
+                            f"denoise: raise the strength to at least {1 / self.sample_steps:g} or the steps")
         check_sample_steps("sample_steps", self.sample_steps)
         check_batch("batch_size", self.batch_size)
         if self.edit_region not in ("image", "concept"):
