@@ -30,7 +30,7 @@ def check_targets(denoiser, targets, rank: int, family=None) -> None:
     """Every target names a module of this model, the rank fits them and (given the family) the saved file has a
     name for each; checked before any work is done."""
     modules = list(denoiser.named_modules())
-    missing = [t for t in targets if not any(n.endswith(t) for n, _ in modules)]
+    missing = [t for t in targets if not any(_targeted(n, (t,)) for n, _ in modules)]
     if missing:
         raise UserError(f"no module of the model matches target(s) {', '.join(missing)}")
     _check_layer_kinds(modules, targets)
