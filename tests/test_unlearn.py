@@ -140,6 +140,8 @@ def test_target_modules_reach_the_adapter(tmp_path, tiny_model):
 
 @pytest.mark.parametrize("flags, message", [
     (["--target-modules", "attn9.to_q"], "no module of the model matches target(s) attn9.to_q"),
+    # a name's tail that is not a whole dotted part wraps nothing in peft: refused as well
+    (["--target-modules", "o_q"], "no module of the model matches target(s) o_q"),
     (["--target-modules", "attn2.to_k", "--rank", "4096"], "is larger than any targeted layer allows"),
 ])
 def test_bad_target_modules_are_refused_before_any_pair_is_made(tmp_path, tiny_model, capsys, flags, message):
