@@ -113,3 +113,33 @@ def test_erasure_checks_leave_a_retain_run_unchanged(retain_pairs, tiny_model, l
     train(TrainConfig(out=str(tmp_path / "plain.safetensors"), **common), model=loaded)
     a, b = load_file(str(tmp_path / "checked.safetensors")), load_file(str(tmp_path / "plain.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # the checks draw nothing from the training stream
+
+
+def test_the_retain_term_draws_its_timesteps_in_its_own_band(retain_pairs, tiny_model, loaded, tmp_path,
+                                                              monkeypatch):
+    from duo_unlearn.trainer import steps
+    from duo_unlearn.trainer.export import decode_duo, read_metadata
+
+    seen = {"pairs": [], "retain": []}
+    real = steps.METHODS["duo"]
+
+    def spy(ctx, idx, gen):
+        draw = real.draw(ctx, idx, gen)
+        seen["pairs"] += draw["t_lose"].tolist() + draw["t_win"].tolist()
+        seen["retain"] += draw["t_retain"].tolist()
+        return draw
+
+    monkeypatch.setitem(steps.METHODS, "duo", steps.Method(spy, real.loss_on))
+    out = tmp_path / "band.safetensors"
+    train(TrainConfig(pairs=str(retain_pairs), model=str(tiny_model), out=str(out), steps=5, beta=100, lr=1e-3,
+                      lam=0.0, lam_retain=1e4, t_max=400, retain_t_min=900, retain_t_max=1000), model=loaded)
+    assert len(seen["retain"]) == len(seen["pairs"]) // 2 > 0 and all(900 <= t < 1000 for t in seen["retain"])
+    assert seen["pairs"] and all(0 <= t < 400 for t in seen["pairs"])
+    assert decode_duo(read_metadata(out))["retain_t_range"] == [900, 1000]
+
+
+@pytest.mark.parametrize("kw", [{"retain_t_min": 900, "retain_t_max": 900}, {"retain_t_min": -1},
+                                {"retain_t_max": 1001}, {"t_max": 500, "retain_t_min": 600}])
+def test_a_retain_band_outside_the_schedule_is_refused(kw):
+    with pytest.raises(UserError, match="retain_t_min < retain_t_max"):
+        TrainConfig(lam_retain=1.0, **kw).validate()

@@ -51,3 +51,16 @@ def test_concept_directions_are_part_of_the_run():
         assert not same_schedule(facts | change, on)
     # off is off, whatever close words a config still carries
     assert same_schedule(FACTS, dataclasses.replace(CFG, close_concepts=("orange",), close_weight=6.0))
+
+
+def test_the_timestep_ranges_are_part_of_the_run():
+    facts = {"steps": 300, "beta": 10.0, "shared_t": False, "t_range": [0, 750], "lambda_retain": 100.0,
+             "retain_t_range": [0, 750]}
+    assert same_schedule(facts, TrainConfig(steps=300, beta=10.0))
+    assert same_schedule({k: v for k, v in facts.items() if "t_range" not in k}, TrainConfig(steps=300, beta=10.0))
+    assert not same_schedule(facts, TrainConfig(steps=300, beta=10.0, t_max=500))
+    held = TrainConfig(steps=300, beta=10.0, lam_retain=100.0, retain_t_min=500, retain_t_max=1000)
+    assert not same_schedule(facts, held)
+    assert same_schedule({**facts, "retain_t_range": [500, 1000]}, held)
+    # without a retain term the band draws nothing: an adapter is not told apart by it
+    assert same_schedule({**facts, "retain_t_range": [500, 1000]}, TrainConfig(steps=300, beta=10.0))

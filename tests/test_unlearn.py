@@ -101,6 +101,17 @@ def test_a_family_table_changes_the_recipe_on_that_family_only(tmp_path, monkeyp
     assert given.train.lam_retain == 0.5  # the user's value beats the family's
 
 
+def test_a_presets_retain_band_runs_to_the_last_timestep_and_the_user_can_move_it(tmp_path, monkeypatch):
+    _use_presets(monkeypatch, tmp_path, FAMILY_PRESET.replace("lam_retain = 0.25\n", "retain_t_min = 600\nt_max = 500\n"))
+    kw = dict(preset="fam", out=str(tmp_path / "a.safetensors"), num_retain=4)
+    (_, (sd1,)) = plan(UnlearnConfig(model="testbed", **kw))
+    (_, (xl,)) = plan(UnlearnConfig(model="testbed-xl", **kw))
+    (_, (moved,)) = plan(UnlearnConfig(model="testbed-xl", retain_t_min=300, t_max=400, **kw))
+    assert (sd1.train.t_max, sd1.train.retain_t_range) == (750, (0, 750))  # no band: the pairs' range
+    assert (xl.train.t_max, xl.train.retain_t_range) == (500, (600, 1000))
+    assert (moved.train.t_max, moved.train.retain_t_range) == (400, (300, 1000))
+
+
 @pytest.mark.parametrize("table, message", [
     ("[fam.families.sd4]\nsteps = 3", "unknown family table 'sd4'"),
     ("[fam.families.sdxl]\nunsafe_prompts = ['x']", "unsafe_prompts cannot differ per family"),

@@ -46,6 +46,9 @@ HELP = {
                       "attn1.to_q,k,v,out on SD 1.x/2.x/SDXL, attention to_q,k,v,out on SD3)",
     "t_min": "lowest timestep drawn for the pairs",
     "t_max": "timesteps are drawn in [t_min, t_max)",
+    "retain_t_min": "the retain term's timesteps are drawn from here (train: up to --retain-t-max; unlearn: up to "
+                    "1000, the sampler's early steps; default: the pairs' range)",
+    "retain_t_max": "the retain term's timesteps are drawn below this (default: the pairs' range)",
     "shared_t": "draw one timestep per pair for both its images (Diffusion-DPO) instead of one per image (the "
                 "official DUO code)",
     "weight_decay": "AdamW weight decay",

@@ -56,6 +56,9 @@ class TrainConfig:
     lr_cycles: int = 1  # cosine_with_restarts: how many cosine cycles over the run
     lam: float | None = None  # None: 1e6 * beta / 100
     lam_retain: float = 0.0  # output preservation on the pair folder's retain set (retain_set.py); 0: off
+    # the retain term's timesteps, drawn in [retain_t_min, retain_t_max); None: the pairs' [t_min, t_max)
+    retain_t_min: int | None = None
+    retain_t_max: int | None = None
     # >0: each LoRA reads only its layer's N input directions most particular to the concept against the retain set
     # (concept_directions.py; needs the retain set); 0 < N < 1: that share of each layer's width; "auto": those
     # whose μ is above the layer's mean; 0: off
@@ -115,6 +118,12 @@ class TrainConfig:
         return self.preservation_weight_for()
 
     @property
+    def retain_t_range(self) -> tuple[int, int]:
+        """Where the retain term's timesteps are drawn: its own band where one is given, else the pairs'."""
+        return (self.t_min if self.retain_t_min is None else self.retain_t_min,
+                self.t_max if self.retain_t_max is None else self.retain_t_max)
+
+    @property
     def checkpoint_path(self) -> Path:
         return Path(self.checkpoint_dir) if self.checkpoint_dir else Path(str(self.out) + ".checkpoints")
 
@@ -170,6 +179,10 @@ class TrainConfig:
             raise UserError(f"preview_guidance must be zero or positive, got {self.preview_guidance!r}")
         if not (0 <= self.t_min < self.t_max <= 1000):
             raise UserError(f"need 0 <= t_min < t_max <= 1000, got t_min={self.t_min}, t_max={self.t_max}")
+        lo, hi = self.retain_t_range
+        if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo < hi <= 1000):
+            raise UserError(f"need 0 <= retain_t_min < retain_t_max <= 1000, got retain_t_min={lo}, "
+                            f"retain_t_max={hi}")
         if self.condition not in CONDITIONS:
             raise UserError(f"condition must be one of {', '.join(CONDITIONS)}, got {self.condition!r}")
         self.runtime_config().validate()

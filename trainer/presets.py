@@ -44,6 +44,8 @@ class Preset:
     retain_prompts: tuple[str, ...] = ()  # the retain set (retain_set.py); none: the paper's DUO
     num_retain: int = 0
     lam_retain: float = 0.0
+    t_max: int = 750  # the pairs' timesteps are drawn in [0, t_max)
+    retain_t_min: int | None = None  # the retain term's band, [retain_t_min, 1000); None: the pairs'
     concept_directions: int | float | str = 0  # >0: the adapter reads only the concept's directions per layer
     close_concepts: tuple[str, ...] = ()  # words of the retain prompts that name close concepts, weighed close_weight
     close_weight: float = 0.0
@@ -68,7 +70,7 @@ class Preset:
 
 
 _PER_FAMILY = {"num_pairs", "strength", "beta", "kappa", "lr", "lam", "steps", "sample_steps", "guidance",
-               "edit_region", "num_retain", "lam_retain", "stop_every", "shared_t", "concept_directions",
+               "edit_region", "num_retain", "lam_retain", "t_max", "retain_t_min", "stop_every", "shared_t", "concept_directions",
                "close_weight", "stop_erased", "on_policy_pairs"}  # recipe numbers, not prompts or the concept itself
 
 

@@ -11,9 +11,11 @@ KAPPA_TOLERANCE = 1e-3  # κ is recorded rounded to 4 places
 
 
 def same_schedule(facts: dict, cfg) -> bool:
-    """Same planned steps, erasure check, timestep draw, learning-rate schedule and preference strength (β as
+    """Same planned steps, erasure check, timestep ranges and draw, learning-rate schedule and preference strength (β as
     given, or κ when β is derived from the pairs) as `cfg`, a TrainConfig."""
     if planned_steps(facts) != cfg.steps or not same_stop_rule(facts, cfg):
+        return False
+    if list(facts.get("t_range", [0, 750])) != [cfg.t_min, cfg.t_max]:  # every adapter records it; 750 the default
         return False
     if bool(facts.get("shared_t")) != cfg.shared_t:  # adapters from before `shared_t` drew one t per image
         return False
@@ -23,6 +25,9 @@ def same_schedule(facts: dict, cfg) -> bool:
         return False
     if cfg.method != "duo":
         return True
+    if cfg.lam_retain and list(facts.get("retain_t_range", facts.get("t_range", [0, 750]))) != \
+            list(cfg.retain_t_range):  # adapters from before the band drew the retain term's t as the pairs'
+        return False
     if _directions(facts.get("concept_directions"), facts.get("close_concepts"), facts.get("close_weight")) != \
             _directions(cfg.concept_directions, cfg.close_concepts, cfg.close_weight):
         return False

@@ -248,6 +248,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
 
     ctx = StepContext(family=family, process=process, denoiser=wrapped, raw=raw, cache=cache,
                       t_range=(cfg.t_min, cfg.t_max), shared_t=cfg.shared_t, beta=cfg.beta, lam=lam, lam_retain=cfg.lam_retain,
+                      retain_t_range=cfg.retain_t_range,
                       esd_eta=cfg.esd_eta, autocast=rt.autocast, backward=backward, half=rt.half)
     method = METHODS[cfg.method]
 
@@ -334,7 +335,8 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         "lambda": lam, "lambda_retain": cfg.lam_retain, "retain_images": cache.retain_size(), "lr": lr,
         "lr_scheduler": cfg.lr_scheduler, "lr_warmup_steps": cfg.lr_warmup_steps,
         "lr_cycles": cfg.lr_cycles, "steps": done, "batch_pairs": cfg.batch_pairs, "pairs": len(records),
-        "t_range": [cfg.t_min, cfg.t_max], "shared_t": cfg.shared_t, "condition": cfg.condition, "seed": cfg.seed,
+        "t_range": [cfg.t_min, cfg.t_max],
+        "retain_t_range": list(cfg.retain_t_range), "shared_t": cfg.shared_t, "condition": cfg.condition, "seed": cfg.seed,
         "resolution": cache.resolution,
         "unsafe_prompts": sorted({r.unsafe_prompt for r in records}),
         "safe_prompts": sorted({r.safe_prompt for r in records}),

@@ -48,6 +48,8 @@ class UnlearnConfig:
     retain_prompts: tuple[str, ...] = ()  # prompts whose images must stay (default: the preset's)
     num_retain: int | None = None  # retain-set images (None: the preset's; 0: none)
     lam_retain: float | None = None  # weight of the retain-set term (None: the preset's; 0: off)
+    t_max: int | None = None  # the pairs' timesteps in [0, t_max) (None: the preset's)
+    retain_t_min: int | None = None  # the retain term's timesteps in [retain_t_min, 1000) (None: the preset's)
     concept_directions: int | float | str | None = None  # the concept's input directions (None: preset's; 0: off)
     close_concepts: tuple[str, ...] = ()  # retain-prompt words of close concepts (default: the preset's)
     close_weight: float | None = None  # their extra weight among what is kept (None: the preset's)
@@ -164,7 +166,8 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             preview_guidance=preset.guidance, device=cfg.device, overwrite=cfg.overwrite,
             mixed_precision=cfg.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing,
             resolution=cfg.resolution, micro_batch_pairs=cfg.micro_batch_pairs,
-            lam_retain=lam_retain if cfg.method == "duo" else 0.0, shared_t=_given(cfg.shared_t, preset.shared_t),
+            lam_retain=lam_retain if cfg.method == "duo" else 0.0, t_max=_given(cfg.t_max, preset.t_max),
+            **_retain_band(_given(cfg.retain_t_min, preset.retain_t_min)), shared_t=_given(cfg.shared_t, preset.shared_t),
             concept_directions=directions if cfg.method == "duo" else 0,
             close_concepts=close, close_weight=close_weight,
             **_stop_rule(cfg, preset, pair_cfg.detector))
@@ -172,6 +175,12 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
         train_cfg.validate()
         plans.append(ConceptPlan(concept, pair_cfg, train_cfg))
     return preset, plans
+
+
+def _retain_band(lo: int | None) -> dict:
+    """A preset's retain band runs from its lower edge to the last timestep: the early sampling steps, where the
+    sampler lays out the image and its background."""
+    return {} if lo is None else {"retain_t_min": lo, "retain_t_max": 1000}
 
 
 def _stop_rule(cfg: UnlearnConfig, preset: Preset, detector: str) -> dict:

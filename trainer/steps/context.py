@@ -22,6 +22,7 @@ class StepContext:
     beta: float = 0.0
     lam: float = 0.0
     lam_retain: float = 0.0  # weight of output preservation on the retain set (0: off)
+    retain_t_range: tuple[int, int] | None = None  # the retain term's timesteps (None: t_range)
     esd_eta: float = 1.0
     autocast: Any = nullcontext  # a callable returning a context manager (the runtime's autocast)
     backward: Callable | None = None  # the loop's backward, for a term computed apart from the step's loss

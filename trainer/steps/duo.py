@@ -24,7 +24,7 @@ def duo_draw(ctx: StepContext, idx, gen) -> dict:
         z_r = ctx.cache.sample("retain", r_idx, gen)
         out |= {"retain_idx": r_idx, "z_retain": z_r,
                 "retain_noise": torch.randn(z_r.shape, generator=gen).to(z_r.device),
-                "t_retain": ctx.process.draw_t(len(idx), *ctx.t_range, gen).to(z_r.device)}
+                "t_retain": ctx.process.draw_t(len(idx), *(ctx.retain_t_range or ctx.t_range), gen).to(z_r.device)}
     return out
 
 
