@@ -50,6 +50,9 @@ def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
                           "the erasure check every 75 steps with on-policy pairs (the check's images still red "
                           "become pairs with a base-model twin) until red is gone from 95% of them (at most 600 "
                           "steps); SD3: no retain set, κ 9.6 (β ≈ 10)", {}),
+           ("duo_preset_check75", "the preset with the erasure check every 75 steps instead of every 150: training "
+                                  "stops nearer the step where red is gone (SD 1.x, thirty-third session)",
+            {"stop_every": 75}),
            ("duo_preset_24", "the preset with a fixed 24 directions per layer instead of half of each layer's "
                              "(SD 1.x's until 2026-12-05, twenty-ninth session)", {"concept_directions": 24}),
            ("duo_preset_auto", "the preset with `--concept-directions auto`: per layer the directions whose μ is "

@@ -66,3 +66,15 @@ def test_screen_overrides_read_json_values_and_text():
                    "on_policy_pairs": True}
     with pytest.raises(SystemExit, match="field=value"):
         screen.parse_overrides(["kappa"])
+
+
+def test_the_seed_spread_gives_each_readings_range_and_its_pooled_value():
+    spread = benchmark("seed_spread_testbed")
+    sets = [{"orange_vs_base": 0.9, "orange_n": 36, "background_kept": 0.90, "shape_accuracy_vs_base": 1.0,
+             "colour_kept": 0.8, "others_n": 180},
+            {"orange_vs_base": 1.0, "orange_n": 36, "background_kept": 0.96, "shape_accuracy_vs_base": 0.9,
+             "colour_kept": 0.9, "others_n": 180}]
+    assert spread.pooled(sets, "background_kept", "others_n") == pytest.approx(0.93)
+    line = spread.summary("duo_preset", sets)
+    assert line.startswith("duo_preset: orange ÷ base 0.900–1.000 (pooled 0.950)")
+    assert "background kept 0.900–0.960 (pooled 0.930)" in line and "shape acc. ÷ base 0.900–1.000" in line
