@@ -803,6 +803,9 @@ CASES: dict[str, Case] = {
     "pairs_no_sample_steps": Case("audit", lambda e: ["pairs", "--preset", "testbed-red", "--model", str(e.model),
                                                       "--sample-steps", "0", "--out", str(e.tmp / "p")],
                                   "sample_steps and batch_size must be positive"),
+    # the forty-fourth stop's (2026-12-05): the retain term's own timestep band
+    "retain_band_past_the_schedule": Case("audit", lambda e: e.train("--lam-retain", "1", "--retain-t-min", "2000"),
+                                          "need 0 <= retain_t_min < retain_t_max <= 1000"),
     "eval_sample_steps_over_the_schedule": Case("audit", lambda e: ["eval", "--model", str(e.model), "--attacks",
                                                                     "direct", "--sample-steps", "1001", "--out",
                                                                     str(e.tmp / "ev")],
