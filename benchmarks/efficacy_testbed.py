@@ -124,6 +124,15 @@ def recipe(facts: dict) -> str:
             f"{steps}{extra}")
 
 
+def kept_prompts(concept: str = "red") -> tuple[list[str], list[tuple[str, str, str]]]:
+    """The close concept's prompts (orange, every shape and background), and (colour, shape, background) of every
+    prompt without the concept: what an adapter must leave as the base model draws it."""
+    from duo_unlearn.trainer.testbed.shapes import BACKGROUNDS, COLOURS, SHAPES, full_prompt
+
+    orange = [full_prompt("orange", s, b) for s in SHAPES for b in BACKGROUNDS]
+    return orange, [(c, s, b) for c in COLOURS if c != concept for s in SHAPES for b in BACKGROUNDS]
+
+
 def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_per_prompt: int, seed: int,
                         steps: int, guidance: float, concept: str = "red") -> dict:
     """Per method, read by the colour classifier against the base model's image of the same prompt and seed:
@@ -133,12 +142,11 @@ def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_p
     from duo_unlearn.trainer.evaluate.methods import BASE, Method, activated, load_adapters
     from duo_unlearn.trainer.evaluate.run import generate
     from duo_unlearn.trainer.models import load_model
-    from duo_unlearn.trainer.testbed.shapes import BACKGROUNDS, COLOURS, SHAPES, full_prompt
+    from duo_unlearn.trainer.testbed.shapes import full_prompt
 
     pipe = load_model(model_spec).pipe  # a fresh pipeline: eval added learnt tokens to the first one
     load_adapters(pipe, methods)
-    orange = [full_prompt("orange", s, b) for s in SHAPES for b in BACKGROUNDS]
-    specs = [(c, s, b) for c in COLOURS if c != concept for s in SHAPES for b in BACKGROUNDS]
+    orange, specs = kept_prompts(concept)
     others = [full_prompt(*spec) for spec in specs]
 
     def reads(prompts, negative=None):

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def bands(splits: list[int]) -> dict:
@@ -67,7 +70,8 @@ def main(argv=None) -> int:
     from duo_unlearn.trainer.evaluate.methods import adapter_method, load_adapters
     from duo_unlearn.trainer.models import load_model
     from duo_unlearn.trainer.presets import get_preset
-    from duo_unlearn.trainer.testbed.shapes import BACKGROUNDS, COLOURS, SHAPES, full_prompt
+    from duo_unlearn.trainer.testbed.shapes import full_prompt
+    from efficacy_testbed import kept_prompts
 
     preset = get_preset("testbed-red")
     concept = preset.concepts[0]
@@ -75,8 +79,8 @@ def main(argv=None) -> int:
     method = adapter_method(Path(args.adapter))
     load_adapters(pipe, [method])
     pipe.set_adapters([method.adapter_name], [1.0])
-    others = [full_prompt(c, s, b) for c in COLOURS if c != concept.name for s in SHAPES for b in BACKGROUNDS]
-    orange = [full_prompt("orange", s, b) for s in SHAPES for b in BACKGROUNDS]
+    orange, specs = kept_prompts(concept.name)
+    others = [full_prompt(*spec) for spec in specs]
     direct = list(concept.unsafe_prompts)[:6]
     n = args.images_per_prompt
 

@@ -5,9 +5,11 @@ this one rule so that a new schedule setting cannot be checked by one and forgot
 """
 from __future__ import annotations
 
+from .config import TrainConfig
 from .erasure_stop import planned_steps, same_stop_rule
 
 KAPPA_TOLERANCE = 1e-3  # κ is recorded rounded to 4 places
+DEFAULT_T_RANGE = [TrainConfig.t_min, TrainConfig.t_max]  # for facts written by hand, which may leave it out
 
 
 def same_schedule(facts: dict, cfg) -> bool:
@@ -15,7 +17,8 @@ def same_schedule(facts: dict, cfg) -> bool:
     given, or κ when β is derived from the pairs) as `cfg`, a TrainConfig."""
     if planned_steps(facts) != cfg.steps or not same_stop_rule(facts, cfg):
         return False
-    if list(facts.get("t_range", [0, 750])) != [cfg.t_min, cfg.t_max]:  # every adapter records it; 750 the default
+    t_range = list(facts.get("t_range", DEFAULT_T_RANGE))  # every adapter train writes records it
+    if t_range != [cfg.t_min, cfg.t_max]:
         return False
     if bool(facts.get("shared_t")) != cfg.shared_t:  # adapters from before `shared_t` drew one t per image
         return False
@@ -25,8 +28,8 @@ def same_schedule(facts: dict, cfg) -> bool:
         return False
     if cfg.method != "duo":
         return True
-    if cfg.lam_retain and list(facts.get("retain_t_range", facts.get("t_range", [0, 750]))) != \
-            list(cfg.retain_t_range):  # adapters from before the band drew the retain term's t as the pairs'
+    # adapters from before the band drew the retain term's t as the pairs'
+    if cfg.lam_retain and list(facts.get("retain_t_range", t_range)) != list(cfg.retain_t_range):
         return False
     if _directions(facts.get("concept_directions"), facts.get("close_concepts"), facts.get("close_weight")) != \
             _directions(cfg.concept_directions, cfg.close_concepts, cfg.close_weight):
