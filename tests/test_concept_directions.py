@@ -177,3 +177,45 @@ def test_the_unlearn_plan_refuses_close_words_its_retain_prompts_lack(tiny_model
     assert (plans[0].train.concept_directions, plans[0].train.close_concepts) == (8, ("green",))
     _, plans = plan(UnlearnConfig(**{**cfg.__dict__, "num_retain": 0, "concept_directions": None}))
     assert plans[0].train.concept_directions == 0  # no retain set: the preset's directions are off
+
+
+def _encodings(loaded, prompts):
+    from duo_unlearn.trainer.families import get_family
+
+    hidden = get_family(loaded.family).conditioning(loaded.pipe, prompts, "cpu", 32).kwargs["encoder_hidden_states"]
+    rows = hidden.reshape(-1, hidden.shape[-1]).double()
+    return rows.T @ rows / len(rows)
+
+
+def test_layers_that_read_the_prompt_take_the_directions_of_the_concepts_prompts(retain_pairs, tiny_model, loaded,
+                                                                                  tmp_path):
+    """Cross-attention keys and values see only the prompt: there the concept is its unsafe prompt's encoding and
+    what is kept the retain prompts' and the empty one's, so each down-projection lies in those directions."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "kv.safetensors"
+    train(TrainConfig(pairs=str(retain_pairs), model=str(tiny_model), out=str(out), steps=2, beta=100, lr=1e-2,
+                      lam=0.0, condition="unsafe", concept_directions=2,
+                      lora=LoraConfig(rank=4, alpha=4.0, target_modules=("attn1.to_q", "attn2.to_k", "attn2.to_v"))),
+          model=loaded)
+    c_concept = _encodings(loaded, ["a red square"])
+    # per retain image, as measured: the empty prompt (noised image and pure noise) twice, its own prompt once
+    c_keep = (10 * _encodings(loaded, [""]) + 3 * _encodings(loaded, ["a orange circle"])
+              + 2 * _encodings(loaded, ["a gray square"])) / 15
+    q = top_directions(c_concept.float(), c_keep.float(), 2)[0].double()
+    downs = {k: w.double() for k, w in load_file(str(out)).items() if k.endswith("lora_down.weight")}
+    kv = {k: w for k, w in downs.items() if "attn2_to_k" in k or "attn2_to_v" in k}
+    assert len(kv) == 2 * sum("attn1_to_q" in k for k in downs) and kv
+    for key, a in kv.items():
+        assert torch.linalg.norm(a - a @ q @ q.T) <= 1e-3 * torch.linalg.norm(a), key
+    image_side = [a for k, a in downs.items() if "attn1_to_q" in k and a.shape[1] == q.shape[0]]
+    for a in image_side:  # measured on noised images instead: other directions
+        assert torch.linalg.norm(a - a @ q @ q.T) > 0.1 * torch.linalg.norm(a)
+
+
+def test_directions_on_prompt_layers_without_the_prompt_are_refused_before_the_pairs_are_read(retain_pairs, tiny_model,
+                                                                                              loaded, tmp_path):
+    cfg = TrainConfig(pairs=str(retain_pairs), model=str(tiny_model), out=str(tmp_path / "a.safetensors"),
+                      concept_directions=0.5, lora=LoraConfig(target_modules=("attn1.to_q", "attn2.to_v")))
+    with pytest.raises(UserError, match=r"layers that read only the prompt \(.*attn2.to_v.*--condition unsafe"):
+        train(cfg, model=loaded)

@@ -64,3 +64,18 @@ def test_the_timestep_ranges_are_part_of_the_run():
     assert same_schedule({**facts, "retain_t_range": [500, 1000]}, held)
     # without a retain term the band draws nothing: an adapter is not told apart by it
     assert same_schedule({**facts, "retain_t_range": [500, 1000]}, TrainConfig(steps=300, beta=10.0))
+
+
+def test_the_conditioning_and_the_layers_named_are_part_of_the_run():
+    from duo_unlearn.trainer.config import LoraConfig
+
+    kv = ["attn1.to_q", "attn2.to_k"]
+    cfg = TrainConfig(steps=300, beta=10.0, condition="unsafe", lora=LoraConfig(target_modules=tuple(kv)))
+    facts = {"steps": 300, "beta": 10.0, "shared_t": False, "condition": "unsafe", "target_modules": kv}
+    assert same_schedule(facts, cfg)
+    assert not same_schedule(facts | {"condition": "empty"}, cfg)
+    assert not same_schedule(facts | {"target_modules": ["attn1.to_q"]}, cfg)
+    assert not same_schedule({k: v for k, v in facts.items() if k != "target_modules"}, cfg)  # from before: default
+    # a config naming no layers takes the family's, which adapters from before did not record
+    assert same_schedule(facts | {"condition": "empty"}, TrainConfig(steps=300, beta=10.0))
+    assert not same_schedule(facts, TrainConfig(steps=300, beta=10.0))  # the paper's empty prompt

@@ -112,6 +112,35 @@ def test_a_presets_retain_band_runs_to_the_last_timestep_and_the_user_can_move_i
     assert (moved.train.t_max, moved.train.retain_t_range) == (400, (300, 1000))
 
 
+def test_the_test_bed_preset_puts_sd1_s_lora_on_the_prompt_s_keys_and_values_too(tmp_path):
+    """On SD 1.x the recipe adds the cross-attention keys and values, trained on the unsafe prompt; the other
+    families, ESD and a user's own layers or conditioning keep theirs."""
+    out = str(tmp_path / "a.safetensors")
+    (_, (sd1,)) = plan(UnlearnConfig(preset="testbed-red", model="testbed", out=out))
+    (_, (xl,)) = plan(UnlearnConfig(preset="testbed-red", model="testbed-xl", out=out))
+    (_, (esd,)) = plan(UnlearnConfig(preset="testbed-red", model="testbed", method="esd", out=out, num_retain=0,
+                                     concept_directions=0))
+    (_, (own,)) = plan(UnlearnConfig(preset="testbed-red", model="testbed", out=out, condition="prompt",
+                                     target_modules=("attn1.to_q",)))
+    assert sd1.train.condition == "unsafe" and {"attn2.to_k", "attn2.to_v", "attn1.to_q"} <= set(
+        sd1.train.lora.target_modules)
+    assert (xl.train.condition, xl.train.lora.target_modules) == ("empty", ())
+    assert (esd.train.condition, esd.train.lora.target_modules) == ("empty", ())
+    assert (own.train.condition, own.train.lora.target_modules) == ("prompt", ("attn1.to_q",))
+
+
+def test_a_preset_naming_prompt_layers_with_directions_on_the_empty_prompt_is_refused_before_any_pair(
+        tmp_path, monkeypatch, tiny_model):
+    _use_presets(monkeypatch, tmp_path, FAMILY_PRESET + """
+[fam.families.sd1]
+target_modules = ["attn1.to_q", "attn2.to_k"]
+concept_directions = 0.5
+""")
+    with pytest.raises(UserError, match="layers that read only the prompt"):
+        unlearn(UnlearnConfig(preset="fam", model=str(tiny_model), out=str(tmp_path / "a.safetensors"), num_retain=2))
+    assert not (tmp_path / "a_pairs").exists()
+
+
 @pytest.mark.parametrize("table, message", [
     ("[fam.families.sd4]\nsteps = 3", "unknown family table 'sd4'"),
     ("[fam.families.sdxl]\nunsafe_prompts = ['x']", "unsafe_prompts cannot differ per family"),

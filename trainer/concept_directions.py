@@ -15,6 +15,12 @@ adapter untouched: W x + B A Q Qᵀ x = W x. A is projected at the start and aft
 adapter is an ordinary LoRA (B · A Q Qᵀ has rank ≤ the LoRA's). Only Q (d × N per layer) is kept, and the moments
 wait on the CPU between passes: SDXL's hundreds of 1280-wide layers would otherwise hold gigabytes of d × d matrices.
 
+Layers that read only the prompt (cross-attention keys and values, the family's `prompt_side_targets`) see nothing
+of the image, so there C_concept is taken over the concept's own prompts (the pairs' unsafe prompts) and C_keep over
+the retain prompts and the empty one: such a layer changes what the concept's words say and passes every other
+prompt's words through. That needs the pairs trained on their prompts (condition "unsafe" or "prompt"): under the
+empty prompt alone, the adapter there would never see the words it is restricted to.
+
 A fixed N of the test bed's 32- and 64-wide layers says nothing for SD 1.5's 320–1280-wide ones, so N may follow the
 width instead: a share 0 < N < 1 keeps ⌈N·d⌉ of a d-wide layer's directions; N = "auto" keeps those whose μ is at
 least the layer's mean μ (tr(C_keep⁻¹ C_concept) / d), where the concept stands out more than it does on average, a
@@ -128,6 +134,30 @@ class ConceptDirections:
                 weight.copy_((weight @ q) @ q.T)
 
 
+def prompt_side_layers(names, family) -> set:
+    """The adapted layers whose input is the prompt's encoding alone."""
+    from .lora import targeted
+
+    return {n for n in names if targeted(n, family.prompt_side_targets)}
+
+
+def check_condition(denoiser, family, targets, n, condition: str) -> None:
+    """Directions on prompt-side layers are measured on the concept's prompts: refuse them, before any pair is made,
+    where training would never show the adapter a prompt."""
+    from .lora import targeted
+
+    if not n or condition != "empty":
+        return
+    # by name: on a model an earlier run adapted, peft's wrappers stand where the linear layers were
+    side = sorted(prompt_side_layers([name for name, _ in denoiser.named_modules() if targeted(name, targets)],
+                                     family))
+    if side:
+        raise UserError(f"concept directions on layers that read only the prompt ({side[0]}"
+                        f"{f' and {len(side) - 1} more' if len(side) > 1 else ''}) are measured on the concept's "
+                        "prompts: train with --condition unsafe (or prompt), or leave those layers out of "
+                        "--target-modules")
+
+
 def close_rows(prompts, close_concepts) -> list[int]:
     """Retain images whose prompt names a close concept (whole words, any case)."""
     import re
@@ -163,6 +193,9 @@ def concept_directions(raw, family, process, cache, retain_prompts, n: int | flo
     layers = {name: layer for name, (layer, _) in adapted.items()}
     if not layers:
         raise UserError("concept_directions works on linear LoRA targets; none of the targets is a linear layer")
+    on_prompts = prompt_side_layers(layers, family)
+    if on_prompts and cache.unsafe_cond is None:  # check_condition says so before the pairs; this is its backstop
+        raise UserError("concept directions on prompt-side layers need the pairs on their prompts (--condition unsafe)")
     autocast = autocast or contextlib.nullcontext
     gen = torch.Generator().manual_seed(seed)
     device = cache.unsafe_mean.device
@@ -182,6 +215,12 @@ def concept_directions(raw, family, process, cache, retain_prompts, n: int | flo
                 x, t = noised("unsafe", idx)
                 predict(x, t, cache.empty.repeat(len(idx)))
 
+    def concept_prompts():
+        for _ in range(DRAWS):
+            for idx in torch.arange(cache.pair_count()).split(CHUNK):
+                x, t = noised("unsafe", idx)
+                predict(x, t, cache.condition("unsafe", idx))
+
     def kept(rows, pure_noise: bool):
         def run():
             for _ in range(DRAWS):
@@ -195,7 +234,9 @@ def concept_directions(raw, family, process, cache, retain_prompts, n: int | flo
         return run
 
     with adapters_disabled(raw):
-        c_concept = input_moments(raw, layers, concept)
+        c_concept = input_moments(raw, {k: v for k, v in layers.items() if k not in on_prompts}, concept)
+        if on_prompts:
+            c_concept |= input_moments(raw, {k: layers[k] for k in on_prompts}, concept_prompts)
         c_keep = input_moments(raw, layers, kept(torch.arange(cache.retain_size()), True))
         if close:
             c_close = input_moments(raw, layers, kept(torch.tensor(close), False))

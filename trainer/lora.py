@@ -21,7 +21,7 @@ def _check_rank(modules: list, targets, rank: int) -> None:
                         f"allows {sides[widest]}); choose --rank {sides[widest]} or less")
 
 
-def _targeted(name: str, targets) -> bool:
+def targeted(name: str, targets) -> bool:
     """peft's rule for a target_modules list: the module's whole name, or its last dotted parts."""
     return any(name == t or name.endswith("." + t) for t in targets)
 
@@ -30,7 +30,7 @@ def check_targets(denoiser, targets, rank: int, family=None) -> None:
     """Every target names a module of this model, the rank fits them and (given the family) the saved file has a
     name for each; checked before any work is done."""
     modules = list(denoiser.named_modules())
-    missing = [t for t in targets if not any(_targeted(n, (t,)) for n, _ in modules)]
+    missing = [t for t in targets if not any(targeted(n, (t,)) for n, _ in modules)]
     if missing:
         raise UserError(f"no module of the model matches target(s) {', '.join(missing)}")
     _check_layer_kinds(modules, targets)
@@ -44,7 +44,7 @@ def _check_exportable(modules: list, targets, family) -> None:
     one would otherwise fail at the save, after the whole run."""
     import torch
 
-    wrapped = [n for n, m in modules if _targeted(n, targets)
+    wrapped = [n for n, m in modules if targeted(n, targets)
                and isinstance(getattr(m, "base_layer", m), (torch.nn.Linear, torch.nn.Conv2d))]
     bad = family.unexportable(wrapped)
     if bad:
@@ -60,7 +60,7 @@ def _check_layer_kinds(modules: list, targets) -> None:
 
     for t in targets:
         # a layer wrapped by an earlier job's adapter is checked by the layer it wraps
-        wrong = [(n, m) for n, m in modules if _targeted(n, (t,))
+        wrong = [(n, m) for n, m in modules if targeted(n, (t,))
                  and not isinstance(getattr(m, "base_layer", m), (torch.nn.Linear, torch.nn.Conv2d))]
         if wrong:
             name, module = wrong[0]

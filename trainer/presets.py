@@ -53,6 +53,8 @@ class Preset:
     stop_erased: float = 0.85
     shared_t: bool = False  # x⁺ and x⁻ of a pair at one timestep (official DUO: each its own)
     on_policy_pairs: bool = False  # the erasure check's images still showing the concept become pairs
+    target_modules: tuple[str, ...] = ()  # the LoRA's layers (none: the family's default); DUO only
+    condition: str = "empty"  # the pairs' prompt in training (the paper's: empty); DUO only
     families: dict = field(default_factory=dict)  # family → the fields that differ on it ([<name>.families.<f>])
 
     def concepts_named(self, name: str | None) -> list[Concept]:
@@ -69,9 +71,10 @@ class Preset:
         return replace(self, **overrides) if overrides else self
 
 
+# the recipe's settings, not its prompts or the concept itself
 _PER_FAMILY = {"num_pairs", "strength", "beta", "kappa", "lr", "lam", "steps", "sample_steps", "guidance",
-               "edit_region", "num_retain", "lam_retain", "t_max", "retain_t_min", "stop_every", "shared_t", "concept_directions",
-               "close_weight", "stop_erased", "on_policy_pairs"}  # recipe numbers, not prompts or the concept itself
+               "edit_region", "num_retain", "lam_retain", "t_max", "retain_t_min", "stop_every", "shared_t",
+               "concept_directions", "close_weight", "stop_erased", "on_policy_pairs", "target_modules", "condition"}
 
 
 def _family_tables(name: str, tables: dict) -> dict:
@@ -85,7 +88,8 @@ def _family_tables(name: str, tables: dict) -> dict:
         if wrong:
             raise UserError(f"preset {name}, family {family}: {', '.join(wrong)} cannot differ per family "
                             f"(these can: {', '.join(sorted(_PER_FAMILY))})")
-    return dict(tables)
+    return {family: {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+            for family, table in tables.items()}
 
 
 def load_presets(path: Path = PRESETS_FILE) -> dict[str, Preset]:
@@ -95,7 +99,7 @@ def load_presets(path: Path = PRESETS_FILE) -> dict[str, Preset]:
         concepts = [Concept(c, tuple(v["unsafe_prompts"]), tuple(v["safe_prompts"]))
                     for c, v in table.get("concepts", {}).items()]
         values = {k: v for k, v in table.items() if k != "concepts"}
-        for key in ("unrelated_prompts", "attack_prompts", "retain_prompts", "close_concepts"):
+        for key in ("unrelated_prompts", "attack_prompts", "retain_prompts", "close_concepts", "target_modules"):
             values[key] = tuple(values.get(key, ()))
         values["families"] = _family_tables(name, values.get("families", {}))
         presets[name] = Preset(name=name, concepts=concepts, **values)

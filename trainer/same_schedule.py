@@ -13,8 +13,9 @@ DEFAULT_T_RANGE = [TrainConfig.t_min, TrainConfig.t_max]  # for facts written by
 
 
 def same_schedule(facts: dict, cfg) -> bool:
-    """Same planned steps, erasure check, timestep ranges and draw, learning-rate schedule and preference strength (β as
-    given, or κ when β is derived from the pairs) as `cfg`, a TrainConfig."""
+    """Same planned steps, erasure check, timestep ranges and draw, learning-rate schedule, conditioning, LoRA layers
+    (where the config names them) and preference strength (β as given, or κ when β is derived from the pairs) as
+    `cfg`, a TrainConfig."""
     if planned_steps(facts) != cfg.steps or not same_stop_rule(facts, cfg):
         return False
     t_range = list(facts.get("t_range", DEFAULT_T_RANGE))  # every adapter train writes records it
@@ -28,6 +29,11 @@ def same_schedule(facts: dict, cfg) -> bool:
         return False
     if cfg.method != "duo":
         return True
+    if facts.get("condition", "empty") != cfg.condition:
+        return False
+    # adapters from before the targets were recorded were on the family's; an empty config names the family's too
+    if cfg.lora.target_modules and list(facts.get("target_modules", ())) != list(cfg.lora.target_modules):
+        return False
     # adapters from before the band drew the retain term's t as the pairs'
     if cfg.lam_retain and list(facts.get("retain_t_range", t_range)) != list(cfg.retain_t_range):
         return False

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .atomic import check_folder_writable
 from .checkpoints import CheckpointFolder
-from .concept_directions import concept_directions, describe
+from .concept_directions import check_condition, concept_directions, describe
 from .config import TrainConfig
 from .erasure_stop import erasure_check
 from .errors import UserError
@@ -160,6 +160,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     pipe = model.pipe
     denoiser = family.denoiser(pipe)
     check_targets(denoiser, lora_targets(cfg, family), cfg.lora.rank, family)  # before the pairs are encoded
+    check_condition(denoiser, family, lora_targets(cfg, family), cfg.concept_directions, cfg.condition)
     # A device that cannot hold every component at once (Flux's T5 beside its NF4 transformer on 16 GB) takes them
     # in turns: the text encoders and VAE for the cache while the denoiser waits on the CPU, then the denoiser.
     in_turns = not holds_whole(pipe, rt)
@@ -337,6 +338,7 @@ def _run(cfg, progress, model, family, rt, accelerator, gen, cache, denoiser, pa
         "lr_cycles": cfg.lr_cycles, "steps": done, "batch_pairs": cfg.batch_pairs, "pairs": len(records),
         "t_range": [cfg.t_min, cfg.t_max],
         "retain_t_range": list(cfg.retain_t_range), "shared_t": cfg.shared_t, "condition": cfg.condition, "seed": cfg.seed,
+        "target_modules": list(lora_targets(cfg, family)),
         "resolution": cache.resolution,
         "unsafe_prompts": sorted({r.unsafe_prompt for r in records}),
         "safe_prompts": sorted({r.safe_prompt for r in records}),

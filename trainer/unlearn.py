@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .concept_directions import weighed_close_rows
+from .concept_directions import check_condition, weighed_close_rows
 from .config import LoraConfig, TrainConfig
 from .detectors import no_detector
 from .errors import UserError
@@ -57,9 +57,9 @@ class UnlearnConfig:
     stop_erased: float | None = None  # erased fraction of the check images that stops training (None: preset's)
     shared_t: bool | None = None  # x⁺ and x⁻ of a pair at one timestep (None: the preset's)
     on_policy_pairs: bool | None = None  # check images still showing the concept become pairs (None: the preset's)
-    condition: str = "empty"  # the paper's: both images on the empty prompt; "unsafe": both on the unsafe prompt
+    condition: str | None = None  # None: the preset's ("empty", the paper's); "unsafe": both on the unsafe prompt
     rank: int = 32
-    target_modules: tuple[str, ...] = ()  # LoRA on these module name suffixes (empty: the family's default)
+    target_modules: tuple[str, ...] = ()  # LoRA on these module name suffixes (empty: the preset's, else the family's)
     batch_pairs: int = 4
     seed: int = 0
     preview: bool = True
@@ -156,12 +156,14 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
         same_beta = cfg.method == "duo" and (cfg.beta is None or cfg.beta == preset.beta)
         train_cfg = TrainConfig(
             pairs=str(pairs_dir), model=model, out=str(adapter), config_dir=cfg.config_dir, concept=concept.name,
-            method=cfg.method, condition=cfg.condition, beta=cfg.beta if cfg.beta is not None else preset.beta,
+            method=cfg.method, condition=_given(cfg.condition, preset.condition if cfg.method == "duo" else "empty"),
+            beta=cfg.beta if cfg.beta is not None else preset.beta,
             kappa=cfg.kappa if cfg.kappa is not None else (preset.kappa if cfg.beta is None else None),
             lr=_given(cfg.lr, preset.lr if same_beta else None), lam=_given(cfg.lam, preset.lam if same_beta else None),
             steps=_given(cfg.steps, preset.steps or 1000), batch_pairs=cfg.batch_pairs,
             lr_scheduler=cfg.lr_scheduler, lr_warmup_steps=cfg.lr_warmup_steps, lr_cycles=cfg.lr_cycles,
-            lora=LoraConfig(rank=cfg.rank, alpha=float(cfg.rank), target_modules=tuple(cfg.target_modules)),
+            lora=LoraConfig(rank=cfg.rank, alpha=float(cfg.rank), target_modules=tuple(cfg.target_modules) or (
+                preset.target_modules if cfg.method == "duo" else ())),
             seed=cfg.seed, preview_prompts=previews if cfg.preview else (), preview_steps=preset.sample_steps,
             preview_guidance=preset.guidance, device=cfg.device, overwrite=cfg.overwrite,
             mixed_precision=cfg.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing,
@@ -217,6 +219,8 @@ def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=
         refuse_inside_model(p.pairs.out, model.source)
         # a mistyped --target-modules is said before minutes of pair making, not after
         check_targets(family.denoiser(model.pipe), lora_targets(p.train, family), p.train.lora.rank, family)
+        check_condition(family.denoiser(model.pipe), family, lora_targets(p.train, family),
+                        p.train.concept_directions, p.train.condition)
     results = []
     for k, p in enumerate(plans):
         started = time.time()

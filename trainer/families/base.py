@@ -117,6 +117,9 @@ class Family:
     img2img_class = ""  # diffusers image-to-image pipeline class name (SDEdit twins)
     denoiser_attr = "unet"
     default_targets: tuple[str, ...] = ()
+    # target suffixes whose input is the prompt's encoding alone (cross-attention keys and values): the concept's
+    # directions there are those of its prompts, not of its images (concept_directions.py)
+    prompt_side_targets: tuple[str, ...] = ()
     lr_base = 3e-4  # official coupling: lr = lr_base * 100 / beta
     lambda_base = 1e6  # official coupling: lambda = lambda_base * beta / 100
     # (tokenizer, text encoder) attributes of the CLIP encoders whose token embeddings the white-box attacks

@@ -6,6 +6,7 @@ from .base import Conditioning, Family
 # The official recipe's targets. On the test bed neither half of the UNet's self-attention removes red alone, and
 # per-position layers (feed-forward) take orange with it (RESULTS.md, twenty-first session).
 SELF_ATTENTION = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
+CROSS_ATTENTION_KV = ("attn2.to_k", "attn2.to_v")  # read the text encoder's output, nothing of the image
 
 
 class SD1(Family):
@@ -15,6 +16,7 @@ class SD1(Family):
     pipeline_class = "StableDiffusionPipeline"
     img2img_class = "StableDiffusionImg2ImgPipeline"
     default_targets = SELF_ATTENTION
+    prompt_side_targets = CROSS_ATTENTION_KV
 
     def conditioning(self, pipe, prompts, device, resolution):
         hidden = pipe.encode_prompt(list(prompts), device, 1, False)[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from .base import Conditioning, Family
-from .sd1 import SELF_ATTENTION
+from .sd1 import CROSS_ATTENTION_KV, SELF_ATTENTION
 
 # SDXL (base, and the distilled SSD-1B/Vega) has two layers per down block and one more per up block; the SGM
 # block index depends on it, and the export gets no UNet config, so it is fixed here (tiny test UNets use 2 too).
@@ -63,6 +63,7 @@ class SDXL(Family):
     pipeline_class = "StableDiffusionXLPipeline"
     img2img_class = "StableDiffusionXLImg2ImgPipeline"
     default_targets = SELF_ATTENTION
+    prompt_side_targets = CROSS_ATTENTION_KV
     token_encoders = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
 
     def conditioning(self, pipe, prompts, device, resolution):
