@@ -34,44 +34,23 @@ PREVIOUS = {"beta": 10.0, "lam": 1e4, "lr": 1e-3, "steps": 300, "edit_region": "
 RETAIN_TERM = {"concept_directions": 0, "lam_retain": 1.25, "stop_erased": 0.85}
 
 
-def paper_layers(model: str) -> dict:
-    """The family's own LoRA layers on the empty prompt (the paper's), where the preset's recipe for `model` has
-    other ones: rows standing for earlier presets, the paper's recipe and DUO without λ keep them."""
-    from duo_unlearn.trainer.families import get_family
-    from duo_unlearn.trainer.models import detect_family, resolve_model_path
-    from duo_unlearn.trainer.presets import get_preset
-
-    family = detect_family(resolve_model_path(model))
-    recipe = get_preset("testbed-red").for_family(family)
-    if not recipe.target_modules and recipe.condition == "empty":
-        return {}
-    return {"target_modules": tuple(get_family(family).default_targets), "condition": "empty"}
-
-
-def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, dict]]:
+def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
     """(adapter name, what it is, UnlearnConfig overrides). The previous preset (v1), then one change per row, then
     the preset as it now stands, DUO without λ, the paper's recipe at each β asked for ("500": lr and λ coupled to
     β as the official scripts do), and ESD."""
-    paper = paper_layers(model)
-    out = [("duo_v1", "previous preset: β 10, λ 1e4, lr 1e-3, the paper's SDEdit twins, no retain set",
-            PREVIOUS | paper),
+    out = [("duo_v1", "previous preset: β 10, λ 1e4, lr 1e-3, the paper's SDEdit twins, no retain set", dict(PREVIOUS)),
            ("duo_v1_region", "v1 + twins changed only in the concept's region (`--edit-region concept`)",
-            PREVIOUS | paper | {"edit_region": "concept"}),
+            PREVIOUS | {"edit_region": "concept"}),
            ("duo_preset", "the preset now: v1 + retain set (base-model images of the other colours) and β from κ; "
-                          "SD 1.x: 135 images, the LoRA on self-attention and on the cross-attention keys and "
-                          "values, both pair images on the unsafe prompt, each layer on half of its input "
-                          "directions, those where the concept (its images; for keys and values its prompts) stands "
-                          "out most against them (orange named as the close concept, weight 6), "
+                          "SD 1.x: 135 images, the LoRA on half of each layer's input directions, those where the "
+                          "concept stands out most against them (orange named as the close concept, weight 6), "
                           "λ_retain 0, κ 6.2 (β ≈ "
                           "10), until red is gone from 95% of the erasure check's 24 samples (at most 900 steps); "
                           "SDXL: 45 images, λ_retain 0.5, κ 3 (β ≈ 5.4), "
                           "the erasure check every 75 steps with on-policy pairs (the check's images still red "
                           "become pairs with a base-model twin) until red is gone from 95% of them (at most 600 "
-                          "steps); SD3: no retain set, κ 9.6 (β ≈ 10)", {})]
-    if paper:  # the preset before it took other layers, where it has
-        out.append(("duo_preset_s33", "the SD 1.x preset until 2026-12-05 (thirty-third session): the LoRA on "
-                                      "self-attention only, both pair images on the empty prompt", paper))
-    out += [("duo_preset_check75", "the preset with the erasure check every 75 steps instead of every 150: training "
+                          "steps); SD3: no retain set, κ 9.6 (β ≈ 10)", {}),
+           ("duo_preset_check75", "the preset with the erasure check every 75 steps instead of every 150: training "
                                   "stops nearer the step where red is gone (SD 1.x, thirty-third session)",
             {"stop_every": 75}),
            ("duo_preset_24", "the preset with a fixed 24 directions per layer instead of half of each layer's "
@@ -82,11 +61,11 @@ def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, d
                                    "retain set with every image weighed alike (`--close-weight 0`)",
             {"close_weight": 0.0}),
            ("duo_preset_v2", "the SD 1.x preset until 2026-12-05: the retain set held by a penalty instead "
-                             "(λ_retain 1.25, no directions), stopping at 85% erased", RETAIN_TERM | paper),
+                             "(λ_retain 1.25, no directions), stopping at 85% erased", RETAIN_TERM),
            ("duo_preset_r45", "preset v2 with the previous retain set: 45 images (one seed per prompt), λ_retain 1",
-            RETAIN_TERM | paper | {"num_retain": 45, "lam_retain": 1.0}),
+            RETAIN_TERM | {"num_retain": 45, "lam_retain": 1.0}),
            ("duo_preset_cond_unsafe", "preset v2 + both pair images on the unsafe prompt (`--condition unsafe`)",
-            RETAIN_TERM | paper | {"condition": "unsafe"}),
+            RETAIN_TERM | {"condition": "unsafe"}),
            ("duo_preset_kv", "preset with the LoRA on the cross-attention keys and values instead of self-attention "
                              "(`--target-modules attn2.to_k,attn2.to_v`), both pair images on the unsafe prompt (keys "
                              "and values see only the prompt), lr 2e-4, λ_retain 100, the erasure check every 150 "
@@ -95,14 +74,13 @@ def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, d
             {"target_modules": ("attn2.to_k", "attn2.to_v"), "condition": "unsafe", "lr": 2e-4,
              "lam_retain": 100.0, "stop_every": 150, "stop_erased": 0.85, "on_policy_pairs": False,
              "concept_directions": 0}),
-           ("duo_preset_lam0", "the preset without λ (no output preservation, no retain term, no directions, the "
-                               "family's own layers on the empty prompt): DUO "
-                               "without λ", paper | {"lam": 0.0, "lam_retain": 0.0, "concept_directions": 0})]
+           ("duo_preset_lam0", "the preset without λ (no output preservation, no retain term, no directions): DUO "
+                               "without λ", {"lam": 0.0, "lam_retain": 0.0, "concept_directions": 0})]
     for beta in betas:
         b = f"{float(beta):g}"
         out += [(f"duo_paper_b{b}", f"the paper's recipe at β {b} (lr = 3e-4·100/β, λ = 1e6·β/100), paper's twins",
-                 paper | {"beta": float(beta), "lr": None, "lam": None, "edit_region": "image", "num_retain": 0,
-                          "stop_every": 0})]
+                 {"beta": float(beta), "lr": None, "lam": None, "edit_region": "image", "num_retain": 0,
+                  "stop_every": 0})]
     return out + [("esd", "ESD (η 1, lr 1e-4) on the paper's twins' unsafe images",
                    {"method": "esd", "lr": 1e-4, "edit_region": "image", "num_retain": 0, "stop_every": 0})]
 
@@ -128,12 +106,6 @@ def recipe(facts: dict) -> str:
         extra += f", the LoRA on {which}, measured against {facts.get('retain_images')} retain images{close}"
     if facts.get("edit_region") == "concept":
         extra += ", region twins"
-    targets = facts.get("target_modules") or []
-    if targets and facts.get("family"):
-        from duo_unlearn.trainer.families import get_family
-
-        if list(get_family(facts["family"]).default_targets) != targets:
-            extra += f", the LoRA on {', '.join(targets)}"
     if facts.get("condition") == "unsafe":
         extra += ", both images on the unsafe prompt"
     if facts.get("on_policy_pairs"):
@@ -468,7 +440,7 @@ def main(argv=None) -> int:
     steps = args.steps  # None: each row takes the preset's steps on this family (its family table's, if any)
     wanted = None if args.rows == "all" else set(args.rows.split(","))
     preset_steps = plan(UnlearnConfig(preset="testbed-red", model=args.model, steps=steps))[1][0].train.steps
-    for name, what, kw in variants([b.strip() for b in args.betas.split(",") if b.strip()], args.model):
+    for name, what, kw in variants([b.strip() for b in args.betas.split(",") if b.strip()]):
         if wanted is not None and name not in wanted:
             continue
         out = work / f"{name}.safetensors"

@@ -112,21 +112,23 @@ def test_a_presets_retain_band_runs_to_the_last_timestep_and_the_user_can_move_i
     assert (moved.train.t_max, moved.train.retain_t_range) == (400, (300, 1000))
 
 
-def test_the_test_bed_preset_puts_sd1_s_lora_on_the_prompt_s_keys_and_values_too(tmp_path):
-    """On SD 1.x the recipe adds the cross-attention keys and values, trained on the unsafe prompt; the other
-    families, ESD and a user's own layers or conditioning keep theirs."""
-    out = str(tmp_path / "a.safetensors")
-    (_, (sd1,)) = plan(UnlearnConfig(preset="testbed-red", model="testbed", out=out))
-    (_, (xl,)) = plan(UnlearnConfig(preset="testbed-red", model="testbed-xl", out=out))
-    (_, (esd,)) = plan(UnlearnConfig(preset="testbed-red", model="testbed", method="esd", out=out, num_retain=0,
-                                     concept_directions=0))
-    (_, (own,)) = plan(UnlearnConfig(preset="testbed-red", model="testbed", out=out, condition="prompt",
-                                     target_modules=("attn1.to_q",)))
-    assert sd1.train.condition == "unsafe" and {"attn2.to_k", "attn2.to_v", "attn1.to_q"} <= set(
-        sd1.train.lora.target_modules)
+def test_a_family_table_may_name_the_lora_layers_and_the_conditioning(tmp_path, monkeypatch):
+    """A preset may put the LoRA on other layers and train on the unsafe prompt on one family; the other families,
+    ESD and a user's own layers or conditioning keep theirs."""
+    _use_presets(monkeypatch, tmp_path, FAMILY_PRESET + """
+[fam.families.sd1]
+target_modules = ["attn1.to_q", "attn2.to_k", "attn2.to_v"]
+condition = "unsafe"
+""")
+    kw = dict(preset="fam", out=str(tmp_path / "a.safetensors"), num_retain=4)
+    (_, (sd1,)) = plan(UnlearnConfig(model="testbed", **kw))
+    (_, (xl,)) = plan(UnlearnConfig(model="testbed-xl", **kw))
+    (_, (esd,)) = plan(UnlearnConfig(model="testbed", method="esd", **(kw | {"num_retain": 0})))
+    (_, (own,)) = plan(UnlearnConfig(model="testbed", condition="prompt", target_modules=("attn1.to_v",), **kw))
+    assert (sd1.train.condition, sd1.train.lora.target_modules) == ("unsafe", ("attn1.to_q", "attn2.to_k", "attn2.to_v"))
     assert (xl.train.condition, xl.train.lora.target_modules) == ("empty", ())
     assert (esd.train.condition, esd.train.lora.target_modules) == ("empty", ())
-    assert (own.train.condition, own.train.lora.target_modules) == ("prompt", ("attn1.to_q",))
+    assert (own.train.condition, own.train.lora.target_modules) == ("prompt", ("attn1.to_v",))
 
 
 def test_a_preset_naming_prompt_layers_with_directions_on_the_empty_prompt_is_refused_before_any_pair(

@@ -44,7 +44,7 @@ HELP = {
     "alpha": "LoRA alpha (scale = alpha / rank)",
     "target_modules": "comma-separated module suffixes to adapt (none: the family's self-attention, "
                       "attn1.to_q,k,v,out on SD 1.x/2.x/SDXL, attention to_q,k,v,out on SD3; unlearn: the preset's "
-                      "first, testbed-red on SD 1.x adding attn2.to_k,attn2.to_v)",
+                      "first, where it names them)",
     "t_min": "lowest timestep drawn for the pairs",
     "t_max": "timesteps are drawn in [t_min, t_max)",
     "retain_t_min": "the retain term's timesteps are drawn from here (train: up to --retain-t-max; unlearn: up to "
@@ -55,7 +55,7 @@ HELP = {
     "weight_decay": "AdamW weight decay",
     "grad_clip": "gradient norm clip (0: off)",
     "condition": "'empty' (official), 'prompt' (each image on its own prompt) or 'unsafe' (both images of a pair on the "
-                 "unsafe prompt); unlearn: the preset's when not given (testbed-red on SD 1.x: unsafe)",
+                 "unsafe prompt); unlearn: the preset's when not given (every bundled preset's: empty)",
     "mixed_precision": "no, fp16 or bf16",
     "gradient_checkpointing": "trade compute for memory (consumer GPUs)",
     "use_8bit_adam": "8-bit AdamW from bitsandbytes (must be installed)",
