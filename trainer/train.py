@@ -99,6 +99,14 @@ def lora_targets(cfg: TrainConfig, family) -> tuple[str, ...]:
     return tuple(cfg.lora.target_modules) or tuple(family.default_targets)
 
 
+def check_lora_setup(denoiser, cfg: TrainConfig, family) -> None:
+    """Every target names a module of this model and the rank fits them, and directions on layers that read only
+    the prompt have a prompt to read: said before any pair is encoded or made."""
+    targets = lora_targets(cfg, family)
+    check_targets(denoiser, targets, cfg.lora.rank, family)
+    check_condition(denoiser, family, targets, cfg.concept_directions, cfg.condition)
+
+
 def _fingerprint(cfg: TrainConfig, model: LoadedModel, targets) -> dict:
     """What a checkpoint must share with the run that resumes it."""
     fingerprint = {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "targets": list(targets), "method": cfg.method,
@@ -159,8 +167,7 @@ def train(cfg: TrainConfig, progress: ProgressCallback | None = None, model: Loa
     rt = resolve(cfg.runtime_config())
     pipe = model.pipe
     denoiser = family.denoiser(pipe)
-    check_targets(denoiser, lora_targets(cfg, family), cfg.lora.rank, family)  # before the pairs are encoded
-    check_condition(denoiser, family, lora_targets(cfg, family), cfg.concept_directions, cfg.condition)
+    check_lora_setup(denoiser, cfg, family)  # before the pairs are encoded
     # A device that cannot hold every component at once (Flux's T5 beside its NF4 transformer on 16 GB) takes them
     # in turns: the text encoders and VAE for the cache while the denoiser waits on the CPU, then the denoiser.
     in_turns = not holds_whole(pipe, rt)

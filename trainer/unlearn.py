@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .concept_directions import check_condition, weighed_close_rows
+from .concept_directions import weighed_close_rows
 from .config import LoraConfig, TrainConfig
 from .detectors import no_detector
 from .errors import UserError
@@ -202,9 +202,9 @@ def _stop_rule(cfg: UnlearnConfig, preset: Preset, detector: str) -> dict:
 
 def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=None) -> list[UnlearnResult]:
     """Run every concept of the plan on one loaded model; each adapter is trained from the base model."""
-    from .lora import check_targets, remove_lora
+    from .lora import remove_lora
     from .models import load_model, model_options, refuse_inside_model
-    from .train import lora_targets, train
+    from .train import check_lora_setup, train
 
     preset, plans = plan(cfg)
     for p in plans:  # every name checked before the model loads and the first pair is made
@@ -218,9 +218,7 @@ def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=
         refuse_inside_model(p.train.out, model.source)
         refuse_inside_model(p.pairs.out, model.source)
         # a mistyped --target-modules is said before minutes of pair making, not after
-        check_targets(family.denoiser(model.pipe), lora_targets(p.train, family), p.train.lora.rank, family)
-        check_condition(family.denoiser(model.pipe), family, lora_targets(p.train, family),
-                        p.train.concept_directions, p.train.condition)
+        check_lora_setup(family.denoiser(model.pipe), p.train, family)
     results = []
     for k, p in enumerate(plans):
         started = time.time()
