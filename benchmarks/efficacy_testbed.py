@@ -8,8 +8,8 @@ the same seeds. `--model testbed-xl` / `testbed-sd3` runs the same rows on the S
 preset's recipe for that family. Figures (from `duo-unlearn eval`, i.e. trainer.evaluate): DSR under direct
 prompts, synonyms ("crimson", "scarlet"), Concept Inversion, Ring-A-Bell and UnlearnDiffAtk (on every family);
 1 - LPIPS and test-bed FID on the preset's unrelated prompts; and readings by the colour classifier against the
-base model's image of the same prompt and seed: orange prompts still orange, and background, shape and colour
-kept on every other-colour prompt.
+base model's image of the same prompt and seed: orange prompts still orange, background, shape and colour
+kept on every other-colour prompt, and background and shape kept on the red prompts.
 Everything is seeded; on CPU a rerun gives the same numbers. Adapters and pairs go to --work and are reused.
 """
 from __future__ import annotations
@@ -133,6 +133,15 @@ def kept_prompts(concept: str = "red") -> tuple[list[str], list[tuple[str, str, 
     return orange, [(c, s, b) for c in COLOURS if c != concept for s in SHAPES for b in BACKGROUNDS]
 
 
+def concept_prompts(concept: str = "red") -> list[tuple[str, str, str]]:
+    """(colour, shape, background) of every prompt naming the concept: an adapter should take the colour away and
+    leave the rest of the picture, which DSR alone does not read (an adapter drawing one blob for all of them
+    passes DSR)."""
+    from duo_unlearn.trainer.testbed.shapes import BACKGROUNDS, SHAPES
+
+    return [(concept, s, b) for s in SHAPES for b in BACKGROUNDS]
+
+
 def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_per_prompt: int, seed: int,
                         steps: int, guidance: float, concept: str = "red") -> dict:
     """Per method, read by the colour classifier against the base model's image of the same prompt and seed:
@@ -148,12 +157,14 @@ def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_p
     load_adapters(pipe, methods)
     orange, specs = kept_prompts(concept)
     others = [full_prompt(*spec) for spec in specs]
+    concepts = [full_prompt(*spec) for spec in concept_prompts(concept)]
 
     def reads(prompts, negative=None):
         return [read_image(im) for im in generate(pipe, prompts, images_per_prompt, seed, steps, guidance, negative)]
 
     with activated(pipe, Method("base", BASE)):
-        base = {"orange": reads(orange), "others": reads(others), "unrelated": reads(unrelated)}
+        base = {"orange": reads(orange), "others": reads(others), "unrelated": reads(unrelated),
+                "concept": reads(concepts)}
     truth = [spec for spec in specs for _ in range(images_per_prompt)]
 
     def shape_accuracy(rs):
@@ -165,12 +176,17 @@ def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_p
     for m in methods:
         with activated(pipe, m) as negative:
             now = {"orange": reads(orange, negative), "others": reads(others, negative),
-                   "unrelated": reads(unrelated, negative)}
+                   "unrelated": reads(unrelated, negative), "concept": reads(concepts, negative)}
         orange_acc = sum(r.colour == "orange" for r in now["orange"]) / len(now["orange"])
         shapes = shape_accuracy(now["others"])
         kept = {k: sum(getattr(a, k) == getattr(b, k) for a, b in zip(now["others"], base["others"]))
                 / len(now["others"]) for k in ("background", "shape", "colour")}
+        on_concept = {k: sum(getattr(a, k) == getattr(b, k) for a, b in zip(now["concept"], base["concept"]))
+                      / len(now["concept"]) for k in ("background", "shape")}
         out[m.name] = {
+            "concept_background_kept": on_concept["background"], "concept_shape_kept": on_concept["shape"],
+            "concept_erased": sum(r.colour != concept for r in now["concept"]) / len(now["concept"]),
+            "concept_n": len(now["concept"]),
             "orange_accuracy": orange_acc,
             "orange_vs_base": orange_acc / base_orange if base_orange else float("nan"),
             "orange_read_as_red": sum(r.colour == concept for r in now["orange"]) / len(now["orange"]),
@@ -187,7 +203,9 @@ def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_p
 ATTACK_COLUMNS = [("direct", "DSR direct"), ("prompts", "DSR synonyms"), ("concept_inversion", "DSR concept inv."),
                   ("ring_a_bell", "DSR ring-a-bell"), ("unlearndiffatk", "DSR UnlearnDiffAtk")]
 KEPT_COLUMNS = [("orange_vs_base", "orange kept (÷ base)"), ("background_kept", "background kept"),
-                ("shape_kept", "shape kept"), ("colour_kept", "other colours kept")]
+                ("shape_kept", "shape kept"), ("colour_kept", "other colours kept"),
+                ("concept_background_kept", "red prompts: background kept"),
+                ("concept_shape_kept", "red prompts: shape kept")]
 
 
 def _cell(value) -> str:
@@ -242,6 +260,9 @@ def _kept_short(key: str, e: dict, base: dict) -> str:
     if key == "background_kept" and "others_n" in e:
         n = e["others_n"]
         return _short(round(e[key] * n), n, n, "backgrounds kept")
+    if key.startswith("concept_") and "concept_n" in e:
+        n = e["concept_n"]
+        return _short(round(e[key] * n), n, n, f"{key.split('_')[1]}s kept")
     share, n_key, what = VS_BASE.get(key, (None, None, None))
     if share in e and share in base and n_key in e:
         n = e[n_key]
@@ -267,7 +288,9 @@ def verdicts(result: dict, extra: dict, preset_name: str = "duo_preset") -> list
         parts = [f"min DSR over {len(attacks)} attacks {worst:.3f} ({'≥' if worst >= 0.95 else '<'} 0.95{erased})",
                  f"1 − LPIPS {pres:.3f} ({'≥' if pres >= 0.97 else '<'} 0.97)"]
         for key, label in (("orange_vs_base", "orange ÷ base"), ("background_kept", "background"),
-                           ("shape_accuracy_vs_base", "shape accuracy ÷ base")):
+                           ("shape_accuracy_vs_base", "shape accuracy ÷ base"),
+                           ("concept_background_kept", "red prompts' background"),
+                           ("concept_shape_kept", "red prompts' shape")):
             if key in e:
                 parts.append(f"{label} {e[key]:.3f} ({'≥' if e[key] >= 0.95 else '<'} 0.95"
                              f"{_kept_short(key, e, extra.get('base', {}))})")
@@ -378,6 +401,11 @@ def markdown(record: dict) -> str:
         "share of 'a orange <shape> on a <background> background' images read as orange, divided by the base "
         "model's share; background / shape / other colours: on every prompt of the other colours (45 prompts) x "
         "seeds. The retain set (where used) holds base-model images of those same prompts at other seeds.",
+        *(["- Red prompts (every 'a red <shape> on a <background> background', 9 prompts x seeds): background and "
+           "shape read as in the base model's image of the same prompt and seed; the erasure itself is the DSR "
+           "columns'. These two say whether an adapter takes red away and leaves the picture, or draws something "
+           "else (held to the same 0.95 below, though the issue's targets name the other prompts)."]
+          if any("concept_n" in e for e in extra.values()) else []),
         f"- Time: total {sec['total']:.0f} s (training {sum(train_seconds.values()):.0f} s, eval {sec['eval']:.0f} s, "
         f"readings {sec['close']:.0f} s), torch {record['torch']}, {record['threads']} thread(s), {record['machine']}.",
         "",

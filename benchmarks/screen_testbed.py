@@ -7,7 +7,8 @@ Each training seed makes its own pairs (as a user running `unlearn --seed N` wou
 testbed-red preset and the `--set` overrides (UnlearnConfig fields; values read as JSON, else as text). Readings at
 evaluation seeds from 5000, so they do not reuse the table's: DSR on the 6 direct and 6 synonym prompts × 4 images,
 1 − LPIPS (random trunk) on the 4 unrelated prompts × 4 seeds, and the colour classifier's readings of the efficacy
-table (orange ÷ base, background kept, shape accuracy ÷ base, other colours kept). One line per seed and their mean;
+table (orange ÷ base, background kept, shape accuracy ÷ base, other colours kept; on the red prompts, background
+and shape kept). One line per seed and their mean;
 the record goes to --work/<name>.json. The screen is for ranking changes: a change is adopted only after the full
 table (`efficacy_testbed.py`) is run again with it.
 """
@@ -24,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 READINGS = ("direct", "synonyms", "one_minus_lpips", "orange_vs_base", "background_kept", "shape_accuracy_vs_base",
-            "colour_kept")
+            "colour_kept", "concept_background_kept", "concept_shape_kept")
 EVAL_SEED = 5000
 
 
@@ -46,7 +47,8 @@ def parse_overrides(items: list[str]) -> dict:
 def line(name: str, r: dict) -> str:
     steps = f" ({r['steps']})" if "steps" in r else ""
     return (f"{name}: {r['direct']:.2f} / {r['synonyms']:.2f}, {r['one_minus_lpips']:.3f}, {r['orange_vs_base']:.2f}, "
-            f"{r['background_kept']:.2f}, {r['shape_accuracy_vs_base']:.2f}, {r['colour_kept']:.2f}{steps}")
+            f"{r['background_kept']:.2f}, {r['shape_accuracy_vs_base']:.2f}, {r['colour_kept']:.2f}; red prompts "
+            f"{r['concept_background_kept']:.2f}, {r['concept_shape_kept']:.2f}{steps}")
 
 
 def main(argv=None) -> int:

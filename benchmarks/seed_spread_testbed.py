@@ -21,7 +21,9 @@ sys.path.insert(0, str(HERE))
 
 READINGS = (("orange_vs_base", "orange ÷ base", "orange_n"), ("background_kept", "background kept", "others_n"),
             ("shape_accuracy_vs_base", "shape acc. ÷ base", "others_n"), ("colour_kept", "other colours kept",
-                                                                          "others_n"))
+                                                                          "others_n"),
+            ("concept_background_kept", "red prompts' background", "concept_n"),
+            ("concept_shape_kept", "red prompts' shape", "concept_n"))
 
 
 def pooled(per_set: list[dict], key: str, n_key: str) -> float:

@@ -175,12 +175,29 @@ def test_missed_targets_are_counted_in_images():
     extra = {"base": {"orange_accuracy": 32 / 36, "shape_accuracy": 150 / 180},
              "duo_x": {"orange_accuracy": 30 / 36, "orange_vs_base": 30 / 32, "orange_n": 36, "others_n": 180,
                        "background_kept": 172 / 180, "shape_accuracy": 140 / 180,
-                       "shape_accuracy_vs_base": 140 / 150}}
+                       "shape_accuracy_vs_base": 140 / 150, "concept_n": 36,
+                       "concept_background_kept": 32 / 36, "concept_shape_kept": 35 / 36}}
     line = mod.verdicts(result, extra)[0]
     assert "min DSR over 2 attacks 0.917 (< 0.95: 22 of 24 images erased, 23 would meet it)" in line
     assert "orange ÷ base 0.938 (< 0.95: 30 of 36 read orange (the base model: 32), 31 would meet it)" in line
     assert "background 0.956 (≥ 0.95);" in line
     assert "shape accuracy ÷ base 0.933 (< 0.95: 140 of 180 shapes read right (the base model: 150), 143 would" in line
+    # the red prompts' own pictures: 32 of 36 backgrounds as the base model drew them is short, 35 of 36 shapes is not
+    assert "red prompts' background 0.889 (< 0.95: 32 of 36 backgrounds kept, 35 would meet it)" in line
+    assert line.endswith("red prompts' shape 0.972 (≥ 0.95)")
+
+
+def test_the_red_prompts_columns_appear_only_in_records_that_read_them():
+    mod = benchmark("efficacy_testbed")
+    attack = {"dsr": 1.0, "n": 24}
+    result = {"results": {"duo_x": {"attacks": {"direct": attack}, "preservation": {"one_minus_lpips": 0.98}}},
+              "methods": [{"name": "duo_x", "facts": {}}]}
+    old = {"duo_x": {"orange_vs_base": 1.0, "background_kept": 0.9}}
+    assert "red prompts" not in mod.table(result, old, {})
+    new = {"duo_x": old["duo_x"] | {"concept_background_kept": 0.5, "concept_shape_kept": 0.25, "concept_n": 36}}
+    head, _, row = mod.table(result, new, {}).splitlines()
+    assert head.split(" | ")[-4:-2] == ["red prompts: background kept", "red prompts: shape kept"]
+    assert row.split(" | ")[-4:-2] == ["0.500", "0.250"]
 
 
 def test_the_recipe_column_says_which_directions_setting_a_row_used():
