@@ -3,8 +3,8 @@
     python benchmarks/seed_spread_testbed.py runs/efficacy_testbed/duo_preset.safetensors
     python benchmarks/seed_spread_testbed.py A.safetensors B.safetensors --seed-sets 0,1000,2000,3000 --json s.json
 
-The efficacy table reads orange, background, shape and other colours kept on one set of seeds (images per prompt 4,
-seeds from 0: 36 orange and 180 other-colour images). This reads them again, with the table's own reading
+The efficacy table reads orange, background, shape and other colours kept, and the red prompts' background and shape,
+on one set of seeds (images per prompt 4, seeds from 0: 36 orange, 180 other-colour and 36 red images). This reads them again, with the table's own reading
 (`efficacy_testbed.close_and_agreement`), on disjoint seed sets, for each adapter and for negative prompting (the
 smallest change a user can make), and prints each set, the range over the sets, and the pooled reading over all of
 them. A difference between two recipes smaller than that range is not a difference the table can show.
