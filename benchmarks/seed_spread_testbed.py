@@ -35,6 +35,8 @@ def pooled(per_set: list[dict], key: str, n_key: str) -> float:
 def summary(name: str, per_set: list[dict]) -> str:
     cells = []
     for key, label, n_key in READINGS:
+        if not all(key in r for r in per_set):
+            continue  # a record from before the reading existed
         values = [r[key] for r in per_set]
         cells.append(f"{label} {min(values):.3f}–{max(values):.3f} (pooled {pooled(per_set, key, n_key):.3f})")
     return f"{name}: " + "; ".join(cells)

@@ -78,3 +78,9 @@ def test_the_seed_spread_gives_each_readings_range_and_its_pooled_value():
     line = spread.summary("duo_preset", sets)
     assert line.startswith("duo_preset: orange ÷ base 0.900–1.000 (pooled 0.950)")
     assert "background kept 0.900–0.960 (pooled 0.930)" in line and "shape acc. ÷ base 0.900–1.000" in line
+    assert "red prompts" not in line  # these sets predate the red prompts' readings
+    red = [{"concept_background_kept": 32 / 36, "concept_shape_kept": 0.5, "concept_n": 36},
+           {"concept_background_kept": 35 / 36, "concept_shape_kept": 1.0, "concept_n": 36}]
+    line = spread.summary("duo_preset", [a | b for a, b in zip(sets, red)])
+    assert line.endswith("red prompts' background 0.889–0.972 (pooled 0.931); "
+                         "red prompts' shape 0.500–1.000 (pooled 0.750)")
