@@ -170,6 +170,10 @@ def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_p
     def shape_accuracy(rs):
         return sum(r.shape == t[1] for r, t in zip(rs, truth)) / len(rs)
 
+    def agreement(now, was, keys):
+        """Share of images whose reading of each key is the base model's for the same prompt and seed."""
+        return {k: sum(getattr(a, k) == getattr(b, k) for a, b in zip(now, was)) / len(now) for k in keys}
+
     base_shapes = shape_accuracy(base["others"])
     base_orange = sum(r.colour == "orange" for r in base["orange"]) / len(base["orange"])
     out = {}
@@ -179,10 +183,8 @@ def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_p
                    "unrelated": reads(unrelated, negative), "concept": reads(concepts, negative)}
         orange_acc = sum(r.colour == "orange" for r in now["orange"]) / len(now["orange"])
         shapes = shape_accuracy(now["others"])
-        kept = {k: sum(getattr(a, k) == getattr(b, k) for a, b in zip(now["others"], base["others"]))
-                / len(now["others"]) for k in ("background", "shape", "colour")}
-        on_concept = {k: sum(getattr(a, k) == getattr(b, k) for a, b in zip(now["concept"], base["concept"]))
-                      / len(now["concept"]) for k in ("background", "shape")}
+        kept = agreement(now["others"], base["others"], ("background", "shape", "colour"))
+        on_concept = agreement(now["concept"], base["concept"], ("background", "shape"))
         out[m.name] = {
             "concept_background_kept": on_concept["background"], "concept_shape_kept": on_concept["shape"],
             "concept_erased": sum(r.colour != concept for r in now["concept"]) / len(now["concept"]),
@@ -253,16 +255,18 @@ def _short(count: int, n: int, reference: int, what: str, target: float = 0.95) 
 # the share behind each ratio to the base model, and its image count
 VS_BASE = {"orange_vs_base": ("orange_accuracy", "orange_n", "read orange"),
            "shape_accuracy_vs_base": ("shape_accuracy", "others_n", "shapes read right")}
+# shares of images kept as the base model drew them, and their image count
+KEPT_COUNTS = {"background_kept": ("others_n", "backgrounds kept"),
+               "concept_background_kept": ("concept_n", "backgrounds kept"),
+               "concept_shape_kept": ("concept_n", "shapes kept")}
 
 
 def _kept_short(key: str, e: dict, base: dict) -> str:
     """The same where the record holds the counts it needs (a ratio: against the base model's own count)."""
-    if key == "background_kept" and "others_n" in e:
-        n = e["others_n"]
-        return _short(round(e[key] * n), n, n, "backgrounds kept")
-    if key.startswith("concept_") and "concept_n" in e:
-        n = e["concept_n"]
-        return _short(round(e[key] * n), n, n, f"{key.split('_')[1]}s kept")
+    n_key, what = KEPT_COUNTS.get(key, (None, None))
+    if n_key in e:
+        n = e[n_key]
+        return _short(round(e[key] * n), n, n, what)
     share, n_key, what = VS_BASE.get(key, (None, None, None))
     if share in e and share in base and n_key in e:
         n = e[n_key]
@@ -315,7 +319,7 @@ def same_recipe(adapter: Path, cfg) -> bool:
         return False
     want = {"method": cfg.method, "lr": cfg.learning_rate}
     if cfg.method == "duo":
-        want |= {"lambda": cfg.preservation_weight, "lambda_retain": cfg.lam_retain, "condition": cfg.condition}
+        want |= {"lambda": cfg.preservation_weight, "lambda_retain": cfg.lam_retain}  # same_schedule: the rest
     return all(facts.get(k) == v for k, v in want.items())
 
 

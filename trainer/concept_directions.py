@@ -209,17 +209,13 @@ def concept_directions(raw, family, process, cache, retain_prompts, n: int | flo
         with autocast():
             family.predict(raw, x, t, cond)
 
-    def concept():
-        for _ in range(DRAWS):
-            for idx in torch.arange(cache.pair_count()).split(CHUNK):
-                x, t = noised("unsafe", idx)
-                predict(x, t, cache.empty.repeat(len(idx)))
-
-    def concept_prompts():
-        for _ in range(DRAWS):
-            for idx in torch.arange(cache.pair_count()).split(CHUNK):
-                x, t = noised("unsafe", idx)
-                predict(x, t, cache.condition("unsafe", idx))
+    def concept(on_its_prompts: bool):
+        def run():
+            for _ in range(DRAWS):
+                for idx in torch.arange(cache.pair_count()).split(CHUNK):
+                    x, t = noised("unsafe", idx)
+                    predict(x, t, cache.condition("unsafe", idx) if on_its_prompts else cache.empty.repeat(len(idx)))
+        return run
 
     def kept(rows, pure_noise: bool):
         def run():
@@ -234,9 +230,9 @@ def concept_directions(raw, family, process, cache, retain_prompts, n: int | flo
         return run
 
     with adapters_disabled(raw):
-        c_concept = input_moments(raw, {k: v for k, v in layers.items() if k not in on_prompts}, concept)
+        c_concept = input_moments(raw, {k: v for k, v in layers.items() if k not in on_prompts}, concept(False))
         if on_prompts:
-            c_concept |= input_moments(raw, {k: layers[k] for k in on_prompts}, concept_prompts)
+            c_concept |= input_moments(raw, {k: layers[k] for k in on_prompts}, concept(True))
         c_keep = input_moments(raw, layers, kept(torch.arange(cache.retain_size()), True))
         if close:
             c_close = input_moments(raw, layers, kept(torch.tensor(close), False))
