@@ -84,3 +84,49 @@ def test_the_seed_spread_gives_each_readings_range_and_its_pooled_value():
     line = spread.summary("duo_preset", [a | b for a, b in zip(sets, red)])
     assert line.endswith("red prompts' background 0.889–0.972 (pooled 0.931); "
                          "red prompts' shape 0.500–1.000 (pooled 0.750)")
+
+
+def _kohya_keys(block: str) -> set:
+    return {f"lora_unet_{block}_transformer_blocks_0_attn1_to_{p}.{w}" for p in ("q", "v")
+            for w in ("lora_down.weight", "lora_up.weight", "alpha")}
+
+
+def test_block_ablation_leaves_out_or_keeps_each_attention_block_in_unet_order():
+    ablation = benchmark("block_ablation_testbed")
+    blocks = ["up_blocks_0_attentions_1", "mid_block_attentions_0", "down_blocks_1_attentions_0",
+              "up_blocks_0_attentions_0", "down_blocks_0_attentions_0"]
+    keys = set().union(*map(_kohya_keys, blocks)) | {"lora_te_text_model_encoder_layers_0_mlp_fc1.alpha"}
+    assert ablation.block_of("lora_unet_up_blocks_0_attentions_1_transformer_blocks_0_attn1_to_q.alpha") \
+        == "up_blocks_0_attentions_1"
+    assert ablation.block_of("lora_te_text_model_encoder_layers_0_mlp_fc1.alpha") is None
+
+    kept = ablation.variants(keys, ["without", "only"])
+    order = ["down_blocks_0_attentions_0", "down_blocks_1_attentions_0", "mid_block_attentions_0",
+             "up_blocks_0_attentions_0", "up_blocks_0_attentions_1"]
+    assert list(kept) == ["whole"] + [f"{m} {b}" for b in order for m in ("without", "only")]
+    assert kept["whole"] == keys
+    for b in blocks:
+        assert kept[f"only {b}"] == _kohya_keys(b)
+        assert kept[f"without {b}"] == keys - _kohya_keys(b)  # the text encoder's keys stay in every "without"
+    assert list(ablation.variants(keys, ["without"])) == ["whole"] + [f"without {b}" for b in order]
+
+
+def test_block_ablation_copies_keep_the_metadata_and_only_their_keys(tmp_path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    ablation = benchmark("block_ablation_testbed")
+    keys = _kohya_keys("mid_block_attentions_0") | _kohya_keys("up_blocks_0_attentions_1")
+    adapter = tmp_path / "a.safetensors"
+    save_file({k: torch.full((2, 2), float(i)) for i, k in enumerate(sorted(keys))}, str(adapter),
+              metadata={"ss_network_dim": "2"})
+    (tmp_path / "out").mkdir()
+    paths = ablation.write_copies(adapter, ablation.variants(keys, ["only"]), tmp_path / "out")
+    assert len(set(paths.values())) == 3
+    for name, path in paths.items():
+        with safe_open(str(path), "pt") as f:
+            assert f.metadata() == {"ss_network_dim": "2"}
+            assert set(f.keys()) == ablation.variants(keys, ["only"])[name]
+            for k in f.keys():
+                assert torch.equal(f.get_tensor(k), torch.full((2, 2), float(sorted(keys).index(k))))

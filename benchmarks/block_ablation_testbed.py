@@ -1,0 +1,129 @@
+"""Which of an adapter's blocks remove red, and which change the rest? The adapter with one block left out, or alone.
+
+    python benchmarks/block_ablation_testbed.py runs/efficacy_testbed/duo_preset.safetensors
+    python benchmarks/block_ablation_testbed.py ADAPTER --modes without --seed 5000 --json blocks.json
+    python benchmarks/block_ablation_testbed.py ADAPTER --modes weights --weights 0.25,0.5,0.75,1.25
+
+A block is one attention block of the UNet (`down_blocks_1_attentions_0`, `mid_block_attentions_0`, ...), read off
+the adapter's kohya keys. For each block the adapter is written again without that block's LoRA ("without") and
+with only it ("only"), and every copy is read as the efficacy table reads an adapter (`efficacy_testbed.
+close_and_agreement`, the table's seeds unless --seed): red erased on the red prompts, orange ÷ base, background,
+shape and other colours kept on the other colours' prompts, and the red prompts' background and shape kept. The
+adapter was trained whole, so a block's share here is what it does beside the others, not what it would learn
+alone; like `sampling_bands_testbed.py` this is a diagnosis of where an effect lies. "weights" reads the whole
+adapter at other strengths instead (the LoRA weight a user sets in A1111 or ComfyUI): how the erasure and the changes
+elsewhere grow with the adapter's size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+READINGS = (("concept_erased", "red erased"), ("orange_vs_base", "orange ÷ base"),
+            ("background_kept", "background kept"), ("shape_accuracy_vs_base", "shape acc. ÷ base"),
+            ("colour_kept", "other colours kept"), ("concept_background_kept", "red prompts' background"),
+            ("concept_shape_kept", "red prompts' shape"))
+BLOCK = re.compile(r"^lora_unet_((?:down_blocks|up_blocks)_\d+_attentions_\d+|mid_block_attentions_\d+)_")
+
+
+def block_of(key: str) -> str | None:
+    """The attention block a kohya key belongs to (None for keys outside one: convolutions, the text encoder)."""
+    m = BLOCK.match(key)
+    return m.group(1) if m else None
+
+
+def variants(keys, modes: list[str]) -> dict[str, set]:
+    """name → the keys each copy keeps: the whole adapter, and per block (in the UNet's order) without / only it."""
+    keys = set(keys)
+    blocks = sorted({b for b in map(block_of, keys) if b}, key=_unet_order)
+    out = {"whole": keys}
+    for b in blocks:
+        mine = {k for k in keys if block_of(k) == b}
+        if "without" in modes:
+            out[f"without {b}"] = keys - mine
+        if "only" in modes:
+            out[f"only {b}"] = mine
+    return out
+
+
+def _unet_order(block: str) -> tuple:
+    part = {"down": 0, "mid": 1, "up": 2}[block.split("_")[0]]
+    return (part, *[int(n) for n in re.findall(r"\d+", block)])
+
+
+def write_copies(adapter: Path, kept: dict[str, set], folder: Path) -> dict[str, Path]:
+    """Each variant as its own file (the adapter's metadata kept), named so the readings can tell them apart."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(adapter), "pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(adapter))
+    paths = {}
+    for i, (name, keys) in enumerate(kept.items()):
+        path = folder / f"{i:02d}_{re.sub(r'[^A-Za-z0-9]+', '_', name)}.safetensors"
+        save_file({k: tensors[k] for k in sorted(keys)}, str(path), metadata=metadata)
+        paths[name] = path
+    return paths
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("adapter")
+    p.add_argument("--model", default="testbed")
+    p.add_argument("--modes", default="without,only", help="comma-separated: without, only, weights")
+    p.add_argument("--weights", default="0.25,0.5,0.75,1.25", help="strengths the weights mode reads")
+    p.add_argument("--seed", type=int, default=0, help="first evaluation seed (the efficacy table's: 0)")
+    p.add_argument("--images-per-prompt", type=int, default=4)
+    p.add_argument("--json", help="also write every reading here")
+    args = p.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or set(modes) - {"without", "only", "weights"}:
+        raise SystemExit(f"--modes takes without, only and/or weights, got {args.modes!r}")
+    try:
+        weights = [float(w) for w in args.weights.split(",")] if "weights" in modes else []
+    except ValueError:
+        raise SystemExit(f"--weights takes comma-separated numbers, got {args.weights!r}") from None
+
+    from safetensors import safe_open
+
+    from duo_unlearn.trainer.errors import UserError
+    from duo_unlearn.trainer.evaluate.methods import BASE, Method, adapter_method
+    from duo_unlearn.trainer.presets import get_preset
+    from efficacy_testbed import close_and_agreement
+
+    preset = get_preset("testbed-red")
+    adapter = Path(args.adapter)
+    try:
+        adapter_method(adapter)  # the same checks as any adapter
+    except UserError as e:
+        raise SystemExit(f"block_ablation_testbed: {e}") from None
+    with safe_open(str(adapter), "pt") as f:
+        kept = variants(f.keys(), modes)
+    strength = {f"whole at {w:g}": w for w in weights}
+    kept |= {name: kept["whole"] for name in strength}  # a file each: the readings key methods by file name
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_copies(adapter, {k: v for k, v in kept.items() if v}, Path(tmp))
+        methods = {name: adapter_method(path, weight=strength.get(name, 1.0)) for name, path in paths.items()}
+        out = close_and_agreement(args.model, [Method("base", BASE), *methods.values()], list(preset.unrelated_prompts),
+                                  args.images_per_prompt, args.seed, preset.sample_steps, preset.guidance)
+    rows = {name: out[m.name] for name, m in methods.items()}
+    width = max(map(len, rows))
+    print(f"{'':{width}s}  " + " | ".join(label for _, label in READINGS))
+    for name, r in rows.items():
+        print(f"{name:{width}s}  " + " | ".join(f"{r[key]:.3f}" for key, _ in READINGS), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"adapter": str(adapter), "seed": args.seed, "readings": rows},
+                                              indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
