@@ -107,6 +107,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"block_ablation_testbed: {e}") from None
     with safe_open(str(adapter), "pt") as f:
         kept = variants(f.keys(), modes)
+    if len(kept) == 1 and set(modes) - {"weights"}:
+        raise SystemExit(f"block_ablation_testbed: no attention block in {adapter.name}'s keys (SD 1.x kohya names, "
+                         "lora_unet_<down|mid|up>_..._attentions_<n>_..., are read; SDXL files use the original UNet's)")
     strength = {f"whole at {w:g}": w for w in weights}
     kept |= {name: kept["whole"] for name in strength}  # a file each: the readings key methods by file name
     with tempfile.TemporaryDirectory() as tmp:
