@@ -17,6 +17,7 @@ elsewhere grow with the adapter's size.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -42,10 +43,13 @@ def block_of(key: str) -> str | None:
 def variants(keys, modes: list[str]) -> dict[str, set]:
     """name → the keys each copy keeps: the whole adapter, and per block (in the UNet's order) without / only it."""
     keys = set(keys)
-    blocks = sorted({b for b in map(block_of, keys) if b}, key=_unet_order)
+    by_block: dict[str, set] = {}
+    for k in keys:
+        if block := block_of(k):
+            by_block.setdefault(block, set()).add(k)
     out = {"whole": keys}
-    for b in blocks:
-        mine = {k for k in keys if block_of(k) == b}
+    for b in sorted(by_block, key=_unet_order):
+        mine = by_block[b]
         if "without" in modes:
             out[f"without {b}"] = keys - mine
         if "only" in modes:
@@ -102,7 +106,7 @@ def main(argv=None) -> int:
     preset = get_preset("testbed-red")
     adapter = Path(args.adapter)
     try:
-        adapter_method(adapter)  # the same checks as any adapter
+        whole = adapter_method(adapter)  # the same checks as any adapter
     except UserError as e:
         raise SystemExit(f"block_ablation_testbed: {e}") from None
     with safe_open(str(adapter), "pt") as f:
@@ -110,11 +114,12 @@ def main(argv=None) -> int:
     if len(kept) == 1 and set(modes) - {"weights"}:
         raise SystemExit(f"block_ablation_testbed: no attention block in {adapter.name}'s keys (SD 1.x kohya names, "
                          "lora_unet_<down|mid|up>_..._attentions_<n>_..., are read; SDXL files use the original UNet's)")
-    strength = {f"whole at {w:g}": w for w in weights}
-    kept |= {name: kept["whole"] for name in strength}  # a file each: the readings key methods by file name
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_copies(adapter, {k: v for k, v in kept.items() if v}, Path(tmp))
-        methods = {name: adapter_method(path, weight=strength.get(name, 1.0)) for name, path in paths.items()}
+        paths = write_copies(adapter, {k: v for k, v in kept.items() if k != "whole" and v}, Path(tmp))
+        methods = {"whole": whole} | {name: adapter_method(path) for name, path in paths.items()}
+        # the same file at other strengths: each is loaded under its own adapter name, the readings key them by name
+        methods |= {f"whole at {w:g}": dataclasses.replace(whole, name=f"{whole.name} at {w:g}", weight=w)
+                    for w in weights}
         out = close_and_agreement(args.model, [Method("base", BASE), *methods.values()], list(preset.unrelated_prompts),
                                   args.images_per_prompt, args.seed, preset.sample_steps, preset.guidance)
     rows = {name: out[m.name] for name, m in methods.items()}
