@@ -6,8 +6,9 @@
 For each band (the adapter on at every step, none, or only where the sampler's timestep t is at or above / below a
 split), the test-bed model samples the preset's 6 direct prompts and every other-colour prompt (45) × 4 seeds, and
 the colour classifier reads red erased, orange still orange, and background and colour kept against the base model's
-image of the same prompt and seed. A LoRA file cannot be switched per step in A1111 or ComfyUI, so this is a
-diagnosis of where an adapter's effect lies, not a way to use one.
+image of the same prompt and seed. A1111 and Forge apply a LoRA at every step (ComfyUI's hook keyframes can
+schedule one by step share), and at the efficacy table's own seeds no band keeps the issue's share of backgrounds
+(RESULTS.md, thirty-seventh session), so this is a diagnosis of where an adapter's effect lies, not a recipe.
 """
 from __future__ import annotations
 
