@@ -65,11 +65,11 @@ def _unet_order(block: str) -> tuple:
 def write_copies(adapter: Path, kept: dict[str, set], folder: Path) -> dict[str, Path]:
     """Each variant as its own file (the adapter's metadata kept), named so the readings can tell them apart."""
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
-    with safe_open(str(adapter), "pt") as f:
+    with safe_open(str(adapter), "pt") as f:  # one read for the metadata and every tensor a copy needs
         metadata = f.metadata()
-    tensors = load_file(str(adapter))
+        tensors = {k: f.get_tensor(k) for k in set().union(*kept.values())}
     paths = {}
     for i, (name, keys) in enumerate(kept.items()):
         path = folder / f"{i:02d}_{re.sub(r'[^A-Za-z0-9]+', '_', name)}.safetensors"
