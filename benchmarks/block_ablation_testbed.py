@@ -3,6 +3,7 @@
     python benchmarks/block_ablation_testbed.py runs/efficacy_testbed/duo_preset.safetensors
     python benchmarks/block_ablation_testbed.py ADAPTER --modes without --seed 5000 --json blocks.json
     python benchmarks/block_ablation_testbed.py ADAPTER --modes weights --weights 0.25,0.5,0.75,1.25
+    python benchmarks/block_ablation_testbed.py ADAPTER --modes rotated --rotation-seeds 0,1,2
 
 A block is one attention block of the UNet (`down_blocks_1_attentions_0`, `mid_block_attentions_0`, ...), read off
 the adapter's kohya keys. For each block the adapter is written again without that block's LoRA ("without") and
@@ -12,7 +13,11 @@ shape and other colours kept on the other colours' prompts, and the red prompts'
 adapter was trained whole, so a block's share here is what it does beside the others, not what it would learn
 alone; like `sampling_bands_testbed.py` this is a diagnosis of where an effect lies. "weights" reads the whole
 adapter at other strengths instead (the LoRA weight a user sets in A1111 or ComfyUI): how the erasure and the changes
-elsewhere grow with the adapter's size.
+elsewhere grow with the adapter's size. "rotated" is the control for both: the adapter with what each layer's LoRA
+writes turned by a random orthogonal matrix of its output space (Q·up), with what it reads turned in its input
+space (down·P), or both. Each layer's change keeps its size and singular values; only where it points is random. What
+such a copy still changes is what any change of that size there changes; what it no longer changes was the
+trained directions' doing.
 """
 from __future__ import annotations
 
@@ -78,23 +83,72 @@ def write_copies(adapter: Path, kept: dict[str, set], folder: Path) -> dict[str,
     return paths
 
 
+ROTATIONS = ("writes", "reads", "both")
+
+
+def rotated(tensors: dict, turn: str, seed: int) -> dict:
+    """The LoRA tensors with each layer's up turned by a random orthogonal Q of its output space ("writes"), its
+    down by one of its input space ("reads"), or both; alphas and the singular values of each layer's change are
+    kept."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+
+    def haar(n: int):  # uniformly random over the orthogonal matrices
+        return torch.nn.init.orthogonal_(torch.empty(n, n, dtype=torch.float64), generator=g)
+
+    out = dict(tensors)
+    for key in sorted(tensors):  # sorted: the same seed turns the same layer the same way in every run
+        w = tensors[key].to(torch.float64)
+        if key.endswith("lora_up.weight") and turn in ("writes", "both"):
+            flat = w.reshape(w.shape[0], -1)
+            out[key] = (haar(flat.shape[0]) @ flat).reshape(w.shape).to(tensors[key].dtype)
+        elif key.endswith("lora_down.weight") and turn in ("reads", "both"):
+            flat = w.reshape(w.shape[0], -1)  # a convolution's input as its patches
+            out[key] = (flat @ haar(flat.shape[1])).reshape(w.shape).to(tensors[key].dtype)
+    return out
+
+
+def write_rotated(adapter: Path, seeds: list[int], folder: Path) -> dict[str, Path]:
+    """The whole adapter turned as `rotated` says, once per turn and seed, each as its own file."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(adapter), "pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    paths = {}
+    for seed in seeds:
+        for turn in ROTATIONS:
+            name = f"{turn} rotated, seed {seed}"
+            path = folder / f"rot_{turn}_{seed}.safetensors"
+            save_file(rotated(tensors, turn, seed), str(path), metadata=metadata)
+            paths[name] = path
+    return paths
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("adapter")
     p.add_argument("--model", default="testbed")
-    p.add_argument("--modes", default="without,only", help="comma-separated: without, only, weights")
+    p.add_argument("--modes", default="without,only", help="comma-separated: without, only, weights, rotated")
     p.add_argument("--weights", default="0.25,0.5,0.75,1.25", help="strengths the weights mode reads")
+    p.add_argument("--rotation-seeds", default="0", help="seeds of the rotated mode's random rotations")
     p.add_argument("--seed", type=int, default=0, help="first evaluation seed (the efficacy table's: 0)")
     p.add_argument("--images-per-prompt", type=int, default=4)
     p.add_argument("--json", help="also write every reading here")
     args = p.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not modes or set(modes) - {"without", "only", "weights"}:
-        raise SystemExit(f"--modes takes without, only and/or weights, got {args.modes!r}")
+    if not modes or set(modes) - {"without", "only", "weights", "rotated"}:
+        raise SystemExit(f"--modes takes without, only, weights and/or rotated, got {args.modes!r}")
     try:
         weights = [float(w) for w in args.weights.split(",")] if "weights" in modes else []
     except ValueError:
         raise SystemExit(f"--weights takes comma-separated numbers, got {args.weights!r}") from None
+    try:
+        seeds = [int(s) for s in args.rotation_seeds.split(",")] if "rotated" in modes else []
+    except ValueError:
+        raise SystemExit(f"--rotation-seeds takes comma-separated integers, got {args.rotation_seeds!r}") from None
 
     from safetensors import safe_open
 
@@ -111,11 +165,12 @@ def main(argv=None) -> int:
         raise SystemExit(f"block_ablation_testbed: {e}") from None
     with safe_open(str(adapter), "pt") as f:
         kept = variants(f.keys(), modes)
-    if len(kept) == 1 and set(modes) - {"weights"}:
+    if len(kept) == 1 and set(modes) - {"weights", "rotated"}:
         raise SystemExit(f"block_ablation_testbed: no attention block in {adapter.name}'s keys (SD 1.x kohya names, "
                          "lora_unet_<down|mid|up>_..._attentions_<n>_..., are read; SDXL files use the original UNet's)")
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_copies(adapter, {k: v for k, v in kept.items() if k != "whole" and v}, Path(tmp))
+        paths |= write_rotated(adapter, seeds, Path(tmp))
         methods = {"whole": whole} | {name: adapter_method(path) for name, path in paths.items()}
         # the same file at other strengths: each is loaded under its own adapter name, the readings key them by name
         methods |= {f"whole at {w:g}": dataclasses.replace(whole, name=f"{whole.name} at {w:g}", weight=w)

@@ -130,3 +130,53 @@ def test_block_ablation_copies_keep_the_metadata_and_only_their_keys(tmp_path):
             assert set(f.keys()) == ablation.variants(keys, ["only"])[name]
             for k in f.keys():
                 assert torch.equal(f.get_tensor(k), torch.full((2, 2), float(sorted(keys).index(k))))
+
+
+def test_rotated_copies_keep_each_layers_change_size_and_turn_only_the_side_asked():
+    import torch
+
+    ablation = benchmark("block_ablation_testbed")
+    g = torch.Generator().manual_seed(3)
+    base = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_"
+    tensors = {f"{base}q.lora_down.weight": torch.randn(4, 16, generator=g),
+               f"{base}q.lora_up.weight": torch.randn(8, 4, generator=g),
+               f"{base}q.alpha": torch.tensor(4.0),
+               f"{base}v.lora_down.weight": torch.randn(4, 6, 3, 3, generator=g),  # a convolution's patches
+               f"{base}v.lora_up.weight": torch.randn(6, 4, 1, 1, generator=g)}
+
+    def delta(t, p):
+        return t[f"{p}.lora_up.weight"].flatten(1) @ t[f"{p}.lora_down.weight"].flatten(1)
+
+    for turn, up_moves, down_moves in (("writes", True, False), ("reads", False, True), ("both", True, True)):
+        turned = ablation.rotated(tensors, turn, seed=0)
+        assert turned.keys() == tensors.keys()
+        assert torch.equal(turned[f"{base}q.alpha"], tensors[f"{base}q.alpha"])
+        for layer in (f"{base}q", f"{base}v"):
+            for side, moves in (("up", up_moves), ("down", down_moves)):
+                key = f"{layer}.lora_{side}.weight"
+                assert turned[key].shape == tensors[key].shape
+                assert torch.equal(turned[key], tensors[key]) is not moves
+            before, after = delta(tensors, layer), delta(turned, layer)
+            assert not torch.allclose(before, after, atol=1e-3)  # the change points elsewhere ...
+            torch.testing.assert_close(torch.linalg.svdvals(after), torch.linalg.svdvals(before),
+                                       rtol=1e-4, atol=1e-4)  # ... with the same size in every direction
+        again = ablation.rotated(tensors, turn, seed=0)
+        assert all(torch.equal(again[k], turned[k]) for k in tensors)
+    other = ablation.rotated(tensors, "both", seed=1)
+    assert not torch.equal(other[f"{base}q.lora_up.weight"], ablation.rotated(tensors, "both", 0)[f"{base}q.lora_up.weight"])
+
+
+def test_rotated_mode_writes_one_copy_per_turn_and_seed_with_the_metadata(tmp_path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    ablation = benchmark("block_ablation_testbed")
+    keys = _kohya_keys("mid_block_attentions_0")
+    adapter = tmp_path / "a.safetensors"
+    save_file({k: torch.ones(2, 2) for k in keys}, str(adapter), metadata={"ss_network_dim": "2"})
+    paths = ablation.write_rotated(adapter, [0, 1], tmp_path)
+    assert list(paths) == [f"{t} rotated, seed {s}" for s in (0, 1) for t in ("writes", "reads", "both")]
+    for path in paths.values():
+        with safe_open(str(path), "pt") as f:
+            assert f.metadata() == {"ss_network_dim": "2"} and set(f.keys()) == keys
