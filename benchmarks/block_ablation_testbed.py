@@ -86,10 +86,10 @@ def write_copies(adapter: Path, kept: dict[str, set], folder: Path) -> dict[str,
 ROTATIONS = ("writes", "reads", "both")
 
 
-def rotated(tensors: dict, turn: str, seed: int) -> dict:
+def rotated(tensors: dict, turn: str, seed: int, layers: tuple[str, ...] = ()) -> dict:
     """The LoRA tensors with each layer's up turned by a random orthogonal Q of its output space ("writes"), its
     down by one of its input space ("reads"), or both; alphas and the singular values of each layer's change are
-    kept."""
+    kept. With `layers`, only keys holding one of those names are turned, each as it is in the whole copy."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -99,18 +99,20 @@ def rotated(tensors: dict, turn: str, seed: int) -> dict:
 
     out = dict(tensors)
     for key in sorted(tensors):  # sorted: the same seed turns the same layer the same way in every run
+        up = key.endswith("lora_up.weight") and turn in ("writes", "both")
+        if not (up or key.endswith("lora_down.weight") and turn in ("reads", "both")):
+            continue
         w = tensors[key].to(torch.float64)
-        if key.endswith("lora_up.weight") and turn in ("writes", "both"):
-            flat = w.reshape(w.shape[0], -1)
-            out[key] = (haar(flat.shape[0]) @ flat).reshape(w.shape).to(tensors[key].dtype)
-        elif key.endswith("lora_down.weight") and turn in ("reads", "both"):
-            flat = w.reshape(w.shape[0], -1)  # a convolution's input as its patches
-            out[key] = (flat @ haar(flat.shape[1])).reshape(w.shape).to(tensors[key].dtype)
+        flat = w.reshape(w.shape[0], -1)  # a convolution's input as its patches
+        turned = haar(flat.shape[0]) @ flat if up else flat @ haar(flat.shape[1])
+        if not layers or any(name in key for name in layers):  # drawn either way: the other layers' turns stay
+            out[key] = turned.reshape(w.shape).to(tensors[key].dtype)
     return out
 
 
-def write_rotated(adapter: Path, seeds: list[int], folder: Path) -> dict[str, Path]:
-    """The whole adapter turned as `rotated` says, once per turn and seed, each as its own file."""
+def write_rotated(adapter: Path, seeds: list[int], folder: Path, turns=ROTATIONS, layers: tuple[str, ...] = ()
+                  ) -> dict[str, Path]:
+    """The adapter turned as `rotated` says, once per turn and seed, each as its own file."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -119,10 +121,10 @@ def write_rotated(adapter: Path, seeds: list[int], folder: Path) -> dict[str, Pa
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     paths = {}
     for seed in seeds:
-        for turn in ROTATIONS:
-            name = f"{turn} rotated, seed {seed}"
+        for turn in turns:
+            name = f"{turn} rotated" + (f" ({', '.join(layers)})" if layers else "") + f", seed {seed}"
             path = folder / f"rot_{turn}_{seed}.safetensors"
-            save_file(rotated(tensors, turn, seed), str(path), metadata=metadata)
+            save_file(rotated(tensors, turn, seed, layers), str(path), metadata=metadata)
             paths[name] = path
     return paths
 
@@ -134,6 +136,9 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default="without,only", help="comma-separated: without, only, weights, rotated")
     p.add_argument("--weights", default="0.25,0.5,0.75,1.25", help="strengths the weights mode reads")
     p.add_argument("--rotation-seeds", default="0", help="seeds of the rotated mode's random rotations")
+    p.add_argument("--turns", default=",".join(ROTATIONS), help="the rotated mode's turns: writes, reads, both")
+    p.add_argument("--rotate-layers", default="", help="turn only the keys holding one of these comma-separated "
+                   "names (attn1_to_v, up_blocks_0, ...); by default every layer")
     p.add_argument("--seed", type=int, default=0, help="first evaluation seed (the efficacy table's: 0)")
     p.add_argument("--images-per-prompt", type=int, default=4)
     p.add_argument("--json", help="also write every reading here")
@@ -149,6 +154,10 @@ def main(argv=None) -> int:
         seeds = [int(s) for s in args.rotation_seeds.split(",")] if "rotated" in modes else []
     except ValueError:
         raise SystemExit(f"--rotation-seeds takes comma-separated integers, got {args.rotation_seeds!r}") from None
+    turns = tuple(t.strip() for t in args.turns.split(",") if t.strip())
+    if not turns or set(turns) - set(ROTATIONS):
+        raise SystemExit(f"--turns takes writes, reads and/or both, got {args.turns!r}")
+    rotate_layers = tuple(n.strip() for n in args.rotate_layers.split(",") if n.strip())
 
     from safetensors import safe_open
 
@@ -165,12 +174,14 @@ def main(argv=None) -> int:
         raise SystemExit(f"block_ablation_testbed: {e}") from None
     with safe_open(str(adapter), "pt") as f:
         kept = variants(f.keys(), modes)
+    if rotate_layers and "rotated" in modes and not any(n in k for k in kept["whole"] for n in rotate_layers):
+        raise SystemExit(f"block_ablation_testbed: no key of {adapter.name} holds any of {', '.join(rotate_layers)}")
     if len(kept) == 1 and set(modes) - {"weights", "rotated"}:
         raise SystemExit(f"block_ablation_testbed: no attention block in {adapter.name}'s keys (SD 1.x kohya names, "
                          "lora_unet_<down|mid|up>_..._attentions_<n>_..., are read; SDXL files use the original UNet's)")
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_copies(adapter, {k: v for k, v in kept.items() if k != "whole" and v}, Path(tmp))
-        paths |= write_rotated(adapter, seeds, Path(tmp))
+        paths |= write_rotated(adapter, seeds, Path(tmp), turns, rotate_layers)
         methods = {"whole": whole} | {name: adapter_method(path) for name, path in paths.items()}
         # the same file at other strengths: each is loaded under its own adapter name, the readings key them by name
         methods |= {f"whole at {w:g}": dataclasses.replace(whole, name=f"{whole.name} at {w:g}", weight=w)

@@ -162,6 +162,10 @@ def test_rotated_copies_keep_each_layers_change_size_and_turn_only_the_side_aske
                                        rtol=1e-4, atol=1e-4)  # ... with the same size in every direction
         again = ablation.rotated(tensors, turn, seed=0)
         assert all(torch.equal(again[k], turned[k]) for k in tensors)
+    only_v = ablation.rotated(tensors, "both", seed=0, layers=("to_v",))
+    whole = ablation.rotated(tensors, "both", seed=0)
+    for k in tensors:  # the other layers untouched, the named ones turned as in the whole copy
+        assert torch.equal(only_v[k], whole[k] if "to_v" in k else tensors[k])
     other = ablation.rotated(tensors, "both", seed=1)
     assert not torch.equal(other[f"{base}q.lora_up.weight"], ablation.rotated(tensors, "both", 0)[f"{base}q.lora_up.weight"])
 
@@ -177,6 +181,8 @@ def test_rotated_mode_writes_one_copy_per_turn_and_seed_with_the_metadata(tmp_pa
     save_file({k: torch.ones(2, 2) for k in keys}, str(adapter), metadata={"ss_network_dim": "2"})
     paths = ablation.write_rotated(adapter, [0, 1], tmp_path)
     assert list(paths) == [f"{t} rotated, seed {s}" for s in (0, 1) for t in ("writes", "reads", "both")]
+    named = ablation.write_rotated(adapter, [2], tmp_path, turns=("writes",), layers=("to_v",))
+    assert list(named) == ["writes rotated (to_v), seed 2"]
     for path in paths.values():
         with safe_open(str(path), "pt") as f:
             assert f.metadata() == {"ss_network_dim": "2"} and set(f.keys()) == keys
