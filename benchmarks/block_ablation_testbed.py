@@ -67,18 +67,23 @@ def _unet_order(block: str) -> tuple:
     return (part, *[int(n) for n in re.findall(r"\d+", block)])
 
 
-def write_copies(adapter: Path, kept: dict[str, set], folder: Path) -> dict[str, Path]:
-    """Each variant as its own file (the adapter's metadata kept), named so the readings can tell them apart."""
+def read_adapter(adapter: Path) -> tuple[dict, dict]:
+    """The adapter's metadata and tensors, in one read for every copy."""
     from safetensors import safe_open
+
+    with safe_open(str(adapter), "pt") as f:
+        return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+
+
+def write_copies(copies: dict[str, dict], metadata: dict, folder: Path) -> dict[str, Path]:
+    """Each copy (name → its tensors) as its own file with the adapter's metadata, named so the readings can tell
+    them apart."""
     from safetensors.torch import save_file
 
-    with safe_open(str(adapter), "pt") as f:  # one read for the metadata and every tensor a copy needs
-        metadata = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in set().union(*kept.values())}
     paths = {}
-    for i, (name, keys) in enumerate(kept.items()):
+    for i, (name, tensors) in enumerate(copies.items()):
         path = folder / f"{i:02d}_{re.sub(r'[^A-Za-z0-9]+', '_', name)}.safetensors"
-        save_file({k: tensors[k] for k in sorted(keys)}, str(path), metadata=metadata)
+        save_file(tensors, str(path), metadata=metadata)
         paths[name] = path
     return paths
 
@@ -110,23 +115,11 @@ def rotated(tensors: dict, turn: str, seed: int, layers: tuple[str, ...] = ()) -
     return out
 
 
-def write_rotated(adapter: Path, seeds: list[int], folder: Path, turns=ROTATIONS, layers: tuple[str, ...] = ()
-                  ) -> dict[str, Path]:
-    """The adapter turned as `rotated` says, once per turn and seed, each as its own file."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    with safe_open(str(adapter), "pt") as f:
-        metadata = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    paths = {}
-    for seed in seeds:
-        for turn in turns:
-            name = f"{turn} rotated" + (f" ({', '.join(layers)})" if layers else "") + f", seed {seed}"
-            path = folder / f"rot_{turn}_{seed}.safetensors"
-            save_file(rotated(tensors, turn, seed, layers), str(path), metadata=metadata)
-            paths[name] = path
-    return paths
+def rotated_copies(tensors: dict, seeds: list[int], turns=ROTATIONS, layers: tuple[str, ...] = ()) -> dict[str, dict]:
+    """name → the adapter turned as `rotated` says, once per seed and turn."""
+    named = f" ({', '.join(layers)})" if layers else ""
+    return {f"{turn} rotated{named}, seed {seed}": rotated(tensors, turn, seed, layers)
+            for seed in seeds for turn in turns}
 
 
 def main(argv=None) -> int:
@@ -159,8 +152,6 @@ def main(argv=None) -> int:
         raise SystemExit(f"--turns takes writes, reads and/or both, got {args.turns!r}")
     rotate_layers = tuple(n.strip() for n in args.rotate_layers.split(",") if n.strip())
 
-    from safetensors import safe_open
-
     from duo_unlearn.trainer.errors import UserError
     from duo_unlearn.trainer.evaluate.methods import BASE, Method, adapter_method
     from duo_unlearn.trainer.presets import get_preset
@@ -172,16 +163,18 @@ def main(argv=None) -> int:
         whole = adapter_method(adapter)  # the same checks as any adapter
     except UserError as e:
         raise SystemExit(f"block_ablation_testbed: {e}") from None
-    with safe_open(str(adapter), "pt") as f:
-        kept = variants(f.keys(), modes)
+    metadata, tensors = read_adapter(adapter)
+    kept = variants(tensors, modes)
     if rotate_layers and "rotated" in modes and not any(n in k for k in kept["whole"] for n in rotate_layers):
         raise SystemExit(f"block_ablation_testbed: no key of {adapter.name} holds any of {', '.join(rotate_layers)}")
     if len(kept) == 1 and set(modes) - {"weights", "rotated"}:
         raise SystemExit(f"block_ablation_testbed: no attention block in {adapter.name}'s keys (SD 1.x kohya names, "
                          "lora_unet_<down|mid|up>_..._attentions_<n>_..., are read; SDXL files use the original UNet's)")
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_copies(adapter, {k: v for k, v in kept.items() if k != "whole" and v}, Path(tmp))
-        paths |= write_rotated(adapter, seeds, Path(tmp), turns, rotate_layers)
+        copies = {name: {k: tensors[k] for k in sorted(keys)}
+                  for name, keys in kept.items() if name != "whole" and keys}
+        copies |= rotated_copies(tensors, seeds, turns, rotate_layers)
+        paths = write_copies(copies, metadata, Path(tmp))
         methods = {"whole": whole} | {name: adapter_method(path) for name, path in paths.items()}
         # the same file at other strengths: each is loaded under its own adapter name, the readings key them by name
         methods |= {f"whole at {w:g}": dataclasses.replace(whole, name=f"{whole.name} at {w:g}", weight=w)

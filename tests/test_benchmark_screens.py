@@ -122,7 +122,9 @@ def test_block_ablation_copies_keep_the_metadata_and_only_their_keys(tmp_path):
     save_file({k: torch.full((2, 2), float(i)) for i, k in enumerate(sorted(keys))}, str(adapter),
               metadata={"ss_network_dim": "2"})
     (tmp_path / "out").mkdir()
-    paths = ablation.write_copies(adapter, ablation.variants(keys, ["only"]), tmp_path / "out")
+    metadata, tensors = ablation.read_adapter(adapter)
+    copies = {name: {k: tensors[k] for k in ks} for name, ks in ablation.variants(keys, ["only"]).items()}
+    paths = ablation.write_copies(copies, metadata, tmp_path / "out")
     assert len(set(paths.values())) == 3
     for name, path in paths.items():
         with safe_open(str(path), "pt") as f:
@@ -167,7 +169,7 @@ def test_rotated_copies_keep_each_layers_change_size_and_turn_only_the_side_aske
     for k in tensors:  # the other layers untouched, the named ones turned as in the whole copy
         assert torch.equal(only_v[k], whole[k] if "to_v" in k else tensors[k])
     other = ablation.rotated(tensors, "both", seed=1)
-    assert not torch.equal(other[f"{base}q.lora_up.weight"], ablation.rotated(tensors, "both", 0)[f"{base}q.lora_up.weight"])
+    assert not torch.equal(other[f"{base}q.lora_up.weight"], whole[f"{base}q.lora_up.weight"])
 
 
 def test_rotated_mode_writes_one_copy_per_turn_and_seed_with_the_metadata(tmp_path):
@@ -179,9 +181,10 @@ def test_rotated_mode_writes_one_copy_per_turn_and_seed_with_the_metadata(tmp_pa
     keys = _kohya_keys("mid_block_attentions_0")
     adapter = tmp_path / "a.safetensors"
     save_file({k: torch.ones(2, 2) for k in keys}, str(adapter), metadata={"ss_network_dim": "2"})
-    paths = ablation.write_rotated(adapter, [0, 1], tmp_path)
+    metadata, tensors = ablation.read_adapter(adapter)
+    paths = ablation.write_copies(ablation.rotated_copies(tensors, [0, 1]), metadata, tmp_path)
     assert list(paths) == [f"{t} rotated, seed {s}" for s in (0, 1) for t in ("writes", "reads", "both")]
-    named = ablation.write_rotated(adapter, [2], tmp_path, turns=("writes",), layers=("to_v",))
+    named = ablation.rotated_copies(tensors, [2], turns=("writes",), layers=("to_v",))
     assert list(named) == ["writes rotated (to_v), seed 2"]
     for path in paths.values():
         with safe_open(str(path), "pt") as f:
