@@ -189,3 +189,85 @@ def test_rotated_mode_writes_one_copy_per_turn_and_seed_with_the_metadata(tmp_pa
     for path in paths.values():
         with safe_open(str(path), "pt") as f:
             assert f.metadata() == {"ss_network_dim": "2"} and set(f.keys()) == keys
+
+
+def test_oracle_relabels_only_the_concepts_shapes_and_keeps_their_place_and_background():
+    import numpy as np
+
+    from duo_unlearn.trainer.detectors.colour import read_image
+    from duo_unlearn.trainer.testbed.shapes import make_dataset
+
+    oracle = benchmark("oracle_testbed")
+    images, _, specs = make_dataset(60, seed=3)
+    out, changed = oracle.relabelled(images, specs, seed=4)
+    red = [i for i, s in enumerate(specs) if s.colour == "red"]
+    assert changed == len(red) > 0
+    for i, spec in enumerate(specs):
+        if i not in red:
+            assert np.array_equal(out[i], images[i])
+            continue
+        now, was = read_image(out[i]), read_image(images[i])
+        assert now.colour in oracle.REPLACEMENTS
+        assert (now.background, now.shape) == (was.background, was.shape) == (spec.background, spec.shape)
+    again, _ = oracle.relabelled(images, specs, seed=4)
+    assert np.array_equal(again, out)
+
+
+def test_oracle_lora_file_is_the_tuned_unet_at_full_rank_and_its_svd_truncation_at_a_rank(tmp_path):
+    import copy
+
+    import torch
+
+    from duo_unlearn.trainer.models import load_model
+
+    oracle = benchmark("oracle_testbed")
+    pipe = load_model("testbed").pipe
+    layers = oracle.weight_layers(pipe.unet)
+    base = {n: m.weight.detach().clone() for n, m in layers.items()}
+    tuned_unet = copy.deepcopy(pipe.unet)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a different rank of change per layer, and one layer left as it was
+        for k, (name, m) in enumerate(oracle.weight_layers(tuned_unet).items()):
+            if k:
+                m.weight.add_(0.01 * torch.randn(m.weight.shape, generator=gen))
+    tuned = {n: m.weight.detach() for n, m in oracle.weight_layers(tuned_unet).items()}
+    unchanged = next(iter(layers))
+
+    factors = oracle.delta_lora(base, tuned, rank=4)
+    assert f"{unchanged}.lora_A.weight" not in factors
+    conv = next(n for n, m in layers.items() if isinstance(m, torch.nn.Conv2d) and n != unchanged)
+    down, up = factors[f"{conv}.lora_A.weight"], factors[f"{conv}.lora_B.weight"]
+    assert down.shape[0] == up.shape[1] == 4 and up.shape[2:] == (1, 1)
+    delta = (tuned[conv] - base[conv]).reshape(len(up), -1).double()
+    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    best = (u[:, :4] * s[:4]) @ vh[:4]
+    assert torch.allclose(up.reshape(len(up), 4).double() @ down.reshape(4, -1).double(), best, atol=1e-5)
+
+    path = oracle.write_lora(oracle.delta_lora(base, tuned), tmp_path / "full.safetensors", "test")
+    pipe.load_lora_weights(str(path), adapter_name="full")
+    probe = torch.randn(2, 4, 16, 16, generator=gen)
+    tokens = pipe.tokenizer(["a red circle", "a blue square on a gray background"], padding="max_length",
+                            max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        states, t = pipe.text_encoder(tokens)[0], torch.tensor([900, 100])
+        got, want = pipe.unet(probe, t, states).sample, tuned_unet(probe, t, states).sample
+        pipe.disable_lora()
+        before = pipe.unet(probe, t, states).sample
+    scale = want.abs().max()
+    assert (before - want).abs().max() / scale > 1e-2  # the change is there to be reproduced
+    assert (got - want).abs().max() / scale < 1e-4
+
+
+def test_background_changes_are_sorted_into_errors_made_mended_and_wrong_to_wrong():
+    truth = benchmark("background_truth_testbed")
+    asked = ["gray", "gray", "white", "black", "black", "white"]
+    base = ["gray", "black", "white", "gray", "white", "gray"]
+    now = ["black", "gray", "white", "white", "black", "gray"]
+    r = truth.sort_changes(asked, base, now)
+    assert (r["images"], r["as_asked"], r["changed"]) == (6, 3, 4)
+    # gray→black where gray was asked: made wrong; black→gray and white→black where gray/black were asked: mended;
+    # gray→white where black was asked: one wrong background for another; the last image is unchanged
+    assert (r["made_wrong"], r["mended"], r["wrong_to_wrong"]) == (1, 2, 1)
+    assert r["transitions"] == {"gray → black": 1, "black → gray": 1, "gray → white": 1, "white → black": 1}
+    with pytest.raises(ValueError):
+        truth.sort_changes(asked, base, now[:-1])
