@@ -122,6 +122,14 @@ def rotated_copies(tensors: dict, seeds: list[int], turns=ROTATIONS, layers: tup
             for seed in seeds for turn in turns}
 
 
+def print_readings(rows: dict[str, dict]) -> None:
+    """One line per copy (or adapter) with the READINGS of `close_and_agreement`."""
+    width = max(map(len, rows))
+    print(f"{'':{width}s}  " + " | ".join(label for _, label in READINGS))
+    for name, r in rows.items():
+        print(f"{name:{width}s}  " + " | ".join(f"{r[key]:.3f}" for key, _ in READINGS), flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("adapter")
@@ -182,10 +190,7 @@ def main(argv=None) -> int:
         out = close_and_agreement(args.model, [Method("base", BASE), *methods.values()], list(preset.unrelated_prompts),
                                   args.images_per_prompt, args.seed, preset.sample_steps, preset.guidance)
     rows = {name: out[m.name] for name, m in methods.items()}
-    width = max(map(len, rows))
-    print(f"{'':{width}s}  " + " | ".join(label for _, label in READINGS))
-    for name, r in rows.items():
-        print(f"{name:{width}s}  " + " | ".join(f"{r[key]:.3f}" for key, _ in READINGS), flush=True)
+    print_readings(rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"adapter": str(adapter), "seed": args.seed, "readings": rows},
                                               indent=1))

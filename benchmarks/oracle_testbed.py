@@ -37,10 +37,6 @@ sys.path.insert(0, str(HERE))
 CONCEPT = "red"
 # Red becomes one of these, drawn per image: not orange, the close concept the table reads.
 REPLACEMENTS = ("yellow", "green", "blue", "purple")
-READINGS = (("concept_erased", "red erased"), ("orange_vs_base", "orange ÷ base"),
-            ("background_kept", "background kept"), ("shape_accuracy_vs_base", "shape acc. ÷ base"),
-            ("colour_kept", "other colours kept"), ("concept_background_kept", "red prompts' background"),
-            ("concept_shape_kept", "red prompts' shape"))
 
 
 def relabelled(images, specs, seed: int, concept: str = CONCEPT, replacements=REPLACEMENTS):
@@ -108,10 +104,10 @@ def write_lora(factors: dict, path: Path, note: str) -> Path:
     return path
 
 
-def fine_tune(unet, text_encoder, latents, ids, *, steps: int, lr: float, batch: int, seed: int, every: int,
-              check=None, log=print) -> int:
-    """The diffusion loss on (latents, ids), linear and convolution weights only. With `check` (called with the
-    step count, returns True to stop) every `every` steps; returns the steps run."""
+def fine_tune(unet, latents, states, *, steps: int, lr: float, batch: int, seed: int, every: int, check=None,
+              log=print) -> int:
+    """The diffusion loss on latents and their prompts' text states, linear and convolution weights only. With
+    `check` (called with the step count, returns True to stop) every `every` steps; returns the steps run."""
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
@@ -125,8 +121,6 @@ def fine_tune(unet, text_encoder, latents, ids, *, steps: int, lr: float, batch:
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     noise_scheduler = DDPMScheduler(**scheduler_kwargs())
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        states = text_encoder(ids)[0]
     unet.train()
     done = 0
     for step in range(steps):
@@ -152,12 +146,13 @@ def fine_tune(unet, text_encoder, latents, ids, *, steps: int, lr: float, batch:
 
 
 def encode(pipe, images):
+    """The images as the bundled model was trained on them: the VAE's posterior means, scaled."""
     import torch
 
+    from duo_unlearn.trainer.testbed.train import _encode_means
+
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-    with torch.no_grad():
-        means = torch.cat([pipe.vae.encode(pixels[i:i + 512]).latent_dist.mean for i in range(0, len(pixels), 512)])
-    return means * pipe.vae.config.scaling_factor
+    return _encode_means(pipe.vae, pixels) * pipe.vae.config.scaling_factor
 
 
 def main(argv=None) -> int:
@@ -189,6 +184,7 @@ def main(argv=None) -> int:
     from duo_unlearn.trainer.models import load_model
     from duo_unlearn.trainer.presets import get_preset
     from duo_unlearn.trainer.testbed.shapes import make_dataset
+    from block_ablation_testbed import print_readings
     from efficacy_testbed import close_and_agreement
 
     started = time.time()
@@ -205,6 +201,8 @@ def main(argv=None) -> int:
     images, prompts, specs = make_dataset(args.images, args.data_seed)
     ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                          truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():  # the text encoder stays as it is: both runs read the same states
+        text_states = pipe.text_encoder(ids)[0]
     changed_images, changed = relabelled(images, specs, args.data_seed + 1)
     print(f"data: {len(prompts)} images, {changed} red shapes drawn in {', '.join(REPLACEMENTS)} "
           f"({time.time() - started:.0f}s)", flush=True)
@@ -232,7 +230,7 @@ def main(argv=None) -> int:
 
         print(f"{name}: tuning ({time.time() - started:.0f}s)", flush=True)
         steps = steps_run or args.max_steps  # the control runs as many steps as the oracle did
-        done = fine_tune(unet, pipe.text_encoder, latents, ids, steps=steps, lr=args.lr, batch=args.batch,
+        done = fine_tune(unet, latents, text_states, steps=steps, lr=args.lr, batch=args.batch,
                          seed=args.data_seed + 2, every=args.check_every,
                          check=check if name == "relabelled" else None)
         steps_run = steps_run or done
@@ -273,10 +271,7 @@ def main(argv=None) -> int:
     rows = {label: out[m.name] for label, m in methods.items()}
     record["readings"] = rows
     record["seconds"] = round(time.time() - started)
-    width = max(map(len, rows))
-    print(f"{'':{width}s}  " + " | ".join(label for _, label in READINGS))
-    for label, r in rows.items():
-        print(f"{label:{width}s}  " + " | ".join(f"{r[key]:.3f}" for key, _ in READINGS), flush=True)
+    print_readings(rows)
     print(f"{record['seconds']} s; files in {work}")
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1))
