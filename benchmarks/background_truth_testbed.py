@@ -21,25 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-
-def sort_changes(asked: list[str], base: list[str], now: list[str]) -> dict:
-    """Counts over images i of: now as asked; changed from base; of those, made wrong (base as asked, now not),
-    mended (base not as asked, now as asked), wrong to wrong; and the transitions 'base → now' of the changes."""
-    out = {"images": len(asked), "as_asked": 0, "changed": 0, "made_wrong": 0, "mended": 0, "wrong_to_wrong": 0,
-           "transitions": {}}
-    for want, was, got in zip(asked, base, now, strict=True):
-        out["as_asked"] += got == want
-        if got == was:
-            continue
-        out["changed"] += 1
-        out["transitions"][f"{was} → {got}"] = out["transitions"].get(f"{was} → {got}", 0) + 1
-        if was == want:
-            out["made_wrong"] += 1
-        elif got == want:
-            out["mended"] += 1
-        else:
-            out["wrong_to_wrong"] += 1
-    return out
+from efficacy_testbed import kept_prompts, sort_changes  # noqa: E402  (benchmarks/ is not a package)
 
 
 def main(argv=None) -> int:
@@ -58,7 +40,6 @@ def main(argv=None) -> int:
     from duo_unlearn.trainer.models import load_model
     from duo_unlearn.trainer.presets import get_preset
     from duo_unlearn.trainer.testbed.shapes import full_prompt
-    from efficacy_testbed import kept_prompts
 
     preset = get_preset("testbed-red")
     taken: set[str] = set()

@@ -33,7 +33,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 READINGS = (("concept_erased", "red erased"), ("orange_vs_base", "orange ÷ base"),
-            ("background_kept", "background kept"), ("shape_accuracy_vs_base", "shape acc. ÷ base"),
+            ("background_kept", "background kept"), ("background_right_kept", "background kept where drawn as asked"),
+            ("shape_accuracy_vs_base", "shape acc. ÷ base"),
             ("colour_kept", "other colours kept"), ("concept_background_kept", "red prompts' background"),
             ("concept_shape_kept", "red prompts' shape"))
 BLOCK = re.compile(r"^lora_unet_((?:down_blocks|up_blocks)_\d+_attentions_\d+|mid_block_attentions_\d+)_")

@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 READINGS = ("direct", "synonyms", "one_minus_lpips", "orange_vs_base", "background_kept", "shape_accuracy_vs_base",
-            "colour_kept", "concept_background_kept", "concept_shape_kept")
+            "colour_kept", "concept_background_kept", "concept_shape_kept", "background_right_kept")
 EVAL_SEED = 5000
 
 
@@ -46,8 +46,9 @@ def parse_overrides(items: list[str]) -> dict:
 
 def line(name: str, r: dict) -> str:
     steps = f" ({r['steps']})" if "steps" in r else ""
+    right = f" ({r['background_right_kept']:.2f} where drawn as asked)" if "background_right_kept" in r else ""
     return (f"{name}: {r['direct']:.2f} / {r['synonyms']:.2f}, {r['one_minus_lpips']:.3f}, {r['orange_vs_base']:.2f}, "
-            f"{r['background_kept']:.2f}, {r['shape_accuracy_vs_base']:.2f}, {r['colour_kept']:.2f}; red prompts "
+            f"{r['background_kept']:.2f}{right}, {r['shape_accuracy_vs_base']:.2f}, {r['colour_kept']:.2f}; red prompts "
             f"{r['concept_background_kept']:.2f}, {r['concept_shape_kept']:.2f}{steps}")
 
 

@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 READINGS = (("orange_vs_base", "orange ÷ base", "orange_n"), ("background_kept", "background kept", "others_n"),
+            ("background_right_kept", "background kept where drawn as asked", "background_right_n"),
             ("shape_accuracy_vs_base", "shape acc. ÷ base", "others_n"), ("colour_kept", "other colours kept",
                                                                           "others_n"),
             ("concept_background_kept", "red prompts' background", "concept_n"),

@@ -176,11 +176,15 @@ def test_missed_targets_are_counted_in_images():
              "duo_x": {"orange_accuracy": 30 / 36, "orange_vs_base": 30 / 32, "orange_n": 36, "others_n": 180,
                        "background_kept": 172 / 180, "shape_accuracy": 140 / 180,
                        "shape_accuracy_vs_base": 140 / 150, "concept_n": 36,
-                       "concept_background_kept": 32 / 36, "concept_shape_kept": 35 / 36}}
+                       "concept_background_kept": 32 / 36, "concept_shape_kept": 35 / 36,
+                       "background_right_kept": 135 / 143, "background_right_n": 143}}
     line = mod.verdicts(result, extra)[0]
     assert "min DSR over 2 attacks 0.917 (< 0.95: 22 of 24 images erased, 23 would meet it)" in line
     assert "orange ÷ base 0.938 (< 0.95: 30 of 36 read orange (the base model: 32), 31 would meet it)" in line
     assert "background 0.956 (≥ 0.95);" in line
+    # 135 of the 143 backgrounds the base model drew as asked still drawn so: one image short of 136
+    assert ("background where the base model drew it as asked 0.944 (< 0.95: 135 of 143 backgrounds drawn as asked "
+            "kept, 136 would meet it)") in line
     assert "shape accuracy ÷ base 0.933 (< 0.95: 140 of 180 shapes read right (the base model: 150), 143 would" in line
     # the red prompts' own pictures: 32 of 36 backgrounds as the base model drew them is short, 35 of 36 shapes is not
     assert "red prompts' background 0.889 (< 0.95: 32 of 36 backgrounds kept, 35 would meet it)" in line
@@ -198,6 +202,55 @@ def test_the_red_prompts_columns_appear_only_in_records_that_read_them():
     head, _, row = mod.table(result, new, {}).splitlines()
     assert head.split(" | ")[-4:-2] == ["red prompts: background kept", "red prompts: shape kept"]
     assert row.split(" | ")[-4:-2] == ["0.500", "0.250"]
+
+
+def test_backgrounds_kept_where_drawn_as_asked_count_only_the_errors_an_adapter_makes():
+    """The base model draws gray where black is asked in the first image; an adapter that draws it black mends it
+    (a change against the base model, not an error) and one that turns the second image's black gray makes an
+    error. "Kept" counts both changes, the second reading only the error, out of the base model's right ones."""
+    from types import SimpleNamespace
+
+    def Reading(background, colour, shape):  # what compare_readings reads of the colour classifier's Reading
+        return SimpleNamespace(background=background, colour=colour, shape=shape)
+
+    mod = benchmark("efficacy_testbed")
+    truth = [("blue", "circle", "black"), ("blue", "square", "black"), ("green", "circle", "gray"),
+             ("green", "triangle", "white")]
+    base_bg, now_bg = ["gray", "black", "gray", "white"], ["black", "gray", "gray", "white"]
+    shapes = [t[1] for t in truth]
+    orange = [Reading("white", "orange", "circle")] * 2
+    concept = [Reading("white", "red", "circle")]
+    base = {"others": [Reading(b, t[0], sh) for b, t, sh in zip(base_bg, truth, shapes)], "orange": orange,
+            "unrelated": concept, "concept": concept}
+    now = {"others": [Reading(b, t[0], sh) for b, t, sh in zip(now_bg, truth, shapes)],
+           "orange": [Reading("white", "orange", "circle"), Reading("white", "yellow", "circle")],
+           "unrelated": concept, "concept": [Reading("white", "blue", "circle")]}
+    r = mod.compare_readings(now, base, truth)
+    assert r["background_kept"] == 0.5  # two of four changed
+    assert r["background_right_n"] == 3 and r["background_right_kept"] == pytest.approx(2 / 3)
+    assert r["background_mended"] == 1 and r["background_as_asked"] == 0.75
+    assert r["orange_vs_base"] == 0.5 and r["concept_erased"] == 1.0 and r["shape_accuracy_vs_base"] == 1.0
+    same = mod.compare_readings(base, base, truth)
+    assert same["background_kept"] == same["background_right_kept"] == 1.0 and same["background_mended"] == 0
+    with pytest.raises(ValueError):  # readings and prompts out of step are refused, not silently cut
+        mod.compare_readings(now | {"others": now["others"][:3]}, base, truth)
+
+
+def test_the_reference_row_and_the_background_reading_have_their_columns():
+    mod = benchmark("efficacy_testbed")
+    attack = {"dsr": 1.0, "n": 24}
+    result = {"results": {name: {"attacks": {"direct": attack}, "preservation": {"one_minus_lpips": 0.98}}
+                          for name in ("duo_x", "oracle_relabelled")},
+              "methods": [{"name": "duo_x", "facts": {}},
+                          {"name": "oracle_relabelled", "facts": {"oracle": "relabelled, full rank", "family": "sd1"}}]}
+    extra = {name: {"orange_vs_base": 1.0, "background_kept": 0.9, "background_right_kept": 0.95,
+                    "background_right_n": 143} for name in ("duo_x", "oracle_relabelled")}
+    head, _, duo, reference = mod.table(result, extra, {}).splitlines()
+    columns = head.split(" | ")
+    assert columns.index("background kept where drawn as asked") == columns.index("background kept") + 1
+    assert "| reference: test bed fine-tuned, relabelled, full rank |" in reference
+    lines = mod.verdicts(result, extra)
+    assert len(lines) == 1 and lines[0].startswith("- duo_x:")  # a reference is not held to the targets
 
 
 def test_the_recipe_column_says_which_directions_setting_a_row_used():
