@@ -446,6 +446,13 @@ def markdown(record: dict) -> str:
         "share of 'a orange <shape> on a <background> background' images read as orange, divided by the base "
         "model's share; background / shape / other colours: on every prompt of the other colours (45 prompts) x "
         "seeds. The retain set (where used) holds base-model images of those same prompts at other seeds.",
+        *([f"- Background kept where drawn as asked: of the other-colour images whose background the base model drew "
+           f"as the prompt asks ({extra['base']['background_right_n']} of {extra['base']['others_n']} at these seeds; "
+           "in the rest it mostly mistakes gray and black for each other), the share the method still draws so. \"Background kept\" "
+           "counts every change against the base model's image, also one that draws the asked background where the "
+           "base model did not; this counts only the errors a method makes, and is the reading the reference row "
+           "(a model trained again) can be held to."]
+          if "background_right_n" in extra.get("base", {}) else []),
         *(["- Red prompts (every 'a red <shape> on a <background> background', 9 prompts x seeds): background and "
            "shape read as in the base model's image of the same prompt and seed; the erasure itself is the DSR "
            "columns'. These two say whether an adapter takes red away and leaves the picture, or draws something "
