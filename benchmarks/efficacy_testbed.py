@@ -173,7 +173,8 @@ def compare_readings(now: dict, base: dict, truth: list[tuple[str, str, str]], c
 
     def agreement(a_s, b_s, keys):
         """Share of images whose reading of each key is the base model's for the same prompt and seed."""
-        return {k: sum(getattr(a, k) == getattr(b, k) for a, b in zip(a_s, b_s, strict=True)) / len(a_s) for k in keys}
+        return {k: sum(getattr(a, k) == getattr(b, k) for a, b in zip(a_s, b_s, strict=True)) / len(a_s)
+                for k in keys}
 
     asked = [t[2] for t in truth]
     base_right = sum(r.background == want for r, want in zip(base["others"], asked))
@@ -210,7 +211,7 @@ def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_p
 
     Backgrounds are read twice: kept (as the base model drew them, whatever that was) and kept where the base model
     drew the background the prompt asks for. The base model draws another background in about a fifth of these
-    images (mostly gray for black); a change that mends one of those counts against "kept", not against the second
+    images (mostly gray and black mistaken for each other); a change that mends one of those counts against "kept", not against the second
     reading, which counts only the errors an adapter makes."""
     from duo_unlearn.trainer.detectors.colour import read_image
     from duo_unlearn.trainer.evaluate.methods import BASE, Method, activated, load_adapters

@@ -48,8 +48,8 @@ def line(name: str, r: dict) -> str:
     steps = f" ({r['steps']})" if "steps" in r else ""
     right = f" ({r['background_right_kept']:.2f} where drawn as asked)" if "background_right_kept" in r else ""
     return (f"{name}: {r['direct']:.2f} / {r['synonyms']:.2f}, {r['one_minus_lpips']:.3f}, {r['orange_vs_base']:.2f}, "
-            f"{r['background_kept']:.2f}{right}, {r['shape_accuracy_vs_base']:.2f}, {r['colour_kept']:.2f}; red prompts "
-            f"{r['concept_background_kept']:.2f}, {r['concept_shape_kept']:.2f}{steps}")
+            f"{r['background_kept']:.2f}{right}, {r['shape_accuracy_vs_base']:.2f}, {r['colour_kept']:.2f}; "
+            f"red prompts {r['concept_background_kept']:.2f}, {r['concept_shape_kept']:.2f}{steps}")
 
 
 def main(argv=None) -> int:
