@@ -202,10 +202,8 @@ def main(argv=None) -> int:
     base_weights = {n: m.weight.detach().clone() for n, m in weight_layers(base_unet).items()}
 
     images, prompts, specs = make_dataset(args.images, args.data_seed)
-    ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():  # the text encoder stays as it is: both runs read the same states
-        text_states = pipe.text_encoder(ids)[0]
+        text_states = pipe.encode_prompt(prompts, "cpu", 1, False)[0]
     changed_images, changed = relabelled(images, specs, args.data_seed + 1)
     print(f"data: {len(prompts)} images, {changed} red shapes drawn in {', '.join(REPLACEMENTS)} "
           f"({time.time() - started:.0f}s)", flush=True)
@@ -244,10 +242,8 @@ def main(argv=None) -> int:
 
     files = {}
     probe = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    tokens = pipe.tokenizer(["a red circle on a gray background", "a blue square"], padding="max_length",
-                            max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
     with torch.no_grad():
-        states = pipe.text_encoder(tokens)[0]
+        states = pipe.encode_prompt(["a red circle on a gray background", "a blue square"], "cpu", 1, False)[0]
     for name, unet in tuned.items():
         weights = {n: m.weight.detach() for n, m in weight_layers(unet).items()}
         for rank in ([None, args.rank] if args.rank else [None]):
