@@ -211,8 +211,8 @@ def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_p
 
     Backgrounds are read twice: kept (as the base model drew them, whatever that was) and kept where the base model
     drew the background the prompt asks for. The base model draws another background in about a fifth of these
-    images (mostly gray and black mistaken for each other); a change that mends one of those counts against "kept", not against the second
-    reading, which counts only the errors an adapter makes."""
+    images (mostly gray and black mistaken for each other); a change that mends one of those counts against "kept",
+    not against the second reading, which counts only the errors an adapter makes."""
     from duo_unlearn.trainer.detectors.colour import read_image
     from duo_unlearn.trainer.evaluate.methods import BASE, Method, activated, load_adapters
     from duo_unlearn.trainer.evaluate.run import generate
@@ -449,10 +449,10 @@ def markdown(record: dict) -> str:
         "seeds. The retain set (where used) holds base-model images of those same prompts at other seeds.",
         *([f"- Background kept where drawn as asked: of the other-colour images whose background the base model drew "
            f"as the prompt asks ({extra['base']['background_right_n']} of {extra['base']['others_n']} at these seeds; "
-           "in the rest it mostly mistakes gray and black for each other), the share the method still draws so. \"Background kept\" "
-           "counts every change against the base model's image, also one that draws the asked background where the "
-           "base model did not; this counts only the errors a method makes, and is the reading the reference row "
-           "(a model trained again) can be held to."]
+           "in the rest it mostly mistakes gray and black for each other), the share the method still draws so. "
+           "\"Background kept\" counts every change against the base model's image, also one that draws the asked "
+           "background where the base model did not; this counts only the errors a method makes, and is the "
+           "reading the reference row (a model trained again) can be held to."]
           if "background_right_n" in extra.get("base", {}) else []),
         *(["- Red prompts (every 'a red <shape> on a <background> background', 9 prompts x seeds): background and "
            "shape read as in the base model's image of the same prompt and seed; the erasure itself is the DSR "
