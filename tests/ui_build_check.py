@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -38,11 +39,12 @@ def free_port() -> int:
 def serve() -> int:
     """Serve the tab (one fake adapter listed, a fake training that only reports progress) until stdin closes;
     prints {"url": …} first."""
-    blocks = build()
+    blocks, lora_dir = build()
     port = free_port()
     blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     print(json.dumps({"url": f"http://127.0.0.1:{port}/"}), flush=True)
     sys.stdin.read()
+    shutil.rmtree(lora_dir, ignore_errors=True)  # os._exit skips every cleanup handler
     os._exit(0)  # gradio 3's queue threads can keep close() waiting; nothing here needs a clean shutdown
 
 
@@ -84,7 +86,7 @@ def build():
     lora_dir = Path(tempfile.mkdtemp(prefix="duo-ui-check-"))
     write_fake_adapter(lora_dir)
     backend = fake_training_backend(lora_dir) if sys.argv[-1] == "serve" else StandaloneBackend(lora_dir)
-    return queue(create_blocks(backend))
+    return queue(create_blocks(backend)), lora_dir
 
 
 def main() -> int:
@@ -94,7 +96,7 @@ def main() -> int:
     import gradio as gr
 
     report = {"gradio": gr.__version__, "torch_importable": importlib.util.find_spec("torch") is not None}
-    blocks = build()
+    blocks, lora_dir = build()
     port = free_port()
     _, url, _ = blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -125,6 +127,7 @@ def main() -> int:
         report["family_line"] = out[1]
     finally:
         blocks.close()
+        shutil.rmtree(lora_dir, ignore_errors=True)
     ok = (not report["missing_components"] and report["adapter_listed"]
           and "points into another folder" in report["bad_name_message"]
           and "prompt is empty" in report["empty_prompt_message"] and report["refresh_table_lists_adapter"]
