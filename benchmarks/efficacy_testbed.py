@@ -32,12 +32,18 @@ PREVIOUS = {"beta": 10.0, "lam": 1e4, "lr": 1e-3, "steps": 300, "edit_region": "
             "stop_every": 0}
 # the SD 1.x preset until 2026-12-05: the retain set held by λ_retain, not by the concept's directions
 RETAIN_TERM = {"concept_directions": 0, "lam_retain": 1.25, "stop_erased": 0.85}
+# the ResNet convolutions of the SD 1.x test bed's 8 × 8 blocks (its lowest resolution: the last down block, the
+# mid block, the first up block), where red's inputs stand out most (×2.3 to 3.3; RESULTS.md, thirty-seventh session)
+CONV_8X8 = tuple(f"{block}.resnets.{i}.{conv}" for block, n in (("down_blocks.1", 1), ("mid_block", 2),
+                                                               ("up_blocks.0", 2))
+                 for i in range(n) for conv in ("conv1", "conv2"))
+SELF_ATTENTION = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
 
 
-def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
+def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, dict]]:
     """(adapter name, what it is, UnlearnConfig overrides). The previous preset (v1), then one change per row, then
     the preset as it now stands, DUO without λ, the paper's recipe at each β asked for ("500": lr and λ coupled to
-    β as the official scripts do), and ESD."""
+    β as the official scripts do), and ESD. The convolution rows name the SD 1.x test bed's layers: its table only."""
     out = [("duo_v1", "previous preset: β 10, λ 1e4, lr 1e-3, the paper's SDEdit twins, no retain set", dict(PREVIOUS)),
            ("duo_v1_region", "v1 + twins changed only in the concept's region (`--edit-region concept`)",
             PREVIOUS | {"edit_region": "concept"}),
@@ -76,6 +82,14 @@ def variants(betas: list[str]) -> list[tuple[str, str, dict]]:
              "concept_directions": 0}),
            ("duo_preset_lam0", "the preset without λ (no output preservation, no retain term, no directions): DUO "
                                "without λ", {"lam": 0.0, "lam_retain": 0.0, "concept_directions": 0})]
+    if model == "testbed":
+        at = [name for name, _, _ in out].index("duo_preset_auto") + 1
+        out[at:at] = [
+            ("duo_preset_conv", "the preset with the LoRA on the ResNet convolutions of the 8 × 8 blocks instead of "
+                                "self-attention, the retain set held by λ_retain 5 as well as by the directions "
+                                "(forty-second session)", {"target_modules": CONV_8X8, "lam_retain": 5.0}),
+            ("duo_preset_conv_sa", "the same with self-attention kept: the LoRA on both",
+             {"target_modules": CONV_8X8 + SELF_ATTENTION, "lam_retain": 5.0})]
     for beta in betas:
         b = f"{float(beta):g}"
         out += [(f"duo_paper_b{b}", f"the paper's recipe at β {b} (lr = 3e-4·100/β, λ = 1e6·β/100), paper's twins",
@@ -92,6 +106,10 @@ def recipe(facts: dict) -> str:
     if facts.get("method") == "esd":
         return f"ESD η {facts.get('esd_eta')}, lr {facts.get('lr'):.3g}, {facts.get('steps')} steps"
     extra = ""
+    convs = [t for t in facts.get("target_modules") or () if t.rsplit(".", 1)[-1].startswith("conv")]
+    if convs:
+        others = len(facts["target_modules"]) - len(convs)
+        extra += f", the LoRA on {len(convs)} ResNet convolutions" + (f" and {others} more layers" if others else "")
     if facts.get("lambda_retain"):
         extra += f", λ_retain {facts['lambda_retain']:.3g} on {facts.get('retain_images')} retain images"
     if facts.get("concept_directions"):
@@ -524,7 +542,7 @@ def main(argv=None) -> int:
     steps = args.steps  # None: each row takes the preset's steps on this family (its family table's, if any)
     wanted = None if args.rows == "all" else set(args.rows.split(","))
     preset_steps = plan(UnlearnConfig(preset="testbed-red", model=args.model, steps=steps))[1][0].train.steps
-    for name, what, kw in variants([b.strip() for b in args.betas.split(",") if b.strip()]):
+    for name, what, kw in variants([b.strip() for b in args.betas.split(",") if b.strip()], args.model):
         if wanted is not None and name not in wanted:
             continue
         out = work / f"{name}.safetensors"

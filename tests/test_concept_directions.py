@@ -96,7 +96,7 @@ def _down_ranks(path) -> dict:
     ranks = {}
     for key, w in state.items():
         if key.endswith("lora_down.weight"):
-            s = torch.linalg.svdvals(w.double())
+            s = torch.linalg.svdvals(w.double().reshape(w.shape[0], -1))  # a convolution's too
             ranks[key] = int((s > 1e-5 * s[0]).sum())
     return ranks
 
@@ -127,6 +127,38 @@ def test_training_keeps_every_down_projection_inside_the_directions(retain_pairs
           model=loaded)
     facts = decode_duo(read_metadata(tmp_path / "auto.safetensors"))
     assert facts["concept_directions"] == AUTO and 0 < facts["concept_directions_share"] < 1
+
+
+def test_a_convolutions_down_projection_reads_its_input_as_patches_in_its_weights_order():
+    from peft import LoraConfig as PeftLora, inject_adapter_in_model
+
+    from duo_unlearn.trainer.concept_directions import ConceptDirections, layer_rows
+
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3, padding=1))
+    model = inject_adapter_in_model(PeftLora(r=2, target_modules=["0"], init_lora_weights="gaussian"), model)
+    conv, down = model[0], model[0].lora_A["default"]
+    x = torch.randn(2, 3, 6, 6, generator=g)
+    rows = layer_rows(conv, x)  # one row per output position, channels·3·3 wide
+    assert rows.shape == (2 * 36, 27)
+    flat = down.weight.reshape(2, -1)
+    assert torch.allclose(rows @ flat.T, down(x).permute(0, 2, 3, 1).reshape(-1, 2), atol=1e-5)
+    q, _ = torch.linalg.qr(torch.randn(27, 4, generator=g))
+    ConceptDirections({down.weight: q}, 1.0, 4 / 27).apply()
+    away = rows - (rows @ q) @ q.T  # patches with no part in the kept span: the adapter reads nothing of them
+    assert (away @ down.weight.reshape(2, -1).T).abs().max() < 1e-5
+    assert torch.linalg.matrix_rank(down.weight.reshape(2, -1)) == 2
+    assert layer_rows(torch.nn.Linear(4, 3), torch.ones(2, 7, 4)).shape == (14, 4)
+
+
+def test_training_keeps_a_convolutions_down_projection_inside_the_directions(retain_pairs, tiny_model, loaded,
+                                                                              tmp_path):
+    common = dict(pairs=str(retain_pairs), model=str(tiny_model), steps=3, beta=100, lr=1e-2, lam=0.0,
+                  lora=LoraConfig(rank=4, alpha=4.0, target_modules=("conv1", "attn1.to_q")))
+    train(TrainConfig(out=str(tmp_path / "conv.safetensors"), concept_directions=2, **common), model=loaded)
+    ranks = _down_ranks(tmp_path / "conv.safetensors")
+    convs = [k for k in ranks if "conv1" in k]
+    assert convs and all(ranks[k] <= 2 for k in ranks)  # each conv's flattened (rank, channels·3·3) weight
 
 
 def test_the_same_seed_gives_the_same_directions(retain_pairs, tiny_model, loaded, tmp_path):

@@ -262,6 +262,11 @@ def test_the_recipe_column_says_which_directions_setting_a_row_used():
     assert "the LoRA on the 50% of each layer's input directions most particular to the concept, measured" in said[1]
     assert "whose μ is above their layer's mean (36% of the inputs), measured against 135" in said[2]
     assert all("close concept orange ×6" in s for s in said)
+    assert "ResNet convolutions" not in said[0]  # self-attention, the default, is not spelt out
+    conv = mod.recipe(facts | {"target_modules": list(mod.CONV_8X8)})
+    both = mod.recipe(facts | {"target_modules": list(mod.CONV_8X8 + mod.SELF_ATTENTION)})
+    assert conv.endswith("300 steps, the LoRA on 10 ResNet convolutions")
+    assert both.endswith("300 steps, the LoRA on 10 ResNet convolutions and 4 more layers")
 
 
 @pytest.mark.slow

@@ -1,9 +1,10 @@
 """The adapter restricted to the concept's input directions: a constraint in place of a penalty.
 
 DUO's λ terms *penalise* change on what must be kept (pure noise, the retain set); close concepts still drift,
-because the DPO term pulls harder than any λ that lets it work. Here each adapted linear layer's LoRA down-projection
-A is kept inside the span of the N input directions where the concept's features carry the most energy relative to
-the kept inputs (the null-space idea of AlphaEdit, Fang et al. 2024, with the concept's side explicit):
+because the DPO term pulls harder than any λ that lets it work. Here each adapted layer's LoRA down-projection A
+is kept inside the span of the N input directions where the concept's features carry the most energy relative to
+the kept inputs (the null-space idea of AlphaEdit, Fang et al. 2024, with the concept's side explicit; a convolution's
+input is read as its k × k patches, the vectors its flattened weight multiplies):
 
     C_concept v = μ C_keep v,   V = the N generalised eigenvectors of largest μ,   A ← A · Q Qᵀ   (Q: orthonormal
                                                                                         basis of span V)
@@ -95,6 +96,18 @@ def top_directions(c_concept, c_keep, n: int | float | str, ridge: float = RIDGE
     return basis.float(), values[:n]
 
 
+def layer_rows(module, x):
+    """What a layer's down-projection reads, one row per position: a linear layer's last dimension; a convolution's
+    k × k patches (channels·k·k, the order of its flattened weight)."""
+    import torch
+
+    conv = getattr(module, "base_layer", module)
+    if isinstance(conv, torch.nn.Conv2d):
+        patches = torch.nn.functional.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
 def input_moments(raw, layers: dict, run) -> dict:
     """name → E[x xᵀ] of each layer's input rows over every forward pass `run()` makes (float32, on the CPU)."""
     import torch
@@ -103,7 +116,7 @@ def input_moments(raw, layers: dict, run) -> dict:
 
     def hook(name):
         def record(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            x = layer_rows(module, args[0].detach()).float()
             total, count = sums.get(name, (0, 0))
             sums[name] = (total + x.T @ x, count + len(x))
         return record
@@ -130,8 +143,9 @@ class ConceptDirections:
         import torch
 
         with torch.no_grad():
-            for weight, q in self.bases.items():
-                weight.copy_((weight @ q) @ q.T)
+            for weight, q in self.bases.items():  # a convolution's weight flattened to (rank, channels·k·k)
+                flat = weight.reshape(weight.shape[0], -1)
+                weight.copy_(((flat @ q) @ q.T).reshape(weight.shape))
 
 
 def prompt_side_layers(names, family) -> set:
@@ -183,16 +197,16 @@ def concept_directions(raw, family, process, cache, retain_prompts, n: int | flo
 
     import torch
 
-    from .lora import adapters_disabled, linear_lora_layers
+    from .lora import adapters_disabled, lora_down_layers
 
     if not cache.retain_size():
         raise UserError("concept_directions needs a retain set (what the adapter must leave alone): make the pairs "
                         "with --retain-prompt and --num-retain")
     close = weighed_close_rows(retain_prompts, close_concepts, close_weight)
-    adapted = linear_lora_layers(raw)
+    adapted = lora_down_layers(raw)
     layers = {name: layer for name, (layer, _) in adapted.items()}
     if not layers:
-        raise UserError("concept_directions works on linear LoRA targets; none of the targets is a linear layer")
+        raise UserError("concept_directions works on linear and convolution LoRA targets; none of the targets is one")
     on_prompts = prompt_side_layers(layers, family)
     if on_prompts and cache.unsafe_cond is None:  # check_condition says so before the pairs; this is its backstop
         raise UserError("concept directions on prompt-side layers need the pairs on their prompts (--condition unsafe)")

@@ -93,13 +93,16 @@ def remove_lora(denoiser) -> None:
         denoiser.delete_adapters(ADAPTER_NAME)
 
 
-def linear_lora_layers(denoiser) -> dict:
-    """name → (adapted layer, its LoRA down-projection weight) for every adapted linear layer; convolutions are
-    left out. peft's own module names stay here: the saved file's keys are the family's (kohya) names."""
+def lora_down_layers(denoiser) -> dict:
+    """name → (adapted layer, its LoRA down-projection weight) for every adapted linear and convolution layer. A
+    convolution's down-projection reads each k × k patch of its input, so its weight, flattened to (rank,
+    channels·k·k), is a linear map of the patch. peft's own module names stay here: the saved file's keys are the
+    family's (kohya) names."""
     import torch
 
     return {name: (m, m.lora_A[ADAPTER_NAME].weight) for name, m in denoiser.named_modules()
-            if ADAPTER_NAME in getattr(m, "lora_A", {}) and isinstance(m.lora_A[ADAPTER_NAME], torch.nn.Linear)}
+            if ADAPTER_NAME in getattr(m, "lora_A", {})
+            and isinstance(m.lora_A[ADAPTER_NAME], (torch.nn.Linear, torch.nn.Conv2d))}
 
 
 def lora_state(denoiser) -> dict:
