@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from duo_unlearn.trainer.families.sd1 import SELF_ATTENTION  # the SD 1.x family's default targets; no torch
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -37,7 +39,6 @@ RETAIN_TERM = {"concept_directions": 0, "lam_retain": 1.25, "stop_erased": 0.85}
 CONV_8X8 = tuple(f"{block}.resnets.{i}.{conv}" for block, n in (("down_blocks.1", 1), ("mid_block", 2),
                                                                ("up_blocks.0", 2))
                  for i in range(n) for conv in ("conv1", "conv2"))
-SELF_ATTENTION = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
 
 
 def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, dict]]:
