@@ -34,6 +34,8 @@ PREVIOUS = {"beta": 10.0, "lam": 1e4, "lr": 1e-3, "steps": 300, "edit_region": "
             "stop_every": 0}
 # the SD 1.x preset until 2026-12-05: the retain set held by λ_retain, not by the concept's directions
 RETAIN_TERM = {"concept_directions": 0, "lam_retain": 1.25, "stop_erased": 0.85}
+# the SD 1.x preset until 2026-12-06: the LoRA on self-attention, half of each layer's directions, no retain term
+SELF_ATTENTION_PRESET = {"target_modules": SELF_ATTENTION, "concept_directions": 0.5, "lam_retain": 0.0}
 # the ResNet convolutions of the SD 1.x test bed's 8 × 8 blocks (its lowest resolution: the last down block, the
 # mid block, the first up block), where red's inputs stand out most (×2.3 to 3.3; RESULTS.md, thirty-seventh session)
 CONV_8X8 = tuple(f"{block}.resnets.{i}.{conv}" for block, n in (("down_blocks.1", 1), ("mid_block", 2),
@@ -42,60 +44,70 @@ CONV_8X8 = tuple(f"{block}.resnets.{i}.{conv}" for block, n in (("down_blocks.1"
 
 
 def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, dict]]:
-    """(adapter name, what it is, UnlearnConfig overrides). The previous preset (v1), then one change per row, then
-    the preset as it now stands, DUO without λ, the paper's recipe at each β asked for ("500": lr and λ coupled to
-    β as the official scripts do), and ESD. The convolution rows name the SD 1.x test bed's layers: its table only."""
-    out = [("duo_v1", "previous preset: β 10, λ 1e4, lr 1e-3, the paper's SDEdit twins, no retain set", dict(PREVIOUS)),
+    """(adapter name, what it is, UnlearnConfig overrides). The previous presets (v1, and on SD 1.x the
+    self-attention one), then one change per row, then the preset as it now stands, DUO without λ, the paper's recipe
+    at each β asked for ("500": lr and λ coupled to β as the official scripts do), and ESD. On the SD 1.x test bed,
+    whose preset now trains convolutions, the rows that stand for earlier recipes name self-attention (the official
+    targets) themselves; the convolution rows name its layers: its table only."""
+    sd1 = model == "testbed"
+    official = {"target_modules": SELF_ATTENTION} if sd1 else {}  # elsewhere the family's, the official targets
+    earlier = SELF_ATTENTION_PRESET if sd1 else {}
+    was = "the self-attention preset (SD 1.x's until 2026-12-06)" if sd1 else "the preset"
+    out = [("duo_v1", "previous preset: β 10, λ 1e4, lr 1e-3, the paper's SDEdit twins, no retain set",
+            PREVIOUS | official),
            ("duo_v1_region", "v1 + twins changed only in the concept's region (`--edit-region concept`)",
-            PREVIOUS | {"edit_region": "concept"}),
+            PREVIOUS | official | {"edit_region": "concept"}),
            ("duo_preset", "the preset now: v1 + retain set (base-model images of the other colours) and β from κ; "
-                          "SD 1.x: 135 images, the LoRA on half of each layer's input directions, those where the "
-                          "concept stands out most against them (orange named as the close concept, weight 6), "
-                          "λ_retain 0, κ 6.2 (β ≈ "
+                          "SD 1.x: 135 images, the LoRA on the ten ResNet convolutions of the 8 × 8 blocks, each "
+                          "reading only the 4 input directions (3 × 3 patches) where red stands out most against "
+                          "them (orange named as the close concept, weight 6), λ_retain 1.25 as well, κ 6.2 (β ≈ "
                           "10), until red is gone from 95% of the erasure check's 24 samples (at most 900 steps); "
                           "SDXL: 45 images, λ_retain 0.5, κ 3 (β ≈ 5.4), "
                           "the erasure check every 75 steps with on-policy pairs (the check's images still red "
                           "become pairs with a base-model twin) until red is gone from 95% of them (at most 600 "
-                          "steps); SD3: no retain set, κ 9.6 (β ≈ 10)", {}),
-           ("duo_preset_check75", "the preset with the erasure check every 75 steps instead of every 150: training "
-                                  "stops nearer the step where red is gone (SD 1.x, thirty-third session)",
-            {"stop_every": 75}),
-           ("duo_preset_24", "the preset with a fixed 24 directions per layer instead of half of each layer's "
-                             "(SD 1.x's until 2026-12-05, twenty-ninth session)", {"concept_directions": 24}),
-           ("duo_preset_auto", "the preset with `--concept-directions auto`: per layer the directions whose μ is "
-                               "above the layer's mean", {"concept_directions": "auto"}),
-           ("duo_preset_no_close", "the preset without a close concept: the directions measured against the "
-                                   "retain set with every image weighed alike (`--close-weight 0`)",
-            {"close_weight": 0.0}),
-           ("duo_preset_v2", "the SD 1.x preset until 2026-12-05: the retain set held by a penalty instead "
-                             "(λ_retain 1.25, no directions), stopping at 85% erased", RETAIN_TERM),
-           ("duo_preset_r45", "preset v2 with the previous retain set: 45 images (one seed per prompt), λ_retain 1",
-            RETAIN_TERM | {"num_retain": 45, "lam_retain": 1.0}),
-           ("duo_preset_cond_unsafe", "preset v2 + both pair images on the unsafe prompt (`--condition unsafe`)",
-            RETAIN_TERM | {"condition": "unsafe"}),
-           ("duo_preset_kv", "preset with the LoRA on the cross-attention keys and values instead of self-attention "
-                             "(`--target-modules attn2.to_k,attn2.to_v`), both pair images on the unsafe prompt (keys "
-                             "and values see only the prompt), lr 2e-4, λ_retain 100, the erasure check every 150 "
-                             "steps, stopping at 85% (as the SD 1.x preset): the specific, text-side recipe "
-                             "(RESULTS.md, tenth session)",
-            {"target_modules": ("attn2.to_k", "attn2.to_v"), "condition": "unsafe", "lr": 2e-4,
-             "lam_retain": 100.0, "stop_every": 150, "stop_erased": 0.85, "on_policy_pairs": False,
-             "concept_directions": 0}),
-           ("duo_preset_lam0", "the preset without λ (no output preservation, no retain term, no directions): DUO "
-                               "without λ", {"lam": 0.0, "lam_retain": 0.0, "concept_directions": 0})]
-    if model == "testbed":
-        at = [name for name, _, _ in out].index("duo_preset_auto") + 1
-        out[at:at] = [
-            ("duo_preset_conv", "the preset with the LoRA on the ResNet convolutions of the 8 × 8 blocks instead of "
-                                "self-attention, the retain set held by λ_retain 5 as well as by the directions "
-                                "(forty-second session)", {"target_modules": CONV_8X8, "lam_retain": 5.0}),
-            ("duo_preset_conv_sa", "the same with self-attention kept: the LoRA on both",
-             {"target_modules": CONV_8X8 + SELF_ATTENTION, "lam_retain": 5.0})]
+                          "steps); SD3: no retain set, κ 9.6 (β ≈ 10)", {})]
+    if sd1:
+        out += [("duo_preset_sa", "the SD 1.x preset until 2026-12-06: the LoRA on self-attention (the official "
+                                  "targets), half of each layer's input directions, no retain term", earlier)]
+    out += [("duo_preset_check75", f"{was} with the erasure check every 75 steps instead of every 150: training "
+                                   "stops nearer the step where red is gone (SD 1.x, thirty-third session)",
+             earlier | {"stop_every": 75}),
+            ("duo_preset_24", f"{was} with a fixed 24 directions per layer instead of half of each layer's "
+                              "(SD 1.x's until 2026-12-05, twenty-ninth session)", earlier | {"concept_directions": 24}),
+            ("duo_preset_auto", f"{was} with `--concept-directions auto`: per layer the directions whose μ is "
+                                "above the layer's mean", earlier | {"concept_directions": "auto"})]
+    if sd1:
+        out += [("duo_preset_conv", f"{was} with the LoRA on the ResNet convolutions of the 8 × 8 blocks instead "
+                                    "of self-attention, half of each layer's directions, the retain set held by "
+                                    "λ_retain 5 as well (forty-second session)",
+                 {"target_modules": CONV_8X8, "concept_directions": 0.5, "lam_retain": 5.0}),
+                ("duo_preset_conv_sa", "the same with self-attention kept: the LoRA on both",
+                 {"target_modules": CONV_8X8 + SELF_ATTENTION, "concept_directions": 0.5, "lam_retain": 5.0})]
+    out += [("duo_preset_no_close", f"{was} without a close concept: the directions measured against the "
+                                    "retain set with every image weighed alike (`--close-weight 0`)",
+             earlier | {"close_weight": 0.0}),
+            ("duo_preset_v2", "the SD 1.x preset until 2026-12-05: the retain set held by a penalty instead "
+                              "(λ_retain 1.25, no directions), stopping at 85% erased", RETAIN_TERM | official),
+            ("duo_preset_r45", "preset v2 with the previous retain set: 45 images (one seed per prompt), λ_retain 1",
+             RETAIN_TERM | official | {"num_retain": 45, "lam_retain": 1.0}),
+            ("duo_preset_cond_unsafe", "preset v2 + both pair images on the unsafe prompt (`--condition unsafe`)",
+             RETAIN_TERM | official | {"condition": "unsafe"}),
+            ("duo_preset_kv", "preset with the LoRA on the cross-attention keys and values instead of self-attention "
+                              "(`--target-modules attn2.to_k,attn2.to_v`), both pair images on the unsafe prompt (keys "
+                              "and values see only the prompt), lr 2e-4, λ_retain 100, the erasure check every 150 "
+                              "steps, stopping at 85% (as the SD 1.x preset): the specific, text-side recipe "
+                              "(RESULTS.md, tenth session)",
+             {"target_modules": ("attn2.to_k", "attn2.to_v"), "condition": "unsafe", "lr": 2e-4,
+              "lam_retain": 100.0, "stop_every": 150, "stop_erased": 0.85, "on_policy_pairs": False,
+              "concept_directions": 0}),
+            ("duo_preset_lam0", "the preset without λ (no output preservation, no retain term, no directions), on "
+                                "the preset's layers: DUO without λ", {"lam": 0.0, "lam_retain": 0.0,
+                                                                       "concept_directions": 0})]
     for beta in betas:
         b = f"{float(beta):g}"
         out += [(f"duo_paper_b{b}", f"the paper's recipe at β {b} (lr = 3e-4·100/β, λ = 1e6·β/100), paper's twins",
-                 {"beta": float(beta), "lr": None, "lam": None, "edit_region": "image", "num_retain": 0,
-                  "stop_every": 0})]
+                 official | {"beta": float(beta), "lr": None, "lam": None, "edit_region": "image", "num_retain": 0,
+                             "stop_every": 0})]
     return out + [("esd", "ESD (η 1, lr 1e-4) on the paper's twins' unsafe images",
                    {"method": "esd", "lr": 1e-4, "edit_region": "image", "num_retain": 0, "stop_every": 0})]
 

@@ -115,7 +115,7 @@ def test_comfyui_reuses_an_adapter_that_stopped_early_and_not_one_of_another_rul
              "unsafe_prompts": [], "safe_prompts": [], "steps": 300, "max_steps": p.train.steps,
              "stop_every": p.train.stop_every, "stop_erased": p.train.stop_erased,
              "concept_directions": p.train.concept_directions, "close_concepts": list(p.train.close_concepts),
-             "close_weight": p.train.close_weight}
+             "close_weight": p.train.close_weight, "target_modules": list(p.train.lora.target_modules)}
     out.write_bytes(b"")
     monkeypatch.setattr(unlearn_node, "read_facts", lambda path: {"facts": facts})
     assert unlearn_node._same_training(out, p, "testbed-red", "testbed")  # stopped at 300 of at most 900: this run
