@@ -2,6 +2,7 @@
 
     python benchmarks/check_comfyui_keys.py --comfyui /path/to/ComfyUI [--family sd15|sdxl|sd3|sd35-medium|sd35-large|flux-dev|flux-schnell|all]
     python benchmarks/check_comfyui_keys.py --comfyui /path/to/ComfyUI --family sdxl --adapter duo_adapter.safetensors
+    python benchmarks/check_comfyui_keys.py --comfyui /path/to/ComfyUI --family sd15 --targets down_blocks.1.resnets.0.conv1,attn1.to_q
 
 Without --adapter the adapter is built here, per family: the full-size denoiser (diffusers, meta device), our LoRA
 added with `add_lora(denoiser, TrainConfig())` on the family's default targets, and the tensors written by the
@@ -68,7 +69,7 @@ def denoiser(name: str):
         return getattr(diffusers, cls)(**config)
 
 
-def our_adapter(name: str) -> tuple[dict, str]:
+def our_adapter(name: str, targets: tuple[str, ...] = ()) -> tuple[dict, str]:
     """The tensors train.py would write; LoRA weights are meta after add_lora, so give them real values."""
     from duo_unlearn.trainer.config import TrainConfig
     from duo_unlearn.trainer.families import get_family
@@ -77,10 +78,11 @@ def our_adapter(name: str) -> tuple[dict, str]:
     family = get_family(MODELS[name][0])
     cfg = TrainConfig()
     model = denoiser(name)
-    add_lora(model, cfg.lora.rank, cfg.lora.alpha, tuple(family.default_targets))
+    targets = tuple(targets) or tuple(family.default_targets)
+    add_lora(model, cfg.lora.rank, cfg.lora.alpha, targets)
     gen = torch.Generator().manual_seed(0)
     state = {k: torch.randn(v.shape, generator=gen) * 0.01 for k, v in lora_state(model).items()}
-    source = (f"built here: add_lora({name} {MODELS[name][1]}, targets {list(family.default_targets)}, "
+    source = (f"built here: add_lora({name} {MODELS[name][1]}, targets {list(targets)}, "
               f"rank {cfg.lora.rank}, alpha {cfg.lora.alpha}) + {family.name}.export")
     return family.export(state, cfg.lora.alpha), source
 
@@ -116,7 +118,7 @@ def comfy_model(name: str):
     return model_config
 
 
-def check(name: str, adapter: Path | None) -> bool:
+def check(name: str, adapter: Path | None, targets: tuple[str, ...] = ()) -> bool:
     import comfy.lora
     import comfy.model_patcher
     import comfy.sd
@@ -126,7 +128,7 @@ def check(name: str, adapter: Path | None) -> bool:
         lora = comfy.utils.load_torch_file(str(adapter), safe_load=True)  # as the LoraLoader node reads it
         source = str(adapter)
     else:
-        lora, source = our_adapter(name)
+        lora, source = our_adapter(name, targets)
     modules = modules_of(lora)
 
     model_config = comfy_model(name)
@@ -162,7 +164,8 @@ def check(name: str, adapter: Path | None) -> bool:
         scale = lora[m + ".alpha"].item() / down.shape[0] if m + ".alpha" in lora else 1.0
         delta = expected.setdefault(w, torch.zeros(comfy_sd[w].shape))
         part = delta if isinstance(t, str) else delta.narrow(*t[1])
-        part += scale * (up @ down).reshape(part.shape)
+        # a convolution's up is (out, rank, 1, 1) and down (rank, in, k, k): the delta is their product flattened
+        part += scale * (up.flatten(1) @ down.flatten(1)).reshape(part.shape)
     wrong = []
     for w, want in expected.items():
         got = comfy.lora.calculate_weight(patched.patches[w], torch.zeros(comfy_sd[w].shape), w)
@@ -199,6 +202,8 @@ def main() -> int:
     ap.add_argument("--comfyui", required=True, type=Path, help="ComfyUI checkout (the folder holding comfy/)")
     ap.add_argument("--family", default="all", choices=[*MODELS, "all"], help="which full-size model (default all)")
     ap.add_argument("--adapter", type=Path, help="adapter .safetensors to check (default: build one here)")
+    ap.add_argument("--targets", default="", help="comma-separated module name suffixes for the adapter built here "
+                    "(default: the family's; e.g. the SD 1.x test-bed preset's ResNet convolutions)")
     args = ap.parse_args()
     if args.adapter and args.family == "all":
         ap.error("--adapter needs --family: the model it was trained for")
@@ -208,7 +213,8 @@ def main() -> int:
 
     comfy.cli_args.args.cpu = True  # as `main.py --cpu`; must be set before comfy.model_management is imported
     names = list(MODELS) if args.family == "all" else [args.family]
-    results = {name: check(name, args.adapter) for name in names}
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    results = {name: check(name, args.adapter, targets) for name in names}
     print("summary: " + ", ".join(f"{n} {'OK' if ok else 'FAIL'}" for n, ok in results.items()))
     return 0 if all(results.values()) else 1
 
