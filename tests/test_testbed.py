@@ -69,6 +69,21 @@ def testbed_pipe():
     return load_model("testbed").pipe
 
 
+def test_the_sd1_preset_adapts_each_layer_it_names_on_the_bundled_model(testbed_pipe):
+    """testbed-red on SD 1.x names its layers one by one (the 8 × 8 blocks' ResNet convolutions): each name must be
+    one convolution of the bundled UNet, or a renamed block would train on fewer layers than the preset says."""
+    import torch
+
+    from duo_unlearn.trainer.presets import get_preset
+
+    targets = get_preset("testbed-red").for_family("sd1").target_modules
+    modules = dict(testbed_pipe.unet.named_modules())
+    found = {t: [n for n in modules if n == t or n.endswith("." + t)] for t in targets}
+    assert len(targets) == 10 and all(len(names) == 1 for names in found.values()), found
+    convs = [modules[names[0]] for names in found.values()]
+    assert all(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in convs)
+
+
 @pytest.mark.slow
 def test_bundled_model_follows_colour_and_shape(testbed_pipe):
     from duo_unlearn.trainer.testbed.measure import prompt_following
