@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from duo_unlearn.trainer.families.sd1 import SELF_ATTENTION  # the SD 1.x family's default targets; no torch
+from duo_unlearn.trainer.presets import get_preset  # no torch either
 
 HERE = Path(__file__).resolve().parent
 
@@ -36,11 +37,9 @@ PREVIOUS = {"beta": 10.0, "lam": 1e4, "lr": 1e-3, "steps": 300, "edit_region": "
 RETAIN_TERM = {"concept_directions": 0, "lam_retain": 1.25, "stop_erased": 0.85}
 # the SD 1.x preset until 2026-12-06: the LoRA on self-attention, half of each layer's directions, no retain term
 SELF_ATTENTION_PRESET = {"target_modules": SELF_ATTENTION, "concept_directions": 0.5, "lam_retain": 0.0}
-# the ResNet convolutions of the SD 1.x test bed's 8 × 8 blocks (its lowest resolution: the last down block, the
-# mid block, the first up block), where red's inputs stand out most (×2.3 to 3.3; RESULTS.md, thirty-seventh session)
-CONV_8X8 = tuple(f"{block}.resnets.{i}.{conv}" for block, n in (("down_blocks.1", 1), ("mid_block", 2),
-                                                               ("up_blocks.0", 2))
-                 for i in range(n) for conv in ("conv1", "conv2"))
+# the ResNet convolutions of the SD 1.x test bed's 8 × 8 blocks, where red's inputs stand out most (×2.3 to 3.3;
+# RESULTS.md, thirty-seventh session): the SD 1.x preset's layers since 2026-12-06, named once, in presets.toml
+CONV_8X8 = get_preset("testbed-red").for_family("sd1").target_modules
 
 
 def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, dict]]:
@@ -533,7 +532,6 @@ def main(argv=None) -> int:
     from duo_unlearn.trainer.evaluate.methods import BASE, NEGATIVE, Method, adapter_method
     from duo_unlearn.trainer.evaluate.preservation import build_lpips
     from duo_unlearn.trainer.models import load_model
-    from duo_unlearn.trainer.presets import get_preset
     from duo_unlearn.trainer.unlearn import UnlearnConfig, plan, unlearn
 
     started = time.time()
