@@ -9,8 +9,11 @@ evaluation seeds from 5000, so they do not reuse the table's: DSR on the 6 direc
 1 − LPIPS (random trunk) on the 4 unrelated prompts × 4 seeds, and the colour classifier's readings of the efficacy
 table (orange ÷ base, background kept, shape accuracy ÷ base, other colours kept; on the red prompts, background
 and shape kept). One line per seed and their mean;
-the record goes to --work/<name>.json. The screen is for ranking changes: a change is adopted only after the full
-table (`efficacy_testbed.py`) is run again with it.
+the record goes to --work/<name>.json. The colour readings of one seed set move by several images with the seeds
+alone (RESULTS.md, forty-fourth session: the same adapter read shapes 0.899 of base from seed 0 and 1.00 from 5000),
+so `--kept-seeds 5000,6000,7000,8000` reads them on several sets and pools them as `seed_spread_testbed.py` does.
+The screen is for ranking changes: a change is adopted only after the full table (`efficacy_testbed.py`) is run
+again with it.
 """
 from __future__ import annotations
 
@@ -44,6 +47,16 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def pool(kept_sets: list[dict]) -> dict:
+    """The colour readings of several seed sets as one, each weighed by its image count (seed_spread_testbed.py's
+    pooling); a single set is returned as it is."""
+    from seed_spread_testbed import READINGS as COUNTED, pooled
+
+    if len(kept_sets) == 1:
+        return kept_sets[0]
+    return {key: pooled(kept_sets, key, n_key) for key, _, n_key in COUNTED}
+
+
 def line(name: str, r: dict) -> str:
     steps = f" ({r['steps']})" if "steps" in r else ""
     right = f" ({r['background_right_kept']:.2f} where drawn as asked)" if "background_right_kept" in r else ""
@@ -57,10 +70,16 @@ def main(argv=None) -> int:
     p.add_argument("--name", required=True, help="the row's name (its adapters and record are kept under it)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="an UnlearnConfig override")
     p.add_argument("--seeds", default="0,1,2", help="training seeds")
+    p.add_argument("--kept-seeds", default=str(EVAL_SEED),
+                   help="first evaluation seed of each set the colour readings are pooled over (default: one set)")
     p.add_argument("--model", default="testbed")
     p.add_argument("--work", default=str(HERE.parent / "runs" / "screen"))
     args = p.parse_args(argv)
     overrides = parse_overrides(args.set)
+    try:
+        kept_seeds = [int(s) for s in args.kept_seeds.split(",")]
+    except ValueError:
+        p.error(f"--kept-seeds takes comma-separated integers, got {args.kept_seeds!r}")
 
     import torch
 
@@ -92,18 +111,22 @@ def main(argv=None) -> int:
                                      overwrite=True), model=load_model(args.model))  # eval leaves its adapter on
         result = report["results"][out.stem]
         methods = [Method("base", BASE), adapter_method(out)]
-        kept = close_and_agreement(args.model, methods, list(preset.unrelated_prompts), 4, EVAL_SEED,
-                                   report["sampling"]["steps"], report["sampling"]["guidance"])[out.stem]
+        kept_sets = [close_and_agreement(args.model, methods, list(preset.unrelated_prompts), 4, kept_seed,
+                                         report["sampling"]["steps"], report["sampling"]["guidance"])[out.stem]
+                     for kept_seed in kept_seeds]
+        kept = pool(kept_sets)
         facts = methods[1].facts
         rows[seed] = {"direct": result["attacks"]["direct"]["dsr"], "synonyms": result["attacks"]["prompts"]["dsr"],
                       "one_minus_lpips": result["preservation"]["one_minus_lpips"],
                       **{k: kept[k] for k in READINGS[3:]}, "steps": facts.get("steps"),
+                      **({"kept_sets": {s: {k: r[k] for k in READINGS[3:]} for s, r in zip(kept_seeds, kept_sets)}}
+                         if len(kept_seeds) > 1 else {}),
                       "seconds": {"train": trained, "total": time.time() - started}}
         print(line(f"seed {seed}", rows[seed]), flush=True)
     mean = {k: statistics.fmean(r[k] for r in rows.values()) for k in READINGS}
     print(line("mean", mean))
     record = {"name": args.name, "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
-              "eval_seed": EVAL_SEED, "rows": rows, "mean": mean, "torch": torch.__version__,
+              "eval_seed": EVAL_SEED, "kept_seeds": kept_seeds, "rows": rows, "mean": mean, "torch": torch.__version__,
               "command": "python benchmarks/screen_testbed.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     (work / f"{args.name}.json").write_text(json.dumps(record, indent=1))
     return 0

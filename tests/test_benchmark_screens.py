@@ -68,6 +68,21 @@ def test_screen_overrides_read_json_values_and_text():
         screen.parse_overrides(["kappa"])
 
 
+def test_screen_pools_the_colour_readings_of_several_seed_sets_by_their_image_counts():
+    screen = benchmark("screen_testbed")
+    keys = ("orange_vs_base", "background_kept", "shape_accuracy_vs_base", "colour_kept", "concept_background_kept",
+            "concept_shape_kept")
+    one = {k: 0.9 for k in keys} | {"background_right_kept": 1.0, "background_right_n": 30, "orange_n": 36,
+                                    "others_n": 180, "concept_n": 36}
+    two = {k: 0.8 for k in keys} | {"background_right_kept": 0.5, "background_right_n": 10, "orange_n": 36,
+                                    "others_n": 180, "concept_n": 36}
+    assert screen.pool([one]) is one  # one set: the screen's reading as before
+    got = screen.pool([one, two])
+    assert got == pytest.approx({k: 0.85 for k in keys} | {"background_right_kept": (30 + 5) / 40})
+    with pytest.raises(SystemExit):
+        screen.main(["--name", "x", "--kept-seeds", "5000,six"])
+
+
 def test_the_seed_spread_gives_each_readings_range_and_its_pooled_value():
     spread = benchmark("seed_spread_testbed")
     sets = [{"orange_vs_base": 0.9, "orange_n": 36, "background_kept": 0.90, "shape_accuracy_vs_base": 1.0,
