@@ -34,9 +34,11 @@ HERE = Path(__file__).resolve().parent
 PREVIOUS = {"beta": 10.0, "lam": 1e4, "lr": 1e-3, "steps": 300, "edit_region": "image", "num_retain": 0,
             "stop_every": 0}
 # the SD 1.x preset until 2026-12-05: the retain set held by λ_retain, not by the concept's directions
-RETAIN_TERM = {"concept_directions": 0, "lam_retain": 1.25, "stop_erased": 0.85}
+RETAIN_TERM = {"concept_directions": 0, "lam_retain": 1.25, "stop_erased": 0.85, "lam": 1e4}
 # the SD 1.x preset until 2026-12-06: the LoRA on self-attention, half of each layer's directions, no retain term
-SELF_ATTENTION_PRESET = {"target_modules": SELF_ATTENTION, "concept_directions": 0.5, "lam_retain": 0.0}
+SELF_ATTENTION_PRESET = {"target_modules": SELF_ATTENTION, "concept_directions": 0.5, "lam_retain": 0.0, "lam": 1e4}
+# the SD 1.x preset's λ until 2026-12-07 (now 4e4): the rows that stand for earlier recipes keep it
+LAM_BEFORE = {"lam": 1e4}
 # the ResNet convolutions of the SD 1.x test bed's 8 × 8 blocks, where red's inputs stand out most (×2.3 to 3.3;
 # RESULTS.md, thirty-seventh session): the SD 1.x preset's layers since 2026-12-06, named once, in presets.toml
 CONV_8X8 = get_preset("testbed-red").for_family("sd1").target_modules
@@ -59,7 +61,7 @@ def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, d
            ("duo_preset", "the preset now: v1 + retain set (base-model images of the other colours) and β from κ; "
                           "SD 1.x: 135 images, the LoRA on the ten ResNet convolutions of the 8 × 8 blocks, each "
                           "reading only the 4 input directions (3 × 3 patches) where red stands out most against "
-                          "them (orange named as the close concept, weight 6), λ_retain 1.25 as well, κ 6.2 (β ≈ "
+                          "them (orange named as the close concept, weight 6), λ_retain 1.25 as well, λ 4e4, κ 6.2 (β ≈ "
                           "10), until red is gone from 95% of the erasure check's 24 samples (at most 900 steps); "
                           "SDXL: 45 images, λ_retain 0.5, κ 3 (β ≈ 5.4), "
                           "the erasure check every 75 steps with on-policy pairs (the check's images still red "
@@ -79,9 +81,12 @@ def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, d
         out += [("duo_preset_conv", f"{was} with the LoRA on the ResNet convolutions of the 8 × 8 blocks instead "
                                     "of self-attention, half of each layer's directions, the retain set held by "
                                     "λ_retain 5 as well (forty-second session)",
-                 {"target_modules": CONV_8X8, "concept_directions": 0.5, "lam_retain": 5.0}),
+                 {"target_modules": CONV_8X8, "concept_directions": 0.5, "lam_retain": 5.0} | LAM_BEFORE),
                 ("duo_preset_conv_sa", "the same with self-attention kept: the LoRA on both",
-                 {"target_modules": CONV_8X8 + SELF_ATTENTION, "concept_directions": 0.5, "lam_retain": 5.0})]
+                 {"target_modules": CONV_8X8 + SELF_ATTENTION, "concept_directions": 0.5, "lam_retain": 5.0}
+                 | LAM_BEFORE),
+                ("duo_preset_lam1e4", "the SD 1.x preset until 2026-12-07: the same with λ 1e4 instead of 4e4 (the "
+                                      "forty-third session's table)", LAM_BEFORE)]
     out += [("duo_preset_no_close", f"{was} without a close concept: the directions measured against the "
                                     "retain set with every image weighed alike (`--close-weight 0`)",
              earlier | {"close_weight": 0.0}),
@@ -98,7 +103,7 @@ def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, d
                               "(RESULTS.md, tenth session)",
              {"target_modules": ("attn2.to_k", "attn2.to_v"), "condition": "unsafe", "lr": 2e-4,
               "lam_retain": 100.0, "stop_every": 150, "stop_erased": 0.85, "on_policy_pairs": False,
-              "concept_directions": 0}),
+              "concept_directions": 0} | LAM_BEFORE),
             ("duo_preset_lam0", "the preset without λ (no output preservation, no retain term, no directions), on "
                                 "the preset's layers: DUO without λ", {"lam": 0.0, "lam_retain": 0.0,
                                                                        "concept_directions": 0})]

@@ -180,6 +180,24 @@ def test_results_tables_come_from_committed_json():
     assert mod.table(first["report"], first["close_concept_and_agreement"], first["train_seconds"]) in text
 
 
+def test_the_rows_of_earlier_recipes_keep_the_lambda_they_were_measured_with():
+    """The SD 1.x preset's λ moved from 1e4 to 4e4; a row standing for an earlier recipe that inherited the preset's
+    λ would silently retrain as a new recipe under its old name. Each row's planned training says which λ it uses."""
+    from duo_unlearn.trainer.presets import get_preset
+    from duo_unlearn.trainer.unlearn import UnlearnConfig, plan
+
+    mod = benchmark("efficacy_testbed")
+    lam = {}
+    for name, _, overrides in mod.variants(["500"], "testbed"):
+        cfg = UnlearnConfig(preset="testbed-red", model="testbed", out="row.safetensors", preview=False, **overrides)
+        lam[name] = plan(cfg)[1][0].train.preservation_weight
+    now = get_preset("testbed-red").for_family("sd1").lam
+    assert lam["duo_preset"] == now != 1e4
+    earlier = [n for n in lam if n.startswith(("duo_v1", "duo_preset_")) and n not in ("duo_preset", "duo_preset_lam0")]
+    assert len(earlier) >= 13 and {lam[n] for n in earlier} == {1e4}, {n: lam[n] for n in earlier}
+    assert lam["duo_preset_lam0"] == 0.0
+
+
 def test_missed_targets_are_counted_in_images():
     """A verdict below a target says by how many images: 30 of 36 orange where the base model reads 32 is 0.94 of
     base, one image short of 0.95; a met target says nothing more."""
