@@ -33,12 +33,12 @@ HERE = Path(__file__).resolve().parent
 # the preset until 2026-11-28
 PREVIOUS = {"beta": 10.0, "lam": 1e4, "lr": 1e-3, "steps": 300, "edit_region": "image", "num_retain": 0,
             "stop_every": 0}
-# the SD 1.x preset until 2026-12-05: the retain set held by λ_retain, not by the concept's directions
-RETAIN_TERM = {"concept_directions": 0, "lam_retain": 1.25, "stop_erased": 0.85, "lam": 1e4}
-# the SD 1.x preset until 2026-12-06: the LoRA on self-attention, half of each layer's directions, no retain term
-SELF_ATTENTION_PRESET = {"target_modules": SELF_ATTENTION, "concept_directions": 0.5, "lam_retain": 0.0, "lam": 1e4}
 # the SD 1.x preset's λ until 2026-12-07 (now 4e4): the rows that stand for earlier recipes keep it
 LAM_BEFORE = {"lam": 1e4}
+# the SD 1.x preset until 2026-12-05: the retain set held by λ_retain, not by the concept's directions
+RETAIN_TERM = {"concept_directions": 0, "lam_retain": 1.25, "stop_erased": 0.85} | LAM_BEFORE
+# the SD 1.x preset until 2026-12-06: the LoRA on self-attention, half of each layer's directions, no retain term
+SELF_ATTENTION_PRESET = {"target_modules": SELF_ATTENTION, "concept_directions": 0.5, "lam_retain": 0.0} | LAM_BEFORE
 # the ResNet convolutions of the SD 1.x test bed's 8 × 8 blocks, where red's inputs stand out most (×2.3 to 3.3;
 # RESULTS.md, thirty-seventh session): the SD 1.x preset's layers since 2026-12-06, named once, in presets.toml
 CONV_8X8 = get_preset("testbed-red").for_family("sd1").target_modules
