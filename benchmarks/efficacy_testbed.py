@@ -28,6 +28,9 @@ from duo_unlearn.trainer.families.sd1 import SELF_ATTENTION  # the SD 1.x family
 from duo_unlearn.trainer.presets import get_preset  # no torch either
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # its sibling table_update.py, run as a script or loaded from a file
+
+from table_update import measurement_problems, merged, recipe_problems  # noqa: E402 - needs the path above
 
 
 # the preset until 2026-11-28
@@ -387,11 +390,13 @@ def same_recipe(adapter: Path, cfg) -> bool:
     """An adapter from an earlier run is reused only if its metadata records this very recipe."""
     from duo_unlearn.trainer.export import describe_adapter
 
-    if not adapter.exists():
-        return False
+    return adapter.exists() and recorded_recipe(describe_adapter(adapter)["duo"], cfg)
+
+
+def recorded_recipe(facts: dict, cfg) -> bool:
+    """Whether an adapter's metadata (`facts`, also kept in the table's record) records the recipe `cfg` plans."""
     from duo_unlearn.trainer.same_schedule import same_schedule
 
-    facts = describe_adapter(adapter)["duo"]
     if not same_schedule(facts, cfg):
         return False
     want = {"method": cfg.method, "lr": cfg.learning_rate}
@@ -432,8 +437,18 @@ def markdown(record: dict) -> str:
         "",
         f"Plot (DSR against 1 − LPIPS, one panel per attack): `benchmarks/{record['stem']}.png`; full figures and "
         f"settings: `benchmarks/{record['stem']}.json`; direct-prompt images per method: "
-        f"`benchmarks/{record['stem']}_grid_direct.png`.",
+        f"`benchmarks/{record['stem']}_grid_direct.png`"
+        + (" (the full run's adapters)." if record.get("updates") else "."),
         "",
+        *([("Rows measured again since the full run (`--update`: the base model and negative prompting read as "
+            "saved, to float rounding, and every row kept plans the recipe it was measured with; "
+            "benchmarks/table_update.py): "
+            + "; ".join(f"{u['date']}, {', '.join(f'`{r}`' for r in u['rows'])} (`{u['command']}`, eval "
+                        f"{u['seconds']['eval']:.0f} s, readings {u['seconds']['close']:.0f} s)"
+                        for u in record["updates"])
+            + "; the last one's direct-prompt images: "
+            f"`benchmarks/{record['stem']}_grid_direct_update.png`."), ""]
+          if record.get("updates") else []),
         "Against the issue's targets (DSR ≥ 0.95 under every attack; 1 − LPIPS ≥ 0.97; orange, background and shape "
         "kept ≥ 0.95 of the base model; DUO above-right of ESD, negative prompting and DUO without λ on each plot):",
         "",
@@ -524,7 +539,13 @@ def main(argv=None) -> int:
     p.add_argument("--reuse-report", action="store_true",
                    help="take the eval report from --work/report if it evaluated exactly these adapters and settings")
     p.add_argument("--from-json", help="only rebuild the RESULTS.md section from a saved record")
+    p.add_argument("--update", metavar="ROWS",
+                   help="comma-separated rows to measure again and put into the saved table beside the rows it "
+                        "keeps, where the base model and negative prompting read exactly as saved and every kept row "
+                        "still plans its recipe (benchmarks/table_update.py)")
     args = p.parse_args(argv)
+    if args.update and (args.reference or args.rows != "all"):
+        p.error("--update measures the rows it names; the saved table keeps the rest, its reference rows included")
     if args.from_json:
         record = json.loads(Path(args.from_json).read_text())
         write_section(Path(args.results), markdown(record), record.get("stem", "efficacy_testbed"))
@@ -537,10 +558,16 @@ def main(argv=None) -> int:
     from duo_unlearn.trainer.evaluate.methods import BASE, NEGATIVE, Method, adapter_method
     from duo_unlearn.trainer.evaluate.preservation import build_lpips
     from duo_unlearn.trainer.models import load_model
+    from duo_unlearn.trainer.pairs import generate_pairs
+    from duo_unlearn.trainer.evaluate.report import plot
     from duo_unlearn.trainer.unlearn import UnlearnConfig, plan, unlearn
 
     started = time.time()
     stem = "efficacy_testbed" if args.model == "testbed" else f"efficacy_{args.model.replace('-', '_')}"
+    saved_file = Path(args.results).parent / f"{stem}.json"
+    if args.update and not saved_file.is_file():
+        p.error(f"--update: no saved table {saved_file} to update (run the whole table first)")
+    table_before = json.loads(saved_file.read_text()) if args.update else None
     work = Path(args.work or HERE.parent / "runs" / stem)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -557,10 +584,11 @@ def main(argv=None) -> int:
     train_seconds = json.loads(seconds_file.read_text()) if seconds_file.exists() and not args.retrain else {}
     steps = args.steps  # None: each row takes the preset's steps on this family (its family table's, if any)
     wanted = None if args.rows == "all" else set(args.rows.split(","))
+    if args.update:
+        wanted = {r.strip() for r in args.update.split(",") if r.strip()}
     preset_steps = plan(UnlearnConfig(preset="testbed-red", model=args.model, steps=steps))[1][0].train.steps
+    planned = {}  # every row's (what it is, its config, its training plan): --update checks the rows it keeps
     for name, what, kw in variants([b.strip() for b in args.betas.split(",") if b.strip()], args.model):
-        if wanted is not None and name not in wanted:
-            continue
         out = work / f"{name}.safetensors"
         kw = kw | ({"steps": steps} if steps else {})  # --steps: every row's
         ucfg = UnlearnConfig(preset="testbed-red", model=args.model, out=str(out), preview=False,
@@ -568,7 +596,22 @@ def main(argv=None) -> int:
         pair_cfg = plan(ucfg)[1][0].pairs
         ucfg.pairs_dir = str(work / f"pairs_{pair_cfg.edit_region}"
                                     f"{f'_retain{pair_cfg.num_retain}' if pair_cfg.num_retain else ''}")
-        if args.retrain or not same_recipe(out, plan(ucfg)[1][0].train):
+        planned[name] = (what, ucfg, plan(ucfg)[1][0].train)
+    if args.update:
+        unknown = sorted(wanted - set(planned))
+        if unknown:
+            p.error(f"--update: no row named {', '.join(unknown)} (rows: {', '.join(planned)})")
+        kept = {m["name"]: recorded_recipe(m["facts"], planned[m["name"]][2]) if m["name"] in planned else None
+                for m in table_before["report"]["methods"]
+                if m["kind"] == "adapter" and m["name"] not in wanted and "oracle" not in m["facts"]}
+        stale = recipe_problems(kept)
+        if stale:
+            p.error(f"--update: {'; '.join(stale)}: measure them too, or run the whole table")
+    for name, (what, ucfg, train_plan) in planned.items():
+        if wanted is not None and name not in wanted:
+            continue
+        out = Path(ucfg.out)
+        if args.retrain or not same_recipe(out, train_plan):
             t = time.time()
             unlearn(ucfg, progress, model=model)
             train_seconds[name] = time.time() - t
@@ -583,6 +626,10 @@ def main(argv=None) -> int:
                            "written as a full-rank LoRA by `python benchmarks/oracle_testbed.py` (run first: 41 "
                            "minutes on 2 CPU threads; lr 3e-4, the erasure check passed at step 1,400); it needs the "
                            "training data, which a user unlearning a checkpoint never has")
+    # the attacks' red images are v1's unsafe images (pairs_image): made here when no row run now made them
+    eval_pairs = plan(planned["duo_v1"][1])[1][0].pairs
+    assert Path(eval_pairs.out) == work / "pairs_image", eval_pairs.out
+    generate_pairs(eval_pairs, progress, model=model)
     backbone = args.lpips_backbone
     if backbone == "auto":
         try:
@@ -628,9 +675,23 @@ def main(argv=None) -> int:
               "args": vars(args), "torch": torch.__version__, "machine": platform.machine(),
               "threads": torch.get_num_threads()}
     dest = Path(args.results).parent
-    (dest / f"{stem}.json").write_text(json.dumps(record, indent=1, default=str))
-    shutil.copyfile(work / "report" / "plot.png", dest / f"{stem}.png")
-    shutil.copyfile(work / "report" / "grid_direct.png", dest / f"{stem}_grid_direct.png")
+    if args.update:
+        record = json.loads(json.dumps(record, default=str))  # as the saved one was read back
+        differ = measurement_problems(table_before, record)
+        if differ:
+            print(f"--update: this run measured otherwise than the saved table ({'; '.join(differ)}): its rows "
+                  f"cannot join it; run the whole table", file=sys.stderr)
+            return 2
+        order = ["base", "negative prompt", *planned]
+        record = merged(table_before, record, [n for n in planned if n in wanted], order,
+                        time.strftime("%Y-%m-%d"))
+        plot(record["report"], dest / f"{stem}.png",
+             f"{record['report']['model']['name']} / {record['report']['concept']}: DSR vs prior preservation")
+        shutil.copyfile(work / "report" / "grid_direct.png", dest / f"{stem}_grid_direct_update.png")
+    else:
+        shutil.copyfile(work / "report" / "plot.png", dest / f"{stem}.png")
+        shutil.copyfile(work / "report" / "grid_direct.png", dest / f"{stem}_grid_direct.png")
+    saved_file.write_text(json.dumps(record, indent=1, default=str))
     text = markdown(record)
     write_section(Path(args.results), text, stem)
     print(text)

@@ -1,0 +1,117 @@
+"""Measuring some rows of a saved efficacy table again and putting them beside the rows it keeps.
+
+From nothing on disk the SD 1.x table takes about three hours on 2 CPU threads (its rows' pairs and training, the
+five attacks on 21 methods, the colour readings, the reference model), more than a working session. Each method is
+measured on its own: its images, attacks and readings are seeded by the evaluation seed and the prompt order alone,
+never by which other methods share the run. So a row measured today may stand beside rows measured earlier, if
+
+- the measurement is the same: the same settings, sampling, attack prompts and FID reference, torch version and
+  thread count, and the two controls, the base model and negative prompting, measured again, read as saved: every
+  prompt found and colour count exactly, every score, loss and distance to within float rounding (TOLERANCE: two
+  runs of the same CPU build differ in the 6th to 7th digit, e.g. FID 457.4248 and 457.4293, a found prompt's
+  fitness −0.69633275 and −0.69633269); a machine that draws other images cannot pass this;
+- every kept row still plans the recipe it was measured with (a preset change moves every "preset + one change" row,
+  which must then be measured again too).
+
+`recipe_problems()` and `measurement_problems()` say what stands in the way; `merged()` makes the new record, with
+the run listed under "updates".
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+CONTROLS = ("base", "negative prompt")  # measured in every run: the check that the measurement is the same
+SAME = ("model", "steps", "lpips_backbone", "pairs", "torch", "machine", "threads")  # the record's own fields
+PER_RUN_SETTINGS = ("adapters", "out")  # what each run's settings name for itself
+TOLERANCE = {"rel_tol": 1e-4, "abs_tol": 1.5e-4}  # figures kept to 4 decimals: rounding may move the last by one
+
+
+def same(a, b) -> bool:
+    """Equal, numbers to within TOLERANCE (bools and everything else exactly)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, **TOLERANCE)
+    return a == b
+
+
+def repo_root(record: dict) -> str:
+    """The repository a record was measured in: its model source is <root>/trainer/testbed/model."""
+    source = record["report"]["model"]["source"]
+    marker = "/trainer/testbed/"
+    return source[:source.index(marker)] if marker in source else ""
+
+
+def portable(value, root: str):
+    """The value with the repository's path set aside, so clones in other folders compare alike."""
+    text = json.dumps(value, sort_keys=True, default=str)
+    return json.loads(text.replace(json.dumps(root)[1:-1], "<repo>") if root else text)
+
+
+def controls_only(attacks: dict) -> dict:
+    """The attacks with their per-method findings cut to the controls (the rows' own are compared by nobody)."""
+    out = copy.deepcopy(attacks)
+    for attack in out.values():
+        per_method = attack.get("info", {}).get("per_method")
+        if per_method is not None:
+            attack["info"]["per_method"] = {k: v for k, v in per_method.items() if k in CONTROLS}
+    return out
+
+
+def measurement(record: dict) -> dict:
+    """Everything that must be equal between two runs for their rows to share a table."""
+    report, root = record["report"], repo_root(record)
+    settings = {k: v for k, v in report["settings"].items() if k not in PER_RUN_SETTINGS}
+    return portable({**{k: record.get(k) for k in SAME},
+                     "settings": settings, "sampling": report["sampling"],
+                     "unrelated_prompts": report["unrelated_prompts"], "attacks": controls_only(report["attacks"]),
+                     "skipped_attacks": report.get("skipped_attacks"), "quality": report.get("quality"),
+                     **{f"{name} readings": report["results"].get(name) for name in CONTROLS},
+                     **{f"{name} colour readings": record["close_concept_and_agreement"].get(name)
+                        for name in CONTROLS}}, root)
+
+
+def recipe_problems(kept_recipes: dict[str, bool | None]) -> list[str]:
+    """kept_recipes: for each adapter row of the saved table not measured again, whether the recipe it plans now is
+    the one it was measured with (None: no longer a row of the table)."""
+    return ([f"{row} plans another recipe than it was measured with" for row, same in kept_recipes.items()
+             if same is False]
+            + [f"{row} is no longer a row of the table" for row, same in kept_recipes.items() if same is None])
+
+
+def measurement_problems(saved: dict, fresh: dict) -> list[str]:
+    """What `fresh` measured otherwise than `saved` (both JSON records); empty when its rows can join the table."""
+    before, now = measurement(saved), measurement(fresh)
+    return [f"{key} differ from the saved table's" for key in before if not same(before[key], now.get(key))]
+
+
+def merged(saved: dict, fresh: dict, rows: list[str], order: list[str], when: str) -> dict:
+    """The saved record with `rows` as `fresh` measured them, methods in `order` (names not in it keep their place
+    after it), and this run listed under "updates"."""
+    out = copy.deepcopy(saved)
+    report, new = out["report"], fresh["report"]
+    for row in rows:
+        report["results"][row] = new["results"][row]
+        out["close_concept_and_agreement"][row] = fresh["close_concept_and_agreement"][row]
+        out["rows"][row] = fresh["rows"][row]
+        if row in fresh["train_seconds"]:
+            out["train_seconds"][row] = fresh["train_seconds"][row]
+        for name, attack in report["attacks"].items():
+            per_method = attack.get("info", {}).get("per_method")
+            if per_method is not None:
+                per_method[row] = new["attacks"][name]["info"]["per_method"][row]
+    methods = {m["name"]: m for m in report["methods"]} | {m["name"]: m for m in new["methods"] if m["name"] in rows}
+    names = [n for n in order if n in methods] + [n for n in methods if n not in order]
+    report["methods"] = [methods[n] for n in names]
+    report["settings"]["adapters"] = [m["adapter"] for m in report["methods"] if m.get("adapter")]
+    for key, held in (("results", report), ("close_concept_and_agreement", out), ("rows", out)):
+        held[key] = {n: held[key][n] for n in names if n in held[key]}  # the tables list them in this order
+    out.setdefault("updates", []).append({"rows": list(rows), "date": when, "command": fresh["command"],
+                                          "seconds": fresh["seconds"]})
+    return out
