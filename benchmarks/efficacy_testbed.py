@@ -45,6 +45,9 @@ SELF_ATTENTION_PRESET = {"target_modules": SELF_ATTENTION, "concept_directions":
 # the ResNet convolutions of the SD 1.x test bed's 8 × 8 blocks, where red's inputs stand out most (×2.3 to 3.3;
 # RESULTS.md, thirty-seventh session): the SD 1.x preset's layers since 2026-12-06, named once, in presets.toml
 CONV_8X8 = get_preset("testbed-red").for_family("sd1").target_modules
+# the retain set with its orange prompts twice: 54 of 162 images orange instead of 27 of 135 (forty-sixth session)
+RETAIN = get_preset("testbed-red").retain_prompts
+ORANGE_TWICE = {"retain_prompts": tuple(RETAIN) + tuple(p for p in RETAIN if "orange" in p), "num_retain": 162}
 
 
 def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, dict]]:
@@ -89,7 +92,11 @@ def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, d
                  {"target_modules": CONV_8X8 + SELF_ATTENTION, "concept_directions": 0.5, "lam_retain": 5.0}
                  | LAM_BEFORE),
                 ("duo_preset_lam1e4", "the SD 1.x preset until 2026-12-07: the same with λ 1e4 instead of 4e4 (the "
-                                      "forty-third session's table)", LAM_BEFORE)]
+                                      "forty-third session's table)", LAM_BEFORE),
+                ("duo_preset_r25", "the preset with λ_retain 2.5 instead of 1.25 (forty-sixth session)",
+                 {"lam_retain": 2.5}),
+                ("duo_preset_orange54", "the preset with the retain set's orange prompts twice: 54 of 162 retain "
+                                        "images orange instead of 27 of 135 (forty-sixth session)", ORANGE_TWICE)]
     out += [("duo_preset_no_close", f"{was} without a close concept: the directions measured against the "
                                     "retain set with every image weighed alike (`--close-weight 0`)",
              earlier | {"close_weight": 0.0}),
@@ -440,7 +447,7 @@ def markdown(record: dict) -> str:
         f"`benchmarks/{record['stem']}_grid_direct.png`"
         + (" (the full run's adapters)." if record.get("updates") else "."),
         "",
-        *([("Rows measured again since the full run (`--update`: the base model and negative prompting read as "
+        *([("Rows measured since the full run, added or again (`--update`: the base model and negative prompting read as "
             "saved, to float rounding, and every row kept plans the recipe it was measured with; "
             "benchmarks/table_update.py): "
             + "; ".join(f"{u['date']}, {', '.join(f'`{r}`' for r in u['rows'])} (`{u['command']}`, eval "
