@@ -447,8 +447,8 @@ def markdown(record: dict) -> str:
         f"`benchmarks/{record['stem']}_grid_direct.png`"
         + (" (the full run's adapters)." if record.get("updates") else "."),
         "",
-        *([("Rows measured since the full run, added or again (`--update`: the base model and negative prompting read as "
-            "saved, to float rounding, and every row kept plans the recipe it was measured with; "
+        *([("Rows measured since the full run, added or again (`--update`: the base model and negative prompting "
+            "read as saved, to float rounding, and every row kept plans the recipe it was measured with; "
             "benchmarks/table_update.py): "
             + "; ".join(f"{u['date']}, {', '.join(f'`{r}`' for r in u['rows'])} (`{u['command']}`, eval "
                         f"{u['seconds']['eval']:.0f} s, readings {u['seconds']['close']:.0f} s)"
@@ -548,8 +548,8 @@ def main(argv=None) -> int:
     p.add_argument("--from-json", help="only rebuild the RESULTS.md section from a saved record")
     p.add_argument("--update", metavar="ROWS",
                    help="comma-separated rows to measure again and put into the saved table beside the rows it "
-                        "keeps, where the base model and negative prompting read exactly as saved and every kept row "
-                        "still plans its recipe (benchmarks/table_update.py)")
+                        "keeps, where the base model and negative prompting read as saved (to float rounding) and every "
+                        "kept row still plans its recipe (benchmarks/table_update.py)")
     args = p.parse_args(argv)
     if args.update and (args.reference or args.rows != "all"):
         p.error("--update measures the rows it names; the saved table keeps the rest, its reference rows included")
