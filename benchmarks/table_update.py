@@ -1,7 +1,7 @@
 """Measuring some rows of a saved efficacy table again and putting them beside the rows it keeps.
 
 From nothing on disk the SD 1.x table takes about three hours on 2 CPU threads (its rows' pairs and training, the
-five attacks on 21 methods, the colour readings, the reference model), more than a working session. Each method is
+five attacks on 23 methods, the colour readings, the reference model), more than a working session. Each method is
 measured on its own: its images, attacks and readings are seeded by the evaluation seed and the prompt order alone,
 never by which other methods share the run. So a row measured today may stand beside rows measured earlier, if
 
@@ -55,7 +55,7 @@ def portable(value, root: str):
 
 
 def controls_only(attacks: dict) -> dict:
-    """The attacks with their per-method findings cut to the controls (the rows' own are compared by nobody)."""
+    """The attacks with their per-method findings cut to the controls (each row's own are what it measured)."""
     out = copy.deepcopy(attacks)
     for attack in out.values():
         per_method = attack.get("info", {}).get("per_method")
@@ -80,9 +80,9 @@ def measurement(record: dict) -> dict:
 def recipe_problems(kept_recipes: dict[str, bool | None]) -> list[str]:
     """kept_recipes: for each adapter row of the saved table not measured again, whether the recipe it plans now is
     the one it was measured with (None: no longer a row of the table)."""
-    return ([f"{row} plans another recipe than it was measured with" for row, same in kept_recipes.items()
-             if same is False]
-            + [f"{row} is no longer a row of the table" for row, same in kept_recipes.items() if same is None])
+    return ([f"{row} plans another recipe than it was measured with" for row, kept in kept_recipes.items()
+             if kept is False]
+            + [f"{row} is no longer a row of the table" for row, kept in kept_recipes.items() if kept is None])
 
 
 def measurement_problems(saved: dict, fresh: dict) -> list[str]:
