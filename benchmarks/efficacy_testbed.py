@@ -42,11 +42,12 @@ LAM_BEFORE = {"lam": 1e4}
 RETAIN_TERM = {"concept_directions": 0, "lam_retain": 1.25, "stop_erased": 0.85} | LAM_BEFORE
 # the SD 1.x preset until 2026-12-06: the LoRA on self-attention, half of each layer's directions, no retain term
 SELF_ATTENTION_PRESET = {"target_modules": SELF_ATTENTION, "concept_directions": 0.5, "lam_retain": 0.0} | LAM_BEFORE
+TESTBED_RED = get_preset("testbed-red")  # read once: the rows below and main() name its parts
 # the ResNet convolutions of the SD 1.x test bed's 8 × 8 blocks, where red's inputs stand out most (×2.3 to 3.3;
 # RESULTS.md, thirty-seventh session): the SD 1.x preset's layers since 2026-12-06, named once, in presets.toml
-CONV_8X8 = get_preset("testbed-red").for_family("sd1").target_modules
+CONV_8X8 = TESTBED_RED.for_family("sd1").target_modules
 # the retain set with its orange prompts twice: 54 of 162 images orange instead of 27 of 135 (forty-sixth session)
-RETAIN = get_preset("testbed-red").retain_prompts
+RETAIN = TESTBED_RED.retain_prompts
 ORANGE_TWICE = {"retain_prompts": tuple(RETAIN) + tuple(p for p in RETAIN if "orange" in p), "num_retain": 162}
 
 
@@ -579,7 +580,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = load_model(args.model)
-    preset = get_preset("testbed-red")
+    preset = TESTBED_RED
     attacks = tuple(args.attacks.split(",")) if args.attacks else ATTACKS
 
     def progress(event):
@@ -603,22 +604,23 @@ def main(argv=None) -> int:
         pair_cfg = plan(ucfg)[1][0].pairs
         ucfg.pairs_dir = str(work / f"pairs_{pair_cfg.edit_region}"
                                     f"{f'_retain{pair_cfg.num_retain}' if pair_cfg.num_retain else ''}")
-        planned[name] = (what, ucfg, plan(ucfg)[1][0].train)
+        planned[name] = (what, ucfg, plan(ucfg)[1][0])  # its pairs and training, pairs_dir now set
     if args.update:
         unknown = sorted(wanted - set(planned))
         if unknown:
             p.error(f"--update: no row named {', '.join(unknown)} (rows: {', '.join(planned)})")
-        kept = {m["name"]: recorded_recipe(m["facts"], planned[m["name"]][2]) if m["name"] in planned else None
+        kept = {m["name"]: (recorded_recipe(m["facts"], planned[m["name"]][2].train) if m["name"] in planned
+                            else None)
                 for m in table_before["report"]["methods"]
                 if m["kind"] == "adapter" and m["name"] not in wanted and "oracle" not in m["facts"]}
         stale = recipe_problems(kept)
         if stale:
             p.error(f"--update: {'; '.join(stale)}: measure them too, or run the whole table")
-    for name, (what, ucfg, train_plan) in planned.items():
+    for name, (what, ucfg, row_plan) in planned.items():
         if wanted is not None and name not in wanted:
             continue
         out = Path(ucfg.out)
-        if args.retrain or not same_recipe(out, train_plan):
+        if args.retrain or not same_recipe(out, row_plan.train):
             t = time.time()
             unlearn(ucfg, progress, model=model)
             train_seconds[name] = time.time() - t
@@ -634,7 +636,7 @@ def main(argv=None) -> int:
                            "minutes on 2 CPU threads; lr 3e-4, the erasure check passed at step 1,400); it needs the "
                            "training data, which a user unlearning a checkpoint never has")
     # the attacks' red images are v1's unsafe images (pairs_image): made here when no row run now made them
-    eval_pairs = plan(planned["duo_v1"][1])[1][0].pairs
+    eval_pairs = planned["duo_v1"][2].pairs
     assert Path(eval_pairs.out) == work / "pairs_image", eval_pairs.out
     generate_pairs(eval_pairs, progress, model=model)
     backbone = args.lpips_backbone
