@@ -38,6 +38,8 @@ PREVIOUS = {"beta": 10.0, "lam": 1e4, "lr": 1e-3, "steps": 300, "edit_region": "
             "stop_every": 0}
 # the SD 1.x preset's λ until 2026-12-07 (now 4e4): the rows that stand for earlier recipes keep it
 LAM_BEFORE = {"lam": 1e4}
+# the SD 1.x preset's λ_retain until the forty-seventh session (now 1.75): its rows keep it
+LAM_RETAIN_BEFORE = {"lam_retain": 1.25}
 # the SD 1.x preset until 2026-12-05: the retain set held by λ_retain, not by the concept's directions
 RETAIN_TERM = {"concept_directions": 0, "lam_retain": 1.25, "stop_erased": 0.85} | LAM_BEFORE
 # the SD 1.x preset until 2026-12-06: the LoRA on self-attention, half of each layer's directions, no retain term
@@ -68,7 +70,7 @@ def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, d
            ("duo_preset", "the preset now: v1 + retain set (base-model images of the other colours) and β from κ; "
                           "SD 1.x: 135 images, the LoRA on the ten ResNet convolutions of the 8 × 8 blocks, each "
                           "reading only the 4 input directions (3 × 3 patches) where red stands out most against "
-                          "them (orange named as the close concept, weight 6), λ_retain 1.25 as well, λ 4e4, κ 6.2 (β ≈ "
+                          "them (orange named as the close concept, weight 6), λ_retain 1.75 as well, λ 4e4, κ 6.2 (β ≈ "
                           "10), until red is gone from 95% of the erasure check's 24 samples (at most 900 steps); "
                           "SDXL: 45 images, λ_retain 0.5, κ 3 (β ≈ 5.4), "
                           "the erasure check every 75 steps with on-policy pairs (the check's images still red "
@@ -92,12 +94,15 @@ def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, d
                 ("duo_preset_conv_sa", "the same with self-attention kept: the LoRA on both",
                  {"target_modules": CONV_8X8 + SELF_ATTENTION, "concept_directions": 0.5, "lam_retain": 5.0}
                  | LAM_BEFORE),
-                ("duo_preset_lam1e4", "the SD 1.x preset until 2026-12-07: the same with λ 1e4 instead of 4e4 (the "
-                                      "forty-third session's table)", LAM_BEFORE),
-                ("duo_preset_r25", "the preset with λ_retain 2.5 instead of 1.25 (forty-sixth session)",
+                ("duo_preset_r125", "the SD 1.x preset until the forty-seventh session: λ_retain 1.25 instead of "
+                                    "1.75", LAM_RETAIN_BEFORE),
+                ("duo_preset_lam1e4", "the SD 1.x preset until 2026-12-07: λ 1e4 instead of 4e4 and λ_retain 1.25 "
+                                      "(the forty-third session's table)", LAM_BEFORE | LAM_RETAIN_BEFORE),
+                ("duo_preset_r25", "the preset with λ_retain 2.5 instead of 1.75 (forty-sixth session)",
                  {"lam_retain": 2.5}),
-                ("duo_preset_orange54", "the preset with the retain set's orange prompts twice: 54 of 162 retain "
-                                        "images orange instead of 27 of 135 (forty-sixth session)", ORANGE_TWICE)]
+                ("duo_preset_orange54", "the preset until the forty-seventh session (λ_retain 1.25) with the retain "
+                                        "set's orange prompts twice: 54 of 162 retain images orange instead of 27 of "
+                                        "135 (forty-sixth session)", ORANGE_TWICE | LAM_RETAIN_BEFORE)]
     out += [("duo_preset_no_close", f"{was} without a close concept: the directions measured against the "
                                     "retain set with every image weighed alike (`--close-weight 0`)",
              earlier | {"close_weight": 0.0}),
