@@ -49,8 +49,11 @@ TESTBED_RED = get_preset("testbed-red")  # read once: the rows below and main() 
 # RESULTS.md, thirty-seventh session): the SD 1.x preset's layers since 2026-12-06, named once, in presets.toml
 CONV_8X8 = TESTBED_RED.for_family("sd1").target_modules
 # the retain set with its orange prompts twice: 54 of 162 images orange instead of 27 of 135 (forty-sixth session)
-RETAIN = TESTBED_RED.retain_prompts
-ORANGE_TWICE = {"retain_prompts": tuple(RETAIN) + tuple(p for p in RETAIN if "orange" in p), "num_retain": 162}
+RETAIN = tuple(TESTBED_RED.retain_prompts)
+ORANGE_RETAIN_TWICE = RETAIN + tuple(p for p in RETAIN if "orange" in p)
+# the preset's seeds per retain prompt kept (135 images of 45 prompts: 3), so its 54 prompts make 162 images
+ORANGE_TWICE = {"retain_prompts": ORANGE_RETAIN_TWICE,
+                "num_retain": TESTBED_RED.num_retain // len(RETAIN) * len(ORANGE_RETAIN_TWICE)}
 
 
 def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, dict]]:
