@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     from duo_unlearn.trainer.models import load_model
     from duo_unlearn.trainer.presets import get_preset
     from duo_unlearn.trainer.unlearn import UnlearnConfig, plan, unlearn
-    from efficacy_testbed import close_and_agreement
+    from efficacy_testbed import close_and_agreement, twin_negative_tag
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,8 @@ def main(argv=None) -> int:
         ucfg = UnlearnConfig(preset="testbed-red", model=args.model, out=str(out), preview=False, seed=seed,
                              overwrite=True, **overrides)
         pair_cfg = plan(ucfg)[1][0].pairs
-        ucfg.pairs_dir = str(work / f"pairs_s{seed}_{pair_cfg.edit_region}_retain{pair_cfg.num_retain}")
+        ucfg.pairs_dir = str(work / f"pairs_s{seed}_{pair_cfg.edit_region}_retain{pair_cfg.num_retain}"
+                                    f"{twin_negative_tag(pair_cfg)}")
         unlearn(ucfg, model=model)
         trained = time.time() - started
         report = evaluate(EvalConfig(model=args.model, preset="testbed-red", adapters=(str(out),), base=False,

@@ -219,7 +219,7 @@ class TabController:
                       config_dir="", device="auto", mixed_precision="auto", gradient_checkpointing="auto",
                       resolution=0, micro_batch_pairs=0, retain_text="", num_retain="", lam_retain="",
                       lr_scheduler="constant", lr_warmup_steps=0, concept_directions="", close_concepts="",
-                      close_weight="") -> Request:
+                      close_weight="", twin_negative="") -> Request:
         """Every check that can fail before anything is written; UserError says what to fix."""
         from ..trainer.previews import preview_path
         from ..trainer.unlearn import UnlearnConfig, plan
@@ -293,7 +293,8 @@ class TabController:
             micro_batch_pairs=None if micro_batch_pairs in (None, "", 0)
             else _int(micro_batch_pairs, "Micro-batch pairs", 1, MOST_BATCH),
             retain_prompts=retain, num_retain=n_retain, lam_retain=w_retain, lr_scheduler=schedule,
-            lr_warmup_steps=warmup, concept_directions=directions, close_concepts=close, close_weight=w_close)
+            lr_warmup_steps=warmup, concept_directions=directions, close_concepts=close, close_weight=w_close,
+            twin_negative=(twin_negative or "").strip() or None)
         from ..trainer.runtime import RuntimeConfig
 
         RuntimeConfig(cfg.device, cfg.mixed_precision, cfg.gradient_checkpointing).validate()
@@ -545,6 +546,9 @@ def build_tab(backend) -> dict:
                                            elem_id="duo_detector")
                 c["config_dir"] = gr.Textbox(label="Diffusers config folder for single-file checkpoints (offline)",
                                              value="", elem_id="duo_config_dir")
+                c["twin_negative"] = gr.Textbox(label="Safe twins' negative prompt ({unsafe}: the pair's unsafe "
+                                                      "prompt; blank: the preset's)", value="",
+                                                elem_id="duo_twin_negative")
             with gr.Row():
                 c["preview"] = gr.Checkbox(label="Render a base vs unlearned preview", value=True,
                                            elem_id="duo_preview")
@@ -621,7 +625,7 @@ def build_tab(backend) -> dict:
                                      "preview", "overwrite", "config_dir", "device", "mixed_precision",
                                      "gradient_checkpointing", "resolution", "micro_batch_pairs", "retain_prompts",
                                      "num_retain", "lam_retain", "lr_scheduler", "lr_warmup_steps",
-                                     "concept_directions", "close_concepts", "close_weight")]
+                                     "concept_directions", "close_concepts", "close_weight", "twin_negative")]
 
     def on_preset(preset):
         try:

@@ -21,6 +21,7 @@
     duo_seed: "Same seed and settings give the same pairs and, on CPU, the same adapter.",
     duo_batch: "Pairs per training step.",
     duo_detector: "Which detector gates the unsafe images: none, nudenet, colour:red …",
+    duo_twin_negative: "The negative prompt the safe twins are drawn with. {unsafe} stands for the pair's unsafe prompt (the paper's); the concept's own words (red) push the twin off the concept only, not off the shape or scene the prompt also names. Blank = the preset's.",
     duo_config_dir: "A diffusers folder of the same family, for single-file checkpoints when offline.",
     duo_device: "Where the job runs: auto (a CUDA or Apple GPU when there is one), cpu, cuda, cuda:1, mps.",
     duo_mixed_precision: "Frozen weights in half precision on a GPU (the LoRA and optimizer stay fp32). auto: bf16 where the card supports it, else fp16; fp32 on the CPU.",

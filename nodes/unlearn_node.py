@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..trainer.errors import UserError, out_of_memory_line
 from ..trainer.pairs_folder import pairs_folder
+from ..trainer.presets import UNSAFE_PROMPT
 from ..trainer.same_schedule import same_schedule
 from ..trainer.testbed import TESTBED_FAMILIES, TESTBEDS, available_testbeds
 from . import host
@@ -206,6 +207,8 @@ def _same_training(path: Path, p, preset_name: str, model_spec: str, resolution:
     if p.train.concept_directions:  # measured against the retain set: its size shapes the adapter too
         want["retain_images"] = p.pairs.num_retain
     if any(facts.get(k) != v for k, v in want.items()):
+        return False
+    if facts.get("twin_negative", UNSAFE_PROMPT) != p.pairs.twin_negative:  # its twins, and so its pairs, differ
         return False
     return (set(facts.get("unsafe_prompts", [])) <= set(p.concept.unsafe_prompts)
             and set(facts.get("safe_prompts", [])) <= set(p.concept.safe_prompts))

@@ -163,6 +163,9 @@ def test_unlearn_node_lists_the_test_beds_by_name_and_trains_on_them(tmp_path, m
     assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
     facts["kappa"] = t.kappa
     assert _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
+    facts["twin_negative"] = "red"  # twins made with another negative prompt than this request's: other pairs
+    assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
+    del facts["twin_negative"]
     facts["concept_directions"] = 24  # trained on the concept's directions, which this request does not ask for
     assert not _same_training(loras / "duo_xl.safetensors", plans[0], "testbed-red", "testbed-xl")
 

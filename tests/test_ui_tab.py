@@ -71,6 +71,16 @@ def test_retain_fields_reach_the_plan_and_blank_means_the_preset(ctl, tiny_model
     assert off.cfg.pairs_dir != mine.cfg.pairs_dir  # other retain settings: other pairs, not a resume
 
 
+def test_twin_negative_field_reaches_the_pairs_and_blank_means_the_preset(ctl, tiny_model):
+    from duo_unlearn.trainer.presets import get_preset
+
+    blank = ctl.build_request(*inputs(tiny_model), *RUNTIME, twin_negative=" ")
+    assert blank.plans[0].pairs.twin_negative == get_preset("testbed-red").for_family("sd1").twin_negative
+    mine = ctl.build_request(*inputs(tiny_model), *RUNTIME, twin_negative=" no {unsafe} ")
+    assert mine.plans[0].pairs.twin_negative_for(0) == "no a red square"
+    assert mine.cfg.pairs_dir != blank.cfg.pairs_dir  # twins of another negative: other pairs, not a resume
+
+
 def test_direction_fields_reach_the_plan_and_blank_means_the_preset(ctl, tiny_model):
     from duo_unlearn.trainer.presets import get_preset
 

@@ -99,6 +99,8 @@ HELP.update({
     "preview": "save the base-vs-unlearned preview grid",
     "edit_region": "safe twins: 'image' (SDEdit repaints everything, the paper's) or 'concept' (only the "
                    "detector's region changes; the rest is the unsafe image's)",
+    "twin_negative": "the safe twins' negative prompt; {unsafe} stands for the pair's unsafe prompt (default "
+                     "{unsafe}, the paper's: the whole prompt, which also pushes the twin off what else it names)",
     "retain_prompts": "a prompt whose images must stay as they are (the retain set; repeat the flag)",
     "num_retain": "retain-set images made with the pairs (base-model images of the retain prompts; 0: none)",
     "lam_retain": "weight of output preservation on the retain set's noised images (0: off, the paper's DUO)",

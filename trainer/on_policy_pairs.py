@@ -3,7 +3,7 @@
 Why: the DPO margin is met on the base model's pairs while the adapter's own samples can still show the concept
 (benchmarks/RESULTS.md, "what else was tried": the training loss does not tell a seed that erased from one that did
 not). An image the adapter drew and the detector still flags is where the adapter fails; with a base-model SDEdit
-twin (the pairs' strength, a safe prompt of the same unsafe prompt, the unsafe prompt as negative) it becomes one more
+twin (the pairs' strength and negative prompt, a safe prompt of the same unsafe prompt) it becomes one more
 pair, drawn like the others from then on: the adapter's own samples as losers, as in online or iterative DPO.
 Each check draws fresh seeds, so no image is added twice.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .erasure_stop import CHECK_SEED
+from .presets import UNSAFE_PROMPT
 
 TWIN_ATTEMPTS = 3  # a twin that still shows the concept is redrawn at another seed, at most this often, then dropped
 # Check k draws image i at CHECK_SEED + k·SEEDS_APART + i, its twin at that + TWIN_SEED + attempt·CHECK_IMAGES: no
@@ -27,6 +28,7 @@ class OnPolicyPairs:
     unsafe_prompts: list[str]  # per check image
     safe_prompts: list[str]  # per pair record
     strength: float  # the SDEdit strength of the dataset's twins
+    twin_negative: str  # and their negative prompt (presets.UNSAFE_PROMPT stands for the image's unsafe prompt)
     sample_steps: int
     guidance: float
 
@@ -55,7 +57,8 @@ class OnPolicyPairs:
                 chunk = todo[lo:lo + batch]
                 with adapters_disabled(denoiser), quiet_diffusers(), torch.no_grad():
                     twins += edit(prompt=[self.safe_prompts[source[i]] for i in chunk],
-                                  negative_prompt=[self.unsafe_prompts[i] for i in chunk],
+                                  negative_prompt=[self.twin_negative.replace(UNSAFE_PROMPT, self.unsafe_prompts[i])
+                                                   for i in chunk],
                                   image=[images[i] for i in chunk], strength=self.strength,
                                   generator=[torch.Generator().manual_seed(seed + TWIN_SEED + attempt * len(images) + i)
                                              for i in chunk],
@@ -81,13 +84,14 @@ class OnPolicyPairs:
 
 def on_policy_pairs(cfg, check, records) -> OnPolicyPairs | None:
     """What a TrainConfig asks for (None: the pairs stay those of the dataset), for the check's images."""
-    from .pairs import PairConfig
+    from .pairs import PairConfig, made_with
 
     if not cfg.on_policy_pairs or check is None:
         return None
+    negative = made_with(cfg.pairs).get("twin_negative", UNSAFE_PROMPT)  # the dataset's twins' own
     by_prompt: dict[str, list[int]] = {}
     for j, r in enumerate(records):
         by_prompt.setdefault(r.unsafe_prompt, []).append(j)
     return OnPolicyPairs(check.detector, [by_prompt[p] for p in check.prompts], list(check.prompts),
                          [r.safe_prompt for r in records], records[0].strength or PairConfig.strength,  # older records: the default
-                         check.sample_steps, check.guidance)
+                         negative if isinstance(negative, str) else UNSAFE_PROMPT, check.sample_steps, check.guidance)

@@ -22,6 +22,10 @@ class Concept:
     safe_prompts: tuple[str, ...]
 
 
+# in a twin's negative prompt, the pair's unsafe prompt: the paper's negative is that prompt alone
+UNSAFE_PROMPT = "{unsafe}"
+
+
 @dataclass
 class Preset:
     name: str
@@ -41,6 +45,7 @@ class Preset:
     lam: float | None = None  # None: 1e6 * beta / 100
     kappa: float | None = None  # set: β = κ / the pairs' full-swap margin (reward_scale.py) instead of `beta`
     edit_region: str = "image"  # "concept": twins change only the detector's region
+    twin_negative: str = UNSAFE_PROMPT  # the twins' negative prompt ({unsafe}: the pair's unsafe prompt, the paper's)
     retain_prompts: tuple[str, ...] = ()  # the retain set (retain_set.py); none: the paper's DUO
     num_retain: int = 0
     lam_retain: float = 0.0
@@ -73,7 +78,7 @@ class Preset:
 
 # the recipe's settings, not its prompts or the concept itself
 _PER_FAMILY = {"num_pairs", "strength", "beta", "kappa", "lr", "lam", "steps", "sample_steps", "guidance",
-               "edit_region", "num_retain", "lam_retain", "t_max", "retain_t_min", "stop_every", "shared_t",
+               "edit_region", "twin_negative", "num_retain", "lam_retain", "t_max", "retain_t_min", "stop_every", "shared_t",
                "concept_directions", "close_weight", "stop_erased", "on_policy_pairs", "target_modules", "condition"}
 
 

@@ -12,7 +12,7 @@ from .errors import UserError
 from .export import check_writable
 from .families import get_family
 from .pairs import PairConfig, PairStats, check_pair_folder, generate_pairs
-from .presets import Concept, Preset, get_preset
+from .presets import UNSAFE_PROMPT, Concept, Preset, get_preset
 from .previews import refuse_existing_preview
 from .progress import ProgressCallback, ProgressEvent, report
 from .testbed import TESTBED_NAME
@@ -45,6 +45,7 @@ class UnlearnConfig:
     lr_cycles: int = 1
     lam: float | None = None
     edit_region: str | None = None  # "image" or "concept" (None: the preset's)
+    twin_negative: str | None = None  # the twins' negative prompt, {unsafe} the pair's unsafe prompt (None: preset's)
     retain_prompts: tuple[str, ...] = ()  # prompts whose images must stay (default: the preset's)
     num_retain: int | None = None  # retain-set images (None: the preset's; 0: none)
     lam_retain: float | None = None  # weight of the retain-set term (None: the preset's; 0: off)
@@ -140,6 +141,7 @@ def plan(cfg: UnlearnConfig) -> tuple[Preset, list[ConceptPlan]]:
             detector=cfg.detector or preset.detector, max_retries=cfg.max_retries, seed=cfg.seed,
             resolution=cfg.resolution, device=cfg.device, mixed_precision=cfg.mixed_precision,
             edit_region=cfg.edit_region or preset.edit_region,
+            twin_negative=_given(cfg.twin_negative, preset.twin_negative),
             retain_prompts=tuple(cfg.retain_prompts) or preset.retain_prompts,
             num_retain=_given(cfg.num_retain, preset.num_retain) if cfg.method == "duo" else 0)
         lam_retain = _given(cfg.lam_retain, preset.lam_retain if pair_cfg.num_retain else 0.0)
@@ -230,6 +232,8 @@ def unlearn(cfg: UnlearnConfig, progress: ProgressCallback | None = None, model=
                             f"({stats.skipped} skipped: {stats.skipped_reasons}); try more retries or other prompts")
         facts = {"preset": preset.name, "strength": p.pairs.strength, "detector": p.pairs.detector,
                  "edit_region": p.pairs.edit_region}
+        if p.pairs.twin_negative != UNSAFE_PROMPT:  # adapters from before it existed read as they were
+            facts["twin_negative"] = p.pairs.twin_negative
         try:
             result = train(p.train, progress, model=model, facts=facts)
         finally:
