@@ -98,6 +98,30 @@ def test_toml_config_and_flags(capsys, tmp_path, tiny_model, pair_dir):
     assert code == 0 and "duo.concept: red" in stdout and "ss_network_module: networks.lora" in stdout
 
 
+def test_unlearn_reads_a_config_file_and_flags_win(capsys, tmp_path, monkeypatch):
+    from duo_unlearn.trainer import unlearn as unlearn_module
+
+    seen = []
+    monkeypatch.setattr(unlearn_module, "unlearn", lambda cfg, progress=None: seen.append(cfg) or [])
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('twin_negative = "red"\nsteps = 50\nunsafe_prompts = ["a red square"]\n')
+    code, _, err = _run(capsys, "unlearn", "--config", str(cfg), "--steps", "3", "--out", str(tmp_path / "a.safetensors"))
+    assert code == 0, err
+    assert (seen[0].twin_negative, seen[0].steps, seen[0].unsafe_prompts) == ("red", 3, ("a red square",))
+    cfg.write_text("twin_negative = 3\n")
+    code, _, err = _run(capsys, "unlearn", "--config", str(cfg), "--out", str(tmp_path / "a.safetensors"))
+    assert code == 2 and err.strip().splitlines() == ["duo-unlearn: error: config: twin_negative must be a string, got 3"]
+    assert len(seen) == 1
+
+
+def test_a_shortened_flag_is_refused_not_taken_for_a_longer_one(capsys, tmp_path):
+    # "--config" on a command that had none used to be read as --config-dir, and the file was never read
+    with pytest.raises(SystemExit) as stop:
+        main(["pairs", "--config", "x.toml", "--out", str(tmp_path / "p")])
+    assert stop.value.code == 2 and "unrecognized arguments: --config x.toml" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
 def test_info_on_missing_or_wrong_file(capsys, tmp_path):
     code, _, err = _run(capsys, "info", str(tmp_path / "none.safetensors"))
     assert code == 2 and "adapter not found" in err

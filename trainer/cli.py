@@ -109,10 +109,10 @@ def cmd_pairs(args) -> int:
 
 
 def cmd_unlearn(args) -> int:
-    from .cli_options import build_config
+    from .cli_options import build_config, load_toml
     from .unlearn import UnlearnConfig, stacking_hint, unlearn
 
-    cfg = build_config(UnlearnConfig, args)
+    cfg = build_config(UnlearnConfig, args, load_toml(args.config) if args.config else None)
     with _tqdm_progress() as progress:
         results = unlearn(cfg, progress=progress)
     for r in results:
@@ -217,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(p, PairConfig, help_texts={"out": "folder to write the pair dataset into (resumable)"})
     p.set_defaults(func=cmd_pairs)
     p = sub.add_parser("unlearn", help="preset -> pairs -> training -> adapter -> preview, in one go",
-                       description="Unlearn a concept end to end. With no --model it uses the bundled test bed.")
+                       description="Unlearn a concept end to end. With no --model it uses the bundled test bed. "
+                                   "Every flag can also come from --config.")
+    p.add_argument("--config", help="TOML file with any of the settings below (flags given here win)")
     add_dataclass_flags(p, UnlearnConfig)
     p.set_defaults(func=cmd_unlearn)
     p = sub.add_parser("info", help="show an adapter's metadata")

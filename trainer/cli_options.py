@@ -118,6 +118,8 @@ class OneLineParser(argparse.ArgumentParser):
     still shows the usage."""
 
     def __init__(self, *args, **kwargs):
+        # argparse would take "--config" for "--config-dir" on a command without --config, and go on without the file
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         # argparse before 3.13 reads "-1e-3" (and "-inf") as a flag, so "--vae-lr -1e-3" got "expected one
         # argument" instead of the range check's message
