@@ -102,8 +102,9 @@ def main(argv=None) -> int:
         ucfg = UnlearnConfig(preset="testbed-red", model=args.model, out=str(out), preview=False, seed=seed,
                              overwrite=True, **overrides)
         pair_cfg = plan(ucfg)[1][0].pairs
+        strength = "" if pair_cfg.strength == preset.strength else f"_strength{pair_cfg.strength:g}"
         ucfg.pairs_dir = str(work / f"pairs_s{seed}_{pair_cfg.edit_region}_retain{pair_cfg.num_retain}"
-                                    f"{twin_negative_tag(pair_cfg)}")
+                                    f"{twin_negative_tag(pair_cfg)}{strength}")
         unlearn(ucfg, model=model)
         trained = time.time() - started
         report = evaluate(EvalConfig(model=args.model, preset="testbed-red", adapters=(str(out),), base=False,

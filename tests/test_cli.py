@@ -105,12 +105,14 @@ def test_unlearn_reads_a_config_file_and_flags_win(capsys, tmp_path, monkeypatch
     monkeypatch.setattr(unlearn_module, "unlearn", lambda cfg, progress=None: seen.append(cfg) or [])
     cfg = tmp_path / "run.toml"
     cfg.write_text('twin_negative = "red"\nsteps = 50\nunsafe_prompts = ["a red square"]\n')
-    code, _, err = _run(capsys, "unlearn", "--config", str(cfg), "--steps", "3", "--out", str(tmp_path / "a.safetensors"))
+    out = str(tmp_path / "a.safetensors")
+    code, _, err = _run(capsys, "unlearn", "--config", str(cfg), "--steps", "3", "--out", out)
     assert code == 0, err
     assert (seen[0].twin_negative, seen[0].steps, seen[0].unsafe_prompts) == ("red", 3, ("a red square",))
     cfg.write_text("twin_negative = 3\n")
-    code, _, err = _run(capsys, "unlearn", "--config", str(cfg), "--out", str(tmp_path / "a.safetensors"))
-    assert code == 2 and err.strip().splitlines() == ["duo-unlearn: error: config: twin_negative must be a string, got 3"]
+    code, _, err = _run(capsys, "unlearn", "--config", str(cfg), "--out", out)
+    assert code == 2 and err.strip().splitlines() == ["duo-unlearn: error: config: twin_negative must be a string, "
+                                                      "got 3"]
     assert len(seen) == 1
 
 

@@ -53,7 +53,7 @@ class PairConfig:
     device: str = "auto"
     mixed_precision: str = "auto"  # pair images are sampled on the device, frozen weights in half precision there
     edit_region: str = "image"  # "concept": twins keep the unsafe image outside the detector's region (twin_region)
-    twin_negative: str = UNSAFE_PROMPT  # the twins' negative prompt; UNSAFE_PROMPT in it stands for the pair's
+    twin_negative: str = UNSAFE_PROMPT  # the twins' negative prompt; in it UNSAFE_PROMPT is the pair's unsafe prompt
     retain_prompts: tuple[str, ...] = ()  # the retain set: base-model images of what must stay (retain_set.py)
     num_retain: int = 0  # retain images, laid over retain_prompts in blocks; 0: no retain set
 
