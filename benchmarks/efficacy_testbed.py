@@ -56,15 +56,6 @@ ORANGE_TWICE = {"retain_prompts": ORANGE_RETAIN_TWICE,
                 "num_retain": TESTBED_RED.num_retain // len(RETAIN) * len(ORANGE_RETAIN_TWICE)}
 
 
-def twin_negative_tag(pair_cfg) -> str:
-    """A pair folder's name part for twins made with another negative prompt than the paper's (none for those)."""
-    from duo_unlearn.trainer.presets import UNSAFE_PROMPT
-
-    if pair_cfg.twin_negative == UNSAFE_PROMPT:
-        return ""
-    return "_neg-" + ("".join(c if c.isalnum() else "-" for c in pair_cfg.twin_negative) or "none")
-
-
 def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, dict]]:
     """(adapter name, what it is, UnlearnConfig overrides). The previous presets (v1, and on SD 1.x the
     self-attention one), then one change per row, then the preset as it now stands, DUO without λ, the paper's recipe
@@ -620,8 +611,7 @@ def main(argv=None) -> int:
                              seed=0, detector=args.pair_detector, overwrite=True, **kw)  # our own work folder
         pair_cfg = plan(ucfg)[1][0].pairs
         ucfg.pairs_dir = str(work / f"pairs_{pair_cfg.edit_region}"
-                                    f"{f'_retain{pair_cfg.num_retain}' if pair_cfg.num_retain else ''}"
-                                    f"{twin_negative_tag(pair_cfg)}")
+                                    f"{f'_retain{pair_cfg.num_retain}' if pair_cfg.num_retain else ''}")
         planned[name] = (what, ucfg, plan(ucfg)[1][0])  # its pairs and training, pairs_dir now set
     if args.update:
         unknown = sorted(wanted - set(planned))

@@ -88,7 +88,8 @@ def main(argv=None) -> int:
     from duo_unlearn.trainer.models import load_model
     from duo_unlearn.trainer.presets import get_preset
     from duo_unlearn.trainer.unlearn import UnlearnConfig, plan, unlearn
-    from efficacy_testbed import close_and_agreement, twin_negative_tag
+    from duo_unlearn.trainer.pairs_folder import pairs_folder
+    from efficacy_testbed import close_and_agreement
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -101,10 +102,8 @@ def main(argv=None) -> int:
         out = work / f"{args.name}_s{seed}.safetensors"
         ucfg = UnlearnConfig(preset="testbed-red", model=args.model, out=str(out), preview=False, seed=seed,
                              overwrite=True, **overrides)
-        pair_cfg = plan(ucfg)[1][0].pairs
-        strength = "" if pair_cfg.strength == preset.strength else f"_strength{pair_cfg.strength:g}"
-        ucfg.pairs_dir = str(work / f"pairs_s{seed}_{pair_cfg.edit_region}_retain{pair_cfg.num_retain}"
-                                    f"{twin_negative_tag(pair_cfg)}{strength}")
+        # one folder per pair settings (any --set that changes the pairs gets its own), shared by rows that agree
+        ucfg.pairs_dir = str(pairs_folder(work, f"pairs_s{seed}", args.model, plan(ucfg)[1]))
         unlearn(ucfg, model=model)
         trained = time.time() - started
         report = evaluate(EvalConfig(model=args.model, preset="testbed-red", adapters=(str(out),), base=False,

@@ -79,8 +79,8 @@ class Preset:
 # the recipe's settings, not its prompts or the concept itself
 _PER_FAMILY = {"num_pairs", "strength", "beta", "kappa", "lr", "lam", "steps", "sample_steps", "guidance",
                "edit_region", "twin_negative", "num_retain", "lam_retain", "t_max", "retain_t_min", "stop_every",
-               "shared_t",
-               "concept_directions", "close_weight", "stop_erased", "on_policy_pairs", "target_modules", "condition"}
+               "shared_t", "concept_directions", "close_weight", "stop_erased", "on_policy_pairs", "target_modules",
+               "condition"}
 
 
 def _family_tables(name: str, tables: dict) -> dict:
