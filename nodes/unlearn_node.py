@@ -70,6 +70,10 @@ class DUOUnlearn:
                                            "memory. auto: on when the estimated need exceeds free memory."}),
                 "resolution": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8, "tooltip": "Pairs and "
                                        "training at this size (a multiple of 8); 0 = the model's native size."}),
+                "twin_negative": ("STRING", {"default": "", "tooltip": "The negative prompt the safe twins are "
+                                  f"drawn with; {UNSAFE_PROMPT} stands for the pair's unsafe prompt (the paper's). "
+                                  "The concept's own words (red) push the twin off the concept only, not off the "
+                                  "shape or scene the prompt also names. Empty: the preset's."}),
             },
         }
 
@@ -96,7 +100,7 @@ class DUOUnlearn:
 
     def unlearn(self, ckpt_name, preset, concept, unsafe_prompts, safe_prompts, num_pairs, steps, beta, seed,
                 lora_name, overwrite, config_dir="", mixed_precision="auto", gradient_checkpointing="auto",
-                resolution=0):
+                resolution=0, twin_negative=""):
         from ..trainer.previews import preview_path
         from ..trainer.unlearn import UnlearnConfig, plan, unlearn
 
@@ -113,6 +117,7 @@ class DUOUnlearn:
             num_pairs=num_pairs or None, steps=steps or None, beta=beta or None, seed=seed, preview=True,
             device=host.training_device(), mixed_precision=mixed_precision or "auto",
             gradient_checkpointing=gradient_checkpointing or "auto", resolution=_resolution(resolution),
+            twin_negative=(twin_negative or "").strip() or None,
             overwrite=bool(overwrite))  # checked below against a differently trained file; the trainer checks it too
         preset_obj, plans = plan(cfg)  # every bad input is reported here, before anything is unloaded or written
         # the node has no widget for the pair folder: one per model and pair settings, as the tab keeps them

@@ -89,7 +89,14 @@ def test_unlearn_node_passes_runtime_widgets_into_the_config(tmp_path, monkeypat
         DUOUnlearn().unlearn(**args)  # a graph saved before the widgets existed: the defaults
     cfg = seen["cfg"]
     assert (cfg.mixed_precision, cfg.gradient_checkpointing, cfg.resolution) == ("auto", "auto", None)
-    assert cfg.overwrite is False
+    assert cfg.overwrite is False and cfg.twin_negative is None  # None: the preset's negative, the paper's
+    with pytest.raises(RuntimeError, match="stop here"):
+        DUOUnlearn().unlearn(**args, twin_negative="  red ")
+    assert seen["cfg"].twin_negative == "red"
+    with pytest.raises(RuntimeError, match="stop here"):
+        DUOUnlearn().unlearn(**args, twin_negative="   ")  # blank: the preset's again
+    assert seen["cfg"].twin_negative is None
+    assert DUOUnlearn.IS_CHANGED(**args) != DUOUnlearn.IS_CHANGED(**args, twin_negative="red")
     with pytest.raises(RuntimeError, match="stop here"):
         DUOUnlearn().unlearn(**{**args, "overwrite": True})  # the switch reaches the trainer, which checks it again
     assert seen["cfg"].overwrite is True
@@ -219,12 +226,13 @@ def test_unlearn_node_keeps_one_pair_folder_per_model_and_pair_settings(tmp_path
     monkeypatch.setattr(unlearn_mod, "unlearn", fake_unlearn)
     args = dict(ckpt_name="testbed", preset="testbed-red", concept="", unsafe_prompts="", safe_prompts="",
                 num_pairs=2, steps=2, beta=0.0, seed=0, lora_name="duo_x", overwrite=False, config_dir="")
-    for change in ({}, {}, {"seed": 1}, {"ckpt_name": "testbed-xl"}, {"num_pairs": 3}, {"steps": 5}):
+    for change in ({}, {}, {"seed": 1}, {"ckpt_name": "testbed-xl"}, {"num_pairs": 3}, {"steps": 5},
+                   {"twin_negative": "red"}, {"twin_negative": "{unsafe}"}):
         with pytest.raises(RuntimeError, match="stop here"):
             DUOUnlearn().unlearn(**{**args, **change})
-    same, again, seed, model, pairs, steps = folders
-    assert same == again == steps  # training steps do not shape the pairs
-    assert len({same, seed, model, pairs}) == 4
+    same, again, seed, model, pairs, steps, negative, papers = folders
+    assert same == again == steps == papers  # training steps do not shape the pairs; "{unsafe}" is the default
+    assert len({same, seed, model, pairs, negative}) == 5
     assert all(f.parent == tmp_path / "out" and f.name.startswith("duo_x-") for f in folders)
 
 
