@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # its sibling table_update.py, run as a script or loaded from a file
 
 from table_update import measurement_problems, merged, recipe_problems  # noqa: E402 - needs the path above
+from table_pooled import pooled_lines  # noqa: E402 - the same
 
 
 # the preset until 2026-11-28
@@ -133,6 +134,25 @@ def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, d
                              "stop_every": 0})]
     return out + [("esd", "ESD (η 1, lr 1e-4) on the paper's twins' unsafe images",
                    {"method": "esd", "lr": 1e-4, "edit_region": "image", "num_retain": 0, "stop_every": 0})]
+
+
+def plan_rows(work: Path, betas: list[str], model: str = "testbed", steps: int | None = None,
+              pair_detector: str | None = None) -> dict:
+    """Each row of `variants()` as {name: (what it is, its UnlearnConfig, its plan)}: the adapter at
+    work/<name>.safetensors, its pairs in a work folder shared by the rows whose pairs agree."""
+    from duo_unlearn.trainer.unlearn import UnlearnConfig, plan
+
+    planned = {}
+    for name, what, kw in variants(betas, model):
+        out = work / f"{name}.safetensors"
+        kw = kw | ({"steps": steps} if steps else {})  # --steps: every row's
+        ucfg = UnlearnConfig(preset="testbed-red", model=model, out=str(out), preview=False,
+                             seed=0, detector=pair_detector, overwrite=True, **kw)  # our own work folder
+        pair_cfg = plan(ucfg)[1][0].pairs
+        ucfg.pairs_dir = str(work / f"pairs_{pair_cfg.edit_region}"
+                                    f"{f'_retain{pair_cfg.num_retain}' if pair_cfg.num_retain else ''}")
+        planned[name] = (what, ucfg, plan(ucfg)[1][0])  # its pairs and training, pairs_dir now set
+    return planned
 
 
 def recipe(facts: dict) -> str:
@@ -470,6 +490,7 @@ def markdown(record: dict) -> str:
         "",
         *verdicts(result, extra),
         "",
+        *([*pooled_lines(record["pooled_readings"]), ""] if record.get("pooled_readings") else []),
         "## Rows and settings",
         "",
         *[f"- `{name}`: {what}" for name, what in record.get("rows", {}).items()],
@@ -603,16 +624,9 @@ def main(argv=None) -> int:
     if args.update:
         wanted = {r.strip() for r in args.update.split(",") if r.strip()}
     preset_steps = plan(UnlearnConfig(preset="testbed-red", model=args.model, steps=steps))[1][0].train.steps
-    planned = {}  # every row's (what it is, its config, its training plan): --update checks the rows it keeps
-    for name, what, kw in variants([b.strip() for b in args.betas.split(",") if b.strip()], args.model):
-        out = work / f"{name}.safetensors"
-        kw = kw | ({"steps": steps} if steps else {})  # --steps: every row's
-        ucfg = UnlearnConfig(preset="testbed-red", model=args.model, out=str(out), preview=False,
-                             seed=0, detector=args.pair_detector, overwrite=True, **kw)  # our own work folder
-        pair_cfg = plan(ucfg)[1][0].pairs
-        ucfg.pairs_dir = str(work / f"pairs_{pair_cfg.edit_region}"
-                                    f"{f'_retain{pair_cfg.num_retain}' if pair_cfg.num_retain else ''}")
-        planned[name] = (what, ucfg, plan(ucfg)[1][0])  # its pairs and training, pairs_dir now set
+    # every row's (what it is, its config, its training plan): --update checks the rows it keeps
+    planned = plan_rows(work, [b.strip() for b in args.betas.split(",") if b.strip()], args.model, steps,
+                        args.pair_detector)
     if args.update:
         unknown = sorted(wanted - set(planned))
         if unknown:

@@ -140,3 +140,62 @@ def test_float_rounding_between_two_runs_is_the_same_measurement(saved):
     assert update.measurement_problems(saved, fresh) == []
     assert update.same(0.0004, 0.0003) and not update.same(0.0004, 0.0006) and not update.same(3, 4)
     assert not update.same(True, 1) and not update.same([1.0], [1.0, 2.0]) and not update.same({"a": 1}, {"b": 1})
+
+
+def test_pooled_readings_sum_image_counts_over_the_seed_sets_and_ratios_divide_by_the_base_models():
+    pooled = benchmark("table_pooled")
+    keys = {"background_kept", "background_right_kept", "shape_kept", "colour_kept", "concept_background_kept",
+            "concept_shape_kept"}
+
+    def reading(orange, shapes, background, right_n, **rest):
+        return ({k: rest.get(k, 1.0) for k in keys} | {"orange_accuracy": orange, "orange_n": 36, "others_n": 180,
+                                                       "shape_accuracy": shapes, "background_kept": background,
+                                                       "background_right_n": right_n, "concept_n": 36})
+    base = [reading(32 / 36, 138 / 180, 1.0, 130), reading(30 / 36, 150 / 180, 1.0, 140)]
+    now = [reading(34 / 36, 127 / 180, 174 / 180, 130, background_right_kept=125 / 130),
+           reading(27 / 36, 150 / 180, 171 / 180, 140, background_right_kept=140 / 140)]
+    got = pooled.pool(now, base)
+    assert got["orange_vs_base"] == pytest.approx(61 / 62) and got["orange_vs_base_count"] == [61, 62]
+    # the ratio of the sums, not the mean of the two sets' ratios (0.920 and 1.000)
+    assert got["shape_accuracy_vs_base"] == pytest.approx(277 / 288)
+    assert got["shape_accuracy_vs_base_count"] == [277, 288]
+    assert got["background_kept"] == pytest.approx(345 / 360) and got["background_kept_count"] == [345, 360]
+    assert got["background_right_kept"] == pytest.approx(265 / 270)  # weighed by each set's own count
+    assert pooled.pool(base, base)["shape_accuracy_vs_base"] == 1.0
+
+
+def test_the_table_shows_its_pooled_readings_and_a_row_measured_again_drops_its_own(saved):
+    pooled, update, table = benchmark("table_pooled"), benchmark("table_update"), benchmark("efficacy_testbed")
+    record = copy.deepcopy(saved)
+    one = {"orange_accuracy": 0.75, "orange_n": 36, "shape_accuracy": 0.75, "others_n": 180, "background_right_n": 130,
+           "concept_n": 36,
+           **{k: 0.96 for k, _, share in pooled.COUNTED if not share}}
+    low = one | {"shape_accuracy": 0.70, "background_kept": 0.90, "orange_accuracy": 0.5}
+    rows = {"base": [one, one], "negative prompt": [one, one], ROW: [one, low]}
+    record["pooled_readings"] = {
+        "seed_sets": [0, 1000], "command": "python benchmarks/table_pooled.py", "date": "2026-12-07",
+        "seconds": {"total": 600.0}, "torch": "x", "threads": 2,
+        "rows": {name: {"per_set": sets, "pooled": pooled.pool(sets, rows["base"])} for name, sets in rows.items()}}
+    text = table.markdown(record)
+    section = text[text.index("### Colour readings pooled over 2 sets"):text.index("## Rows and settings")]
+    assert f"| {ROW} | 0.833 (45 / 54) | 0.930 (335 / 360) |" in section
+    assert "0.967 (261 / 270)" in section  # shapes read right over the two sets, against the base model's
+    assert (f"- {ROW}, pooled: orange ÷ base 0.833 (< 0.95: 45 of 54, 52 would meet it); background kept 0.930 (< "
+            "0.95: 335 of 360, 342 would meet it); shape accuracy ÷ base 0.967 (≥ 0.95: 261 of 270, 257 would meet "
+            "it)") in section
+    assert "- base, pooled" not in section and "- negative prompt, pooled" not in section
+
+    fresh = a_run_measuring(saved, [ROW])
+    out = update.merged(record, fresh, [ROW], ["base", "negative prompt", *saved["rows"]], "2026-12-07")
+    assert list(out["pooled_readings"]["rows"]) == ["base", "negative prompt"]  # its adapter was measured again
+    assert ROW in record["pooled_readings"]["rows"]
+
+
+def test_pooled_readings_refuse_a_row_the_table_lacks_and_seed_sets_without_the_tables():
+    pooled = benchmark("table_pooled")
+    with pytest.raises(SystemExit):
+        pooled.main(["--rows", "duo_nowhere"])
+    with pytest.raises(SystemExit):
+        pooled.main(["--seed-sets", "1000,2000"])
+    with pytest.raises(SystemExit):
+        pooled.main(["--seed-sets", "0,x"])
