@@ -76,10 +76,12 @@ def pooled_lines(pooled: dict) -> list[str]:
         f"### Colour readings pooled over {len(sets)} sets of evaluation seeds",
         "",
         f"The table's colour readings again, on the seed sets from {', '.join(map(str, sets))} (the table's set is "
-        f"the first; {n_others} other-colour images in all), the same adapters, pooled by image counts "
-        f"(`{pooled['command']}`, {pooled['date']}, {pooled['seconds']['total'] / 60:.0f} minutes; the table's "
-        "set read as saved for every method). Cells: the pooled reading (images that count / out of; for a ratio "
-        "to the base model, images read right / the base model's).",
+        f"the first; {n_others} other-colour images in all), the same adapters, pooled by image counts ("
+        + "; ".join(f"{', '.join(f'`{r}`' for r in run['rows'])}: `{run['command']}`, {run['date']}, "
+                    f"{run['seconds']['total'] / 60:.0f} minutes" for run in pooled["runs"])
+        + "; each run read the base model and negative prompting again, as before, and the table's set as saved for "
+        "every method). Cells: the pooled reading (images that count / out of; for a ratio to the base model, "
+        "images read right / the base model's).",
         "",
         "| method | " + " | ".join(COLUMNS.values()) + " |",
         "|" + "---|" * (len(COLUMNS) + 1),
@@ -123,6 +125,8 @@ def main(argv=None) -> int:
         seed_sets = [int(s) for s in args.seed_sets.split(",")]
     except ValueError:
         p.error(f"--seed-sets takes comma-separated integers, got {args.seed_sets!r}")
+    if len(set(seed_sets)) != len(seed_sets):
+        p.error(f"--seed-sets names a set twice: {args.seed_sets}")
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     table_file = Path(args.table)
     if not table_file.is_file():
@@ -175,8 +179,9 @@ def main(argv=None) -> int:
         if seed == table_seed:
             differ = _problem(record["close_concept_and_agreement"], read)
             if differ:
-                print(f"on the table's own seeds {', '.join(differ)} read otherwise than the saved table: not its "
-                      "adapters or not its measurement", file=sys.stderr)
+                print(f"on the table's own seeds {'; '.join(differ)} read otherwise than the saved table: not its "
+                      "adapters (measure those rows again: efficacy_testbed.py --update ROWS) or not its measurement",
+                      file=sys.stderr)
                 return 2
         for name, r in read.items():
             per_set[name].append(r)
@@ -185,7 +190,7 @@ def main(argv=None) -> int:
             f"{r['background_kept']:.3f}" for name, r in read.items() if name != "base"), flush=True)
 
     before = record.get("pooled_readings")
-    kept = {}
+    kept, earlier = {}, []
     if before and before["seed_sets"] == seed_sets:
         differ = [c for c in CONTROLS if not same(before["rows"][c]["per_set"], per_set[c])]
         if differ:
@@ -193,13 +198,16 @@ def main(argv=None) -> int:
                   "these; run them again with --rows", file=sys.stderr)
             return 2
         kept = {k: v for k, v in before["rows"].items() if k not in per_set}
+        earlier = [run | {"rows": [r for r in run["rows"] if r in kept]} for run in before["runs"]]
+        earlier = [run for run in earlier if run["rows"]]
     measured = {name: {"per_set": sets, "pooled": pool(sets, per_set["base"])} for name, sets in per_set.items()}
     order = ["base", "negative prompt", *report["results"]]
     both = kept | measured
     record["pooled_readings"] = {
         "seed_sets": seed_sets, "rows": {n: both[n] for n in order if n in both},
-        "command": ("python benchmarks/table_pooled.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip(),
-        "date": time.strftime("%Y-%m-%d"), "seconds": {"total": time.time() - started},
+        "runs": earlier + [{
+            "rows": rows, "date": time.strftime("%Y-%m-%d"), "seconds": {"total": time.time() - started},
+            "command": " ".join(["python benchmarks/table_pooled.py", *(sys.argv[1:] if argv is None else argv)])}],
         "torch": torch.__version__, "threads": torch.get_num_threads()}
     table_file.write_text(json.dumps(record, indent=1, default=str))
     write_section(Path(args.results), markdown(record), record.get("stem", "efficacy_testbed"))

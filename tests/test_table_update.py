@@ -171,10 +171,13 @@ def test_the_table_shows_its_pooled_readings_and_a_row_measured_again_drops_its_
            "concept_n": 36,
            **{k: 0.96 for k, _, share in pooled.COUNTED if not share}}
     low = one | {"shape_accuracy": 0.70, "background_kept": 0.90, "orange_accuracy": 0.5}
-    rows = {"base": [one, one], "negative prompt": [one, one], ROW: [one, low]}
+    rows = {"base": [one, one], "negative prompt": [one, one], ROW: [one, low], "esd": [low, low]}
     record["pooled_readings"] = {
-        "seed_sets": [0, 1000], "command": "python benchmarks/table_pooled.py", "date": "2026-12-07",
-        "seconds": {"total": 600.0}, "torch": "x", "threads": 2,
+        "seed_sets": [0, 1000], "torch": "x", "threads": 2,
+        "runs": [{"rows": [ROW], "command": "python benchmarks/table_pooled.py", "date": "2026-12-07",
+                  "seconds": {"total": 600.0}},
+                 {"rows": ["esd"], "command": "python benchmarks/table_pooled.py --rows esd", "date": "2026-12-08",
+                  "seconds": {"total": 300.0}}],
         "rows": {name: {"per_set": sets, "pooled": pooled.pool(sets, rows["base"])} for name, sets in rows.items()}}
     text = table.markdown(record)
     section = text[text.index("### Colour readings pooled over 2 sets"):text.index("## Rows and settings")]
@@ -184,10 +187,14 @@ def test_the_table_shows_its_pooled_readings_and_a_row_measured_again_drops_its_
             "0.95: 335 of 360, 342 would meet it); shape accuracy ÷ base 0.967 (≥ 0.95: 261 of 270, 257 would meet "
             "it)") in section
     assert "- base, pooled" not in section and "- negative prompt, pooled" not in section
+    assert "- esd, pooled" not in section  # the targets are DUO's
+    assert (f"(`{ROW}`: `python benchmarks/table_pooled.py`, 2026-12-07, 10 minutes; `esd`: `python "
+            "benchmarks/table_pooled.py --rows esd`, 2026-12-08, 5 minutes;") in section
 
     fresh = a_run_measuring(saved, [ROW])
     out = update.merged(record, fresh, [ROW], ["base", "negative prompt", *saved["rows"]], "2026-12-07")
-    assert list(out["pooled_readings"]["rows"]) == ["base", "negative prompt"]  # its adapter was measured again
+    assert list(out["pooled_readings"]["rows"]) == ["base", "negative prompt", "esd"]  # its adapter measured again
+    assert [run["rows"] for run in out["pooled_readings"]["runs"]] == [["esd"]]  # a run with no row left goes
     assert ROW in record["pooled_readings"]["rows"]
 
 
@@ -199,3 +206,5 @@ def test_pooled_readings_refuse_a_row_the_table_lacks_and_seed_sets_without_the_
         pooled.main(["--seed-sets", "1000,2000"])
     with pytest.raises(SystemExit):
         pooled.main(["--seed-sets", "0,x"])
+    with pytest.raises(SystemExit):
+        pooled.main(["--seed-sets", "0,1000,1000"])  # a set counted twice would weigh its images twice
