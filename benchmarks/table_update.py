@@ -97,12 +97,11 @@ def merged(saved: dict, fresh: dict, rows: list[str], order: list[str], when: st
     out = copy.deepcopy(saved)
     report, new = out["report"], fresh["report"]
     pooled = out.get("pooled_readings", {})
-    for row in rows:  # read from the adapter measured before: benchmarks/table_pooled.py reads it again
-        pooled.get("rows", {}).pop(row, None)
-    if "runs" in pooled:
+    if "runs" in pooled:  # a row's pooled reading came from the adapter measured before: table_pooled.py reads it again
         pooled["runs"] = [run | {"rows": [r for r in run["rows"] if r not in rows]} for run in pooled["runs"]]
         pooled["runs"] = [run for run in pooled["runs"] if run["rows"]]
     for row in rows:
+        pooled.get("rows", {}).pop(row, None)
         report["results"][row] = new["results"][row]
         out["close_concept_and_agreement"][row] = fresh["close_concept_and_agreement"][row]
         out["rows"][row] = fresh["rows"][row]
