@@ -2,6 +2,7 @@
 its overrides (both scripts need the trained test-bed adapters for anything more, which the benchmarks make)."""
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -286,3 +287,37 @@ def test_background_changes_are_sorted_into_errors_made_mended_and_wrong_to_wron
     assert r["transitions"] == {"gray → black": 1, "black → gray": 1, "gray → white": 1, "white → black": 1}
     with pytest.raises(ValueError):
         truth.sort_changes(asked, base, now[:-1])
+
+
+def test_shape_changes_tally_counts_each_asked_shape_against_the_base_models_image():
+    shapes = benchmark("shape_changes_testbed")
+    truth = [("blue", "square", "white")] * 3 + [("blue", "triangle", "gray")] * 2 + [("purple", "square", "black")]
+    base = ["square", "square", "circle", "triangle", "circle", "square"]
+    now = ["circle", "square", "square", "triangle", "circle", "circle"]
+    one = shapes.tally(truth, base, now)
+    assert one["cells"]["blue square"] == {"images": 3, "base_right": 2, "made_wrong": 1, "mended": 1}
+    assert one["cells"]["blue triangle"] == {"images": 2, "base_right": 1, "made_wrong": 0, "mended": 0}
+    assert one["cells"]["purple square"] == {"images": 1, "base_right": 1, "made_wrong": 1, "mended": 0}
+    assert one["changes"] == {"square → circle": 2}  # a mended image is not a change made wrong
+
+    two = shapes.merged([one, shapes.tally(truth, base, base)])
+    assert two["cells"]["blue square"] == {"images": 6, "base_right": 4, "made_wrong": 1, "mended": 1}
+    assert two["changes"] == {"square → circle": 2}
+    text = shapes.markdown("duo_preset", [0, 1000], two, ["blue", "purple"], ["circle", "square", "triangle"])
+    assert "| blue | – | 1 / 4 (+1) | 0 / 2 (+0) |" in text
+    assert "| purple | – | 1 / 2 (+0) | – |" in text
+    assert "| all | 0 / 0 | 2 / 6 | 0 / 2 |" in text
+
+
+def test_shape_changes_refuses_a_row_the_table_lacks_and_a_missing_adapter(tmp_path, capsys):
+    shapes = benchmark("shape_changes_testbed")
+    table = tmp_path / "table.json"
+    methods = [{"name": "duo_preset", "kind": "adapter"}]
+    table.write_text(json.dumps({"report": {"methods": methods, "settings": {"seed": 0}}}))
+    for argv, said in ((["--row", "nope"], "not an adapter row of the saved table: nope"),
+                       (["--row", "duo_preset"], "no adapter"),
+                       (["--seed-sets", "0,x"], "comma-separated integers")):
+        with pytest.raises(SystemExit) as e:
+            shapes.main(argv + ["--table", str(table), "--work", str(tmp_path)])
+        assert e.value.code == 2
+        assert said in capsys.readouterr().err
