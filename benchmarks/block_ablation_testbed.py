@@ -5,8 +5,8 @@
     python benchmarks/block_ablation_testbed.py ADAPTER --modes weights --weights 0.25,0.5,0.75,1.25
     python benchmarks/block_ablation_testbed.py ADAPTER --modes rotated --rotation-seeds 0,1,2
 
-A block is one attention block of the UNet (`down_blocks_1_attentions_0`, `mid_block_attentions_0`, ...), read off
-the adapter's kohya keys. For each block the adapter is written again without that block's LoRA ("without") and
+A block is one attention or ResNet block of the UNet (`down_blocks_1_attentions_0`, `mid_block_resnets_1`, ...),
+read off the adapter's kohya keys. For each block the adapter is written again without that block's LoRA ("without") and
 with only it ("only"), and every copy is read as the efficacy table reads an adapter (`efficacy_testbed.
 close_and_agreement`, the table's seeds unless --seed): red erased on the red prompts, orange ÷ base, background,
 shape and other colours kept on the other colours' prompts, and the red prompts' background and shape kept. The
@@ -37,11 +37,13 @@ READINGS = (("concept_erased", "red erased"), ("orange_vs_base", "orange ÷ base
             ("shape_accuracy_vs_base", "shape acc. ÷ base"),
             ("colour_kept", "other colours kept"), ("concept_background_kept", "red prompts' background"),
             ("concept_shape_kept", "red prompts' shape"))
-BLOCK = re.compile(r"^lora_unet_((?:down_blocks|up_blocks)_\d+_attentions_\d+|mid_block_attentions_\d+)_")
+BLOCK = re.compile(r"^lora_unet_((?:down_blocks|up_blocks)_\d+_(?:attentions|resnets)_\d+"
+                   r"|mid_block_(?:attentions|resnets)_\d+)_")
 
 
 def block_of(key: str) -> str | None:
-    """The attention block a kohya key belongs to (None for keys outside one: convolutions, the text encoder)."""
+    """The attention or ResNet block a kohya key belongs to (None for keys outside one: the text encoder, the
+    samplers' and time embedding's layers)."""
     m = BLOCK.match(key)
     return m.group(1) if m else None
 
@@ -65,7 +67,8 @@ def variants(keys, modes: list[str]) -> dict[str, set]:
 
 def _unet_order(block: str) -> tuple:
     part = {"down": 0, "mid": 1, "up": 2}[block.split("_")[0]]
-    return (part, *[int(n) for n in re.findall(r"\d+", block)])
+    # within a level the UNet runs resnets_i before attentions_i
+    return (part, *[int(n) for n in re.findall(r"\d+", block)], "attentions" in block)
 
 
 def read_adapter(adapter: Path) -> tuple[dict, dict]:
@@ -177,8 +180,9 @@ def main(argv=None) -> int:
     if rotate_layers and "rotated" in modes and not any(n in k for k in kept["whole"] for n in rotate_layers):
         raise SystemExit(f"block_ablation_testbed: no key of {adapter.name} holds any of {', '.join(rotate_layers)}")
     if len(kept) == 1 and set(modes) - {"weights", "rotated"}:
-        raise SystemExit(f"block_ablation_testbed: no attention block in {adapter.name}'s keys (SD 1.x kohya names, "
-                         "lora_unet_<down|mid|up>_..._attentions_<n>_..., are read; SDXL files use the original UNet's)")
+        raise SystemExit(f"block_ablation_testbed: no attention or ResNet block in {adapter.name}'s keys (SD 1.x "
+                         "kohya names, lora_unet_<down|mid|up>_..._<attentions|resnets>_<n>_..., are read; SDXL files "
+                         "use the original UNet's)")
     with tempfile.TemporaryDirectory() as tmp:
         copies = {name: {k: tensors[k] for k in sorted(keys)}
                   for name, keys in kept.items() if name != "whole" and keys}

@@ -127,6 +127,22 @@ def test_block_ablation_leaves_out_or_keeps_each_attention_block_in_unet_order()
     assert list(ablation.variants(keys, ["without"])) == ["whole"] + [f"without {b}" for b in order]
 
 
+def test_block_ablation_reads_resnet_blocks_in_unet_order_beside_attention_blocks():
+    """The SD 1.x preset's adapter sits on ResNet convolutions; within a level the UNet runs resnets_i, then
+    attentions_i."""
+    ablation = benchmark("block_ablation_testbed")
+    assert ablation.block_of("lora_unet_mid_block_resnets_1_conv2.lora_down.weight") == "mid_block_resnets_1"
+    assert ablation.block_of("lora_unet_down_blocks_1_resnets_0_conv1.alpha") == "down_blocks_1_resnets_0"
+    assert ablation.block_of("lora_unet_time_embedding_linear_1.alpha") is None
+    keys = {f"lora_unet_{b}_conv1.alpha" for b in ("up_blocks_0_resnets_1", "mid_block_resnets_1",
+                                                    "down_blocks_1_resnets_0", "mid_block_resnets_0")}
+    keys |= {"lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q.alpha",
+             "lora_unet_down_blocks_1_attentions_0_proj_in.alpha"}
+    assert list(ablation.variants(keys, ["without"])) == ["whole"] + [f"without {b}" for b in (
+        "down_blocks_1_resnets_0", "down_blocks_1_attentions_0", "mid_block_resnets_0", "mid_block_attentions_0",
+        "mid_block_resnets_1", "up_blocks_0_resnets_1")]
+
+
 def test_block_ablation_copies_keep_the_metadata_and_only_their_keys(tmp_path):
     import torch
     from safetensors import safe_open
