@@ -6,8 +6,8 @@
     python benchmarks/block_ablation_testbed.py ADAPTER --modes rotated --rotation-seeds 0,1,2
 
 A block is one attention or ResNet block of the UNet (`down_blocks_1_attentions_0`, `mid_block_resnets_1`, ...),
-read off the adapter's kohya keys. For each block the adapter is written again without that block's LoRA ("without") and
-with only it ("only"), and every copy is read as the efficacy table reads an adapter (`efficacy_testbed.
+read off the adapter's kohya keys. For each block the adapter is written again without that block's LoRA
+("without") and with only it ("only"), and every copy is read as the efficacy table reads an adapter (`efficacy_testbed.
 close_and_agreement`, the table's seeds unless --seed): red erased on the red prompts, orange ÷ base, background,
 shape and other colours kept on the other colours' prompts, and the red prompts' background and shape kept. The
 adapter was trained whole, so a block's share here is what it does beside the others, not what it would learn
@@ -42,8 +42,8 @@ BLOCK = re.compile(r"^lora_unet_((?:down_blocks|up_blocks)_\d+_(?:attentions|res
 
 
 def block_of(key: str) -> str | None:
-    """The attention or ResNet block a kohya key belongs to (None for keys outside one: the text encoder, the
-    samplers' and time embedding's layers)."""
+    """The attention or ResNet block a kohya key belongs to (None for keys outside one: the text encoder,
+    the down- and upsamplers, the time embedding)."""
     m = BLOCK.match(key)
     return m.group(1) if m else None
 
