@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     from duo_unlearn.trainer.models import load_model
     from duo_unlearn.trainer.unlearn import unlearn
     from efficacy_testbed import TESTBED_RED, close_and_agreement, markdown, plan_rows, same_recipe, write_section
-    from table_update import same
+    from table_update import runs_keeping, same
 
     started = time.time()
     model_name, work = record.get("model", "testbed"), Path(args.work)
@@ -198,8 +198,7 @@ def main(argv=None) -> int:
                   "these; run them again with --rows", file=sys.stderr)
             return 2
         kept = {k: v for k, v in before["rows"].items() if k not in per_set}
-        earlier = [run | {"rows": [r for r in run["rows"] if r in kept]} for run in before["runs"]]
-        earlier = [run for run in earlier if run["rows"]]
+        earlier = runs_keeping(before["runs"], lambda r: r in kept)
     measured = {name: {"per_set": sets, "pooled": pool(sets, per_set["base"])} for name, sets in per_set.items()}
     order = ["base", "negative prompt", *report["results"]]
     both = kept | measured

@@ -28,6 +28,12 @@ PER_RUN_SETTINGS = ("adapters", "out")  # what each run's settings name for itse
 TOLERANCE = {"rel_tol": 1e-4, "abs_tol": 1.5e-4}  # figures kept to 4 decimals: rounding may move the last by one
 
 
+def runs_keeping(runs: list[dict], keep) -> list[dict]:
+    """The pooled readings' runs with only the rows `keep(row)` accepts; a run left with none is dropped."""
+    runs = [run | {"rows": [r for r in run["rows"] if keep(r)]} for run in runs]
+    return [run for run in runs if run["rows"]]
+
+
 def same(a, b) -> bool:
     """Equal, numbers to within TOLERANCE (bools and everything else exactly)."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -98,8 +104,7 @@ def merged(saved: dict, fresh: dict, rows: list[str], order: list[str], when: st
     report, new = out["report"], fresh["report"]
     pooled = out.get("pooled_readings", {})
     if "runs" in pooled:  # a row's pooled reading came from the adapter measured before: table_pooled.py reads it again
-        pooled["runs"] = [run | {"rows": [r for r in run["rows"] if r not in rows]} for run in pooled["runs"]]
-        pooled["runs"] = [run for run in pooled["runs"] if run["rows"]]
+        pooled["runs"] = runs_keeping(pooled["runs"], lambda r: r not in rows)
     for row in rows:
         pooled.get("rows", {}).pop(row, None)
         report["results"][row] = new["results"][row]
