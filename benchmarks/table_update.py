@@ -97,10 +97,13 @@ def measurement_problems(saved: dict, fresh: dict) -> list[str]:
     return [f"{key} differ from the saved table's" for key in before if not same(before[key], now.get(key))]
 
 
-def merged(saved: dict, fresh: dict, rows: list[str], order: list[str], when: str) -> dict:
+def merged(saved: dict, fresh: dict, rows: list[str], order: list[str], when: str,
+           described: dict[str, str] | None = None) -> dict:
     """The saved record with `rows` as `fresh` measured them, methods in `order` (names not in it keep their place
-    after it), and this run listed under "updates"."""
+    after it), and this run listed under "updates". `described`: the rows' descriptions as planned now, which kept
+    rows take too (their recipe is checked to be the one measured, but its words may name a preset since moved)."""
     out = copy.deepcopy(saved)
+    out["rows"] |= {row: what for row, what in (described or {}).items() if row in out["rows"]}
     report, new = out["report"], fresh["report"]
     pooled = out.get("pooled_readings", {})
     if "runs" in pooled:  # a row's pooled reading came from the adapter measured before: table_pooled.py reads it again

@@ -83,9 +83,12 @@ def test_merging_replaces_the_rows_measured_and_keeps_every_other(saved):
     fresh["rows"][ROW] = "the preset, measured again"
     fresh["train_seconds"] = {ROW: 42.0}
     order = ["base", "negative prompt", *saved["rows"]]
-    out = update.merged(saved, fresh, [ROW], order, "2026-12-07")
+    kept = next(name for name in saved["rows"] if name not in ("base", "negative prompt", ROW))
+    out = update.merged(saved, fresh, [ROW], order, "2026-12-07", {kept: "its recipe, described as planned now",
+                                                                   "duo_not_in_the_table": "not added by words"})
 
     assert out["report"]["results"][ROW]["preservation"]["one_minus_lpips"] == 0.5
+    assert out["rows"][kept] == "its recipe, described as planned now" and "duo_not_in_the_table" not in out["rows"]
     assert out["close_concept_and_agreement"][ROW]["orange_vs_base"] == 0.123
     assert out["report"]["attacks"]["concept_inversion"]["info"]["per_method"][ROW]["eval_loss_after"] == 9.0
     assert out["rows"][ROW] == "the preset, measured again" and out["train_seconds"][ROW] == 42.0
@@ -118,7 +121,7 @@ def test_every_row_of_the_committed_table_still_plans_the_recipe_it_was_measured
     kept = {name: table.recorded_recipe(f, plans[name]) if name in plans else None for name, f in facts.items()
             if "oracle" not in f}
     assert kept and update.recipe_problems(kept) == []
-    assert not table.recorded_recipe(facts[ROW], replace(plans[ROW], lam_retain=2.5))
+    assert not table.recorded_recipe(facts[ROW], replace(plans[ROW], lam_retain=plans[ROW].lam_retain + 1))
     assert update.recipe_problems({ROW: False, "duo_gone": None}) == [
         f"{ROW} plans another recipe than it was measured with", "duo_gone is no longer a row of the table"]
 
@@ -208,3 +211,16 @@ def test_pooled_readings_refuse_a_row_the_table_lacks_and_seed_sets_without_the_
         pooled.main(["--seed-sets", "0,x"])
     with pytest.raises(SystemExit):
         pooled.main(["--seed-sets", "0,1000,1000"])  # a set counted twice would weigh its images twice
+
+
+def test_a_row_whose_adapter_no_timed_run_trained_shows_no_training_time(saved):
+    table = benchmark("efficacy_testbed")
+    record = copy.deepcopy(saved)
+    record["train_seconds"].pop(ROW, None)
+    record["train_seconds"]["esd"] = 12.4
+    lines = {}
+    for line in table.markdown(record).splitlines():  # the efficacy table's row: the first (the pooled table follows)
+        if line.startswith("| "):
+            lines.setdefault(line.split(" | ")[0], line)
+    assert lines[f"| {ROW}"].endswith("| – |") and lines["| base"].endswith("| – |")
+    assert lines["| esd"].endswith("| 12 |")
