@@ -47,8 +47,12 @@ RETAIN_TERM = {"concept_directions": 0, "lam_retain": 1.25, "stop_erased": 0.85}
 SELF_ATTENTION_PRESET = {"target_modules": SELF_ATTENTION, "concept_directions": 0.5, "lam_retain": 0.0} | LAM_BEFORE
 TESTBED_RED = get_preset("testbed-red")  # read once: the rows below and main() name its parts
 # the ResNet convolutions of the SD 1.x test bed's 8 × 8 blocks, where red's inputs stand out most (×2.3 to 3.3;
-# RESULTS.md, thirty-seventh session): the SD 1.x preset's layers since 2026-12-06, named once, in presets.toml
-CONV_8X8 = TESTBED_RED.for_family("sd1").target_modules
+# RESULTS.md, thirty-seventh session), the SD 1.x preset's layers from 2026-12-06 until the fifty-first session left
+# out the encoder's block (its change was spill): that block's two, then the preset's eight, named in presets.toml
+CONV_8X8 = ("down_blocks.1.resnets.0.conv1", "down_blocks.1.resnets.0.conv2",
+            *TESTBED_RED.for_family("sd1").target_modules)
+# the SD 1.x preset until the fifty-first session: those ten convolutions, λ_retain 1.75
+TEN_CONVOLUTIONS = {"target_modules": CONV_8X8, "lam_retain": 1.75}
 # the retain set with its orange prompts twice: 54 of 162 images orange instead of 27 of 135 (forty-sixth session)
 RETAIN = tuple(TESTBED_RED.retain_prompts)
 ORANGE_RETAIN_TWICE = RETAIN + tuple(p for p in RETAIN if "orange" in p)
@@ -72,9 +76,10 @@ def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, d
            ("duo_v1_region", "v1 + twins changed only in the concept's region (`--edit-region concept`)",
             PREVIOUS | official | {"edit_region": "concept"}),
            ("duo_preset", "the preset now: v1 + retain set (base-model images of the other colours) and β from κ; "
-                          "SD 1.x: 135 images, the LoRA on the ten ResNet convolutions of the 8 × 8 blocks, each "
-                          "reading only the 4 input directions (3 × 3 patches) where red stands out most against "
-                          "them (orange named as the close concept, weight 6), λ_retain 1.75 as well, λ 4e4, κ 6.2 (β ≈ "
+                          "SD 1.x: 135 images, the LoRA on the eight ResNet convolutions of the 8 × 8 middle block and "
+                          "first up block, each reading only the 4 input directions (3 × 3 patches) where red stands "
+                          "out most against them (orange named as the close concept, weight 6), λ_retain 2.5 as well, "
+                          "λ 4e4, κ 6.2 (β ≈ "
                           "10), until red is gone from 95% of the erasure check's 24 samples (at most 900 steps); "
                           "SDXL: 45 images, λ_retain 0.5, κ 3 (β ≈ 5.4), "
                           "the erasure check every 75 steps with on-policy pairs (the check's images still red "
@@ -98,15 +103,20 @@ def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, d
                 ("duo_preset_conv_sa", "the same with self-attention kept: the LoRA on both",
                  {"target_modules": CONV_8X8 + SELF_ATTENTION, "concept_directions": 0.5, "lam_retain": 5.0}
                  | LAM_BEFORE),
-                ("duo_preset_r125", "the SD 1.x preset until the forty-seventh session: λ_retain 1.25 instead of "
-                                    "1.75", LAM_RETAIN_BEFORE),
+                ("duo_preset_10conv", "the SD 1.x preset until the fifty-first session: the LoRA on the ten ResNet "
+                                     "convolutions of the 8 × 8 blocks, the encoder's (`down_blocks.1.resnets.0`) "
+                                     "included, λ_retain 1.75", TEN_CONVOLUTIONS),
+                ("duo_preset_r125", "the SD 1.x preset until the forty-seventh session: that one with λ_retain 1.25 "
+                                    "instead of 1.75", TEN_CONVOLUTIONS | LAM_RETAIN_BEFORE),
                 ("duo_preset_lam1e4", "the SD 1.x preset until 2026-12-07: λ 1e4 instead of 4e4 and λ_retain 1.25 "
-                                      "(the forty-third session's table)", LAM_BEFORE | LAM_RETAIN_BEFORE),
-                ("duo_preset_r25", "the preset with λ_retain 2.5 instead of 1.75 (forty-sixth session)",
-                 {"lam_retain": 2.5}),
+                                      "(the forty-third session's table, ten convolutions)",
+                 TEN_CONVOLUTIONS | LAM_BEFORE | LAM_RETAIN_BEFORE),
+                ("duo_preset_r25", "the ten-convolution preset with λ_retain 2.5 instead of 1.75 (forty-sixth session)",
+                 TEN_CONVOLUTIONS | {"lam_retain": 2.5}),
                 ("duo_preset_orange54", "the preset until the forty-seventh session (λ_retain 1.25) with the retain "
                                         "set's orange prompts twice: 54 of 162 retain images orange instead of 27 of "
-                                        "135 (forty-sixth session)", ORANGE_TWICE | LAM_RETAIN_BEFORE)]
+                                        "135 (forty-sixth session, ten convolutions)",
+                 TEN_CONVOLUTIONS | ORANGE_TWICE | LAM_RETAIN_BEFORE)]
     out += [("duo_preset_no_close", f"{was} without a close concept: the directions measured against the "
                                     "retain set with every image weighed alike (`--close-weight 0`)",
              earlier | {"close_weight": 0.0}),
@@ -328,6 +338,11 @@ def _cell(value) -> str:
     return "–" if value is None or value != value else f"{value:.3f}"
 
 
+def _seconds(value) -> str:
+    """A row's training time; "–" where nothing was trained or its adapter came from a run that did not time it."""
+    return "–" if value is None else f"{value:.0f}"
+
+
 def table(result: dict, extra: dict, train_seconds: dict) -> str:
     """One row per method. Columns a record lacks (older runs measured fewer things) are left out."""
     res = result["results"]
@@ -347,7 +362,7 @@ def table(result: dict, extra: dict, train_seconds: dict) -> str:
             cells.append(f"{r['quality']['fid']['value']:.1f}" if "fid" in r.get("quality", {}) else "–")
         cells += [_cell(extra[name].get(k)) for k, _ in kept]
         rows.append(f"| {name} | " + " | ".join(cells) +
-                    f" | {recipe(facts[name]) if facts.get(name) else '–'} | {train_seconds.get(name, 0):.0f} |")
+                    f" | {recipe(facts[name]) if facts.get(name) else '–'} | {_seconds(train_seconds.get(name))} |")
     return "\n".join(rows)
 
 
@@ -715,7 +730,7 @@ def main(argv=None) -> int:
             return 2
         order = ["base", "negative prompt", *planned]
         record = merged(table_before, record, [n for n in planned if n in wanted], order,
-                        time.strftime("%Y-%m-%d"))
+                        time.strftime("%Y-%m-%d"), {n: what for n, (what, _, _) in planned.items()})
         plot(record["report"], dest / f"{stem}.png",
              f"{record['report']['model']['name']} / {record['report']['concept']}: DSR vs prior preservation")
         shutil.copyfile(work / "report" / "grid_direct.png", dest / f"{stem}_grid_direct_update.png")

@@ -70,16 +70,19 @@ def testbed_pipe():
 
 
 def test_the_sd1_preset_adapts_each_layer_it_names_on_the_bundled_model(testbed_pipe):
-    """testbed-red on SD 1.x names its layers one by one (the 8 × 8 blocks' ResNet convolutions): each name must be
-    one convolution of the bundled UNet, or a renamed block would train on fewer layers than the preset says."""
+    """testbed-red on SD 1.x names its layers one by one (the ResNet convolutions of the 8 × 8 middle block and first
+    up block), as does the efficacy table's ten-convolution row (those and the encoder's 8 × 8 block): each name must
+    be one convolution of the bundled UNet, or a renamed block would train on fewer layers than the recipe says."""
     import torch
 
     from duo_unlearn.trainer.presets import get_preset
 
-    targets = get_preset("testbed-red").for_family("sd1").target_modules
+    preset = get_preset("testbed-red").for_family("sd1").target_modules
+    ten = benchmark("efficacy_testbed").CONV_8X8
+    assert len(preset) == 8 and len(ten) == 10 and set(preset) < set(ten)
     modules = dict(testbed_pipe.unet.named_modules())
-    found = {t: [n for n in modules if n == t or n.endswith("." + t)] for t in targets}
-    assert len(targets) == 10 and all(len(names) == 1 for names in found.values()), found
+    found = {t: [n for n in modules if n == t or n.endswith("." + t)] for t in ten}
+    assert all(len(names) == 1 for names in found.values()), found
     convs = [modules[names[0]] for names in found.values()]
     assert all(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in convs)
 
