@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 READINGS = ("direct", "synonyms", "one_minus_lpips", "orange_vs_base", "background_kept", "shape_accuracy_vs_base",
-            "colour_kept", "concept_background_kept", "concept_shape_kept", "background_right_kept")
+            "colour_kept", "concept_background_kept", "concept_shape_kept", "background_right_kept", "concept_erased")
 EVAL_SEED = 5000
 
 
@@ -60,9 +60,10 @@ def pool(kept_sets: list[dict]) -> dict:
 def line(name: str, r: dict) -> str:
     steps = f" ({r['steps']})" if "steps" in r else ""
     right = f" ({r['background_right_kept']:.2f} where drawn as asked)" if "background_right_kept" in r else ""
+    erased = f", red erased {r['concept_erased']:.2f}" if "concept_erased" in r else ""
     return (f"{name}: {r['direct']:.2f} / {r['synonyms']:.2f}, {r['one_minus_lpips']:.3f}, {r['orange_vs_base']:.2f}, "
             f"{r['background_kept']:.2f}{right}, {r['shape_accuracy_vs_base']:.2f}, {r['colour_kept']:.2f}; "
-            f"red prompts {r['concept_background_kept']:.2f}, {r['concept_shape_kept']:.2f}{steps}")
+            f"red prompts {r['concept_background_kept']:.2f}, {r['concept_shape_kept']:.2f}{erased}{steps}")
 
 
 def main(argv=None) -> int:

@@ -24,7 +24,7 @@ READINGS = (("orange_vs_base", "orange ÷ base", "orange_n"), ("background_kept"
             ("shape_accuracy_vs_base", "shape acc. ÷ base", "others_n"), ("colour_kept", "other colours kept",
                                                                           "others_n"),
             ("concept_background_kept", "red prompts' background", "concept_n"),
-            ("concept_shape_kept", "red prompts' shape", "concept_n"))
+            ("concept_shape_kept", "red prompts' shape", "concept_n"), ("concept_erased", "red erased", "concept_n"))
 
 
 def pooled(per_set: list[dict], key: str, n_key: str) -> float:

@@ -38,13 +38,16 @@ COUNTED = (("orange_vs_base", "orange_n", "orange_accuracy"), ("background_kept"
            ("background_right_kept", "background_right_n", None),
            ("shape_accuracy_vs_base", "others_n", "shape_accuracy"), ("shape_kept", "others_n", None),
            ("colour_kept", "others_n", None), ("concept_background_kept", "concept_n", None),
-           ("concept_shape_kept", "concept_n", None))
+           ("concept_shape_kept", "concept_n", None), ("concept_erased", "concept_n", None))
 COLUMNS = {"orange_vs_base": "orange ÷ base", "background_kept": "background kept",
            "background_right_kept": "background kept where drawn as asked",
            "shape_accuracy_vs_base": "shape accuracy ÷ base", "shape_kept": "shape kept",
            "colour_kept": "other colours kept", "concept_background_kept": "red prompts: background kept",
-           "concept_shape_kept": "red prompts: shape kept"}
+           "concept_shape_kept": "red prompts: shape kept", "concept_erased": "red prompts: red erased"}
 TARGETS = ("orange_vs_base", "background_kept", "shape_accuracy_vs_base")  # the issue's kept-targets, 0.95 each
+# DSR's 0.95 read on every red prompt: the attacks' direct images are the 6 training prompts at one seed set; these
+# are all 9 (3 shape × background pairs no training prompt names) on every set
+ERASED = "concept_erased"
 
 
 def pool(per_set: list[dict], base_sets: list[dict]) -> dict:
@@ -81,7 +84,9 @@ def pooled_lines(pooled: dict) -> list[str]:
                     f"{run['seconds']['total'] / 60:.0f} minutes" for run in pooled["runs"])
         + "; each run read the base model and negative prompting again, as before, and the table's set as saved for "
         "every method). Cells: the pooled reading (images that count / out of; for a ratio to the base model, "
-        "images read right / the base model's).",
+        "images read right / the base model's). \"Red erased\": the red prompts' images (every shape on every "
+        "background) in which the classifier finds no red; the table's DSR direct reads only the preset's training "
+        "prompts, on one seed set.",
         "",
         "| method | " + " | ".join(COLUMNS.values()) + " |",
         "|" + "---|" * (len(COLUMNS) + 1),
@@ -94,7 +99,8 @@ def pooled_lines(pooled: dict) -> list[str]:
         p = r["pooled"]
         lines.append(f"- {name}, pooled: " + "; ".join(
             f"{COLUMNS[k]} {p[k]:.3f} ({'≥' if p[k] >= 0.95 else '<'} 0.95: {p[f'{k}_count'][0]} of "
-            f"{p[f'{k}_count'][1]}, {math.ceil(0.95 * p[f'{k}_count'][1] - 1e-9)} would meet it)" for k in TARGETS))
+            f"{p[f'{k}_count'][1]}, {math.ceil(0.95 * p[f'{k}_count'][1] - 1e-9)} would meet it)"
+            for k in (*TARGETS, ERASED) if k in p))
     return lines
 
 

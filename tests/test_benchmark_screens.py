@@ -72,7 +72,7 @@ def test_screen_overrides_read_json_values_and_text():
 def test_screen_pools_the_colour_readings_of_several_seed_sets_by_their_image_counts():
     screen = benchmark("screen_testbed")
     keys = ("orange_vs_base", "background_kept", "shape_accuracy_vs_base", "colour_kept", "concept_background_kept",
-            "concept_shape_kept")
+            "concept_shape_kept", "concept_erased")
     one = {k: 0.9 for k in keys} | {"background_right_kept": 1.0, "background_right_n": 30, "orange_n": 36,
                                     "others_n": 180, "concept_n": 36}
     two = {k: 0.8 for k in keys} | {"background_right_kept": 0.5, "background_right_n": 10, "orange_n": 36,
@@ -100,6 +100,9 @@ def test_the_seed_spread_gives_each_readings_range_and_its_pooled_value():
     line = spread.summary("duo_preset", [a | b for a, b in zip(sets, red)])
     assert line.endswith("red prompts' background 0.889–0.972 (pooled 0.931); "
                          "red prompts' shape 0.500–1.000 (pooled 0.750)")
+    erased = [{"concept_erased": 30 / 36}, {"concept_erased": 1.0}]
+    line = spread.summary("duo_preset", [a | b | c for a, b, c in zip(sets, red, erased)])
+    assert line.endswith("red prompts' shape 0.500–1.000 (pooled 0.750); red erased 0.833–1.000 (pooled 0.917)")
 
 
 def _kohya_keys(block: str) -> set:

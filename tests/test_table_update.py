@@ -148,16 +148,17 @@ def test_float_rounding_between_two_runs_is_the_same_measurement(saved):
 def test_pooled_readings_sum_image_counts_over_the_seed_sets_and_ratios_divide_by_the_base_models():
     pooled = benchmark("table_pooled")
     keys = {"background_kept", "background_right_kept", "shape_kept", "colour_kept", "concept_background_kept",
-            "concept_shape_kept"}
+            "concept_shape_kept", "concept_erased"}
 
     def reading(orange, shapes, background, right_n, **rest):
         return ({k: rest.get(k, 1.0) for k in keys} | {"orange_accuracy": orange, "orange_n": 36, "others_n": 180,
                                                        "shape_accuracy": shapes, "background_kept": background,
                                                        "background_right_n": right_n, "concept_n": 36})
     base = [reading(32 / 36, 138 / 180, 1.0, 130), reading(30 / 36, 150 / 180, 1.0, 140)]
-    now = [reading(34 / 36, 127 / 180, 174 / 180, 130, background_right_kept=125 / 130),
-           reading(27 / 36, 150 / 180, 171 / 180, 140, background_right_kept=140 / 140)]
+    now = [reading(34 / 36, 127 / 180, 174 / 180, 130, background_right_kept=125 / 130, concept_erased=32 / 36),
+           reading(27 / 36, 150 / 180, 171 / 180, 140, background_right_kept=140 / 140, concept_erased=35 / 36)]
     got = pooled.pool(now, base)
+    assert got["concept_erased"] == pytest.approx(67 / 72) and got["concept_erased_count"] == [67, 72]
     assert got["orange_vs_base"] == pytest.approx(61 / 62) and got["orange_vs_base_count"] == [61, 62]
     # the ratio of the sums, not the mean of the two sets' ratios (0.920 and 1.000)
     assert got["shape_accuracy_vs_base"] == pytest.approx(277 / 288)
@@ -188,7 +189,7 @@ def test_the_table_shows_its_pooled_readings_and_a_row_measured_again_drops_its_
     assert "0.967 (261 / 270)" in section  # shapes read right over the two sets, against the base model's
     assert (f"- {ROW}, pooled: orange ÷ base 0.833 (< 0.95: 45 of 54, 52 would meet it); background kept 0.930 (< "
             "0.95: 335 of 360, 342 would meet it); shape accuracy ÷ base 0.967 (≥ 0.95: 261 of 270, 257 would meet "
-            "it)") in section
+            "it); red prompts: red erased 0.960 (≥ 0.95: 69 of 72, 69 would meet it)") in section
     assert "- base, pooled" not in section and "- negative prompt, pooled" not in section
     assert "- esd, pooled" not in section  # the targets are DUO's
     assert (f"(`{ROW}`: `python benchmarks/table_pooled.py`, 2026-12-07, 10 minutes; `esd`: `python "
