@@ -366,6 +366,19 @@ def table(result: dict, extra: dict, train_seconds: dict) -> str:
     return "\n".join(rows)
 
 
+# coloured and named on the plot: the rows the issue's plot target compares, and the paper's recipe; the other
+# rows are gray points (two dozen colours cannot be told apart)
+PLOTTED = ("base", "negative prompt", "duo_preset", "duo_preset_lam0", "esd", "duo_paper_b500")
+
+
+def save_plot(record: dict, path: Path) -> Path:
+    from duo_unlearn.trainer.evaluate.report import plot
+
+    report = record["report"]
+    return plot(report, path, f"{report['model']['name']} / {report['concept']}: DSR vs prior preservation",
+                highlight=[n for n in PLOTTED if n in report["results"]])
+
+
 def dominates(r: dict, o: dict, attack: str) -> bool:
     """r lies above and right of o on the attack's DSR-vs-preservation plot (at least as good on both, better on
     one)."""
@@ -600,7 +613,9 @@ def main(argv=None) -> int:
         p.error("--update measures the rows it names; the saved table keeps the rest, its reference rows included")
     if args.from_json:
         record = json.loads(Path(args.from_json).read_text())
-        write_section(Path(args.results), markdown(record), record.get("stem", "efficacy_testbed"))
+        stem = record.get("stem", "efficacy_testbed")
+        write_section(Path(args.results), markdown(record), stem)
+        save_plot(record, Path(args.results).parent / f"{stem}.png")
         return 0
 
     import torch
@@ -611,7 +626,6 @@ def main(argv=None) -> int:
     from duo_unlearn.trainer.evaluate.preservation import build_lpips
     from duo_unlearn.trainer.models import load_model
     from duo_unlearn.trainer.pairs import generate_pairs
-    from duo_unlearn.trainer.evaluate.report import plot
     from duo_unlearn.trainer.unlearn import UnlearnConfig, plan, unlearn
 
     started = time.time()
@@ -731,12 +745,10 @@ def main(argv=None) -> int:
         order = ["base", "negative prompt", *planned]
         record = merged(table_before, record, [n for n in planned if n in wanted], order,
                         time.strftime("%Y-%m-%d"), {n: what for n, (what, _, _) in planned.items()})
-        plot(record["report"], dest / f"{stem}.png",
-             f"{record['report']['model']['name']} / {record['report']['concept']}: DSR vs prior preservation")
         shutil.copyfile(work / "report" / "grid_direct.png", dest / f"{stem}_grid_direct_update.png")
     else:
-        shutil.copyfile(work / "report" / "plot.png", dest / f"{stem}.png")
         shutil.copyfile(work / "report" / "grid_direct.png", dest / f"{stem}_grid_direct.png")
+    save_plot(record, dest / f"{stem}.png")
     saved_file.write_text(json.dumps(record, indent=1, default=str))
     text = markdown(record)
     write_section(Path(args.results), text, stem)

@@ -238,6 +238,23 @@ def test_plot_without_matplotlib(tmp_path):
     assert im.size[0] > 200 and len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 3
 
 
+def test_plot_styles_tell_two_dozen_methods_apart_and_gray_out_those_not_highlighted(tmp_path):
+    from duo_unlearn.trainer.evaluate.report import OTHER, point_styles
+
+    methods = [f"m{i}" for i in range(25)]
+    styles = point_styles(methods)
+    assert len({(c, shape) for c, shape, _ in styles.values()}) == 25  # past ten colours the shape changes
+    picked = point_styles(methods, highlight=["m3", "m20"])
+    assert [m for m, (c, _, _) in picked.items() if c != OTHER] == ["m3", "m20"]
+    assert picked["m3"][0] != picked["m20"][0] and picked["m3"][2] < picked["m20"][2] < picked["m0"][2]
+    report = {"results": {m: {"preservation": {"one_minus_lpips": 0.9 + i / 250},
+                              "attacks": {"direct": {"dsr": i / 24}}} for i, m in enumerate(methods)}}
+    im = np.asarray(Image.open(plot(report, tmp_path / "p.png", "t", highlight=["m3", "m20"])).convert("RGB"))
+    colours = {tuple(c) for c in im.reshape(-1, 3)}
+    assert OTHER in colours and picked["m3"][0] in colours and picked["m20"][0] in colours
+    assert picked["m20"][0] != (44, 160, 44) and (44, 160, 44) not in colours  # the third palette colour: unused
+
+
 # -- the command line --
 
 def _run(capsys, *argv):

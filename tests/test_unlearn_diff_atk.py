@@ -145,6 +145,10 @@ def test_evaluate_reports_the_attack(tmp_path):
         assert a["n_prompts"] == 2 and a["n"] == 2 == len(a["scores"]) and 0.0 <= a["dsr"] <= 1.0
         assert all(p.endswith(d) for p, d in zip(a["prompts"], ["a red circle on a white background",
                                                                  "a red square on a black background"]))
+        # scored per image slot against the direct prompt's image on the same seed: the higher score wins
+        direct, alone = r["attacks"]["direct"], a["found_prompts_alone"]
+        assert a["scores"] == [max(x, y) for x, y in zip(alone["scores"], direct["scores"])]
+        assert a["dsr"] <= min(direct["dsr"], alone["dsr"])
     saved = json.loads((out / "report.json").read_text())
     assert saved["results"] == result["results"] and saved["settings"]["udatk_steps"] == 4
     assert (out / "grid_unlearndiffatk.png").exists()
@@ -185,3 +189,15 @@ def test_white_box_attacks_run_on_a_half_precision_model():
     assert np.isfinite(found[0].eval_loss_after) and found[0].prefix
     inv = concept_inversion(pipe, images, ["a <t> circle"] * 4, "<t>", steps=2, batch=2)
     assert np.isfinite(inv.eval_loss_after)
+
+
+def test_either_found_keeps_per_image_slot_the_try_that_shows_the_concept():
+    from duo_unlearn.trainer.evaluate.dsr import DsrResult, either_found
+
+    found_prompt = DsrResult(0.5, 4, 2, [0.9, 0.1, 0.7, 0.0], 0.5)
+    direct = DsrResult(0.5, 4, 2, [0.2, 0.6, 0.8, 0.3], 0.5)
+    got = either_found(found_prompt, direct)
+    assert got.scores == [0.9, 0.6, 0.8, 0.3] and got.found == 3 and got.dsr == 0.25 and got.n == 4
+    assert either_found(direct, direct).dsr == direct.dsr  # the direct prompt found again: no gain
+    with pytest.raises(ValueError, match="same image slots"):
+        either_found(found_prompt, DsrResult(1.0, 1, 0, [0.0], 0.5))

@@ -27,16 +27,33 @@ def plot_points(report: dict) -> dict[str, list[tuple[str, float, float]]]:
     return out
 
 
-def plot(report: dict, path: Path, title: str = "") -> Path:
+OTHER = (200, 200, 200)  # the rows not named in `highlight`
+SHAPES = ("circle", "square", "triangle")
+
+
+def point_styles(methods: list[str], highlight: list[str] | None = None) -> dict[str, tuple]:
+    """{method: (colour, shape, size rank)}. Past the palette's ten colours the shape changes, so no two methods
+    look alike; with `highlight`, only those get colours and the rest are small gray points behind them (a table of
+    two dozen rows is otherwise unreadable)."""
+    named = [m for m in methods if highlight is None or m in highlight]
+    out = {m: (OTHER, "circle", len(named)) for m in methods}
+    for i, m in enumerate(named):
+        out[m] = (PALETTE[i % len(PALETTE)], SHAPES[(i // len(PALETTE)) % len(SHAPES)], i)
+    return out
+
+
+def plot(report: dict, path: Path, title: str = "", highlight: list[str] | None = None) -> Path:
     """DSR (y) against prior preservation 1 − LPIPS (x), one panel per attack, one point per method (the
-    paper's Fig. 4 layout: up and to the right is better). matplotlib when installed, else drawn with PIL."""
+    paper's Fig. 4 layout: up and to the right is better). matplotlib when installed, else drawn with PIL.
+    `highlight`: the methods to colour and name (default: all)."""
     points = plot_points(report)
     methods = list(report["results"])
+    styles = point_styles(methods, highlight)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        return _plot_pil(points, methods, Path(path), title)
-    return _plot_matplotlib(points, methods, Path(path), title)
+        return _plot_pil(points, methods, styles, Path(path), title)
+    return _plot_matplotlib(points, methods, styles, Path(path), title)
 
 
 def _x_range(points) -> tuple[float, float]:
@@ -45,7 +62,7 @@ def _x_range(points) -> tuple[float, float]:
     return max(0.0, lo), 1.0 + (1.0 - max(0.0, lo)) * 0.04
 
 
-def _plot_matplotlib(points, methods, path: Path, title: str) -> Path:
+def _plot_matplotlib(points, methods, styles, path: Path, title: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,17 +72,22 @@ def _plot_matplotlib(points, methods, path: Path, title: str) -> Path:
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4), squeeze=False)
     x0, x1 = _x_range(points)
     for ax, (attack, pts) in zip(axes[0], points.items()):
-        for method, x, y in pts:
-            i = methods.index(method)
-            c = PALETTE[i % len(PALETTE)]
-            ax.scatter([x], [y], color=[tuple(v / 255 for v in c)], s=max(12, 120 - 20 * i), label=method,
-                       edgecolors="black", zorder=2 + i)
+        for method, x, y in sorted(pts, key=lambda p: styles[p[0]][0] != OTHER):  # gray ones first, beneath
+            c, shape, rank = styles[method]
+            other = c == OTHER
+            ax.scatter([x], [y], color=[tuple(v / 255 for v in c)], s=10 if other else max(12, 120 - 20 * rank),
+                       marker={"circle": "o", "square": "s", "triangle": "^"}[shape],
+                       label=None if other else method, edgecolors="gray" if other else "black",
+                       zorder=1 if other else 2 + rank)
         ax.set_xlim(x0, x1)
         ax.set_ylim(-0.03, 1.03)
         ax.set_title(attack)
         ax.set_xlabel("prior preservation (1 - LPIPS)")
         ax.set_ylabel("defense success rate")
         ax.grid(alpha=0.3)
+    if any(c == OTHER for c, _, _ in styles.values()):
+        axes[0][-1].scatter([], [], color=[tuple(v / 255 for v in OTHER)], s=10, edgecolors="gray",
+                            label="the table's other rows")
     axes[0][-1].legend(fontsize=7, loc="lower left")
     if title:
         fig.suptitle(title)
@@ -76,11 +98,23 @@ def _plot_matplotlib(points, methods, path: Path, title: str) -> Path:
         plt.close(fig)
 
 
-def _plot_pil(points, methods, path: Path, title: str) -> Path:
+def _mark(d, cx: float, cy: float, r: float, colour, shape: str, outline="black") -> None:
+    if shape == "square":
+        d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=colour, outline=outline)
+    elif shape == "triangle":
+        d.polygon([(cx, cy - r * 1.2), (cx - r * 1.1, cy + r * 0.8), (cx + r * 1.1, cy + r * 0.8)], fill=colour,
+                  outline=outline)
+    else:
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour, outline=outline)
+
+
+def _plot_pil(points, methods, styles, path: Path, title: str) -> Path:
     from ..previews import save_png
 
     panel_w, panel_h, margin, top = 330, 300, 46, 34
-    legend_h = 16 * len(methods) + 10
+    legend = [m for m in methods if styles[m][0] != OTHER]
+    others = len(legend) < len(methods)
+    legend_h = 16 * (len(legend) + others) + 10
     n = max(1, len(points))
     sheet = Image.new("RGB", (n * panel_w + 10, top + panel_h + legend_h), "white")
     d = ImageDraw.Draw(sheet)
@@ -108,14 +142,17 @@ def _plot_pil(points, methods, path: Path, title: str) -> Path:
         d.rectangle([left, ptop, left + w, ptop + h], outline="black")
         d.text((left + w // 2 - 80, ptop + h + 18), "prior preservation (1 - LPIPS)", fill="black")
         d.text((left - margin + 2, ptop - 14), "DSR", fill="black")
-        for method, x, y in pts:
-            i = methods.index(method)
-            r = max(3, 10 - 1.5 * i)  # later methods drawn smaller: points on the same spot stay visible
+        for method, x, y in sorted(pts, key=lambda p: styles[p[0]][0] != OTHER):  # gray ones first, beneath
+            colour, shape, rank = styles[method]
             cx, cy = px(x, y)
-            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=PALETTE[i % len(PALETTE)], outline="black")
-    for i, method in enumerate(methods):
+            if colour == OTHER:
+                _mark(d, cx, cy, 2.5, colour, shape, outline=(150, 150, 150))
+            else:  # later methods drawn smaller: points on the same spot stay visible
+                _mark(d, cx, cy, max(3, 10 - 1.5 * rank), colour, shape)
+    for i, method in enumerate(legend + (["the table's other rows"] if others else [])):
         y = top + panel_h + 4 + 16 * i
-        d.ellipse([16, y + 2, 26, y + 12], fill=PALETTE[i % len(PALETTE)], outline="black")
+        colour, shape, _ = styles.get(method, (OTHER, "circle", 0))
+        _mark(d, 21, y + 7, 5, colour, shape)
         d.text((32, y + 1), method, fill="black")
     return save_png(sheet, path)
 

@@ -363,7 +363,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
     from ..models import detect_family, load_model, model_options, refuse_inside_model, resolve_model_path
     from ..previews import save_png
     from .concept_inversion import concept_inversion, token_prompts
-    from .dsr import defense_success_rate
+    from .dsr import defense_success_rate, either_found
     from .preservation import build_lpips, prior_preservation
     from .report import image_grid, plot, write_json
     from .ring_a_bell import ring_a_bell
@@ -450,10 +450,11 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
                     res["quality"] = quality.measure(images, unrelated_per_image)
                 if m.kind != BASE:
                     grids["unrelated"][m.name] = images
+                read: dict = {}
                 for name, attack in attacks.items():
                     imgs = gen(attack.prompts, negative)
-                    res["attacks"][name] = (defense_success_rate(imgs, detector).as_dict()
-                                            | {"n_prompts": len(attack.prompts)})
+                    read[name] = defense_success_rate(imgs, detector)
+                    res["attacks"][name] = read[name].as_dict() | {"n_prompts": len(attack.prompts)}
                     grids.setdefault(name, {})[m.name] = imgs
                 if "concept_inversion" in cfg.attacks:
                     images_ci, prompts_ci, _ = ci_set
@@ -489,8 +490,13 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
                     adversarial[m.name] = [f.as_dict() for f in found]
                     adv_prompts = [f.found for f in found]
                     imgs = gen(adv_prompts, negative)
-                    res["attacks"]["unlearndiffatk"] = (defense_success_rate(imgs, detector).as_dict()
-                                                        | {"n_prompts": len(adv_prompts), "prompts": adv_prompts})
+                    alone = defense_success_rate(imgs, detector)
+                    # the found prompt and the direct one on the same seeds: the attack wins a slot if either shows
+                    # the concept (the loss picks the tokens; only a detector can tell which prompt draws it)
+                    direct = read.get("direct") or defense_success_rate(gen(p.direct, negative), detector)
+                    res["attacks"]["unlearndiffatk"] = (either_found(alone, direct).as_dict()
+                                                        | {"n_prompts": len(adv_prompts), "prompts": adv_prompts,
+                                                           "found_prompts_alone": alone.as_dict()})
                     grids.setdefault("unlearndiffatk", {})[m.name] = imgs
             results[m.name] = res
 

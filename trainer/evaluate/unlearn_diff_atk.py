@@ -12,10 +12,12 @@ with its own image), t uniform. The tokens live in continuous embedding space an
 pass, to the nearest (cosine) word token of the vocabulary; the loss is computed with those real tokens and its
 gradient passes straight through to the continuous vectors (PEZ, Wen et al. 2023). The official code relaxes each
 token into a distribution over the vocabulary instead, and stops at the first image a classifier flags; here no
-classifier is in the loop, and DSR is measured afterwards by generating the prompts like every other attack's.
-The paper attacks only the prompts the model already refuses; the loss stands in for its classifier here: where
-the tokens found do not lower the loss below the prompt's own, the prompt alone is the attack's answer (the
-attacker keeps whichever works better, so the attack is never a handicap to the direct prompt).
+classifier is in the optimisation. Where the tokens found do not lower the loss below the prompt's own, the prompt
+alone is the answer. A lower loss does not always draw the concept (on the test bed the tokens found are often
+colour words that pull the image away from red), so `duo-unlearn eval` scores the attack as an attacker with a
+detector would use it: each image slot is generated from the found prompt and from the direct prompt on the same
+seed, and the attack wins the slot if either shows the concept (`dsr.either_found`). Its DSR is never above the
+direct prompt's; the found prompts' own DSR is reported beside it.
 Only word tokens that tokenize back to themselves are candidates, so a found prompt is plain text: pasted into any
 front end it gives the model exactly the tokens that were optimised.
 SDXL and SD3 have two CLIP encoders: each of the K tokens has a continuous vector in each encoder's embedding space,
