@@ -210,7 +210,7 @@ def test_eval_cli_fid_reference_folder(capsys, tmp_path, tiny_model):
     ("no_images", "holds no images"), ("broken", "is not a readable image"), ("one", "at least 2 reference"),
     ("no_features", "give --fid-features too"), ("bad_features", "fid_features must be one of"),
     ("clip_hub_name", "--clip-model must be a local folder"), ("clip_not_clip", "could not load a CLIP model"),
-    ("inception", "Inception v3"),
+    ("inception", "Inception v3"), ("inception_missing", "Inception weights file not found"),
 ])
 def test_eval_cli_quality_bad_input_one_line_exit_2(case, expect, capsys, tmp_path, tiny_model, monkeypatch):
     ref = tmp_path / "ref"
@@ -251,6 +251,8 @@ def test_eval_cli_quality_bad_input_one_line_exit_2(case, expect, capsys, tmp_pa
         else:
             monkeypatch.setattr(inception, "load_state_dict_from_url", offline)
         args = ["--fid-features", "inception"]
+    elif case == "inception_missing":  # named before torch-fidelity (absent here) or any download is looked for
+        args = ["--fid-features", "inception", "--fid-inception-weights", str(tmp_path / "none.pth")]
     code, _, err = _eval(capsys, tiny_model, tmp_path, *args)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("duo-unlearn: error:") and expect in lines[0], err

@@ -273,8 +273,11 @@ class Quality:
 
 
 def check(fid_features: str | None, fid_reference: str | None, clip_model: str | None, unrelated: list[str],
-          images_per_prompt: int) -> None:
+          images_per_prompt: int, inception_weights: str | None = None) -> None:
     """Input checks that need no model, run by plan() so bad input fails before anything loads."""
+    if inception_weights and not Path(inception_weights).is_file():
+        # before the LPIPS backbone or torch-fidelity are looked for, whose own errors would name another cause
+        raise UserError(f"--fid-inception-weights: Inception weights file not found: {inception_weights}")
     if fid_features:
         if len(unrelated) * images_per_prompt < 2:
             raise UserError("FID needs at least 2 images per method: raise --images-per-prompt or give more "

@@ -242,7 +242,8 @@ def plan(cfg: EvalConfig) -> Plan:
                         "give --unrelated-prompts-file (e.g. MS-COCO captions, one a line)")
     from .quality import check as check_quality
 
-    check_quality(cfg.fid_features, cfg.fid_reference, cfg.clip_model, unrelated, cfg.images_per_prompt)
+    check_quality(cfg.fid_features, cfg.fid_reference, cfg.clip_model, unrelated, cfg.images_per_prompt,
+                  cfg.fid_inception_weights)
     free = list(dict.fromkeys(concept.safe_prompts)) if concept else []
     if "ring_a_bell" in cfg.attacks and not free:
         raise UserError("the ring_a_bell attack needs concept-free prompts (a preset concept's safe prompts); "
