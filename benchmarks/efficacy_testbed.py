@@ -329,9 +329,11 @@ ATTACK_COLUMNS = [("direct", "DSR direct"), ("prompts", "DSR synonyms"), ("conce
                   ("ring_a_bell", "DSR ring-a-bell"), ("unlearndiffatk", "DSR UnlearnDiffAtk")]
 KEPT_COLUMNS = [("orange_vs_base", "orange kept (÷ base)"), ("background_kept", "background kept"),
                 ("background_right_kept", "background kept where drawn as asked"),
+                ("shape_accuracy_vs_base", "shape accuracy ÷ base"),  # what the shape target reads
                 ("shape_kept", "shape kept"), ("colour_kept", "other colours kept"),
                 ("concept_background_kept", "red prompts: background kept"),
-                ("concept_shape_kept", "red prompts: shape kept")]
+                ("concept_shape_kept", "red prompts: shape kept"),
+                ("concept_erased", "red prompts: red erased")]  # every red prompt, not only the attacks' six
 
 
 def _cell(value) -> str:

@@ -241,6 +241,13 @@ def test_the_red_prompts_columns_appear_only_in_records_that_read_them():
     head, _, row = mod.table(result, new, {}).splitlines()
     assert head.split(" | ")[-4:-2] == ["red prompts: background kept", "red prompts: shape kept"]
     assert row.split(" | ")[-4:-2] == ["0.500", "0.250"]
+    erased = {"duo_x": new["duo_x"] | {"concept_erased": 0.875, "shape_accuracy_vs_base": 0.96}}
+    head, _, row = mod.table(result, erased, {}).splitlines()
+    assert head.split(" | ")[-5:-2] == ["red prompts: background kept", "red prompts: shape kept",
+                                        "red prompts: red erased"]
+    assert row.split(" | ")[-3] == "0.875"  # every red prompt, beside the attacks' DSR
+    columns, cells = head.split(" | "), row.split(" | ")
+    assert cells[columns.index("shape accuracy ÷ base")] == "0.960"  # the shape target's own reading
 
 
 def test_backgrounds_kept_where_drawn_as_asked_count_only_the_errors_an_adapter_makes():
