@@ -142,8 +142,12 @@ def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, d
         out += [(f"duo_paper_b{b}", f"the paper's recipe at β {b} (lr = 3e-4·100/β, λ = 1e6·β/100), paper's twins",
                  official | {"beta": float(beta), "lr": None, "lam": None, "edit_region": "image", "num_retain": 0,
                              "stop_every": 0})]
-    return out + [("esd", "ESD (η 1, lr 1e-4) on the paper's twins' unsafe images",
-                   {"method": "esd", "lr": 1e-4, "edit_region": "image", "num_retain": 0, "stop_every": 0})]
+    esd = {"method": "esd", "edit_region": "image", "num_retain": 0, "stop_every": 0}
+    out += [("esd", "ESD (η 1, lr 1e-4) on the paper's twins' unsafe images", esd | {"lr": 1e-4})]
+    if sd1:  # ESD's own lr (1e-5 on SD 1.4) scaled as DUO's was is the row above; this one is not held back
+        out += [("esd_lr1e3", "ESD at the lr of DUO's test-bed preset (1e-3, ten times the row above)",
+                 esd | {"lr": 1e-3})]
+    return out
 
 
 def plan_rows(work: Path, betas: list[str], model: str = "testbed", steps: int | None = None,
@@ -370,7 +374,7 @@ def table(result: dict, extra: dict, train_seconds: dict) -> str:
 
 # coloured and named on the plot: the rows the issue's plot target compares, and the paper's recipe; the other
 # rows are gray points (two dozen colours cannot be told apart)
-PLOTTED = ("base", "negative prompt", "duo_preset", "duo_preset_lam0", "esd", "duo_paper_b500")
+PLOTTED = ("base", "negative prompt", "duo_preset", "duo_preset_lam0", "esd", "esd_lr1e3", "duo_paper_b500")
 
 
 def save_plot(record: dict, path: Path) -> Path:
@@ -403,7 +407,8 @@ VS_BASE = {"orange_vs_base": ("orange_accuracy", "orange_n", "read orange"),
 KEPT_COUNTS = {"background_kept": ("others_n", "backgrounds kept"),
                "background_right_kept": ("background_right_n", "backgrounds drawn as asked kept"),
                "concept_background_kept": ("concept_n", "backgrounds kept"),
-               "concept_shape_kept": ("concept_n", "shapes kept")}
+               "concept_shape_kept": ("concept_n", "shapes kept"),
+               "concept_erased": ("concept_n", "red images erased")}
 
 
 def _kept_short(key: str, e: dict, base: dict) -> str:
@@ -440,11 +445,13 @@ def verdicts(result: dict, extra: dict, preset_name: str = "duo_preset") -> list
                            ("background_right_kept", "background where the base model drew it as asked"),
                            ("shape_accuracy_vs_base", "shape accuracy ÷ base"),
                            ("concept_background_kept", "red prompts' background"),
-                           ("concept_shape_kept", "red prompts' shape")):
+                           ("concept_shape_kept", "red prompts' shape"),
+                           ("concept_erased", "red erased on every red prompt")):
             if key in e:
                 parts.append(f"{label} {e[key]:.3f} ({'≥' if e[key] >= 0.95 else '<'} 0.95"
                              f"{_kept_short(key, e, extra.get('base', {}))})")
-        others = [o for o in ("esd", "negative prompt", f"{preset_name}_lam0") if o in res and o != name]
+        others = [o for o in ("esd", "esd_lr1e3", "negative prompt", f"{preset_name}_lam0")
+                  if o in res and o != name]
         for o in others:
             won = [a for a in attacks if a in res[o]["attacks"] and dominates(r, res[o], a)]
             parts.append(f"above-right of {o} on {len(won)}/{len(attacks)} attack plots")

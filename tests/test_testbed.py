@@ -228,6 +228,10 @@ def test_missed_targets_are_counted_in_images():
     # the red prompts' own pictures: 32 of 36 backgrounds as the base model drew them is short, 35 of 36 shapes is not
     assert "red prompts' background 0.889 (< 0.95: 32 of 36 backgrounds kept, 35 would meet it)" in line
     assert line.endswith("red prompts' shape 0.972 (≥ 0.95)")
+    extra["duo_x"]["concept_erased"] = 32 / 36  # the colour reading's red prompts, all nine of them
+    line = mod.verdicts(result, extra)[0]
+    assert line.endswith("red prompts' shape 0.972 (≥ 0.95); red erased on every red prompt 0.889 (< 0.95: 32 of 36 "
+                         "red images erased, 35 would meet it)")
 
 
 def test_the_red_prompts_columns_appear_only_in_records_that_read_them():
