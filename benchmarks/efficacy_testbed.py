@@ -51,6 +51,8 @@ TESTBED_RED = get_preset("testbed-red")  # read once: the rows below and main() 
 # out the encoder's block (its change was spill): that block's two, then the preset's eight, named in presets.toml
 CONV_8X8 = ("down_blocks.1.resnets.0.conv1", "down_blocks.1.resnets.0.conv2",
             *TESTBED_RED.for_family("sd1").target_modules)
+# ESD-x's layers (Gandikota et al. 2023: the cross-attention, for a concept named in the prompt)
+CROSS_ATTENTION = ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
 # the SD 1.x preset until the fifty-first session: those ten convolutions, λ_retain 1.75
 TEN_CONVOLUTIONS = {"target_modules": CONV_8X8, "lam_retain": 1.75}
 # the retain set with its orange prompts twice: 54 of 162 images orange instead of 27 of 135 (forty-sixth session)
@@ -146,7 +148,10 @@ def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, d
     out += [("esd", "ESD (η 1, lr 1e-4) on the paper's twins' unsafe images", esd | {"lr": 1e-4})]
     if sd1:  # ESD's own lr (1e-5 on SD 1.4) scaled as DUO's was is the row above; this one is not held back
         out += [("esd_lr1e3", "ESD at the lr of DUO's test-bed preset (1e-3, ten times the row above)",
-                 esd | {"lr": 1e-3})]
+                 esd | {"lr": 1e-3}),
+                ("esd_x", "ESD-x: ESD (η 1, lr 1e-4) on cross-attention (the paper's form for an object or a style; "
+                          "the rows above edit self-attention, ESD-u)",
+                 esd | {"lr": 1e-4, "target_modules": CROSS_ATTENTION})]
     return out
 
 
@@ -374,7 +379,8 @@ def table(result: dict, extra: dict, train_seconds: dict) -> str:
 
 # coloured and named on the plot: the rows the issue's plot target compares, and the paper's recipe; the other
 # rows are gray points (two dozen colours cannot be told apart)
-PLOTTED = ("base", "negative prompt", "duo_preset", "duo_preset_lam0", "esd", "esd_lr1e3", "duo_paper_b500")
+PLOTTED = ("base", "negative prompt", "duo_preset", "duo_preset_lam0", "esd", "esd_lr1e3", "esd_x",
+           "duo_paper_b500")
 
 
 def save_plot(record: dict, path: Path) -> Path:
@@ -450,7 +456,7 @@ def verdicts(result: dict, extra: dict, preset_name: str = "duo_preset") -> list
             if key in e:
                 parts.append(f"{label} {e[key]:.3f} ({'≥' if e[key] >= 0.95 else '<'} 0.95"
                              f"{_kept_short(key, e, extra.get('base', {}))})")
-        others = [o for o in ("esd", "esd_lr1e3", "negative prompt", f"{preset_name}_lam0")
+        others = [o for o in ("esd", "esd_lr1e3", "esd_x", "negative prompt", f"{preset_name}_lam0")
                   if o in res and o != name]
         for o in others:
             won = [a for a in attacks if a in res[o]["attacks"] and dominates(r, res[o], a)]

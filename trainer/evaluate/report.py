@@ -28,17 +28,18 @@ def plot_points(report: dict) -> dict[str, list[tuple[str, float, float]]]:
 
 
 OTHER = (200, 200, 200)  # the rows not named in `highlight`
+NAMED = [c for c in PALETTE if c != (127, 127, 127)]  # a gray method would read as one of the OTHER points
 SHAPES = ("circle", "square", "triangle")
 
 
 def point_styles(methods: list[str], highlight: list[str] | None = None) -> dict[str, tuple]:
-    """{method: (colour, shape, size rank)}. Past the palette's ten colours the shape changes, so no two methods
+    """{method: (colour, shape, size rank)}. Past the palette's nine colours the shape changes, so no two methods
     look alike; with `highlight`, only those get colours and the rest are small gray points behind them (a table of
     two dozen rows is otherwise unreadable)."""
     named = [m for m in methods if highlight is None or m in highlight]
     out = {m: (OTHER, "circle", len(named)) for m in methods}
     for i, m in enumerate(named):
-        out[m] = (PALETTE[i % len(PALETTE)], SHAPES[(i // len(PALETTE)) % len(SHAPES)], i)
+        out[m] = (NAMED[i % len(NAMED)], SHAPES[(i // len(NAMED)) % len(SHAPES)], i)
     return out
 
 
