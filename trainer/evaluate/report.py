@@ -48,13 +48,12 @@ def plot(report: dict, path: Path, title: str = "", highlight: list[str] | None 
     paper's Fig. 4 layout: up and to the right is better). matplotlib when installed, else drawn with PIL.
     `highlight`: the methods to colour and name (default: all)."""
     points = plot_points(report)
-    methods = list(report["results"])
-    styles = point_styles(methods, highlight)
+    styles = point_styles(list(report["results"]), highlight)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        return _plot_pil(points, methods, styles, Path(path), title)
-    return _plot_matplotlib(points, methods, styles, Path(path), title)
+        return _plot_pil(points, styles, Path(path), title)
+    return _plot_matplotlib(points, styles, Path(path), title)
 
 
 def _x_range(points) -> tuple[float, float]:
@@ -63,7 +62,7 @@ def _x_range(points) -> tuple[float, float]:
     return max(0.0, lo), 1.0 + (1.0 - max(0.0, lo)) * 0.04
 
 
-def _plot_matplotlib(points, methods, styles, path: Path, title: str) -> Path:
+def _plot_matplotlib(points, styles, path: Path, title: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,12 +108,12 @@ def _mark(d, cx: float, cy: float, r: float, colour, shape: str, outline="black"
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour, outline=outline)
 
 
-def _plot_pil(points, methods, styles, path: Path, title: str) -> Path:
+def _plot_pil(points, styles, path: Path, title: str) -> Path:
     from ..previews import save_png
 
     panel_w, panel_h, margin, top = 330, 300, 46, 34
-    legend = [m for m in methods if styles[m][0] != OTHER]
-    others = len(legend) < len(methods)
+    legend = [m for m, (colour, _, _) in styles.items() if colour != OTHER]  # in the report's order
+    others = len(legend) < len(styles)
     legend_h = 16 * (len(legend) + others) + 10
     n = max(1, len(points))
     sheet = Image.new("RGB", (n * panel_w + 10, top + panel_h + legend_h), "white")
