@@ -53,6 +53,9 @@ HELP = {  # `duo-unlearn eval` flag help (names shared with other commands mean 
     "udatk_steps": "unlearndiffatk: optimisation steps per direct prompt",
     "udatk_lr": "unlearndiffatk: Adam learning rate of the continuous token vectors",
     "udatk_batch": "unlearndiffatk: (image, noise, t) draws per step",
+    "udatk_check_every": "unlearndiffatk: write the tokens out every this many steps (and after the last) and read "
+                         "their images with the detector, the official attack's classifier in the loop; each check "
+                         "generates the direct prompts' images once more",
     "lpips_net": "LPIPS network: alex (default), vgg, squeeze",
     "lpips_backbone": "pretrained (the real metric; downloads once) or random (offline, not comparable)",
     "fid_features": "FID of each method's unrelated-prompt images (off unless given): inception (the published "
@@ -112,6 +115,7 @@ class EvalConfig:
     udatk_steps: int = 100
     udatk_lr: float = 1e-2
     udatk_batch: int = 4
+    udatk_check_every: int = 20  # the official code reads its classifier after every 40 steps
     lpips_net: str = "alex"
     lpips_backbone: str = "pretrained"
     fid_features: str | None = None  # None: no FID (generation-heavy runs and the tests stay as fast as before)
@@ -133,7 +137,8 @@ class EvalConfig:
         if unknown or not self.attacks:
             raise UserError(f"unknown attack(s) {', '.join(unknown) or '(none given)'}; attacks: {', '.join(ATTACKS)}")
         for name in ("images_per_prompt", "ci_steps", "ci_batch", "ci_images", "rab_length", "rab_population",
-                     "rab_generations", "udatk_tokens", "udatk_steps", "udatk_batch", "batch_size", "grid_columns"):
+                     "rab_generations", "udatk_tokens", "udatk_steps", "udatk_batch", "udatk_check_every", "batch_size",
+                     "grid_columns"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value > 0):
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
@@ -364,11 +369,11 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
     from ..models import detect_family, load_model, model_options, refuse_inside_model, resolve_model_path
     from ..previews import save_png
     from .concept_inversion import concept_inversion, token_prompts
-    from .dsr import defense_success_rate, either_found
+    from .dsr import any_found, defense_success_rate
     from .preservation import build_lpips, prior_preservation
     from .report import image_grid, plot, write_json
     from .ring_a_bell import ring_a_bell
-    from .unlearn_diff_atk import check_room, unlearn_diff_atk
+    from .unlearn_diff_atk import check_room, check_steps, unlearn_diff_atk
 
     from ..runtime import RuntimeConfig, placed_for_sampling, resolve
 
@@ -485,19 +490,24 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
                         report(progress, ProgressEvent("eval", message=f"unlearndiffatk against {m.name}"))
                         found = unlearn_diff_atk(pipe, ci_set[0], ci_set[1], p.direct, cfg.udatk_tokens,
                                                  cfg.udatk_steps, cfg.udatk_lr, cfg.udatk_batch, cfg.seed,
-                                                 progress=progress, family=family)
+                                                 progress=progress, family=family,
+                                                 check_every=cfg.udatk_check_every)
                         if m.same_model_as_base:
                             base_adversarial = found
                     adversarial[m.name] = [f.as_dict() for f in found]
                     adv_prompts = [f.found for f in found]
                     imgs = gen(adv_prompts, negative)
                     alone = defense_success_rate(imgs, detector)
-                    # the found prompt and the direct one on the same seeds: the attack wins a slot if either shows
-                    # the concept (the loss picks the tokens; only a detector can tell which prompt draws it)
+                    # the loss picks the tokens; only a detector can tell which prompt draws the concept: as the
+                    # official attack stops at the first image its classifier flags, a slot is the attack's if the
+                    # direct prompt or the prompt at any check shows the concept on that slot's seed
                     direct = read.get("direct") or defense_success_rate(gen(p.direct, negative), detector)
-                    res["attacks"]["unlearndiffatk"] = (either_found(alone, direct).as_dict()
+                    checks = [defense_success_rate(gen([f.checks[c] for f in found], negative), detector)
+                              for c in range(len(found[0].checks))]
+                    res["attacks"]["unlearndiffatk"] = (any_found(direct, *checks).as_dict()
                                                         | {"n_prompts": len(adv_prompts), "prompts": adv_prompts,
-                                                           "found_prompts_alone": alone.as_dict()})
+                                                           "found_prompts_alone": alone.as_dict(),
+                                                           "checks": [c.as_dict() for c in checks]})
                     grids.setdefault("unlearndiffatk", {})[m.name] = imgs
             results[m.name] = res
 
@@ -515,6 +525,7 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
         attack_info["unlearndiffatk"] = {
             "name": "unlearndiffatk", "settings": {
                 "tokens": cfg.udatk_tokens, "placement": "prefix", "steps": cfg.udatk_steps, "lr": cfg.udatk_lr,
+                "checks_after_steps": check_steps(cfg.udatk_steps, cfg.udatk_check_every),
                 "batch": cfg.udatk_batch, "optimizer": "Adam",
                 "projection": "nearest word token (cosine), straight-through gradient",
                 "loss": f"denoising MSE, {family.noise_process(pipe).target_name} target",

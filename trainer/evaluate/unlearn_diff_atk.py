@@ -11,13 +11,16 @@ x0 the concept's images (for a prompt, those generated from it where there are a
 with its own image), t uniform. The tokens live in continuous embedding space and are projected, in every forward
 pass, to the nearest (cosine) word token of the vocabulary; the loss is computed with those real tokens and its
 gradient passes straight through to the continuous vectors (PEZ, Wen et al. 2023). The official code relaxes each
-token into a distribution over the vocabulary instead, and stops at the first image a classifier flags; here no
-classifier is in the optimisation. Where the tokens found do not lower the loss below the prompt's own, the prompt
-alone is the answer. A lower loss does not always draw the concept (on the test bed the tokens found are often
-colour words that pull the image away from red), so `duo-unlearn eval` scores the attack as an attacker with a
-detector would use it: each image slot is generated from the found prompt and from the direct prompt on the same
-seed, and the attack wins the slot if either shows the concept (`dsr.either_found`). Its DSR is never above the
-direct prompt's; the found prompts' own DSR is reported beside it.
+token into a distribution over the vocabulary instead.
+Its classifier is in the loop: the official code optimises in rounds, writes the tokens out after each and
+generates an image from them, and stops at the first image its classifier flags. Here the tokens are written out
+every `check_every` steps of the optimisation and after its last, and `duo-unlearn eval`
+generates each image slot from the direct prompt and from every check's prompt on the same seed: the attack wins the
+slot if any of them shows the concept (`dsr.any_found`), as the official attack would have stopped there. A lower
+loss does not always draw the concept (on the test bed the tokens found are often colour words that pull the image
+away from red), which is why the detector, not the loss, has the last word. Its DSR is never above the direct
+prompt's. Where the tokens found last do not lower the loss below the prompt's own, the prompt alone is the answer
+(`found`); the found prompts' own DSR is reported beside the attack's.
 Only word tokens that tokenize back to themselves are candidates, so a found prompt is plain text: pasted into any
 front end it gives the model exactly the tokens that were optimised.
 SDXL and SD3 have two CLIP encoders: each of the K tokens has a continuous vector in each encoder's embedding space,
@@ -43,6 +46,7 @@ class AdversarialPrompt:
     eval_loss_before: float = 0.0  # ... with the initial (random) tokens prepended
     eval_loss_after: float = 0.0  # ... with the tokens found
     losses: list[float] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)  # the prompt written out at each check, the last at the end
 
     @property
     def kept(self) -> bool:
@@ -58,7 +62,7 @@ class AdversarialPrompt:
         return {"prompt": self.prompt, "found": self.found, "prefix": self.prefix, "prefix_kept": self.kept,
                 "images": self.images, "eval_loss_prompt": self.eval_loss_prompt,
                 "eval_loss_before": self.eval_loss_before, "eval_loss_after": self.eval_loss_after,
-                "losses": [round(v, 6) for v in self.losses]}
+                "losses": [round(v, 6) for v in self.losses], "checks": self.checks}
 
 
 def check_room(tokenizer, tokens: int) -> None:
@@ -71,10 +75,11 @@ def check_room(tokenizer, tokens: int) -> None:
 
 def unlearn_diff_atk(pipe, images: Sequence, image_prompts: Sequence[str], prompts: Sequence[str], tokens: int = 5,
                      steps: int = 100, lr: float = 1e-2, batch: int = 4, seed: int = 0, eval_draws: int = 16,
-                     progress=None, family=None) -> list[AdversarialPrompt]:
+                     progress=None, family=None, check_every: int | None = None) -> list[AdversarialPrompt]:
     """One adversarial prompt per prompt of `prompts`, against the pipeline as it stands (its active adapter is
     the model under attack). `images` are the concept's images, `image_prompts` what each was made from.
-    `family`: the pipeline's (default: found from its class).
+    `family`: the pipeline's (default: found from its class). The tokens are written out
+    (`AdversarialPrompt.checks`) after every `check_every` steps (None: only at the end) and after the last.
 
     The pipeline is left as it was: no token is added to the tokenizer, no weight changes, and requires_grad and
     train/eval modes are restored. The random streams depend only on the seed and the prompt order, so every
@@ -82,6 +87,8 @@ def unlearn_diff_atk(pipe, images: Sequence, image_prompts: Sequence[str], promp
     """
     import torch
 
+    if check_every is not None and check_every < 1:
+        raise ValueError(f"check_every must be a positive number of steps, got {check_every}")
     if len(images) != len(image_prompts) or not images or not prompts:
         raise ValueError(f"need images with one prompt each and prompts to attack, got {len(images)} images, "
                          f"{len(image_prompts)} image prompts and {len(prompts)} prompts")
@@ -103,7 +110,7 @@ def unlearn_diff_atk(pipe, images: Sequence, image_prompts: Sequence[str], promp
             start = search.vocab[torch.randint(0, len(vocab), (tokens,), generator=gen).to(model.device)]
             adv = AdversarialPrompt(prompt, len(own), eval_loss_prompt=scorer.eval(prompt),
                                     eval_loss_before=scorer.eval(search.written(start, prompt)))
-            prefix = _optimise(search, scorer, search.vectors(start), adv, gen, steps, lr,
+            prefix = _optimise(search, scorer, search.vectors(start), adv, gen, steps, lr, check_steps(steps, check_every),
                                lambda step, loss: _report(progress, k * steps + step + 1, steps, len(prompts), loss))
             adv.prefix_ids = [int(i) for i in prefix]
             adv.prefix = search.decode(prefix)
@@ -112,8 +119,14 @@ def unlearn_diff_atk(pipe, images: Sequence, image_prompts: Sequence[str], promp
     return results
 
 
-def _optimise(search, scorer, vecs, adv, gen, steps: int, lr: float, on_step):
-    """Adam on the continuous vectors, the loss taken with their projection; the prefix found."""
+def check_steps(steps: int, every: int | None) -> list[int]:
+    """After which steps (counted from 1) the tokens are written out: every `every`, and the last."""
+    return sorted({*range(every or steps, steps + 1, every or steps), steps})
+
+
+def _optimise(search, scorer, vecs, adv, gen, steps: int, lr: float, check_after: list[int], on_step):
+    """Adam on the continuous vectors, the loss taken with their projection; the prefix found. The prompt is
+    written out into `adv.checks` after each step of `check_after`."""
     import torch
 
     opt = torch.optim.Adam(vecs, lr=lr)
@@ -124,6 +137,8 @@ def _optimise(search, scorer, vecs, adv, gen, steps: int, lr: float, on_step):
         loss.backward()
         opt.step()
         adv.losses.append(loss.item())
+        if step + 1 in check_after:
+            adv.checks.append(search.written(search.project(vecs), adv.prompt))
         on_step(step, loss.item())
     return search.project(vecs)
 
