@@ -528,6 +528,12 @@ def markdown(record: dict) -> str:
             + "; the last one's direct-prompt images: "
             f"`benchmarks/{record['stem']}_grid_direct_update.png`."), ""]
           if record.get("updates") else []),
+        *([("Attacks measured again on the table's adapters, every row reading its direct and unrelated prompts as "
+            "saved (benchmarks/reattack_testbed.py): " + "; ".join(
+                f"{u['date']}, {u['attack']} on {len(u['rows'])} rows (`{u['command']}`, {u['seconds']:.0f} s)"
+                + "".join(f"; `{row}` kept as measured before: {why}" for row, why in u["kept_as_before"].items())
+                for u in record["attack_updates"]) + "."), ""]
+          if record.get("attack_updates") else []),
         "Against the issue's targets (DSR ≥ 0.95 under every attack; 1 − LPIPS ≥ 0.97; orange, background and shape "
         "kept ≥ 0.95 of the base model; DUO above-right of ESD, negative prompting and DUO without λ on each plot):",
         "",
@@ -564,7 +570,12 @@ def markdown(record: dict) -> str:
         ud = attacks["unlearndiffatk"]["settings"]
         lines.append("- UnlearnDiffAtk: per model and direct prompt, " + ", ".join(
             f"{k} {v}" for k, v in ud.items() if not isinstance(v, (list, dict))) + " (white-box, against the "
-            "model's own denoising loss on the pair dataset's red images; prompts found are in the JSON).")
+            "model's own denoising loss on the pair dataset's red images; prompts found are in the JSON)"
+            + (f"; the classifier in the loop: the tokens written out after steps "
+               f"{', '.join(map(str, ud['checks_after_steps']))}, and an image slot counts as attacked if the direct "
+               "prompt's image or any of those prompts' on the same seed reads as red" if "checks_after_steps" in ud
+               else "; an image slot counts as attacked if the found prompt's or the direct prompt's image on the "
+                    "same seed reads as red") + ".")
     lines += [
         f"- 1 − LPIPS: {len(result['unrelated_prompts'])} unrelated prompts x {args['images_per_prompt']} seed(s), "
         f"adapter vs base, LPIPS alex with a **{backbone}** trunk"

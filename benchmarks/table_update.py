@@ -128,3 +128,45 @@ def merged(saved: dict, fresh: dict, rows: list[str], order: list[str], when: st
     out.setdefault("updates", []).append({"rows": list(rows), "date": when, "command": fresh["command"],
                                           "seconds": fresh["seconds"]})
     return out
+
+
+# an attack's settings in `duo-unlearn eval`'s config: the fields a re-attack may change
+ATTACK_SETTINGS = {"unlearndiffatk": "udatk_", "concept_inversion": "ci_", "ring_a_bell": "rab_"}
+
+
+def attack_measurement_problems(saved: dict, fresh_report: dict, rows: list[str]) -> dict[str, list[str]]:
+    """What a run that measured one attack again read otherwise than the saved table, besides that attack, per row
+    it measured ("": the run as a whole). A row must read its direct prompts and unrelated prompts as saved: the same
+    adapter, drawn the same way; the controls (CONTROLS) reading as saved say the machine draws the same."""
+    before = portable(saved["report"], repo_root(saved))
+    now = portable(fresh_report, repo_root({"report": fresh_report}))
+    problems = {"": [f"{key} differ from the saved table's" for key in ("sampling", "unrelated_prompts")
+                     if not same(before[key], now[key])]}
+    for row in rows:
+        old, new = before["results"][row], now["results"][row]
+        problems[row] = [f"{row}'s {what} differ from the saved table's" for what, a, b in (
+            ("direct readings", old["attacks"]["direct"], new["attacks"]["direct"]),
+            ("unrelated-prompt readings", old["preservation"], new["preservation"])) if not same(a, b)]
+    return {k: v for k, v in problems.items() if v}
+
+
+def attack_merged(saved: dict, fresh_report: dict, attack: str, rows: list[str], kept: dict[str, str], when: str,
+                  command: str, seconds: float) -> dict:
+    """The saved record with `attack` as `fresh_report` measured it on `rows`; `kept`: the rows not measured again
+    and why, which keep the reading they had, named in "attack_updates"."""
+    out = copy.deepcopy(saved)
+    report = out["report"]
+    for row in rows:
+        report["results"][row]["attacks"][attack] = fresh_report["results"][row]["attacks"][attack]
+    info = report["attacks"][attack]
+    fresh_info = fresh_report["attacks"][attack]
+    info["settings"] = fresh_info["settings"]
+    per_method = info.get("info", {}).get("per_method")
+    if per_method is not None:
+        per_method |= {row: fresh_info["info"]["per_method"][row] for row in rows}
+    prefix = ATTACK_SETTINGS[attack]
+    report["settings"] = {k: v for k, v in report["settings"].items() if not k.startswith(prefix)} | {
+        k: v for k, v in fresh_report["settings"].items() if k.startswith(prefix)}
+    out.setdefault("attack_updates", []).append({"attack": attack, "rows": list(rows), "kept_as_before": dict(kept),
+                                                 "date": when, "command": command, "seconds": seconds})
+    return out

@@ -225,3 +225,77 @@ def test_a_row_whose_adapter_no_timed_run_trained_shows_no_training_time(saved):
             lines.setdefault(line.split(" | ")[0], line)
     assert lines[f"| {ROW}"].endswith("| – |") and lines["| base"].endswith("| – |")
     assert lines["| esd"].endswith("| 12 |")
+
+
+def a_reattack(saved: dict, rows: list[str]) -> dict:
+    """The report `reattack_testbed.py` would get on the same machine: `rows` with their direct and unlearndiffatk
+    readings as saved, the attack's settings as the code has them now."""
+    report = copy.deepcopy(saved["report"])
+    report["methods"] = [m for m in report["methods"] if m["name"] in rows]
+    report["results"] = {k: {"attacks": {a: v["attacks"][a] for a in ("direct", "unlearndiffatk")},
+                             "preservation": v["preservation"]} for k, v in report["results"].items() if k in rows}
+    report["attacks"] = {"unlearndiffatk": copy.deepcopy(report["attacks"]["unlearndiffatk"])}
+    per_method = report["attacks"]["unlearndiffatk"]["info"]["per_method"]
+    report["attacks"]["unlearndiffatk"]["info"]["per_method"] = {k: v for k, v in per_method.items() if k in rows}
+    report["settings"] |= {"attacks": ["direct", "unlearndiffatk"], "udatk_check_every": 20}
+    return report
+
+
+def test_an_attack_measured_again_replaces_its_cells_only_where_the_rows_read_as_saved(saved):
+    update, table = benchmark("table_update"), benchmark("efficacy_testbed")
+    rows = ["base", "negative prompt", ROW]
+    fresh = a_reattack(saved, rows)
+    assert update.attack_measurement_problems(saved, fresh, rows) == {}
+    cell = fresh["results"][ROW]["attacks"]["unlearndiffatk"]
+    cell |= {"dsr": 0.875, "found": 3, "checks": []}
+    fresh["attacks"]["unlearndiffatk"]["info"]["per_method"][ROW] = [{"found": "a new prompt"}]
+    fresh["attacks"]["unlearndiffatk"]["settings"]["checks_after_steps"] = [20, 40, 60, 80, 100]
+    kept = [n for n in saved["report"]["results"] if n not in rows]
+    why = "its adapter is not on this machine"
+    out = update.attack_merged(saved, fresh, "unlearndiffatk", rows, {"oracle_relabelled": why}, "2026-12-07",
+                               "python benchmarks/reattack_testbed.py --attack unlearndiffatk", 1234.0)
+
+    assert out["report"]["results"][ROW]["attacks"]["unlearndiffatk"]["dsr"] == 0.875
+    assert out["report"]["attacks"]["unlearndiffatk"]["info"]["per_method"][ROW] == [{"found": "a new prompt"}]
+    assert out["report"]["settings"]["udatk_check_every"] == 20
+    assert out["report"]["settings"]["attacks"] == saved["report"]["settings"]["attacks"]  # the table's, all five
+    for name in kept:
+        assert out["report"]["results"][name] == saved["report"]["results"][name]
+    for name in rows:  # every other attack, the preservation and the colour readings as saved
+        before, after = saved["report"]["results"][name], out["report"]["results"][name]
+        assert {k: v for k, v in after["attacks"].items() if k != "unlearndiffatk"} == \
+            {k: v for k, v in before["attacks"].items() if k != "unlearndiffatk"}
+        assert after["preservation"] == before["preservation"]
+    assert out["close_concept_and_agreement"] == saved["close_concept_and_agreement"]
+    assert out["attack_updates"][-1]["kept_as_before"] == {"oracle_relabelled": why}
+    text = table.markdown(out)
+    assert "reattack_testbed.py" in text and f"`oracle_relabelled` kept as measured before: {why}" in text
+    assert "after steps 20, 40, 60, 80, 100" in text
+    row_line = next(line for line in text.splitlines() if line.startswith(f"| {ROW} |"))
+    assert row_line.split(" | ")[5] == "0.875"  # the UnlearnDiffAtk column
+
+    # a row that draws its direct prompts or its unrelated prompts otherwise is another adapter, or another machine
+    fresh["results"][ROW]["attacks"]["direct"]["scores"][0] = 0.9
+    fresh["results"]["base"]["preservation"]["one_minus_lpips"] = 0.5
+    fresh["unrelated_prompts"] = fresh["unrelated_prompts"][::-1]
+    assert update.attack_measurement_problems(saved, fresh, rows) == {
+        "": ["unrelated_prompts differ from the saved table's"],
+        "base": ["base's unrelated-prompt readings differ from the saved table's"],
+        ROW: [f"{ROW}'s direct readings differ from the saved table's"]}
+
+
+def test_an_attack_is_measured_again_only_on_the_adapters_the_table_measured(tmp_path, capsys):
+    from test_unlearn_diff_atk import _random_adapter
+
+    work = tmp_path / "work"
+    work.mkdir()
+    _random_adapter(work / "duo_v1.safetensors")  # a LoRA, but not the one the table's duo_v1 row was trained as
+    reattack = benchmark("reattack_testbed")
+    with pytest.raises(SystemExit) as e:
+        reattack.main(["--attack", "unlearndiffatk", "--work", str(work), "--results", str(tmp_path / "R.md")])
+    assert e.value.code == 2 and "is not the adapter the table measured as duo_v1" in capsys.readouterr().err
+    (work / "duo_v1.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(SystemExit) as e:
+        reattack.main(["--attack", "unlearndiffatk", "--work", str(work), "--results", str(tmp_path / "R.md")])
+    assert e.value.code == 2 and "duo_v1.safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "R.md").exists()
