@@ -11,16 +11,15 @@ x0 the concept's images (for a prompt, those generated from it where there are a
 with its own image), t uniform. The tokens live in continuous embedding space and are projected, in every forward
 pass, to the nearest (cosine) word token of the vocabulary; the loss is computed with those real tokens and its
 gradient passes straight through to the continuous vectors (PEZ, Wen et al. 2023). The official code relaxes each
-token into a distribution over the vocabulary instead.
-Its classifier is in the loop: the official code optimises in rounds, writes the tokens out after each and
-generates an image from them, and stops at the first image its classifier flags. Here the tokens are written out
-every `check_every` steps of the optimisation and after its last, and `duo-unlearn eval`
-generates each image slot from the direct prompt and from every check's prompt on the same seed: the attack wins the
-slot if any of them shows the concept (`dsr.any_found`), as the official attack would have stopped there. A lower
-loss does not always draw the concept (on the test bed the tokens found are often colour words that pull the image
-away from red), which is why the detector, not the loss, has the last word. Its DSR is never above the direct
-prompt's. Where the tokens found last do not lower the loss below the prompt's own, the prompt alone is the answer
-(`found`); the found prompts' own DSR is reported beside the attack's.
+token into a distribution over the vocabulary instead, and keeps a classifier in the loop: it optimises in rounds,
+writes the tokens out after each, generates an image from them and stops at the first image its classifier flags.
+Here the tokens are written out every `check_every` steps and after the last, and `duo-unlearn eval` generates each
+image slot from the direct prompt and from every check's prompt on the same seed: the attack wins the slot if any of
+them shows the concept (`dsr.any_found`), where the official attack would have stopped. A lower loss does not always
+draw the concept (on the test bed the tokens found are often colour words that pull the image away from red), which
+is why the detector, not the loss, has the last word; the attack's DSR is never above the direct prompt's. Where the
+last tokens do not lower the loss below the prompt's own, the prompt alone is the answer (`found`); the found
+prompts' own DSR is reported beside the attack's.
 Only word tokens that tokenize back to themselves are candidates, so a found prompt is plain text: pasted into any
 front end it gives the model exactly the tokens that were optimised.
 SDXL and SD3 have two CLIP encoders: each of the K tokens has a continuous vector in each encoder's embedding space,
