@@ -496,6 +496,15 @@ def write_section(path: Path, text: str, name: str = "efficacy_testbed") -> None
     path.write_text(new)
 
 
+def save_record(record: dict, path: Path, results: Path) -> None:
+    """The record as JSON at `path`, its plot beside it, and its section of `results` (RESULTS.md) written again."""
+    save_plot(record, path.with_suffix(".png"))
+    path.write_text(json.dumps(record, indent=1, default=str))
+    text = markdown(record)
+    write_section(results, text, record.get("stem", "efficacy_testbed"))
+    print(text)
+
+
 def markdown(record: dict) -> str:
     """This benchmark's section of RESULTS.md, from its JSON record (so it can be rebuilt with --from-json)."""
     result, extra, train_seconds = record["report"], record["close_concept_and_agreement"], record["train_seconds"]
@@ -774,11 +783,7 @@ def main(argv=None) -> int:
         shutil.copyfile(work / "report" / "grid_direct.png", dest / f"{stem}_grid_direct_update.png")
     else:
         shutil.copyfile(work / "report" / "grid_direct.png", dest / f"{stem}_grid_direct.png")
-    save_plot(record, dest / f"{stem}.png")
-    saved_file.write_text(json.dumps(record, indent=1, default=str))
-    text = markdown(record)
-    write_section(Path(args.results), text, stem)
-    print(text)
+    save_record(record, saved_file, Path(args.results))
     return 0
 
 

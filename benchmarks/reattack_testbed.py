@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # its siblings, run as a script or loaded from a file
 
-from efficacy_testbed import markdown, save_plot, write_section  # noqa: E402 - needs the path above
+from efficacy_testbed import save_record  # noqa: E402 - needs the path above
 from table_update import (ATTACK_SETTINGS, CONTROLS, attack_measurement_problems, attack_merged,  # noqa: E402
                           same)
 
@@ -98,11 +98,7 @@ def main(argv=None) -> int:
     command = ("python benchmarks/reattack_testbed.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     record = attack_merged(record, fresh, args.attack, rows, kept, time.strftime("%Y-%m-%d"), command,
                            fresh["seconds"])
-    save_plot(record, HERE / f"{stem}.png")
-    saved_file.write_text(json.dumps(record, indent=1, default=str))
-    text = markdown(record)
-    write_section(Path(args.results), text, stem)
-    print(text)
+    save_record(record, saved_file, Path(args.results))
     return 0
 
 
