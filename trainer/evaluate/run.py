@@ -495,17 +495,21 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
                         if m.same_model_as_base:
                             base_adversarial = found
                     adversarial[m.name] = [f.as_dict() for f in found]
-                    adv_prompts = [f.found for f in found]
-                    imgs = gen(adv_prompts, negative)
-                    alone = defense_success_rate(imgs, detector)
                     # the loss picks the tokens; only a detector can tell which prompt draws the concept: as the
                     # official attack stops at the first image its classifier flags, a slot is the attack's if the
                     # direct prompt or the prompt at any check shows the concept on that slot's seed
-                    direct = read.get("direct") or defense_success_rate(gen(p.direct, negative), detector)
-                    checks = [defense_success_rate(gen([f.checks[c] for f in found], negative), detector)
-                              for c in range(len(found[0].checks))]
+                    direct_imgs = grids["direct"][m.name] if "direct" in read else gen(p.direct, negative)
+                    direct = read.get("direct") or defense_success_rate(direct_imgs, detector)
+                    check_imgs = [gen([f.checks[c] for f in found], negative) for c in range(len(found[0].checks))]
+                    checks = [defense_success_rate(imgs, detector) for imgs in check_imgs]
+                    # the found prompt is the last check's where its tokens were kept, else the direct prompt: the
+                    # same prompt on the same seed, so its images are already drawn
+                    per_prompt = cfg.images_per_prompt
+                    imgs = [(check_imgs[-1] if found[s // per_prompt].kept else direct_imgs)[s]
+                            for s in range(len(direct_imgs))]
+                    alone = defense_success_rate(imgs, detector)
                     res["attacks"]["unlearndiffatk"] = (any_found(direct, *checks).as_dict()
-                                                        | {"n_prompts": len(adv_prompts), "prompts": adv_prompts,
+                                                        | {"n_prompts": len(found), "prompts": [f.found for f in found],
                                                            "found_prompts_alone": alone.as_dict(),
                                                            "checks": [c.as_dict() for c in checks]})
                     grids.setdefault("unlearndiffatk", {})[m.name] = imgs
