@@ -379,8 +379,8 @@ def table(result: dict, extra: dict, train_seconds: dict) -> str:
 
 # coloured and named on the plot: the rows the plot target compares, and the paper's recipe; the other
 # rows are gray points (two dozen colours cannot be told apart)
-PLOTTED = ("base", "negative prompt", "duo_preset", "duo_preset_lam0", "esd", "esd_lr1e3", "esd_x",
-           "duo_paper_b500")
+ESD_ROWS = ("esd", "esd_lr1e3", "esd_x")  # the ESD rows of variants(), each one the preset must be above
+PLOTTED = ("base", "negative prompt", "duo_preset", "duo_preset_lam0", *ESD_ROWS, "duo_paper_b500")
 
 
 def save_plot(record: dict, path: Path) -> Path:
@@ -456,8 +456,7 @@ def verdicts(result: dict, extra: dict, preset_name: str = "duo_preset") -> list
             if key in e:
                 parts.append(f"{label} {e[key]:.3f} ({'≥' if e[key] >= 0.95 else '<'} 0.95"
                              f"{_kept_short(key, e, extra.get('base', {}))})")
-        others = [o for o in ("esd", "esd_lr1e3", "esd_x", "negative prompt", f"{preset_name}_lam0")
-                  if o in res and o != name]
+        others = [o for o in (*ESD_ROWS, "negative prompt", f"{preset_name}_lam0") if o in res and o != name]
         for o in others:
             won = [a for a in attacks if a in res[o]["attacks"] and dominates(r, res[o], a)]
             parts.append(f"above-right of {o} on {len(won)}/{len(attacks)} attack plots")
