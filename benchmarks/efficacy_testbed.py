@@ -156,13 +156,17 @@ def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, d
 
 
 def plan_rows(work: Path, betas: list[str], model: str = "testbed", steps: int | None = None,
-              pair_detector: str | None = None) -> dict:
-    """Each row of `variants()` as {name: (what it is, its UnlearnConfig, its plan)}: the adapter at
-    work/<name>.safetensors, its pairs in a work folder shared by the rows whose pairs agree."""
+              pair_detector: str | None = None, names: set[str] | None = None) -> dict:
+    """Each row of `variants()` (those in `names`, or all) as {name: (what it is, its UnlearnConfig, its plan)}: the
+    adapter at work/<name>.safetensors, its pairs in a work folder shared by the rows whose pairs agree. Only the rows
+    asked for are planned: a row made for one family's preset (24 concept directions, say) is no recipe on a family
+    whose preset has no retain set, and planning it there refuses."""
     from duo_unlearn.trainer.unlearn import UnlearnConfig, plan
 
     planned = {}
     for name, what, kw in variants(betas, model):
+        if names is not None and name not in names:
+            continue
         out = work / f"{name}.safetensors"
         kw = kw | ({"steps": steps} if steps else {})  # --steps: every row's
         ucfg = UnlearnConfig(preset="testbed-red", model=model, out=str(out), preview=False,
@@ -687,13 +691,18 @@ def main(argv=None) -> int:
     if args.update:
         wanted = {r.strip() for r in args.update.split(",") if r.strip()}
     preset_steps = plan(UnlearnConfig(preset="testbed-red", model=args.model, steps=steps))[1][0].train.steps
-    # every row's (what it is, its config, its training plan): --update checks the rows it keeps
-    planned = plan_rows(work, [b.strip() for b in args.betas.split(",") if b.strip()], args.model, steps,
-                        args.pair_detector)
+    betas = [b.strip() for b in args.betas.split(",") if b.strip()]
+    known = [name for name, _, _ in variants(betas, args.model)]
+    unknown = sorted(wanted - set(known)) if wanted else []
+    if unknown:
+        p.error(f"{'--update' if args.update else '--rows'}: no row named {', '.join(unknown)} "
+                f"(rows: {', '.join(known)})")
+    # the rows to run and, for --update, the adapter rows it keeps (their recipes are checked against the plan)
+    names = None if wanted is None else wanted | (
+        {m["name"] for m in table_before["report"]["methods"] if m["kind"] == "adapter"} & set(known)
+        if args.update else set())
+    planned = plan_rows(work, betas, args.model, steps, args.pair_detector, names)
     if args.update:
-        unknown = sorted(wanted - set(planned))
-        if unknown:
-            p.error(f"--update: no row named {', '.join(unknown)} (rows: {', '.join(planned)})")
         kept = {m["name"]: (recorded_recipe(m["facts"], planned[m["name"]][2].train) if m["name"] in planned
                             else None)
                 for m in table_before["report"]["methods"]

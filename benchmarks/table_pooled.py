@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     model_name, work = record.get("model", "testbed"), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     betas = [str(b) for b in str(record["args"].get("betas", "500")).split(",")]
-    planned = plan_rows(work, betas, model_name, record["args"].get("steps"))
+    planned = plan_rows(work, betas, model_name, record["args"].get("steps"), names=set(rows))
     torch.manual_seed(0)
     for name in rows:
         ucfg, row_plan = planned[name][1], planned[name][2]

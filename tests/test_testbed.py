@@ -204,6 +204,23 @@ def test_the_rows_of_earlier_recipes_keep_the_lambda_they_were_measured_with():
     assert len(earlier) >= 13 and {n: lam[n] for n in measured} == measured
 
 
+def test_each_family_table_plans_the_rows_its_reproduce_command_names(tmp_path):
+    """The SD3 table's reproduce command names five rows; planning every row first refused on a row made for another
+    family's preset (24 concept directions need a retain set, which SD3's preset has none of). Only the rows asked for
+    are planned, and each saved table's rows plan on its own family."""
+    from duo_unlearn.trainer.errors import UserError
+
+    mod = benchmark("efficacy_testbed")
+    for stem, model in (("efficacy_testbed_xl", "testbed-xl"), ("efficacy_testbed_sd3", "testbed-sd3")):
+        record = json.loads((BENCHMARKS / f"{stem}.json").read_text())
+        rows = set(record["args"]["rows"].split(","))
+        planned = mod.plan_rows(tmp_path, ["500"], model, names=rows)
+        assert set(planned) == rows
+        assert all(Path(ucfg.out).parent == tmp_path for _, ucfg, _ in planned.values())
+    with pytest.raises(UserError, match="needs a retain set"):
+        mod.plan_rows(tmp_path, ["500"], "testbed-sd3", names={"duo_preset_24"})
+
+
 def test_missed_targets_are_counted_in_images():
     """A verdict below a target says by how many images: 30 of 36 orange where the base model reads 32 is 0.94 of
     base, one image short of 0.95; a met target says nothing more."""
