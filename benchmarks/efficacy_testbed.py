@@ -32,6 +32,7 @@ sys.path.insert(0, str(HERE))  # its sibling table_update.py, run as a script or
 
 from table_update import measurement_problems, merged, recipe_problems  # noqa: E402 - needs the path above
 from table_pooled import pooled_lines  # noqa: E402 - the same
+from colour_readings import BY_KEY, READINGS  # noqa: E402 - the same
 
 
 # the preset until 2026-11-28
@@ -340,13 +341,6 @@ def close_and_agreement(model_spec: str, methods, unrelated: list[str], images_p
 
 ATTACK_COLUMNS = [("direct", "DSR direct"), ("prompts", "DSR synonyms"), ("concept_inversion", "DSR concept inv."),
                   ("ring_a_bell", "DSR ring-a-bell"), ("unlearndiffatk", "DSR UnlearnDiffAtk")]
-KEPT_COLUMNS = [("orange_vs_base", "orange kept (÷ base)"), ("background_kept", "background kept"),
-                ("background_right_kept", "background kept where drawn as asked"),
-                ("shape_accuracy_vs_base", "shape accuracy ÷ base"),  # what the shape target reads
-                ("shape_kept", "shape kept"), ("colour_kept", "other colours kept"),
-                ("concept_background_kept", "red prompts: background kept"),
-                ("concept_shape_kept", "red prompts: shape kept"),
-                ("concept_erased", "red prompts: red erased")]  # every red prompt, not only the attacks' six
 
 
 def _cell(value) -> str:
@@ -362,7 +356,7 @@ def table(result: dict, extra: dict, train_seconds: dict) -> str:
     """One row per method. Columns a record lacks (older runs measured fewer things) are left out."""
     res = result["results"]
     attacks = [(a, c) for a, c in ATTACK_COLUMNS if any(a in r["attacks"] for r in res.values())]
-    kept = [(k, c) for k, c in KEPT_COLUMNS if any(k in e for e in extra.values())]
+    kept = [(r.key, r.column) for r in READINGS if any(r.key in e for e in extra.values())]
     if not kept:  # the first run's reading
         kept = [("orange_accuracy", "orange still orange"), ("unrelated_agreement", "unrelated agree w/ base")]
     fid = any("quality" in r and "fid" in r["quality"] for r in res.values())
@@ -410,28 +404,17 @@ def _short(count: int, n: int, reference: int, what: str, target: float = 0.95) 
     return f": {count} of {n} {what}, {needed} would meet it" if count < needed else ""
 
 
-# the share behind each ratio to the base model, and its image count
-VS_BASE = {"orange_vs_base": ("orange_accuracy", "orange_n", "read orange"),
-           "shape_accuracy_vs_base": ("shape_accuracy", "others_n", "shapes read right")}
-# shares of images kept as the base model drew them, and their image count
-KEPT_COUNTS = {"background_kept": ("others_n", "backgrounds kept"),
-               "background_right_kept": ("background_right_n", "backgrounds drawn as asked kept"),
-               "concept_background_kept": ("concept_n", "backgrounds kept"),
-               "concept_shape_kept": ("concept_n", "shapes kept"),
-               "concept_erased": ("concept_n", "red images erased")}
-
-
 def _kept_short(key: str, e: dict, base: dict) -> str:
     """The same where the record holds the counts it needs (a ratio: against the base model's own count)."""
-    n_key, what = KEPT_COUNTS.get(key, (None, None))
-    if n_key in e:
-        n = e[n_key]
-        return _short(round(e[key] * n), n, n, what)
-    share, n_key, what = VS_BASE.get(key, (None, None, None))
-    if share in e and share in base and n_key in e:
-        n = e[n_key]
-        base_count = round(base[share] * n)
-        return _short(round(e[share] * n), n, base_count, f"{what} (the base model: {base_count})")
+    r = BY_KEY[key]
+    if r.n_key not in e:
+        return ""
+    n = e[r.n_key]
+    if not r.share:
+        return _short(round(e[key] * n), n, n, r.counted)
+    if r.share in e and r.share in base:
+        base_count = round(base[r.share] * n)
+        return _short(round(e[r.share] * n), n, base_count, f"{r.counted} (the base model: {base_count})")
     return ""
 
 
@@ -451,14 +434,10 @@ def verdicts(result: dict, extra: dict, preset_name: str = "duo_preset") -> list
             if "n" in weakest else ""
         parts = [f"min DSR over {len(attacks)} attacks {worst:.3f} ({'≥' if worst >= 0.95 else '<'} 0.95{erased})",
                  f"1 − LPIPS {pres:.3f} ({'≥' if pres >= 0.97 else '<'} 0.97)"]
-        for key, label in (("orange_vs_base", "orange ÷ base"), ("background_kept", "background"),
-                           ("background_right_kept", "background where the base model drew it as asked"),
-                           ("shape_accuracy_vs_base", "shape accuracy ÷ base"),
-                           ("concept_background_kept", "red prompts' background"),
-                           ("concept_shape_kept", "red prompts' shape"),
-                           ("concept_erased", "red erased on every red prompt")):
-            if key in e:
-                parts.append(f"{label} {e[key]:.3f} ({'≥' if e[key] >= 0.95 else '<'} 0.95"
+        for reading in READINGS:
+            key = reading.key
+            if reading.judged and key in e:
+                parts.append(f"{reading.column} {e[key]:.3f} ({'≥' if e[key] >= 0.95 else '<'} 0.95"
                              f"{_kept_short(key, e, extra.get('base', {}))})")
         others = [o for o in (*ESD_ROWS, "negative prompt", f"{preset_name}_lam0") if o in res and o != name]
         for o in others:

@@ -11,7 +11,8 @@ table (orange ÷ base, background kept, shape accuracy ÷ base, other colours ke
 and shape kept). One line per seed and their mean;
 the record goes to --work/<name>.json. The colour readings of one seed set move by several images with the seeds
 alone (RESULTS.md, forty-fourth session: the same adapter read shapes 0.899 of base from seed 0 and 1.00 from 5000),
-so `--kept-seeds 5000,6000,7000,8000` reads them on several sets and pools them as `seed_spread_testbed.py` does.
+so `--kept-seeds 5000,6000,7000,8000` reads them on several sets and pools them by image counts, as the table's
+pooled readings are (`colour_readings.pool`).
 The screen is for ranking changes: a change is adopted only after the full table (`efficacy_testbed.py`) is run
 again with it.
 """
@@ -27,8 +28,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-READINGS = ("direct", "synonyms", "one_minus_lpips", "orange_vs_base", "background_kept", "shape_accuracy_vs_base",
-            "colour_kept", "concept_background_kept", "concept_shape_kept", "background_right_kept", "concept_erased")
+from colour_readings import READINGS as COLOUR, pool  # noqa: E402 - needs the path above
+
+READINGS = ("direct", "synonyms", "one_minus_lpips", *(r.key for r in COLOUR))
 EVAL_SEED = 5000
 
 
@@ -45,16 +47,6 @@ def parse_overrides(items: list[str]) -> dict:
         if isinstance(out[key], list):
             out[key] = tuple(out[key])
     return out
-
-
-def pool(kept_sets: list[dict]) -> dict:
-    """The colour readings of several seed sets as one, each weighed by its image count (seed_spread_testbed.py's
-    pooling); a single set is returned as it is."""
-    from seed_spread_testbed import READINGS as COUNTED, pooled
-
-    if len(kept_sets) == 1:
-        return kept_sets[0]
-    return {key: pooled(kept_sets, key, n_key) for key, _, n_key in COUNTED}
 
 
 def line(name: str, r: dict) -> str:
@@ -113,10 +105,11 @@ def main(argv=None) -> int:
                                      overwrite=True), model=load_model(args.model))  # eval leaves its adapter on
         result = report["results"][out.stem]
         methods = [Method("base", BASE), adapter_method(out)]
-        kept_sets = [close_and_agreement(args.model, methods, list(preset.unrelated_prompts), 4, kept_seed,
-                                         report["sampling"]["steps"], report["sampling"]["guidance"])[out.stem]
-                     for kept_seed in kept_seeds]
-        kept = pool(kept_sets)
+        read = [close_and_agreement(args.model, methods, list(preset.unrelated_prompts), 4, kept_seed,
+                                    report["sampling"]["steps"], report["sampling"]["guidance"])
+                for kept_seed in kept_seeds]
+        kept_sets = [r[out.stem] for r in read]
+        kept = pool(kept_sets, [r["base"] for r in read])
         facts = methods[1].facts
         rows[seed] = {"direct": result["attacks"]["direct"]["dsr"], "synonyms": result["attacks"]["prompts"]["dsr"],
                       "one_minus_lpips": result["preservation"]["one_minus_lpips"],

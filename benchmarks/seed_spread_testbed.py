@@ -19,27 +19,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-READINGS = (("orange_vs_base", "orange ÷ base", "orange_n"), ("background_kept", "background kept", "others_n"),
-            ("background_right_kept", "background kept where drawn as asked", "background_right_n"),
-            ("shape_accuracy_vs_base", "shape acc. ÷ base", "others_n"), ("colour_kept", "other colours kept",
-                                                                          "others_n"),
-            ("concept_background_kept", "red prompts' background", "concept_n"),
-            ("concept_shape_kept", "red prompts' shape", "concept_n"), ("concept_erased", "red erased", "concept_n"))
+from colour_readings import READINGS, pool  # noqa: E402 - needs the path above
 
 
-def pooled(per_set: list[dict], key: str, n_key: str) -> float:
-    """Over all sets, each weighed by its image count (ratios to base are averaged, as their sets are equal)."""
-    total = sum(r[n_key] for r in per_set)
-    return sum(r[key] * r[n_key] for r in per_set) / total
-
-
-def summary(name: str, per_set: list[dict]) -> str:
+def summary(name: str, per_set: list[dict], base_sets: list[dict]) -> str:
+    """Each reading's range over the sets and its pooled value (`colour_readings.pool`); `base_sets` are the base
+    model's readings of the same sets, which a ratio to the base model is pooled against."""
+    pooled = pool(per_set, base_sets)
     cells = []
-    for key, label, n_key in READINGS:
-        if not all(key in r for r in per_set):
+    for r in READINGS:
+        if r.key not in pooled:
             continue  # a record from before the reading existed
-        values = [r[key] for r in per_set]
-        cells.append(f"{label} {min(values):.3f}–{max(values):.3f} (pooled {pooled(per_set, key, n_key):.3f})")
+        values = [s[r.key] for s in per_set]
+        cells.append(f"{r.column} {min(values):.3f}–{max(values):.3f} (pooled {pooled[r.key]:.3f})")
     return f"{name}: " + "; ".join(cells)
 
 
@@ -60,17 +52,18 @@ def main(argv=None) -> int:
     methods = [Method("negative prompt", NEGATIVE, negative_prompt="red")]
     methods += [adapter_method(Path(a)) for a in args.adapters]
     seeds = [int(s) for s in args.seed_sets.split(",")]
-    readings: dict[str, list[dict]] = {m.name: [] for m in methods}
+    readings: dict[str, list[dict]] = {name: [] for name in ["base"] + [m.name for m in methods]}
     for seed in seeds:
         out = close_and_agreement(args.model, [Method("base", BASE)] + methods, list(preset.unrelated_prompts),
                                   args.images_per_prompt, seed, preset.sample_steps, preset.guidance)
+        readings["base"].append(out["base"])
         for m in methods:
             readings[m.name].append(out[m.name])
             r = out[m.name]
-            print(f"seeds from {seed}, {m.name}: " + ", ".join(f"{label} {r[key]:.3f}" for key, label, _ in READINGS),
+            print(f"seeds from {seed}, {m.name}: " + ", ".join(f"{c.column} {r[c.key]:.3f}" for c in READINGS),
                   flush=True)
-    for name, per_set in readings.items():
-        print(summary(name, per_set))
+    for m in methods:
+        print(summary(m.name, readings[m.name], readings["base"]))
     if args.json:
         Path(args.json).write_text(json.dumps({"seed_sets": seeds, "readings": readings}, indent=1))
     return 0

@@ -30,40 +30,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from colour_readings import BY_KEY, READINGS, pool  # noqa: E402 - benchmarks/ is on the path from here on
+
 GOAL_ROWS = ("duo_preset", "duo_preset_lam0", "duo_paper_b500", "esd")  # what the targets and the plot compare
 SEED_SETS = (0, 1000, 2000, 3000, 5000, 6000, 7000, 8000)  # the sets of the screens' eight-set readings
 CONTROLS = ("base", "negative prompt")
-# (reading, the images it counts, for a ratio to the base model: the share it divides by the base model's)
-COUNTED = (("orange_vs_base", "orange_n", "orange_accuracy"), ("background_kept", "others_n", None),
-           ("background_right_kept", "background_right_n", None),
-           ("shape_accuracy_vs_base", "others_n", "shape_accuracy"), ("shape_kept", "others_n", None),
-           ("colour_kept", "others_n", None), ("concept_background_kept", "concept_n", None),
-           ("concept_shape_kept", "concept_n", None), ("concept_erased", "concept_n", None))
-COLUMNS = {"orange_vs_base": "orange ÷ base", "background_kept": "background kept",
-           "background_right_kept": "background kept where drawn as asked",
-           "shape_accuracy_vs_base": "shape accuracy ÷ base", "shape_kept": "shape kept",
-           "colour_kept": "other colours kept", "concept_background_kept": "red prompts: background kept",
-           "concept_shape_kept": "red prompts: shape kept", "concept_erased": "red prompts: red erased"}
 TARGETS = ("orange_vs_base", "background_kept", "shape_accuracy_vs_base")  # the issue's kept-targets, 0.95 each
 # DSR's 0.95 read on every red prompt: the attacks' direct images are the 6 training prompts at one seed set; these
 # are all 9 (3 shape × background pairs no training prompt names) on every set
 ERASED = "concept_erased"
-
-
-def pool(per_set: list[dict], base_sets: list[dict]) -> dict:
-    """One method's readings of several seed sets as one: each reading with [images that count, out of] beside it
-    (for a ratio to the base model: images read right, and the base model's)."""
-    out = {}
-    for key, n_key, share in COUNTED:
-        if share:
-            got = sum(r[share] * r[n_key] for r in per_set)
-            of = sum(b[share] * b[n_key] for b in base_sets)
-        else:
-            got = sum(r[key] * r[n_key] for r in per_set)
-            of = sum(r[n_key] for r in per_set)
-        out[key] = got / of if of else float("nan")
-        out[f"{key}_count"] = [round(got), round(of)]
-    return out
 
 
 def _cell(r: dict, key: str) -> str:
@@ -88,17 +63,17 @@ def pooled_lines(pooled: dict) -> list[str]:
         "background) in which the classifier finds no red; the table's DSR direct reads only the preset's training "
         "prompts, on one seed set.",
         "",
-        "| method | " + " | ".join(COLUMNS.values()) + " |",
-        "|" + "---|" * (len(COLUMNS) + 1),
+        "| method | " + " | ".join(r.column for r in READINGS) + " |",
+        "|" + "---|" * (len(READINGS) + 1),
     ]
-    lines += [f"| {name} | " + " | ".join(_cell(r["pooled"], k) for k in COLUMNS) + " |" for name, r in rows.items()]
+    lines += [f"| {name} | " + " | ".join(_cell(r["pooled"], c.key) for c in READINGS) + " |" for name, r in rows.items()]
     lines.append("")
     for name, r in rows.items():
         if not name.startswith("duo"):
             continue
         p = r["pooled"]
         lines.append(f"- {name}, pooled: " + "; ".join(
-            f"{COLUMNS[k]} {p[k]:.3f} ({'≥' if p[k] >= 0.95 else '<'} 0.95: {p[f'{k}_count'][0]} of "
+            f"{BY_KEY[k].column} {p[k]:.3f} ({'≥' if p[k] >= 0.95 else '<'} 0.95: {p[f'{k}_count'][0]} of "
             f"{p[f'{k}_count'][1]}, {math.ceil(0.95 * p[f'{k}_count'][1] - 1e-9)} would meet it)"
             for k in (*TARGETS, ERASED) if k in p))
     return lines

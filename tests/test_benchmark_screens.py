@@ -69,40 +69,36 @@ def test_screen_overrides_read_json_values_and_text():
         screen.parse_overrides(["kappa"])
 
 
-def test_screen_pools_the_colour_readings_of_several_seed_sets_by_their_image_counts():
-    screen = benchmark("screen_testbed")
-    keys = ("orange_vs_base", "background_kept", "shape_accuracy_vs_base", "colour_kept", "concept_background_kept",
-            "concept_shape_kept", "concept_erased")
-    one = {k: 0.9 for k in keys} | {"background_right_kept": 1.0, "background_right_n": 30, "orange_n": 36,
-                                    "others_n": 180, "concept_n": 36}
-    two = {k: 0.8 for k in keys} | {"background_right_kept": 0.5, "background_right_n": 10, "orange_n": 36,
-                                    "others_n": 180, "concept_n": 36}
-    assert screen.pool([one]) is one  # one set: the screen's reading as before
-    got = screen.pool([one, two])
-    assert got == pytest.approx({k: 0.85 for k in keys} | {"background_right_kept": (30 + 5) / 40})
+def test_screen_and_seed_spread_pool_the_colour_readings_as_the_tables_pooled_readings_do():
+    """One pooling for every script: a share sums its images over the sets; a ratio to the base model sums the
+    images read right against the base model's, not the mean of the sets' ratios; a reading older records lack is
+    left out rather than guessed."""
+    screen, spread, readings = (benchmark("screen_testbed"), benchmark("seed_spread_testbed"),
+                                benchmark("colour_readings"))
+    assert screen.READINGS[3:] == tuple(r.key for r in readings.READINGS)
+    base = [{"orange_accuracy": 32 / 36, "orange_n": 36, "shape_accuracy": 0.8, "others_n": 180},
+            {"orange_accuracy": 24 / 36, "orange_n": 36, "shape_accuracy": 0.8, "others_n": 180}]
+    sets = [{"orange_accuracy": 32 / 36, "orange_vs_base": 1.0, "orange_n": 36, "background_kept": 0.90,
+             "shape_accuracy": 0.8, "shape_accuracy_vs_base": 1.0, "colour_kept": 0.8, "others_n": 180},
+            {"orange_accuracy": 18 / 36, "orange_vs_base": 0.75, "orange_n": 36, "background_kept": 0.96,
+             "shape_accuracy": 0.72, "shape_accuracy_vs_base": 0.9, "colour_kept": 0.9, "others_n": 180}]
+    got = readings.pool(sets, base)
+    assert screen.pool(sets, base) == got == spread.pool(sets, base)
+    assert got["orange_vs_base"] == pytest.approx(50 / 56) and got["orange_vs_base_count"] == [50, 56]  # not 0.875
+    assert got["background_kept"] == pytest.approx(0.93) and got["background_kept_count"] == [335, 360]
+    assert "concept_erased" not in got and "background_right_kept" not in got  # these sets predate them
+    line = spread.summary("duo_preset", sets, base)
+    assert line.startswith("duo_preset: orange kept (÷ base) 0.750–1.000 (pooled 0.893)")
+    assert "background kept 0.900–0.960 (pooled 0.930)" in line and "shape accuracy ÷ base 0.900–1.000" in line
+    assert "red prompts" not in line
+    red = [{"concept_background_kept": 32 / 36, "concept_shape_kept": 0.5, "concept_erased": 30 / 36,
+            "concept_n": 36},
+           {"concept_background_kept": 35 / 36, "concept_shape_kept": 1.0, "concept_erased": 1.0, "concept_n": 36}]
+    line = spread.summary("duo_preset", [a | b for a, b in zip(sets, red)], base)
+    assert line.endswith("red prompts: background kept 0.889–0.972 (pooled 0.931); red prompts: shape kept "
+                         "0.500–1.000 (pooled 0.750); red prompts: red erased 0.833–1.000 (pooled 0.917)")
     with pytest.raises(SystemExit):
         screen.main(["--name", "x", "--kept-seeds", "5000,six"])
-
-
-def test_the_seed_spread_gives_each_readings_range_and_its_pooled_value():
-    spread = benchmark("seed_spread_testbed")
-    sets = [{"orange_vs_base": 0.9, "orange_n": 36, "background_kept": 0.90, "shape_accuracy_vs_base": 1.0,
-             "colour_kept": 0.8, "others_n": 180},
-            {"orange_vs_base": 1.0, "orange_n": 36, "background_kept": 0.96, "shape_accuracy_vs_base": 0.9,
-             "colour_kept": 0.9, "others_n": 180}]
-    assert spread.pooled(sets, "background_kept", "others_n") == pytest.approx(0.93)
-    line = spread.summary("duo_preset", sets)
-    assert line.startswith("duo_preset: orange ÷ base 0.900–1.000 (pooled 0.950)")
-    assert "background kept 0.900–0.960 (pooled 0.930)" in line and "shape acc. ÷ base 0.900–1.000" in line
-    assert "red prompts" not in line  # these sets predate the red prompts' readings
-    red = [{"concept_background_kept": 32 / 36, "concept_shape_kept": 0.5, "concept_n": 36},
-           {"concept_background_kept": 35 / 36, "concept_shape_kept": 1.0, "concept_n": 36}]
-    line = spread.summary("duo_preset", [a | b for a, b in zip(sets, red)])
-    assert line.endswith("red prompts' background 0.889–0.972 (pooled 0.931); "
-                         "red prompts' shape 0.500–1.000 (pooled 0.750)")
-    erased = [{"concept_erased": 30 / 36}, {"concept_erased": 1.0}]
-    line = spread.summary("duo_preset", [a | b | c for a, b, c in zip(sets, red, erased)])
-    assert line.endswith("red prompts' shape 0.500–1.000 (pooled 0.750); red erased 0.833–1.000 (pooled 0.917)")
 
 
 def _kohya_keys(block: str) -> set:

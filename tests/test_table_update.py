@@ -173,7 +173,7 @@ def test_the_table_shows_its_pooled_readings_and_a_row_measured_again_drops_its_
     record = copy.deepcopy(saved)
     one = {"orange_accuracy": 0.75, "orange_n": 36, "shape_accuracy": 0.75, "others_n": 180, "background_right_n": 130,
            "concept_n": 36,
-           **{k: 0.96 for k, _, share in pooled.COUNTED if not share}}
+           **{r.key: 0.96 for r in benchmark("colour_readings").READINGS if not r.share}}
     low = one | {"shape_accuracy": 0.70, "background_kept": 0.90, "orange_accuracy": 0.5}
     rows = {"base": [one, one], "negative prompt": [one, one], ROW: [one, low], "esd": [low, low]}
     record["pooled_readings"] = {
@@ -187,7 +187,7 @@ def test_the_table_shows_its_pooled_readings_and_a_row_measured_again_drops_its_
     section = text[text.index("### Colour readings pooled over 2 sets"):text.index("## Rows and settings")]
     assert f"| {ROW} | 0.833 (45 / 54) | 0.930 (335 / 360) |" in section
     assert "0.967 (261 / 270)" in section  # shapes read right over the two sets, against the base model's
-    assert (f"- {ROW}, pooled: orange ÷ base 0.833 (< 0.95: 45 of 54, 52 would meet it); background kept 0.930 (< "
+    assert (f"- {ROW}, pooled: orange kept (÷ base) 0.833 (< 0.95: 45 of 54, 52 would meet it); background kept 0.930 (< "
             "0.95: 335 of 360, 342 would meet it); shape accuracy ÷ base 0.967 (≥ 0.95: 261 of 270, 257 would meet "
             "it); red prompts: red erased 0.960 (≥ 0.95: 69 of 72, 69 would meet it)") in section
     assert "- base, pooled" not in section and "- negative prompt, pooled" not in section

@@ -236,18 +236,18 @@ def test_missed_targets_are_counted_in_images():
                        "background_right_kept": 135 / 143, "background_right_n": 143}}
     line = mod.verdicts(result, extra)[0]
     assert "min DSR over 2 attacks 0.917 (< 0.95: 22 of 24 images erased, 23 would meet it)" in line
-    assert "orange ÷ base 0.938 (< 0.95: 30 of 36 read orange (the base model: 32), 31 would meet it)" in line
-    assert "background 0.956 (≥ 0.95);" in line
+    assert "orange kept (÷ base) 0.938 (< 0.95: 30 of 36 read orange (the base model: 32), 31 would meet it)" in line
+    assert "background kept 0.956 (≥ 0.95);" in line
     # 135 of the 143 backgrounds the base model drew as asked still drawn so: one image short of 136
-    assert ("background where the base model drew it as asked 0.944 (< 0.95: 135 of 143 backgrounds drawn as asked "
+    assert ("background kept where drawn as asked 0.944 (< 0.95: 135 of 143 backgrounds drawn as asked "
             "kept, 136 would meet it)") in line
     assert "shape accuracy ÷ base 0.933 (< 0.95: 140 of 180 shapes read right (the base model: 150), 143 would" in line
     # the red prompts' own pictures: 32 of 36 backgrounds as the base model drew them is short, 35 of 36 shapes is not
-    assert "red prompts' background 0.889 (< 0.95: 32 of 36 backgrounds kept, 35 would meet it)" in line
-    assert line.endswith("red prompts' shape 0.972 (≥ 0.95)")
+    assert "red prompts: background kept 0.889 (< 0.95: 32 of 36 backgrounds kept, 35 would meet it)" in line
+    assert line.endswith("red prompts: shape kept 0.972 (≥ 0.95)")
     extra["duo_x"]["concept_erased"] = 32 / 36  # the colour reading's red prompts, all nine of them
     line = mod.verdicts(result, extra)[0]
-    assert line.endswith("red prompts' shape 0.972 (≥ 0.95); red erased on every red prompt 0.889 (< 0.95: 32 of 36 "
+    assert line.endswith("red prompts: shape kept 0.972 (≥ 0.95); red prompts: red erased 0.889 (< 0.95: 32 of 36 "
                          "red images erased, 35 would meet it)")
 
 
