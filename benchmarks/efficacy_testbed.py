@@ -478,6 +478,12 @@ def write_section(path: Path, text: str, name: str = "efficacy_testbed") -> None
     path.write_text(new)
 
 
+def table_stem(model: str) -> str:
+    """The file stem of a test bed's table (its JSON, plot and RESULTS.md section): efficacy_testbed for SD 1.x,
+    efficacy_testbed_xl for testbed-xl, and so on."""
+    return "efficacy_testbed" if model == "testbed" else f"efficacy_{model.replace('-', '_')}"
+
+
 def save_record(record: dict, path: Path, results: Path) -> None:
     """The record as JSON at `path`, its plot beside it, and its section of `results` (RESULTS.md) written again."""
     save_plot(record, path.with_suffix(".png"))
@@ -646,7 +652,7 @@ def main(argv=None) -> int:
     from duo_unlearn.trainer.unlearn import UnlearnConfig, plan, unlearn
 
     started = time.time()
-    stem = "efficacy_testbed" if args.model == "testbed" else f"efficacy_{args.model.replace('-', '_')}"
+    stem = table_stem(args.model)
     saved_file = Path(args.results).parent / f"{stem}.json"
     if args.update and not saved_file.is_file():
         p.error(f"--update: no saved table {saved_file} to update (run the whole table first)")

@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # its siblings, run as a script or loaded from a file
 
-from efficacy_testbed import save_record  # noqa: E402 - needs the path above
+from efficacy_testbed import save_record, table_stem  # noqa: E402 - needs the path above
 from table_update import (ATTACK_SETTINGS, CONTROLS, attack_measurement_problems, attack_merged,  # noqa: E402
                           same)
 
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     from duo_unlearn.trainer.models import load_model
 
     started = time.time()  # the progress lines' clock
-    stem = "efficacy_testbed" if args.model == "testbed" else f"efficacy_{args.model.replace('-', '_')}"
+    stem = table_stem(args.model)
     saved_file = HERE / f"{stem}.json"
     if not saved_file.is_file():
         p.error(f"no saved table {saved_file} (run benchmarks/efficacy_testbed.py first)")
