@@ -493,6 +493,20 @@ def save_record(record: dict, path: Path, results: Path) -> None:
     print(text)
 
 
+def fid_caveat(result: dict) -> str:
+    """What the table's test-bed FID can say, from how many images each method's was read on."""
+    from duo_unlearn.trainer.testbed.features import FEATURES
+
+    fids = {name: r["quality"]["fid"] for name, r in result["results"].items() if "fid" in r.get("quality", {})}
+    n = max((f["n"] for f in fids.values()), default=FEATURES + 1)
+    if n > FEATURES:
+        return ""
+    base = f" (the base model itself reads {fids['base']['value']:.0f})" if "base" in fids else ""
+    return (f". Each method's FID is read on {n} images against the network's {FEATURES} features, too few to "
+            "estimate their covariance: the column tells a method that moved far (hundreds to thousands more) from "
+            f"one that did not, and ranks the rest only by noise{base}")
+
+
 def markdown(record: dict) -> str:
     """This benchmark's section of RESULTS.md, from its JSON record (so it can be rebuilt with --from-json)."""
     result, extra, train_seconds = record["report"], record["close_concept_and_agreement"], record["train_seconds"]
@@ -580,7 +594,8 @@ def markdown(record: dict) -> str:
            "LPIPS' calibrated linear heads; not comparable with published LPIPS numbers)." if backbone == "random"
            else "."),
         "- Test-bed FID (where shown): `duo-unlearn eval --fid-features testbed`, the project's feature network, "
-        "against test-bed renders of the unrelated prompts; not comparable with published FID.",
+        "against test-bed renders of the unrelated prompts; not comparable with published FID" + fid_caveat(result)
+        + ".",
         "- Kept (read by the colour classifier, against the base model's image of the same prompt and seed): orange: "
         "share of 'a orange <shape> on a <background> background' images read as orange, divided by the base "
         "model's share; background / shape / other colours: on every prompt of the other colours (45 prompts) x "

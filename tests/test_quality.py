@@ -53,6 +53,15 @@ def test_fid_stand_in_zero_for_identical_sets_larger_for_different():
     assert again == pytest.approx(0.0, abs=1e-4)
 
 
+def test_fid_from_no_more_images_than_features_carries_a_caveat():
+    q = _stand_in_quality()  # 12 features
+    q.set_reference(_shapes("blue", 32, seed=0, background="white"), ["p"] * 32)
+    few = q.measure(_shapes("blue", 12, seed=1, background="white"), ["p"] * 12)["fid"]
+    assert "12 images per method against 12 features" in few["caveat"] and "mostly noise" in few["caveat"]
+    enough = q.measure(_shapes("blue", 13, seed=1, background="white"), ["p"] * 13)["fid"]
+    assert "caveat" not in enough and enough["n"] == 13
+
+
 # -- the test bed's feature network --
 
 def test_committed_testbed_feature_network_reads_fresh_renders():
@@ -199,10 +208,13 @@ def test_eval_cli_fid_reference_folder(capsys, tmp_path, tiny_model):
     code, out, err = _eval(capsys, tiny_model, tmp_path, "--fid-features", "testbed", "--fid-reference", str(ref))
     assert code == 0, err
     assert "test-bed FID |" in out.splitlines()[0]
+    # 2 prompts x 2 images against the test-bed network's 32 features: said once, and kept in the report
+    assert (out + err).count(f"warning: FID from 4 images per method against {features.FEATURES} features") == 1
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["quality"]["fid"]["reference"]["kind"] == "folder"
     assert report["quality"]["fid"]["reference"]["n"] == 5
     assert report["results"]["base"]["quality"]["fid"]["reference"] == "folder"
+    assert "too few to estimate the feature covariance" in report["results"]["base"]["quality"]["fid"]["caveat"]
 
 
 @pytest.mark.parametrize("case, expect", [

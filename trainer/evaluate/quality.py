@@ -244,6 +244,17 @@ class Quality:
                               "prepared": "the base model's images of the same prompts and seeds: FID is the "
                                           "distance from the base model, not realism"}
 
+    def few_images(self, n: int) -> str | None:
+        """A warning when n images cannot estimate the feature covariance FID compares, else None."""
+        dims = self.fid.real_features_cov_sum.shape[0]
+        if n > dims:
+            return None
+        # with n ≤ d the sample covariance has rank < d: the trace term is dominated by which directions the few
+        # images happen to span, so FIDs of the same model at other seeds differ by as much as methods do
+        return (f"FID from {n} images per method against {dims} features: too few to estimate the feature "
+                f"covariance, so differences between methods are mostly noise (more than {dims} images needed: raise "
+                "--images-per-prompt or give more unrelated prompts)")
+
     def measure(self, images: Sequence, prompts_per_image: Sequence[str]) -> dict:
         """{"fid": {...}, "clip_score": {...}} for one method's images of the unrelated prompts."""
         out: dict = {}
@@ -253,6 +264,9 @@ class Quality:
             value = float(self.fid.compute())
             out["fid"] = {"value": max(0.0, value), "n": len(images), "features": self.fid_features,
                           "reference": self.reference["kind"], "label": self.fid_label}
+            caveat = self.few_images(len(images))
+            if caveat:
+                out["fid"]["caveat"] = caveat
         if self.clip is not None:
             cos = clip_cosines(*self.clip, images, prompts_per_image, self.batch)
             scores = [100.0 * max(c, 0.0) for c in cos]

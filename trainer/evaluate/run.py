@@ -444,6 +444,9 @@ def evaluate(cfg: EvalConfig, progress: ProgressCallback | None = None, model=No
         unrelated_per_image = [q for q in p.unrelated for _ in range(cfg.images_per_prompt)]  # as generate() lays out
         if quality:
             quality.set_reference(base_unrelated, unrelated_per_image, cfg.seed)
+            caveat = quality.fid is not None and quality.few_images(len(unrelated_per_image))
+            if caveat:
+                report(progress, ProgressEvent("eval", message=f"warning: {caveat}"))
         grids: dict[str, dict[str, list]] = {"unrelated": {"base (reference)": base_unrelated}}
         for k, m in enumerate(p.methods):
             report(progress, ProgressEvent("eval", k, len(p.methods), f"method {m.name}"))
