@@ -1,4 +1,4 @@
-"""Why β ≥ 50 does nothing on the test bed: where the DPO term stops, measured against the full-swap margin.
+"""Why the paper's β 500 does nothing on the test bed: where the DPO term stops, measured against the full-swap margin.
 
     python benchmarks/beta_scale_testbed.py       # writes benchmarks/beta_scale_testbed.json and its RESULTS.md section
 
@@ -68,6 +68,15 @@ def dsr_direct(pipe, prompts, per_prompt: int, steps: int, guidance: float) -> d
     return {"dsr": sum(r.colour != "red" for r in reads) / len(reads), "read_as": colours, "n": len(reads)}
 
 
+def family_kappas() -> str:
+    """The test-bed preset's κ on each family it names, as the preset file has them now."""
+    from duo_unlearn.trainer.presets import get_preset
+
+    names = {"sd1": "SD 1.x", "sdxl": "SDXL", "sd3": "SD3"}
+    preset = get_preset("testbed-red")
+    return ", ".join(f"{names.get(f, f)} {preset.for_family(f).kappa:g}" for f in preset.families)
+
+
 def section(record: dict) -> str:
     rows = ["| β | κ = β·m_swap(t 375) | DPO loss at 25 / 100 / end | reward margin at end | m ÷ full swap, t 300–500 "
             "/ 500–750 | DSR direct | red drawn as |", "|---|---|---|---|---|---|---|"]
@@ -88,8 +97,13 @@ def section(record: dict) -> str:
                  f"{r['margins'][band]['winner_rise']:+.4f})" for r in record["runs"]]
         bands.append(f"| {band} | {first['full_swap']:.3f} | " + " | ".join(cells) + f" | {first['ref_error']:.4f} |")
     s = record["settings"]
+    margins = [max(r["log"], key=lambda e: e["step"])["reward_margin"] for r in record["runs"]]
+    ends = f"{min(margins):.0f} and {max(margins):.0f}"
+    swaps = [m["full_swap"] for m in record["runs"][0]["margins"].values()]
+    spread = f"{min(swaps):.3g}–{max(swaps):.3g}"
+    kappas = family_kappas()
     return "\n".join([
-        "## Why β ≥ 50 does nothing on the test bed",
+        "## Why the paper's β 500 does nothing on the test bed",
         "",
         "Reproduce: `" + record["command"] + "` "
         f"({record['seconds']:.0f} s on {record['threads']} CPU thread(s)). Each run: testbed-red pairs "
@@ -104,19 +118,27 @@ def section(record: dict) -> str:
         "",
         *bands,
         "",
-        "Reading. −log σ(β·m) stops pushing once β·m is a few units (the DPO loss is ≈ 0 by step 100 in every",
-        "run), so a run ends near the margin 5/β allows. A model that took the red image for its twin would err on",
-        "it by the full-swap margin k(t)·‖z⁻ − z⁺‖² of each band. Where colour is decided (t 300–750) the large-β",
-        "runs stop at a fraction of that swap, reached mostly by *raising* the error on the red images (the e⁻",
-        "rise) while the twin's error rises too, not by predicting the twin: samples keep their colour. β 10 stops",
-        "only past the swap, which is why it removes red and also why, with nothing to hold the rest, it damages",
-        "orange, backgrounds and shapes (`duo_preset_lam0` in the efficacy table). Hence the rule the test-bed",
-        "preset now follows: κ = β·m_swap, β set from the pairs (`--kappa`, β = κ / m_swap) so that the",
-        "preference saturates about at the swap (the preset: κ 6.2, β ≈ 10 here), instead of a constant β; the damage past the swap is",
-        "held by λ and the retain set. The paper's β 500 is κ ≈ " + f"{500 * record['m_swap']:.0f}" + " on these",
-        "pairs. Every run prints its κ and records it in the adapter (`duo.kappa`), so the same quantity can be",
-        "read on SD pairs; measuring it on SD 1.4 (no weights here) is what would say whether the paper's β 500",
-        "sits at a comparable κ there.",
+        "Reading. −log σ(β·m) stops pushing once β·m is a few units: the DPO loss is ≈ 0 by step 100 in every",
+        "run, and the runs end with β·m (the reward margin) between " + ends + ", so the margin m a run",
+        "reaches falls about as 1/β. A model that took the red image for its twin would err on it by the full-swap",
+        "margin k(t)·‖z⁻ − z⁺‖² of each band. Where colour is decided (t 300–750) the β 500 run stops at a fraction",
+        "of that swap, reached mostly by *raising* the error on the red images (the e⁻ rise) while the twin's error",
+        "rises too, not by predicting the twin: samples keep their colour. β 50 passes the swap only in the later",
+        "band and erases red in about half the images; β 10 passes it in both, which is why it removes red and also",
+        "why, with nothing to hold the rest, it damages orange, backgrounds and shapes (`duo_preset_lam0` in the",
+        "efficacy table). So β ≥ 50 is not inert at this lr: erasure falls off as the run stops further short of the",
+        "swap, and the paper's whole recipe (β 500 with its lr 6e-5 and λ 5e6, row `duo_paper_b500`) erases none.",
+        "",
+        "Hence the rule the test-bed preset follows: κ = β·m_swap, β set from the pairs (`--kappa`, β = κ / m_swap),",
+        "so that runs on any pairs stop at the same place relative to the swap, instead of a constant β whose",
+        "meaning changes with the model and the pairs; the damage past the swap is held by λ and the retain set.",
+        "What the rule does not fix: the value of κ. It is chosen per family by screens (" + kappas + ":",
+        "all of the order of the loss's saturation, where the paper's β 500 is κ ≈ " + f"{500 * record['m_swap']:.0f}" + " on these pairs), and",
+        "m_swap is read at one t (375, the middle of the training range) while the swap spans " + spread + " across the",
+        "bands, so κ compares pairs at one t rather than describing every band. The SD presets (`nudity`, `violence`)",
+        "keep the paper's β: κ on SD 1.4's pairs was not measured (no weights here). Every run prints its κ and",
+        "records it in the adapter (`duo.kappa`), so the same quantity can be read on SD pairs; that reading is what",
+        "would say whether the paper's β 500 sits at a comparable κ there.",
         "",
     ])
 

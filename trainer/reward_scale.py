@@ -5,7 +5,7 @@ error gap between loser and winner relative to the reference (per-element mean s
 time t, mistakes the unsafe image for its safe twin errs on the unsafe one by k(t)·‖z⁻ − z⁺‖² (NoiseProcess.
 swap_scale): the *full-swap margin*. So β·m_swap = κ says how far training goes before it stops: κ ≫ 5 stops at a
 small fraction of the swap (samples do not change: the paper's β 500 on the test bed, κ ≈ 310), κ ≈ 5 stops about
-at the swap. Measured in benchmarks/RESULTS.md ("Why β ≥ 50 does nothing on the test bed").
+at the swap. Measured in benchmarks/RESULTS.md ("Why the paper's β 500 does nothing on the test bed").
 """
 from __future__ import annotations
 
