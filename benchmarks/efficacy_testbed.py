@@ -119,7 +119,16 @@ def variants(betas: list[str], model: str = "testbed") -> list[tuple[str, str, d
                 ("duo_preset_orange54", "the preset until the forty-seventh session (λ_retain 1.25) with the retain "
                                         "set's orange prompts twice: 54 of 162 retain images orange instead of 27 of "
                                         "135 (forty-sixth session, ten convolutions)",
-                 TEN_CONVOLUTIONS | ORANGE_TWICE | LAM_RETAIN_BEFORE)]
+                 TEN_CONVOLUTIONS | ORANGE_TWICE | LAM_RETAIN_BEFORE),
+                # the issue's remaining directions, one change each to the preset as it now stands
+                ("duo_preset_rank4", "the preset at LoRA rank 4 instead of 32: as many as the directions each layer "
+                                     "reads (fifty-fifth session)", {"rank": 4}),
+                ("duo_preset_t500", "the preset with the pairs' timesteps in [0, 500) instead of [0, 750) (β from κ "
+                                    "at the new range's middle; fifty-fifth session)", {"t_max": 500}),
+                ("duo_preset_pairs48", "the preset with 48 pairs instead of 32 (fifty-fifth session)",
+                 {"num_pairs": 48}),
+                ("duo_preset_fixed450", "the preset trained 450 steps without the erasure check (fifty-fifth "
+                                        "session)", {"stop_every": 0, "steps": 450})]
     out += [("duo_preset_no_close", f"{was} without a close concept: the directions measured against the "
                                     "retain set with every image weighed alike (`--close-weight 0`)",
              earlier | {"close_weight": 0.0}),
@@ -165,6 +174,7 @@ def plan_rows(work: Path, betas: list[str], model: str = "testbed", steps: int |
     from duo_unlearn.trainer.unlearn import UnlearnConfig, plan
 
     planned = {}
+    preset_pairs = None  # the preset's pair count: a row with another count gets a pairs folder of its own
     for name, what, kw in variants(betas, model):
         if names is not None and name not in names:
             continue
@@ -173,8 +183,11 @@ def plan_rows(work: Path, betas: list[str], model: str = "testbed", steps: int |
         ucfg = UnlearnConfig(preset="testbed-red", model=model, out=str(out), preview=False,
                              seed=0, detector=pair_detector, overwrite=True, **kw)  # our own work folder
         pair_cfg = plan(ucfg)[1][0].pairs
+        if preset_pairs is None:
+            preset_pairs = plan(UnlearnConfig(preset="testbed-red", model=model, out=str(out)))[1][0].pairs.num_pairs
         ucfg.pairs_dir = str(work / f"pairs_{pair_cfg.edit_region}"
-                                    f"{f'_retain{pair_cfg.num_retain}' if pair_cfg.num_retain else ''}")
+                                    f"{f'_retain{pair_cfg.num_retain}' if pair_cfg.num_retain else ''}"
+                                    f"{f'_n{pair_cfg.num_pairs}' if pair_cfg.num_pairs != preset_pairs else ''}")
         planned[name] = (what, ucfg, plan(ucfg)[1][0])  # its pairs and training, pairs_dir now set
     return planned
 

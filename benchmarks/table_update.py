@@ -26,6 +26,17 @@ CONTROLS = ("base", "negative prompt")  # measured in every run: the check that 
 SAME = ("model", "steps", "lpips_backbone", "pairs", "torch", "machine", "threads")  # the record's own fields
 PER_RUN_SETTINGS = ("adapters", "out")  # what each run's settings name for itself
 TOLERANCE = {"rel_tol": 1e-4, "abs_tol": 1.5e-4}  # figures kept to 4 decimals: rounding may move the last by one
+NOTES = ("caveat",)  # words a report keeps beside a figure (FID from few images): they follow from the settings
+
+
+def readings(value):
+    """The value without the notes kept beside its figures: a table saved before a note was written still reads the
+    same."""
+    if isinstance(value, dict):
+        return {k: readings(v) for k, v in value.items() if k not in NOTES}
+    if isinstance(value, list):
+        return [readings(v) for v in value]
+    return value
 
 
 def runs_keeping(runs: list[dict], keep) -> list[dict]:
@@ -78,7 +89,7 @@ def measurement(record: dict) -> dict:
                      "settings": settings, "sampling": report["sampling"],
                      "unrelated_prompts": report["unrelated_prompts"], "attacks": controls_only(report["attacks"]),
                      "skipped_attacks": report.get("skipped_attacks"), "quality": report.get("quality"),
-                     **{f"{name} readings": report["results"].get(name) for name in CONTROLS},
+                     **{f"{name} readings": readings(report["results"].get(name)) for name in CONTROLS},
                      **{f"{name} colour readings": record["close_concept_and_agreement"].get(name)
                         for name in CONTROLS}}, root)
 

@@ -126,6 +126,18 @@ def test_every_row_of_the_committed_table_still_plans_the_recipe_it_was_measured
         f"{ROW} plans another recipe than it was measured with", "duo_gone is no longer a row of the table"]
 
 
+def test_a_note_beside_a_figure_is_not_a_reading(saved):
+    """A run made after `duo-unlearn eval` began to keep a caveat beside a FID read on few images still reads as
+    the table saved before it; the figure itself must still agree."""
+    update = benchmark("table_update")
+    fresh = a_run_measuring(saved, [ROW])
+    for name in ("base", "negative prompt"):
+        fresh["report"]["results"][name]["quality"]["fid"]["caveat"] = "FID from 16 images per method"
+    assert update.measurement_problems(saved, fresh) == []
+    fresh["report"]["results"]["base"]["quality"]["fid"]["value"] *= 1.01
+    assert update.measurement_problems(saved, fresh) == ["base readings differ from the saved table's"]
+
+
 def test_float_rounding_between_two_runs_is_the_same_measurement(saved):
     """Two runs on this CPU differ in the 6th to 7th digit (FID 457.4248 and 457.4293): still the same; a count or
     a found prompt that differs, or a score off by more than rounding, is not."""
