@@ -174,7 +174,9 @@ def plan_rows(work: Path, betas: list[str], model: str = "testbed", steps: int |
     from duo_unlearn.trainer.unlearn import UnlearnConfig, plan
 
     planned = {}
-    preset_pairs = None  # the preset's pair count: a row with another count gets a pairs folder of its own
+    # the preset's pair count: a row with another count gets a pairs folder of its own
+    preset_pairs = plan(UnlearnConfig(preset="testbed-red", model=model, out=str(work / "preset.safetensors"))
+                        )[1][0].pairs.num_pairs
     for name, what, kw in variants(betas, model):
         if names is not None and name not in names:
             continue
@@ -183,8 +185,6 @@ def plan_rows(work: Path, betas: list[str], model: str = "testbed", steps: int |
         ucfg = UnlearnConfig(preset="testbed-red", model=model, out=str(out), preview=False,
                              seed=0, detector=pair_detector, overwrite=True, **kw)  # our own work folder
         pair_cfg = plan(ucfg)[1][0].pairs
-        if preset_pairs is None:
-            preset_pairs = plan(UnlearnConfig(preset="testbed-red", model=model, out=str(out)))[1][0].pairs.num_pairs
         ucfg.pairs_dir = str(work / f"pairs_{pair_cfg.edit_region}"
                                     f"{f'_retain{pair_cfg.num_retain}' if pair_cfg.num_retain else ''}"
                                     f"{f'_n{pair_cfg.num_pairs}' if pair_cfg.num_pairs != preset_pairs else ''}")
